@@ -1,0 +1,59 @@
+"""gmembench command line: one subcommand per job, each implemented by the module that
+owns that job (runner, workload, host probe/calibrate, validate, report, compare, qualify)."""
+import argparse
+import importlib
+import sys
+
+from bench import __version__
+from bench.errors import InputError
+
+# name -> (module, help).  The module provides add_<name>_arguments(parser) and
+# cli_<name>(args) -> exit code.
+COMMANDS = {
+    "run": ("bench.runner", "run workloads under both strategies and write results/<run-id>/"),
+    "workloads": ("bench.workload", "list the workload files, or show one resolved"),
+    "probe": ("bench.host.probe", "what this host's kernel supports for each strategy step"),
+    "calibrate": ("bench.host.calibrate", "measure the cost model's primitives on this host"),
+    "validate": ("bench.validate", "run workloads on both backends and print the disagreement"),
+    "report": ("bench.report.report", "write report.md, plots and pyperf files for a results dir"),
+    "compare": ("bench.compare", "regression gate: compare two results dirs (exit 1 on regression)"),
+    "qualify": ("bench.qualify", "hardware qualification: run a spec, pass/fail per check"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gmembench",
+        description="In-place vs dual-backing guest_memfd conversion benchmarks.")
+    parser.add_argument("--version", action="version", version=f"gmembench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:    # not built yet in this checkout
+                continue
+            raise
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        getattr(mod, f"add_{name}_arguments")(p)
+        p.set_defaults(_func=getattr(mod, f"cli_{name}"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv:
+        argv = ["run"]          # the main job on its embedded default
+    args = parser.parse_args(argv)
+    if not getattr(args, "_func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._func(args) or 0)
+    except InputError as e:
+        print(f"gmembench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gmembench: interrupted", file=sys.stderr)
+        return 130
