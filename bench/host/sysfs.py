@@ -1,0 +1,135 @@
+"""Settings written to sysfs/procfs for a run, each restored afterwards.
+
+A Settings registry remembers the original value of every file it writes and puts them all
+back on close(), when its `with` block exits (also on exceptions), on SIGINT/SIGTERM (the
+handlers restore, then raise KeyboardInterrupt / exit as the signal would), and at
+interpreter exit as a last resort.  Values written are recorded for the results metadata.
+"""
+import atexit
+import os
+import re
+import signal
+import threading
+
+THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+THP_SHMEM_ENABLED = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+THP_DEFRAG = "/sys/kernel/mm/transparent_hugepage/defrag"
+NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
+
+_live: list["Settings"] = []
+_lock = threading.Lock()
+_prev_handlers: dict[int, object] = {}
+
+
+def read_setting(path: str) -> str:
+    """The current value; for bracketed choice files ("always [madvise] never") the chosen one."""
+    with open(path, encoding="ascii") as f:
+        text = f.read().strip()
+    m = re.search(r"\[([^\]]+)\]", text)
+    return m.group(1) if m else text
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(value)
+
+
+def restore_all() -> None:
+    for s in list(_live):
+        s.close()
+
+
+def _on_signal(signum, frame):
+    restore_all()
+    prev = _prev_handlers.get(signum)
+    if callable(prev):
+        prev(signum, frame)
+    elif signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    else:
+        raise SystemExit(128 + signum)
+
+
+def _install_handlers() -> None:
+    # Handlers can only be set from the main thread; elsewhere atexit/close still restore.
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        cur = signal.getsignal(sig)
+        if cur is _on_signal:
+            continue
+        _prev_handlers[sig] = cur if cur not in (signal.SIG_DFL, signal.SIG_IGN, None) else None
+        if sig == signal.SIGINT and cur is signal.default_int_handler:
+            _prev_handlers[sig] = None     # we raise KeyboardInterrupt ourselves
+        signal.signal(sig, _on_signal)
+
+
+def _uninstall_handlers() -> None:
+    if _live or threading.current_thread() is not threading.main_thread():
+        return
+    for sig, prev in list(_prev_handlers.items()):
+        if signal.getsignal(sig) is _on_signal:
+            if prev is None:
+                prev = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, prev)
+        del _prev_handlers[sig]
+
+
+atexit.register(restore_all)
+
+
+class Settings:
+    """Registry of changed settings.  set() writes; close() restores in reverse order."""
+
+    def __init__(self):
+        self._original: list[tuple[str, str]] = []   # (path, original value), in write order
+        self.changed: dict[str, dict] = {}            # path -> {"from": old, "to": new}
+        self.closed = False
+
+    def set(self, path: str, value) -> None:
+        value = str(value)
+        old = read_setting(path)
+        if old == value:
+            return
+        with _lock:
+            if not self._original or path not in dict(self._original):
+                self._original.append((path, old))
+            if self not in _live:
+                _live.append(self)
+                _install_handlers()
+        _write(path, value)
+        self.changed[path] = {"from": dict(self._original)[path], "to": read_setting(path)}
+
+    def close(self) -> None:
+        with _lock:
+            errors = []
+            for path, old in reversed(self._original):
+                try:
+                    _write(path, old)
+                except OSError as e:      # keep restoring the others
+                    errors.append(f"{path}: {e}")
+            self._original.clear()
+            self.closed = True
+            if self in _live:
+                _live.remove(self)
+        _uninstall_handlers()
+        if errors:
+            raise OSError("could not restore: " + "; ".join(errors))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def ensure_hugepages(settings: Settings, count: int, size_kb: int = 2048) -> int:
+    """Make at least `count` free hugetlb pages of size_kb available; returns the free count."""
+    base = f"/sys/kernel/mm/hugepages/hugepages-{size_kb}kB"
+    free = int(read_setting(f"{base}/free_hugepages"))
+    if free >= count:
+        return free
+    total = int(read_setting(f"{base}/nr_hugepages"))
+    settings.set(f"{base}/nr_hugepages", total + (count - free))
+    return int(read_setting(f"{base}/free_hugepages"))
