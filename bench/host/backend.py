@@ -1,0 +1,463 @@
+"""HostTarget: one guest's memory on the real kernel, executing compiled steps in C.
+
+Setup per memslot: a guest_memfd bound to a real KVM VM (KVM_SET_USER_MEMORY_REGION2 with
+KVM_MEM_GUEST_MEMFD), mmapped by the host; for dual backing also the shared backing (anon or
+memfd; 4K, THP or hugetlb).  Footprint and huge-page state in snapshot() are read from the
+kernel: mincore() of the guest_memfd mapping (fstat reports no blocks for guest_memfd),
+fstat of memfds, /proc/self/smaps of the mappings, /proc/vmstat THP counters, /proc/buddyinfo.
+
+What this kernel cannot do natively is emulated and labelled (fidelity(), metadata()):
+see bench/host/probe.py and helper.c.  Param keys (all optional):
+  guard_share     share of MemAvailable the run may use (0.5)
+  max_scale       largest down-scaling factor before refusing (1024)
+  warmup_bytes    anonymous memory touched before measuring (1 GiB; trap 1 of host-costs.md)
+  overhead_reps   NOP steps timed for the harness overhead (20001)
+  probe           a bench.host.probe.probe() result to reuse
+"""
+import os
+import time
+
+import numpy as np
+
+from bench.errors import InputError
+from bench.layout import Layout
+from bench.ops import PAGE_SIZE, RESULT_DTYPE, SIZE_2M, STEP_DTYPE, SIGBUS_STATUS, SKIPPED, Step
+from bench.host import sysfs
+
+GUARD_SHARE = 0.5
+MAX_SCALE = 1024
+WARMUP_BYTES = 1 << 30
+PLATFORM_CODES = {"preserve": 0, "zero": 1, "destroy": 2}
+VMSTAT_KEYS = ("thp_split_page", "thp_split_pmd", "thp_deferred_split_page", "thp_collapse_alloc",
+               "thp_fault_alloc", "thp_file_alloc", "thp_split_page_failed")
+SMAPS_KEYS = ("Rss", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped", "Shared_Hugetlb",
+              "Private_Hugetlb")
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("MemAvailable missing from /proc/meminfo")
+
+
+def read_vmstat(keys=VMSTAT_KEYS) -> dict:
+    out = dict.fromkeys(keys, 0)
+    with open("/proc/vmstat", encoding="ascii") as f:
+        for line in f:
+            k, _, v = line.partition(" ")
+            if k in out:
+                out[k] = int(v)
+    return out
+
+
+def read_smaps(ranges: list[tuple[int, int]]) -> dict:
+    """Sum of SMAPS_KEYS (bytes) over the VMAs of /proc/self/smaps inside the given ranges."""
+    totals = dict.fromkeys(SMAPS_KEYS, 0)
+    inside = False
+    with open("/proc/self/smaps", encoding="ascii", errors="replace") as f:
+        for line in f:
+            first = line.split(None, 1)[0]
+            if "-" in first and not first.endswith(":"):
+                lo, hi = (int(x, 16) for x in first.split("-"))
+                inside = any(a <= lo and hi <= a + n for a, n in ranges)
+            elif inside and first[:-1] in totals:
+                totals[first[:-1]] += int(line.split()[1]) * 1024
+    return totals
+
+
+def read_nr_free() -> list[int]:
+    try:
+        from bench.fragmentation import read_buddyinfo, total_nr_free
+        return [int(x) for x in total_nr_free(read_buddyinfo("/proc/buddyinfo"))]
+    except ImportError:     # bench/fragmentation.py not present: same sum, read here
+        total: list[int] = []
+        with open("/proc/buddyinfo", encoding="ascii") as f:
+            for line in f:
+                counts = [int(x) for x in line.split()[4:]]
+                total += [0] * (len(counts) - len(total))
+                for i, c in enumerate(counts):
+                    total[i] += c
+        return total
+
+
+def _round_up(x: int, a: int) -> int:
+    return (x + a - 1) // a * a
+
+
+class HostTarget:
+    backend = "host"
+
+    def __init__(self, layout: Layout, strategy, params: dict | None = None):
+        self.layout = layout
+        self.strategy = strategy
+        self.params = dict(params or {})
+        self.settings = sysfs.Settings()
+        self._fds: list[int] = []
+        self._maps: list[tuple[int, int]] = []      # (addr, length) to munmap
+        self._slots_meta: list[dict] = []
+        self._closed = False
+        self.labels: list[str] = []               # what was emulated or changed, in words
+        self._bd_count = np.zeros(len(Step), dtype=np.int64)
+        self._bd_ns = np.zeros(len(Step), dtype=np.int64)
+        self._bd_sigbus = 0
+        self._bd_skipped = 0
+        try:
+            from bench.host import kvm
+            from bench.host._helper import ffi, lib
+        except ImportError as e:
+            raise InputError(f"host backend: the C helper is not built ({e}); "
+                             "install the package (pip install .)") from None
+        self._kvm, self._ffi, self._lib = kvm, ffi, lib
+        if lib.gm_step_size() != STEP_DTYPE.itemsize or lib.gm_result_size() != RESULT_DTYPE.itemsize:
+            raise RuntimeError("C helper struct layout does not match bench.ops dtypes")
+        if not os.path.exists("/dev/kvm"):
+            raise InputError("host backend: /dev/kvm does not exist on this machine "
+                             "(use --backend sim)")
+        try:
+            self._kvm_fd = kvm.kvm_open()
+        except OSError as e:
+            raise InputError(f"host backend: cannot open /dev/kvm: {e.strerror}"
+                             + (" (run as root)" if os.geteuid() else "")) from None
+        self._fds.append(self._kvm_fd)
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- setup ----
+
+    def _setup(self) -> None:
+        kvm, ffi = self._kvm, self._ffi
+        from bench.host import probe as probe_mod
+        self.probe = self.params.get("probe") or probe_mod.probe()
+        feats = self.probe["features"]
+        if not feats:
+            raise InputError(f"host backend: KVM not usable: {self.probe['kvm']['reason']}")
+        self.attrs2_native = bool(feats["attrs2"]["native"])
+        self.vm_attrs_native = bool(feats["vm_attrs"]["native"])
+        self._fidelity = self._fidelity_table(probe_mod)
+        layout = self.layout
+        if layout.platform not in PLATFORM_CODES:
+            raise InputError(f"host backend: unknown platform {layout.platform!r}")
+        if layout.gmem_page_size != PAGE_SIZE:
+            self.labels.append(f"guest_memfd page size {layout.gmem_page_size} requested: this "
+                               "kernel's guest_memfd folios are 4K only, ran with 4K")
+        self._plan_scale()
+        self._warm_up(int(self.params.get("warmup_bytes", WARMUP_BYTES)))
+        self._vmstat0 = read_vmstat()
+        self.vm_fd = kvm.kvm_create_vm(self._kvm_fd, 0)
+        self._fds.append(self.vm_fd)
+        n = len(layout.memslots)
+        self._c_slots = ffi.new("struct gm_slot[]", max(n, 1))
+        self._attrs_bufs = []
+        gpa_next = 0
+        for i, m in enumerate(layout.memslots):
+            size = self.slot_sizes[i]
+            gpa = max(_round_up(m.gpa // self.scale, SIZE_2M), gpa_next)
+            gpa_next = gpa + size
+            self._setup_slot(i, gpa, size)
+        ctx = ffi.new("struct gm_ctx *")
+        ctx.vm_fd = self.vm_fd
+        ctx.nslots = n
+        ctx.slots = self._c_slots
+        ctx.attrs2_native = int(self.attrs2_native)
+        ctx.vm_attrs_native = int(self.vm_attrs_native)
+        ctx.platform = PLATFORM_CODES[layout.platform]
+        self._ctx = ctx
+        self.harness = self._measure_overhead(int(self.params.get("overhead_reps", 20001)))
+
+    def _plan_scale(self) -> None:
+        """Same scale for both strategies: size for the larger (dual: gmem + shared copy)."""
+        share = float(self.params.get("guard_share", GUARD_SHARE))
+        max_scale = int(self.params.get("max_scale", MAX_SCALE))
+        self.mem_available = mem_available()
+        allowed = int(self.mem_available * share)
+        need = 2 * self.layout.guest_size
+        scale = 1
+        while need // scale > allowed:
+            scale *= 2
+        if scale > max_scale:
+            raise InputError(f"host backend: workload needs {need >> 20} MiB (guest memory x2 "
+                             f"for gmem + shared copy); the guard allows {allowed >> 20} MiB "
+                             f"({share:.0%} of MemAvailable) and scaling down by more than "
+                             f"{max_scale} is refused")
+        self.scale = scale
+        self.slot_sizes = [_round_up(max(m.size // scale, SIZE_2M), SIZE_2M)
+                           for m in self.layout.memslots]
+        if scale > 1:
+            self.labels.append(f"workload scaled down by {scale} to fit {share:.0%} of "
+                               f"MemAvailable: offsets and sizes divided, 4K granularity")
+
+    def _warm_up(self, nbytes: int) -> None:
+        """Touch fresh memory once so lazy guest-physical init does not land in measurements."""
+        self.warmup_bytes = nbytes
+        if nbytes <= 0:
+            return
+        nbytes = min(nbytes, int(self.mem_available * 0.25))
+        kvm = self._kvm
+        addr = kvm.mmap(nbytes, kvm.PROT_READ | kvm.PROT_WRITE, kvm.MAP_PRIVATE | kvm.MAP_ANONYMOUS)
+        try:
+            kvm.touch_pages(addr, nbytes)
+        finally:
+            kvm.munmap(addr, nbytes)
+
+    def _map_aligned(self, size: int, prot: int, flags: int, fd: int = -1) -> int:
+        """Anonymous or file mapping whose start is 2M aligned (so THP can map it by PMD)."""
+        kvm = self._kvm
+        if flags & kvm.MAP_HUGETLB:      # hugetlb mappings are aligned by the kernel
+            addr = kvm.mmap(size, prot, flags, fd)
+            self._maps.append((addr, size))
+            return addr
+        # reserve an aligned window, then map the object at its aligned start (MAP_FIXED)
+        span = size + SIZE_2M
+        res = kvm.mmap(span, 0, kvm.MAP_PRIVATE | kvm.MAP_ANONYMOUS | kvm.MAP_NORESERVE)
+        start = _round_up(res, SIZE_2M)
+        if start > res:
+            kvm.munmap(res, start - res)
+        tail = res + span - (start + size)
+        if tail:
+            kvm.munmap(start + size, tail)
+        err = self._ffi.new("int *")
+        p = self._lib.gm_mmap(self._ffi.cast("void *", start), size, prot, flags | 0x10, fd, 0, err)
+        if p == self._ffi.NULL:
+            kvm.munmap(start, size)
+            raise OSError(err[0], f"mmap: {os.strerror(err[0])}")
+        self._maps.append((start, size))
+        return start
+
+    def _setup_slot(self, i: int, gpa: int, size: int) -> None:
+        kvm, ffi = self._kvm, self._ffi
+        layout, strat = self.layout, self.strategy
+        rw = kvm.PROT_READ | kvm.PROT_WRITE
+        flags = strat.gmem_flags(layout)
+        dual = bool(getattr(strat, "needs_shared_backing", False))
+        if dual:
+            if i == 0:
+                self.labels.append("dual: private guest_memfd created MMAP|INIT_SHARED so the "
+                                   "host can copy; host access to it is reported as a fault")
+            flags |= kvm.GUEST_MEMFD_FLAG_MMAP | kvm.GUEST_MEMFD_FLAG_INIT_SHARED
+        elif not self.attrs2_native:
+            if i == 0 and not flags & kvm.GUEST_MEMFD_FLAG_INIT_SHARED:
+                self.labels.append("in-place: guest_memfd created INIT_SHARED (no in-place "
+                                   "ioctl here); initial private state emulated per page")
+            flags |= kvm.GUEST_MEMFD_FLAG_INIT_SHARED
+        gmem = kvm.kvm_create_guest_memfd(self.vm_fd, size, flags)
+        self._fds.append(gmem)
+        gmem_base = self._map_aligned(size, rw, kvm.MAP_SHARED, gmem)
+        shared_fd, shared_base = -1, 0
+        if dual:
+            shared_fd, shared_base = self._shared_backing(size)
+        # The memslot's userspace address is the shared memory: the gmem mapping itself for
+        # in-place (v8 in-place memslots), the separate backing for dual.
+        uaddr = shared_base if dual else gmem_base
+        kvm.kvm_set_user_memory_region2(self.vm_fd, i, kvm.KVM_MEM_GUEST_MEMFD, gpa, size,
+                                        uaddr, gmem, 0)
+        npages = size // PAGE_SIZE
+        attrs = ffi.new("uint8_t[]", npages)
+        if not layout.init_shared:
+            ffi.memmove(attrs, b"\x01" * npages, npages)
+        self._attrs_bufs.append(attrs)
+        s = self._c_slots[i]
+        s.gmem_fd, s.shared_fd = gmem, shared_fd
+        s.gmem_base = ffi.cast("uint8_t *", gmem_base)
+        s.shared_base = ffi.cast("uint8_t *", shared_base)
+        s.size, s.gpa, s.attrs = size, gpa, attrs
+        s.gmem_host_blocked = int(dual)
+        self._slots_meta.append({"gpa": gpa, "size": size, "gmem_flags": flags,
+                                 "gmem_base": gmem_base, "shared_base": shared_base,
+                                 "shared_fd": shared_fd, "gmem_fd": gmem})
+
+    def _shared_backing(self, size: int) -> tuple[int, int]:
+        kvm, layout = self._kvm, self.layout
+        rw = kvm.PROT_READ | kvm.PROT_WRITE
+        page, backing = layout.shared_page, layout.shared_backing
+        if page == "hugetlb":
+            free = sysfs.ensure_hugepages(self.settings, size // SIZE_2M +
+                                          self._hugetlb_claimed())
+            if free < size // SIZE_2M:
+                raise InputError(f"host backend: only {free} free 2M hugetlb pages, "
+                                 f"need {size // SIZE_2M}")
+            self._hugetlb_used = self._hugetlb_claimed() + size // SIZE_2M
+            if backing == "memfd":
+                fd = os.memfd_create("gmembench-shared", kvm.MFD_CLOEXEC | kvm.MFD_HUGETLB |
+                                     kvm.MFD_HUGE_2MB)
+                self._fds.append(fd)
+                os.ftruncate(fd, size)
+                return fd, self._map_aligned(size, rw, kvm.MAP_SHARED, fd)
+            return -1, self._map_aligned(size, rw, kvm.MAP_PRIVATE | kvm.MAP_ANONYMOUS |
+                                         kvm.MAP_HUGETLB | kvm.MAP_HUGE_2MB)
+        if page == "thp":
+            if sysfs.read_setting(sysfs.THP_ENABLED) == "never":
+                self.settings.set(sysfs.THP_ENABLED, "madvise")
+            if backing == "memfd" and sysfs.read_setting(sysfs.THP_SHMEM_ENABLED) in ("never", "deny"):
+                self.settings.set(sysfs.THP_SHMEM_ENABLED, "advise")
+        if backing == "memfd":
+            fd = os.memfd_create("gmembench-shared", kvm.MFD_CLOEXEC)
+            self._fds.append(fd)
+            os.ftruncate(fd, size)
+            addr = self._map_aligned(size, rw, kvm.MAP_SHARED, fd)
+        else:
+            fd = -1
+            addr = self._map_aligned(size, rw, kvm.MAP_PRIVATE | kvm.MAP_ANONYMOUS |
+                                     kvm.MAP_NORESERVE)
+        kvm.madvise(addr, size, kvm.MADV_HUGEPAGE if page == "thp" else kvm.MADV_NOHUGEPAGE)
+        return fd, addr
+
+    def _hugetlb_claimed(self) -> int:
+        return getattr(self, "_hugetlb_used", 0)
+
+    def _measure_overhead(self, reps: int) -> dict:
+        """Null steps through the same C path: what the harness adds to each timed step."""
+        steps = np.zeros(reps, dtype=STEP_DTYPE)
+        steps["op"] = np.arange(reps)
+        res = self._run(steps)
+        ns = res["ns"][1:].astype(np.float64)        # first one discarded (cold path)
+        return {"nop_median_ns": float(np.median(ns)), "nop_p10_ns": float(np.percentile(ns, 10)),
+                "nop_p90_ns": float(np.percentile(ns, 90)), "nop_reps": int(len(ns))}
+
+    # ---- Target protocol ----
+
+    def _run(self, steps: np.ndarray) -> np.ndarray:
+        steps = np.ascontiguousarray(steps, dtype=STEP_DTYPE)
+        res = np.zeros(len(steps), dtype=RESULT_DTYPE)
+        if len(steps):
+            rc = self._lib.gm_execute(self._ctx, self._ffi.from_buffer(steps),
+                                      self._ffi.from_buffer(res), len(steps))
+            if rc < 0:
+                raise OSError(-rc, "gm_execute: " + os.strerror(-rc))
+        return res
+
+    def scale_steps(self, steps: np.ndarray) -> np.ndarray:
+        """Offsets and sizes divided by the scale, widened to whole 4K pages."""
+        if self.scale == 1:
+            return steps
+        out = steps.copy()
+        start = (steps["offset"] // self.scale) // PAGE_SIZE * PAGE_SIZE
+        end = -(-((steps["offset"] + steps["size"]) // self.scale) // PAGE_SIZE) * PAGE_SIZE
+        out["offset"] = start
+        out["size"] = np.where(steps["size"] > 0, np.maximum(end - start, PAGE_SIZE), 0)
+        return out
+
+    def execute(self, steps: np.ndarray) -> np.ndarray:
+        if self._closed:
+            raise RuntimeError("HostTarget is closed")
+        steps = self.scale_steps(np.asarray(steps, dtype=STEP_DTYPE))
+        res = self._run(steps)
+        ran = res["status"] != SKIPPED
+        codes = steps["code"][ran].astype(np.int64)
+        self._bd_count += np.bincount(codes, minlength=len(Step))[:len(Step)]
+        self._bd_ns += np.bincount(codes, weights=res["ns"][ran],
+                                   minlength=len(Step))[:len(Step)].astype(np.int64)
+        self._bd_sigbus += int((res["status"] == SIGBUS_STATUS).sum())
+        self._bd_skipped += int((~ran).sum())
+        return res
+
+    def snapshot(self) -> dict:
+        kvm = self._kvm
+        gmem_bytes = shared_bytes = 0
+        anon_ranges, huge_ranges = [], []
+        for m in self._slots_meta:
+            gmem_bytes += kvm.mincore_resident(m["gmem_base"], m["size"]) * PAGE_SIZE
+            huge_ranges.append((m["gmem_base"], m["size"]))
+            if m["shared_base"]:
+                huge_ranges.append((m["shared_base"], m["size"]))
+                if m["shared_fd"] >= 0:
+                    shared_bytes += os.fstat(m["shared_fd"]).st_blocks * 512
+                else:
+                    anon_ranges.append((m["shared_base"], m["size"]))
+        smaps = read_smaps(huge_ranges)
+        if anon_ranges:
+            a = read_smaps(anon_ranges)
+            shared_bytes += a["Rss"] + a["Private_Hugetlb"] + a["Shared_Hugetlb"]
+        vm = read_vmstat()
+        d = {k: vm[k] - self._vmstat0[k] for k in vm}
+        huge = (smaps["AnonHugePages"] + smaps["ShmemPmdMapped"] + smaps["FilePmdMapped"]
+                + smaps["Private_Hugetlb"] + smaps["Shared_Hugetlb"])
+        nr_free = read_nr_free()
+        return {
+            "footprint_bytes": int((gmem_bytes + shared_bytes) * self.scale),
+            "huge_bytes": int(huge * self.scale),
+            "huge_splits": int(d["thp_split_page"]),
+            "huge_merges": int(d["thp_collapse_alloc"]),
+            "nr_free": nr_free,
+            "t_ns": int(time.monotonic_ns()),
+            # raw kernel figures at the run's scale (not multiplied back)
+            "gmem_bytes": int(gmem_bytes),
+            "shared_bytes": int(shared_bytes),
+            "scale": self.scale,
+            "smaps": smaps,
+            "vmstat_delta": d,
+        }
+
+    def _fidelity_table(self, probe_mod) -> dict:
+        name = "dual" if getattr(self.strategy, "needs_shared_backing", False) else "in-place"
+        return {k: v["fidelity"] for k, v in self.probe["steps"][name].items()}
+
+    def fidelity(self) -> dict[str, str]:
+        return dict(self._fidelity)
+
+    def breakdown(self) -> dict[str, dict]:
+        out = {}
+        for s in Step:
+            if self._bd_count[s]:
+                out[s.name] = {"count": int(self._bd_count[s]), "ns": int(self._bd_ns[s])}
+        return out
+
+    def metadata(self) -> dict:
+        from bench.host.probe import summary
+        return {
+            "backend": "host",
+            "harness_overhead": self.harness,
+            "harness_overhead_ns": self.harness["nop_median_ns"],
+            "scale": self.scale,
+            "guard_share": float(self.params.get("guard_share", GUARD_SHARE)),
+            "mem_available_bytes": self.mem_available,
+            "warmup_bytes": self.warmup_bytes,
+            "slot_sizes": list(self.slot_sizes),
+            "gmem_flags": [m["gmem_flags"] for m in self._slots_meta],
+            "emulation": list(self.labels),
+            "fidelity": self.fidelity(),
+            "settings_changed": dict(self.settings.changed),
+            "sigbus_steps": self._bd_sigbus,
+            "skipped_steps": self._bd_skipped,
+            "probe": summary(self.probe),
+            "clock": "CLOCK_MONOTONIC, two reads per step (harness_overhead_ns is their cost)",
+        }
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if getattr(self, "_ctx", None) is not None:
+                self._lib.gm_unpin_all(self._ctx)
+            for addr, size in reversed(self._maps):
+                try:
+                    self._kvm.munmap(addr, size)
+                except OSError:
+                    pass
+            self._maps.clear()
+            for fd in reversed(self._fds):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._fds.clear()
+        finally:
+            self.settings.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
