@@ -1,0 +1,420 @@
+"""`gmembench compare BASE CUR`: a regression gate for CI.
+
+Exit 0: no regression.  Exit 1: at least one metric regressed.  Exit 2: error, including
+results that must not be compared.
+
+Method
+------
+1. Comparability.  Both dirs must hold the same schema, and every matched run (same
+   "<workload>/<strategy>" key) the same backend, scale, quick flag, seed, workload params,
+   layout and strategy options; simulator runs also the same cost-profile name; host-backend
+   runs also the same host (hostname, kernel, cpu).  Simulator results do not depend on the
+   machine, so a sim baseline recorded elsewhere stays comparable.  A run present on one side
+   only is an error unless --allow-missing (a benchmark that silently disappears would hide
+   a regression).  Anything else -> exit 2 with the reason.
+
+2. Values.  Every metric is taken once per repetition (one repetition = one measuring
+   process, pyperf's "run"), never from samples pooled across repetitions: conversions
+   inside one repetition share that process's state (cache, THP pool, CPU frequency), so
+   pooling them overstates the evidence by the number of conversions.  Latency p50/p99 per
+   repetition come from samples.npz (repetition N's own samples), else from per_rep.
+   footprint peak and bytes copied come from per_rep; huge_splits from per_rep if recorded,
+   else the run's single total.  All metrics are "lower is better".
+
+3. Decision per metric, on the medians of the per-repetition values:
+      change = median(cur) / median(base) - 1
+   - |change| < threshold                      -> no-change (effect too small to matter)
+   - deterministic metric, |change| >= threshold -> regression / improvement.  Deterministic:
+     simulator backend (the model is exact), or both sides constant across repetitions
+     (counts such as bytes copied), or a single value per side.
+   - otherwise an exact one-sided permutation test on the difference of the medians (all
+     C(n+m, n) relabellings when that is <= 50,000, else 20,000 seeded random ones), in the
+     direction of the change: p <= alpha -> regression / improvement; else -> noisy (a
+     change that size is within what the repetitions' own spread produces; exit 0, but shown).
+   Why a permutation test: it assumes nothing about the distribution (latency per-repetition
+   medians are skewed and few), it is exact for small n, and it is what Firecracker's A/B gate
+   uses (there on means; medians here, robust to one disturbed repetition).  With n=m=3 the
+   smallest one-sided p is 1/20 = 0.05, reached only when every current repetition is worse
+   than every baseline repetition: the LKP separation rule (new minimum above old median and
+   new median above old maximum) is implied, so it is not applied separately.  Fewer than 3
+   repetitions per side cannot reach alpha=0.05: such metrics come out "noisy" and a warning
+   says to run more repetitions.
+   Spread shown = MAD of the baseline's per-repetition values, as % of their median.
+
+Defaults (--threshold sets all, --metric-threshold NAME=PCT one): latency p50 5%, latency
+p99 10% (tails move more between processes), footprint peak 5%, bytes copied 5%, huge
+splits 5%; --alpha 0.05.  benchmarks/gate_quality.py measures the false-alarm rate (A/A) and
+the detection rate of a 10% slowdown (A/B) of these settings on the machine it runs on.
+"""
+import argparse
+import itertools
+import json
+import math
+import sys
+import zlib
+from dataclasses import asdict, dataclass
+from math import comb
+
+import numpy as np
+
+from bench.errors import InputError
+from bench.results import atomic_write_json, load_results, load_samples
+
+METRICS = ("latency_p50", "latency_p99", "footprint_peak", "bytes_copied", "huge_splits")
+UNITS = {"latency_p50": "ns", "latency_p99": "ns", "footprint_peak": "byte",
+         "bytes_copied": "byte", "huge_splits": "count"}
+DEFAULT_THRESHOLDS = {"latency_p50": 0.05, "latency_p99": 0.10, "footprint_peak": 0.05,
+                      "bytes_copied": 0.05, "huge_splits": 0.05}
+DEFAULT_ALPHA = 0.05
+EXACT_LIMIT = 50_000
+RANDOM_PERMUTATIONS = 20_000
+
+REGRESSION, IMPROVEMENT, NO_CHANGE, NOISY = "regression", "improvement", "no-change", "noisy"
+CANDIDATE = "candidate"    # internal: passed the threshold, awaiting the family-wise test
+
+
+class Incomparable(Exception):
+    """BASE and CUR measured different things; exit 2."""
+
+
+@dataclass
+class Row:
+    key: str
+    metric: str
+    unit: str
+    base: float
+    base_spread: float     # MAD / median of the baseline's per-repetition values
+    cur: float
+    change: float          # cur/base - 1 (inf when base is 0 and cur is not)
+    p: float | None        # one-sided permutation p-value, None when not tested
+    n_base: int
+    n_cur: int
+    method: str            # "exact" (deterministic) | "permutation" | "too-few"
+    threshold: float
+    verdict: str
+
+
+# --- per-repetition values -------------------------------------------------------------
+
+def per_rep_values(run: dict, samples: dict, metric: str) -> np.ndarray:
+    """One value per repetition of `metric` for one run (see module docstring, 2)."""
+    per_rep = run.get("per_rep") or []
+    reps = int(run.get("repetitions") or len(per_rep))
+    key = run["key"]
+    if metric in ("latency_p50", "latency_p99"):
+        q, name = (50, "p50") if metric == "latency_p50" else (99, "p99")
+        vals = []
+        for i in range(reps):
+            arr = samples.get(f"{key}/rep{i}")
+            if arr is not None and len(arr):
+                vals.append(float(np.percentile(arr, q)))
+            elif i < len(per_rep) and (per_rep[i].get("latency_ns") or {}).get(name) is not None:
+                vals.append(float(per_rep[i]["latency_ns"][name]))
+        return np.array(vals, dtype=float)
+    if metric == "footprint_peak":
+        vals = [r["footprint_bytes"]["peak"] for r in per_rep
+                if (r.get("footprint_bytes") or {}).get("peak") is not None]
+        if not vals and "footprint_bytes" in run.get("metrics", {}):
+            vals = [run["metrics"]["footprint_bytes"]["peak"]]
+        return np.array(vals, dtype=float)
+    if metric == "bytes_copied":
+        vals = [r["bytes_copied"] for r in per_rep if r.get("bytes_copied") is not None]
+        if not vals and "bytes_copied" in run.get("metrics", {}):
+            vals = [run["metrics"]["bytes_copied"] / max(reps, 1)]
+        return np.array(vals, dtype=float)
+    if metric == "huge_splits":
+        vals = [r["huge_splits"] for r in per_rep if r.get("huge_splits") is not None]
+        if not vals and "huge_splits" in run.get("metrics", {}):
+            vals = [run["metrics"]["huge_splits"]]
+        return np.array(vals, dtype=float)
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+# --- statistics ------------------------------------------------------------------------
+
+def relative_change(base: float, cur: float) -> float:
+    if base == 0:
+        return 0.0 if cur == 0 else math.inf
+    return cur / base - 1.0
+
+
+def mad_spread(values: np.ndarray) -> float:
+    """Median absolute deviation relative to the median (0 when undefined)."""
+    if len(values) < 2:
+        return 0.0
+    med = float(np.median(values))
+    if med == 0:
+        return 0.0
+    return float(np.median(np.abs(values - med))) / abs(med)
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..N, ties sharing their mean rank (as Mann-Whitney U does)."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=float)
+    ranks[order] = np.arange(1, len(x) + 1)
+    uniq, inv = np.unique(x, return_inverse=True)
+    if len(uniq) < len(x):
+        sums = np.bincount(inv, weights=ranks)
+        counts = np.bincount(inv)
+        ranks = (sums / counts)[inv]
+    return ranks
+
+
+def permutation_pvalue(base, cur, greater: bool = True, seed: int = 0) -> float:
+    """One-sided exact Mann-Whitney test by permutation: the p-value of the rank sum of `cur`
+    being this large (greater=True: cur tends to be higher) or this small, when the labels
+    base/cur are exchangeable.  Ties get mid-ranks and count as "at least as extreme"."""
+    base = np.asarray(base, dtype=float)
+    cur = np.asarray(cur, dtype=float)
+    n, m = len(base), len(cur)
+    ranks = _midranks(np.concatenate([base, cur]))
+    observed = ranks[n:].sum()
+    total = comb(n + m, m)
+    if total <= EXACT_LIMIT:
+        cur_idx = np.array(list(itertools.combinations(range(n + m), m)), dtype=np.intp)
+        stats = ranks[cur_idx].sum(axis=1)
+        hits = (stats >= observed - 1e-9) if greater else (stats <= observed + 1e-9)
+        return float(hits.sum()) / total
+    rng = np.random.default_rng(seed)
+    perms = np.argsort(rng.random((RANDOM_PERMUTATIONS, n + m)), axis=1)
+    stats = ranks[perms[:, :m]].sum(axis=1)
+    hits = (stats >= observed - 1e-9) if greater else (stats <= observed + 1e-9)
+    return (float(hits.sum()) + 1) / (RANDOM_PERMUTATIONS + 1)
+
+
+def decide(key: str, metric: str, base: np.ndarray, cur: np.ndarray, threshold: float,
+           deterministic_backend: bool) -> Row:
+    """One row.  A row that needs the test gets its p-value and verdict "candidate";
+    holm() settles it against the whole family."""
+    mb, mc = float(np.median(base)), float(np.median(cur))
+    change = relative_change(mb, mc)
+    constant = bool(np.all(base == base[0]) and np.all(cur == cur[0]))
+    single = len(base) < 2 or len(cur) < 2
+    deterministic = deterministic_backend or constant or (single and metric == "huge_splits")
+    p = None
+    if deterministic:
+        method = "exact"
+    elif min(len(base), len(cur)) < 3:
+        method = "too-few"
+    else:
+        method = "permutation"
+        # one-sided in the direction observed: only "worse" can fail the gate, and a
+        # regression is flagged only when the "greater" test rejects
+        p = permutation_pvalue(base, cur, greater=change > 0,
+                               seed=zlib.crc32(f"{key}|{metric}".encode()))
+    if abs(change) < threshold:
+        verdict = NO_CHANGE
+    elif method == "exact":
+        verdict = REGRESSION if change > 0 else IMPROVEMENT
+    elif method == "too-few":
+        verdict = NOISY
+    else:
+        verdict = CANDIDATE
+    return Row(key=key, metric=metric, unit=UNITS[metric], base=mb, base_spread=mad_spread(base),
+               cur=mc, change=change, p=p, n_base=len(base), n_cur=len(cur), method=method,
+               threshold=threshold, verdict=verdict)
+
+
+def holm(rows: list[Row], alpha: float) -> list[Row]:
+    """Holm-Bonferroni step-down at family level alpha over every tested row (whatever its
+    change), so the chance that any row of an unchanged benchmark set is flagged stays
+    <= alpha.  A candidate (change past its threshold) whose hypothesis is rejected becomes
+    regression/improvement; one that is not becomes noisy.  Each row's p is replaced by its
+    Holm-adjusted p (what it must be <= alpha)."""
+    tested = sorted((r for r in rows if r.p is not None), key=lambda r: r.p)
+    k = len(tested)
+    running = 0.0
+    for i, r in enumerate(tested):
+        running = max(running, min(1.0, r.p * (k - i)))     # adjusted p is monotone
+        r.p = running
+        if r.verdict == CANDIDATE:
+            if running <= alpha:
+                r.verdict = REGRESSION if r.change > 0 else IMPROVEMENT
+            else:
+                r.verdict = NOISY
+    return rows
+
+
+# --- comparability ---------------------------------------------------------------------
+
+_RUN_FIELDS = ("backend", "scale", "quick", "seed", "params", "layout", "strategy_options")
+
+
+def check_comparable(base: dict, cur: dict, allow_missing: bool = False) -> list[str]:
+    """Raise Incomparable with every reason found; return the matched keys in base order."""
+    reasons = []
+    if base.get("schema") != cur.get("schema"):
+        reasons.append(f"schema {base.get('schema')!r} vs {cur.get('schema')!r}")
+    bruns = {r["key"]: r for r in base.get("runs", [])}
+    cruns = {r["key"]: r for r in cur.get("runs", [])}
+    only_b = [k for k in bruns if k not in cruns]
+    only_c = [k for k in cruns if k not in bruns]
+    if not allow_missing:
+        if only_b:
+            reasons.append(f"runs only in BASE: {', '.join(only_b)}")
+        if only_c:
+            reasons.append(f"runs only in CUR: {', '.join(only_c)}")
+    keys = [k for k in bruns if k in cruns]
+    if not keys:
+        reasons.append("no run in common")
+    host_checked = False
+    for k in keys:
+        rb, rc = bruns[k], cruns[k]
+        for f in _RUN_FIELDS:
+            if rb.get(f) != rc.get(f):
+                reasons.append(f"{k}: {f} differs ({_short(rb.get(f))} vs {_short(rc.get(f))})")
+        if rb.get("backend") == "sim" == rc.get("backend"):
+            pb = (rb.get("cost_profile") or {}).get("name")
+            pc = (rc.get("cost_profile") or {}).get("name")
+            if pb != pc:
+                reasons.append(f"{k}: cost profile {pb!r} vs {pc!r}")
+        if rb.get("backend") == "host" and not host_checked:
+            host_checked = True
+            hb, hc = base.get("host") or {}, cur.get("host") or {}
+            for f in ("hostname", "kernel", "cpu"):
+                if hb.get(f) != hc.get(f):
+                    reasons.append(f"host {f} differs ({hb.get(f)!r} vs {hc.get(f)!r})")
+    if reasons:
+        raise Incomparable("; ".join(reasons))
+    return keys
+
+
+def _short(v, n=60) -> str:
+    s = json.dumps(v, sort_keys=True, default=str)
+    return s if len(s) <= n else s[:n - 3] + "..."
+
+
+# --- the gate --------------------------------------------------------------------------
+
+def compare_results(base: dict, cur: dict, thresholds: dict | None = None,
+                    alpha: float = DEFAULT_ALPHA, allow_missing: bool = False,
+                    metrics=METRICS) -> list[Row]:
+    """Rows for every matched run x metric; raises Incomparable."""
+    th = dict(DEFAULT_THRESHOLDS)
+    th.update(thresholds or {})
+    keys = check_comparable(base, cur, allow_missing)
+    sb, sc = load_samples(base), load_samples(cur)
+    bruns = {r["key"]: r for r in base["runs"]}
+    cruns = {r["key"]: r for r in cur["runs"]}
+    rows = []
+    for k in keys:
+        rb, rc = bruns[k], cruns[k]
+        for metric in metrics:
+            vb, vc = per_rep_values(rb, sb, metric), per_rep_values(rc, sc, metric)
+            if len(vb) == 0 or len(vc) == 0:
+                continue    # not recorded (e.g. no successful conversion): nothing to gate
+            rows.append(decide(k, metric, vb, vc, th[metric],
+                               deterministic_backend=rb.get("backend") == "sim"))
+    return holm(rows, alpha)
+
+
+def format_value(v: float, unit: str) -> str:
+    if unit == "ns":
+        for div, u in ((1e9, "s"), (1e6, "ms"), (1e3, "us")):
+            if abs(v) >= div:
+                return f"{v / div:.3g}{u}"
+        return f"{v:.3g}ns"
+    if unit == "byte":
+        for div, u in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+            if abs(v) >= div:
+                return f"{v / div:.4g}{u}"
+        return f"{v:.0f}B"
+    return f"{v:.4g}"
+
+
+def format_table(rows: list[Row]) -> str:
+    head = ("benchmark", "metric", "base", "spread", "cur", "change", "p", "verdict")
+    lines = [head]
+    for r in rows:
+        change = "+inf" if math.isinf(r.change) else f"{100 * r.change:+.1f}%"
+        p = f"{r.p:.3g}" if r.p is not None else ("exact" if r.method == "exact" else
+                                                 f"n={min(r.n_base, r.n_cur)}")
+        lines.append((r.key, r.metric, format_value(r.base, r.unit),
+                      f"±{100 * r.base_spread:.1f}%", format_value(r.cur, r.unit), change, p,
+                      r.verdict.upper() if r.verdict == REGRESSION else r.verdict))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    out = []
+    for j, line in enumerate(lines):
+        out.append("  ".join(str(c).ljust(w) if i < 2 or i == 7 else str(c).rjust(w)
+                             for i, (c, w) in enumerate(zip(line, widths))).rstrip())
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _parse_metric_threshold(text: str) -> tuple[str, float]:
+    name, sep, pct = text.partition("=")
+    if not sep or name not in METRICS:
+        raise argparse.ArgumentTypeError(
+            f"expected METRIC=PERCENT with METRIC one of {', '.join(METRICS)}; got {text!r}")
+    try:
+        value = float(pct.rstrip("%")) / 100
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percentage: {pct!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"threshold must be >= 0: {pct!r}")
+    return name, value
+
+
+def _percent(text: str) -> float:
+    try:
+        v = float(text.rstrip("%")) / 100
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percentage: {text!r}")
+    if v < 0:
+        raise argparse.ArgumentTypeError("threshold must be >= 0")
+    return v
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("base", metavar="BASE", help="baseline results dir (results/<run-id>/)")
+    parser.add_argument("cur", metavar="CUR", help="current results dir")
+    parser.add_argument("--threshold", type=_percent, default=None, metavar="PCT",
+                        help="minimum change that counts, in %%, for every metric "
+                             "(default: latency p50 5, p99 10, others 5)")
+    parser.add_argument("--metric-threshold", type=_parse_metric_threshold, action="append",
+                        default=[], metavar="METRIC=PCT",
+                        help=f"per-metric minimum change; METRIC one of {', '.join(METRICS)}")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help="significance level of the one-sided permutation test "
+                             "(default %(default)s)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="compare the runs both dirs have instead of refusing")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+
+
+def cli_compare(args) -> int:
+    if not 0 < args.alpha < 1:
+        raise InputError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    thresholds = {}
+    if args.threshold is not None:
+        thresholds = {m: args.threshold for m in METRICS}
+    thresholds.update(dict(args.metric_threshold))
+    base, cur = load_results(args.base), load_results(args.cur)
+    try:
+        rows = compare_results(base, cur, thresholds, args.alpha, args.allow_missing)
+    except Incomparable as e:
+        print(f"gmembench compare: not comparable: {e}", file=sys.stderr)
+        return 2
+    print(f"BASE {args.base} ({base.get('run_id')})\nCUR  {args.cur} ({cur.get('run_id')})")
+    print(format_table(rows))
+    few = sorted({r.key for r in rows if r.method == "too-few"})
+    if few:
+        print(f"warning: fewer than 3 repetitions in {', '.join(few)}: no test can be "
+              f"significant, run more repetitions", file=sys.stderr)
+    min_p = min((1 / comb(r.n_base + r.n_cur, r.n_cur) for r in rows
+                 if r.method == "permutation"), default=0.0)
+    if min_p > args.alpha:
+        print(f"warning: with these repetition counts the smallest possible p is "
+              f"{min_p:.3g} > alpha {args.alpha}: nothing can be flagged", file=sys.stderr)
+    n_reg = sum(r.verdict == REGRESSION for r in rows)
+    n_imp = sum(r.verdict == IMPROVEMENT for r in rows)
+    n_noisy = sum(r.verdict == NOISY for r in rows)
+    print(f"{n_reg} regression(s), {n_imp} improvement(s), {n_noisy} noisy, "
+          f"{len(rows) - n_reg - n_imp - n_noisy} unchanged")
+    if args.json:
+        atomic_write_json(args.json, {"base": args.base, "cur": args.cur, "alpha": args.alpha,
+                                      "rows": [asdict(r) for r in rows],
+                                      "regressions": n_reg})
+    return 1 if n_reg else 0
