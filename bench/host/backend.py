@@ -112,13 +112,14 @@ class HostTarget:
         self._kvm, self._ffi, self._lib = kvm, ffi, lib
         if lib.gm_step_size() != STEP_DTYPE.itemsize or lib.gm_result_size() != RESULT_DTYPE.itemsize:
             raise RuntimeError("C helper struct layout does not match bench.ops dtypes")
-        if not os.path.exists("/dev/kvm"):
-            raise InputError("host backend: /dev/kvm does not exist on this machine "
+        from bench.host.probe import KVM_PATH
+        if not os.path.exists(KVM_PATH):
+            raise InputError(f"host backend: {KVM_PATH} does not exist on this machine "
                              "(use --backend sim)")
         try:
-            self._kvm_fd = kvm.kvm_open()
+            self._kvm_fd = kvm.kvm_open(KVM_PATH)
         except OSError as e:
-            raise InputError(f"host backend: cannot open /dev/kvm: {e.strerror}"
+            raise InputError(f"host backend: cannot open {KVM_PATH}: {e.strerror}"
                              + (" (run as root)" if os.geteuid() else "")) from None
         self._fds.append(self._kvm_fd)
         try:

@@ -34,5 +34,32 @@ ffibuilder.set_source(
     extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
 )
 
+
+def ensure_built() -> bool:
+    """Import bench.host._helper, compiling it in place first if this checkout lacks it
+    (development trees and test runs from a fresh clone).  Returns True when importable."""
+    try:
+        import bench.host._helper  # noqa: F401
+        return True
+    except ImportError:
+        pass
+    root = os.path.dirname(os.path.dirname(HERE))
+    cwd = os.getcwd()
+    try:
+        os.chdir(root)
+        ffibuilder.compile(tmpdir=".")
+    finally:
+        os.chdir(cwd)
+        for leftover in ("_helper.o", "_helper.c"):
+            try:
+                os.remove(os.path.join(HERE, leftover))
+            except OSError:
+                pass
+    import importlib
+    importlib.invalidate_caches()
+    import bench.host._helper  # noqa: F401
+    return True
+
+
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

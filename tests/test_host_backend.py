@@ -1,0 +1,279 @@
+"""HostTarget on the real kernel: both strategies, semantics and kernel-read state.
+Runs for real as root with /dev/kvm; skipped with the reason otherwise."""
+import errno
+import os
+
+import numpy as np
+import pytest
+
+from bench.errors import InputError
+from bench.layout import Layout, Memslot
+from bench.ops import (NO_CHECK, SIGBUS_STATUS, SKIPPED, OpKind, Step, empty_ops)
+from bench.strategies import DualBacking, InPlace
+
+pytestmark = [
+    pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="no /dev/kvm on this machine"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="/dev/kvm needs root here"),
+]
+
+M = 1 << 20
+K4 = 4096
+SIZE = 64 * M
+
+
+@pytest.fixture(scope="module")
+def probed():
+    from bench.host.build_helper import ensure_built
+    ensure_built()
+    from bench.host.probe import probe
+    return probe()
+
+
+def target(probed, strategy, **layout_kw):
+    from bench.host.backend import HostTarget
+    gpa = layout_kw.pop("gpa", 1 << 32)
+    extra = layout_kw.pop("params", {})
+    lay = Layout(memslots=(Memslot(gpa, layout_kw.pop("size", SIZE)),), **layout_kw)
+    params = {"probe": probed, "warmup_bytes": 16 * M, "overhead_reps": 2001}
+    params.update(extra)
+    return HostTarget(lay, strategy, params), lay
+
+
+def make_ops(*rows):
+    a = empty_ops(len(rows))
+    for i, (kind, off, size, tok) in enumerate(rows):
+        a[i]["t_ns"], a[i]["kind"], a[i]["offset"], a[i]["size"], a[i]["token"] = -1, kind, off, size, tok
+    return a
+
+
+def run(t, strat, lay, *rows):
+    ops = make_ops(*rows)
+    steps = strat.compile(ops, lay)
+    res = t.execute(steps)
+    return steps, res
+
+
+def op_status(steps, res, op):
+    return [int(s) for s in res["status"][steps["op"] == op]]
+
+
+def op_aux(steps, res, op, code):
+    m = (steps["op"] == op) & (steps["code"] == code)
+    return int(res["aux"][m][0])
+
+
+@pytest.mark.parametrize("strategy", [InPlace(), DualBacking()], ids=["in-place", "dual"])
+def test_contents_survive_round_trip_and_private_faults(probed, strategy):
+    t, lay = target(probed, strategy)
+    try:
+        steps, res = run(t, strategy, lay,
+                         (OpKind.PRIVATE_WRITE, 0, 8 * M, 7),      # 0 guest fills private
+                         (OpKind.SHARED_PROBE, 0, K4, NO_CHECK),    # 1 host touch: must fault
+                         (OpKind.TO_SHARED, 0, 4 * M, 0),           # 2
+                         (OpKind.SHARED_READ, 0, 4 * M, 7),         # 3 preserved
+                         (OpKind.SHARED_WRITE, 0, 4 * M, 9),        # 4
+                         (OpKind.TO_PRIVATE, 0, 4 * M, 0),          # 5
+                         (OpKind.PRIVATE_READ, 0, 8 * M, NO_CHECK),
+                         (OpKind.PRIVATE_READ, 0, 4 * M, 9),        # 7 preserved back
+                         (OpKind.PRIVATE_READ, 4 * M, 4 * M, 7),    # 8 untouched half
+                         (OpKind.SHARED_PROBE, 0, K4, NO_CHECK))    # 9 private again: fault
+        assert (res["status"][steps["op"] != 1][steps["op"][steps["op"] != 1] != 9] == 0).all()
+        assert op_status(steps, res, 1) == [SIGBUS_STATUS]
+        assert op_status(steps, res, 9) == [SIGBUS_STATUS]
+        assert op_aux(steps, res, 3, Step.READ) == 0
+        assert op_aux(steps, res, 7, Step.READ) == 0
+        assert op_aux(steps, res, 8, Step.READ) == 0
+        # a READ that checks does detect wrong contents (the check can fail)
+        steps2, res2 = run(t, strategy, lay, (OpKind.PRIVATE_READ, 0, 4 * M, 8))
+        assert op_aux(steps2, res2, 0, Step.READ) == 4 * M // K4
+        assert (res["ns"][res["status"] == 0] > 0).all()
+        bd = t.breakdown()
+        assert bd["WRITE"]["count"] == 2 and bd["WRITE"]["ns"] > 0
+    finally:
+        t.close()
+
+
+def test_in_place_shared_range_is_host_accessible(probed):
+    s = InPlace()
+    t, lay = target(probed, s)
+    try:
+        steps, res = run(t, s, lay, (OpKind.TO_SHARED, 2 * M, 2 * M, 0),
+                         (OpKind.SHARED_PROBE, 2 * M, K4, NO_CHECK),
+                         (OpKind.SHARED_PROBE, 4 * M, K4, NO_CHECK),   # next page stays private
+                         (OpKind.SHARED_WRITE, 2 * M, 2 * M, 3),
+                         (OpKind.SHARED_READ, 2 * M, 2 * M, 3))
+        assert op_status(steps, res, 1) == [0]
+        assert op_status(steps, res, 2) == [SIGBUS_STATUS]
+        assert op_aux(steps, res, 4, Step.READ) == 0
+        fid = t.fidelity()
+        expect = "native" if probed["features"]["attrs2"]["native"] else "emulated"
+        assert fid["GMEM_SET_ATTRS"] == expect
+        assert t.metadata()["fidelity"] == fid
+    finally:
+        t.close()
+
+
+def test_dual_punch_and_discard_free_memory_read_from_kernel(probed):
+    s = DualBacking()
+    t, lay = target(probed, s, shared_backing="memfd")
+    try:
+        snap0 = t.snapshot()
+        assert snap0["footprint_bytes"] == 0
+        run(t, s, lay, (OpKind.PRIVATE_WRITE, 0, 16 * M, 1))
+        assert t.snapshot()["gmem_bytes"] == 16 * M
+        steps, res = run(t, s, lay, (OpKind.TO_SHARED, 0, 8 * M, 0))
+        assert (res["status"] == 0).all()
+        snap = t.snapshot()
+        assert snap["gmem_bytes"] == 8 * M        # punched
+        assert snap["shared_bytes"] == 8 * M      # copied into the memfd
+        assert snap["footprint_bytes"] == 16 * M
+        assert op_aux(steps, res, 0, Step.COPY) == 8 * M
+        run(t, s, lay, (OpKind.TO_PRIVATE, 0, 4 * M, 0))
+        snap2 = t.snapshot()
+        assert snap2["shared_bytes"] == 4 * M and snap2["gmem_bytes"] == 12 * M
+        assert snap2["t_ns"] > snap["t_ns"] > snap0["t_ns"]
+        assert len(snap2["nr_free"]) >= 11 and sum(snap2["nr_free"]) > 0
+    finally:
+        t.close()
+
+
+def test_in_place_to_private_zaps_but_keeps_memory(probed):
+    s = InPlace()
+    t, lay = target(probed, s, init_shared=True)
+    try:
+        steps, res = run(t, s, lay, (OpKind.SHARED_WRITE, 0, 8 * M, 5),
+                         (OpKind.TO_PRIVATE, 0, 8 * M, 0))
+        assert (res["status"] == 0).all()
+        snap = t.snapshot()
+        assert snap["footprint_bytes"] == 8 * M
+        assert snap["smaps"]["Rss"] == 0           # host mapping zapped
+    finally:
+        t.close()
+
+
+def test_abort_on_fail_skips_rest_of_op(probed):
+    s = DualBacking()
+    t, lay = target(probed, s)
+    try:
+        steps, res = run(t, s, lay, (OpKind.TO_SHARED, 100, K4, 0),   # unaligned: EINVAL
+                         (OpKind.TO_SHARED, 0, K4, 0))
+        st0 = op_status(steps, res, 0)
+        assert st0[0] == errno.EINVAL and set(st0[1:]) == {SKIPPED}
+        assert set(op_status(steps, res, 1)) == {0}
+        assert t.metadata()["skipped_steps"] == len(st0) - 1
+    finally:
+        t.close()
+
+
+def test_pin_blocks_in_place_to_private(probed):
+    if probed["steps"]["in-place"]["PIN"]["fidelity"] == "unavailable":
+        pytest.skip("no way to hold page references here")
+    s = InPlace()
+    t, lay = target(probed, s, init_shared=True)
+    try:
+        steps, res = run(t, s, lay, (OpKind.SHARED_WRITE, 0, 4 * M, 1),
+                         (OpKind.PIN, 2 * M, 64 * K4, 0),
+                         (OpKind.TO_PRIVATE, 0, 4 * M, 0),
+                         (OpKind.UNPIN, 2 * M, 64 * K4, 0),
+                         (OpKind.TO_PRIVATE, 0, 4 * M, 0))
+        assert op_status(steps, res, 1) == [0]
+        assert op_status(steps, res, 2) == [errno.EAGAIN]
+        assert op_aux(steps, res, 2, Step.GMEM_SET_ATTRS) == 2 * M      # error_offset
+        assert op_status(steps, res, 4) == [0]
+    finally:
+        t.close()
+
+
+@pytest.mark.parametrize("platform,expect_bad", [("zero", 0), ("destroy", 256)])
+def test_platform_content_effect(probed, platform, expect_bad):
+    if probed["features"]["attrs2"]["native"]:
+        pytest.skip("native conversion: content effect is the platform's, not emulated")
+    s = InPlace()
+    t, lay = target(probed, s, platform=platform)
+    try:
+        steps, res = run(t, s, lay, (OpKind.PRIVATE_WRITE, 0, M, 4),
+                         (OpKind.TO_SHARED, 0, M, 0),
+                         (OpKind.SHARED_READ, 0, M, 0))            # expect zeros
+        assert op_aux(steps, res, 2, Step.READ) == expect_bad
+    finally:
+        t.close()
+
+
+def test_thp_shared_backing_split_counted_and_setting_restored(probed):
+    from bench.host.sysfs import THP_SHMEM_ENABLED, read_setting
+    before = read_setting(THP_SHMEM_ENABLED)
+    s = DualBacking()
+    t, lay = target(probed, s, shared_backing="memfd", shared_page="thp", size=16 * M)
+    try:
+        run(t, s, lay, (OpKind.SHARED_WRITE, 0, 4 * M, 1))
+        snap = t.snapshot()
+        assert snap["huge_bytes"] >= 2 * M              # PMD-mapped shmem THP
+        steps, res = run(t, s, lay, (OpKind.TO_PRIVATE, 0, K4, 0))   # 4K hole in a THP
+        assert (res["status"] == 0).all()
+        snap2 = t.snapshot()
+        assert snap2["huge_splits"] >= 1
+        assert snap2["huge_bytes"] < snap["huge_bytes"]
+        if before in ("never", "deny"):
+            assert t.metadata()["settings_changed"][THP_SHMEM_ENABLED]["to"] == "advise"
+    finally:
+        t.close()
+    assert read_setting(THP_SHMEM_ENABLED) == before
+
+
+def test_hugetlb_pool_set_and_restored(probed):
+    from bench.host.sysfs import read_setting
+    pool = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+    before = read_setting(pool)
+    s = DualBacking()
+    t, lay = target(probed, s, shared_backing="memfd", shared_page="hugetlb", size=8 * M)
+    try:
+        steps, res = run(t, s, lay, (OpKind.SHARED_WRITE, 0, 4 * M, 2),
+                         (OpKind.SHARED_READ, 0, 4 * M, 2))
+        assert (res["status"] == 0).all() and op_aux(steps, res, 1, Step.READ) == 0
+        snap = t.snapshot()
+        assert snap["huge_bytes"] == 4 * M
+        assert snap["shared_bytes"] == 4 * M
+    finally:
+        t.close()
+    assert read_setting(pool) == before
+
+
+def test_scale_guard_and_refusal(probed):
+    from bench.host.backend import mem_available
+    avail = mem_available()
+    share = (64 * M) / avail          # allows 64 MiB: a 256 MiB guest (x2) scales by 8
+    s = InPlace()
+    t, lay = target(probed, s, size=256 * M, params={"guard_share": share})
+    try:
+        md = t.metadata()
+        assert md["scale"] == 8 and md["slot_sizes"] == [32 * M]
+        steps, res = run(t, s, lay, (OpKind.PRIVATE_WRITE, 0, 256 * M, 3),
+                         (OpKind.PRIVATE_READ, 0, 256 * M, 3))
+        assert (res["status"] == 0).all() and op_aux(steps, res, 1, Step.READ) == 0
+        assert t.snapshot()["footprint_bytes"] == 256 * M      # reported at workload scale
+    finally:
+        t.close()
+    with pytest.raises(InputError, match="guard"):
+        target(probed, s, size=256 * M, params={"guard_share": share, "max_scale": 4})
+
+
+def test_harness_overhead_reported(probed):
+    t, _ = target(probed, InPlace())
+    try:
+        md = t.metadata()
+        assert 0 < md["harness_overhead_ns"] < 100
+        assert md["probe"]["kvm_usable"] is True
+    finally:
+        t.close()
+
+
+def test_same_fds_for_both_strategies(probed):
+    """Trap 3: both strategies hold a VM fd with bound memslots."""
+    for s in (InPlace(), DualBacking()):
+        t, _ = target(probed, s)
+        try:
+            links = [os.readlink(f"/proc/self/fd/{fd}") for fd in t._fds]
+            assert any("kvm-vm" in l for l in links)
+            assert any("kvm-gmem" in l or "guest_memfd" in l for l in links)
+        finally:
+            t.close()
