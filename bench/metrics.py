@@ -1,0 +1,130 @@
+"""Metrics, computed the same way for every backend from what the backend reported:
+the per-step results of execute() and the snapshots of snapshot().  Nothing here knows
+whether the numbers came from the model or from the kernel."""
+import errno as errno_mod
+
+import numpy as np
+
+from bench.fragmentation import indices
+from bench.ops import (NO_CHECK, OpKind, PAGE_SIZE, SIGBUS_STATUS, SKIPPED, STEP_CONVERSION,
+                       Step)
+
+
+def _errname(code: int) -> str:
+    if code == SIGBUS_STATUS:
+        return "SIGBUS"
+    if code == SKIPPED:
+        return "SKIPPED"
+    return errno_mod.errorcode.get(code, str(code))
+
+
+def latency_stats(lat: np.ndarray) -> dict:
+    if len(lat) == 0:
+        return {k: None for k in ("p50", "p90", "p99", "max", "mean", "min", "stdev")}
+    q = np.percentile(lat, [50, 90, 99])
+    return {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "max": int(lat.max()),
+            "mean": float(lat.mean()), "min": int(lat.min()), "stdev": float(lat.std())}
+
+
+class RepetitionRecord:
+    """What one repetition produced: per-conversion latencies and the counters."""
+
+    def __init__(self, ops: np.ndarray, steps: np.ndarray, res: np.ndarray):
+        n_ops = len(ops)
+        conv_step = (steps["flags"] & STEP_CONVERSION) != 0
+        op_idx = steps["op"].astype(np.int64)
+        ns = res["ns"].astype(np.int64)
+        failed_step = (res["status"] != 0) & (res["status"] != SKIPPED)
+        is_conv_op = np.isin(ops["kind"], (OpKind.TO_SHARED, OpKind.TO_PRIVATE))
+        lat = np.bincount(op_idx[conv_step], weights=ns[conv_step], minlength=n_ops)
+        failed = np.bincount(op_idx[conv_step & failed_step], minlength=n_ops) > 0
+        ok_conv = is_conv_op & ~failed
+        self.latency_ns = lat[ok_conv].astype(np.int64)
+        self.sizes = ops["size"][ok_conv].astype(np.int64)
+        self.conversions = int(is_conv_op.sum())
+        self.failed_conversions = int((is_conv_op & failed).sum())
+        self.bytes_converted = int(self.sizes.sum())
+        copy = steps["code"] == Step.COPY
+        self.bytes_copied = int(res["aux"][copy].sum())
+        self.copy_time_ns = int(ns[copy].sum())
+        self.conversion_time_ns = int(ns[conv_step].sum())
+        touch = ~conv_step & (steps["code"] != Step.NOP)
+        touch_op_ns = np.bincount(op_idx[touch], weights=ns[touch], minlength=n_ops)
+        touch_ops = np.isin(ops["kind"], (OpKind.SHARED_WRITE, OpKind.SHARED_READ,
+                                          OpKind.PRIVATE_WRITE, OpKind.PRIVATE_READ))
+        self.touch_ns = touch_op_ns[touch_ops].astype(np.int64)
+        # semantic checks
+        reads = (steps["code"] == Step.READ) & (steps["arg"] != NO_CHECK) & (res["status"] == 0)
+        self.content_pages_checked = int((steps["size"][reads] // PAGE_SIZE).sum())
+        self.content_mismatch_pages = int(res["aux"][reads].sum())
+        probe_op = ops["kind"][op_idx] == OpKind.SHARED_PROBE
+        sigbus = res["status"] == SIGBUS_STATUS
+        self.sigbus_expected = int((ops["kind"] == OpKind.SHARED_PROBE).sum())
+        self.sigbus_seen = int((probe_op & sigbus).sum())
+        self.unexpected_sigbus = int((~probe_op & sigbus).sum())
+        errs = res["status"][failed_step & ~(probe_op & sigbus)]
+        codes, counts = np.unique(errs, return_counts=True)
+        self.errors = {_errname(int(c)): int(k) for c, k in zip(codes, counts)}
+
+    def summary(self) -> dict:
+        return {
+            "conversions": self.conversions,
+            "failed_conversions": self.failed_conversions,
+            "latency_ns": latency_stats(self.latency_ns),
+            "bytes_copied": self.bytes_copied,
+            "copy_time_ns": self.copy_time_ns,
+        }
+
+
+def series_metrics(series: dict, guest_size: int) -> dict:
+    fp = np.asarray(series["footprint_bytes"], dtype=np.float64)
+    cov = np.asarray(series["hugepage_coverage"], dtype=np.float64)
+    return {
+        "footprint_bytes": {"peak": int(fp.max()), "mean": float(fp.mean())},
+        "footprint_ratio": {"peak": float(fp.max() / guest_size), "mean": float(fp.mean() / guest_size)},
+        "hugepage_coverage": {"start": float(cov[0]), "end": float(cov[-1]), "min": float(cov.min())},
+    }
+
+
+def aggregate(reps: list[RepetitionRecord], rep_series: list[dict], last_snapshots: list[dict],
+              guest_size: int) -> dict:
+    """Metrics over all repetitions (the names results.json promises)."""
+    lat = np.concatenate([r.latency_ns for r in reps]) if reps else np.zeros(0, np.int64)
+    sizes = np.concatenate([r.sizes for r in reps]) if reps else np.zeros(0, np.int64)
+    per4k = lat / np.maximum(sizes // PAGE_SIZE, 1)
+    touch = np.concatenate([r.touch_ns for r in reps]) if reps else np.zeros(0, np.int64)
+    fp_peak = max(max(s["footprint_bytes"]) for s in rep_series)
+    fp_mean = float(np.mean([np.mean(s["footprint_bytes"]) for s in rep_series]))
+    cov = [series_metrics(s, guest_size)["hugepage_coverage"] for s in rep_series]
+    errors: dict[str, int] = {}
+    for r in reps:
+        for k, v in r.errors.items():
+            errors[k] = errors.get(k, 0) + v
+    last = last_snapshots[-1]
+    return {
+        "conversions": sum(r.conversions for r in reps),
+        "failed_conversions": sum(r.failed_conversions for r in reps),
+        "latency_ns": latency_stats(lat),
+        "latency_per_4k_ns": {"p50": float(np.median(per4k)) if len(per4k) else None,
+                              "mean": float(per4k.mean()) if len(per4k) else None},
+        "bytes_converted": sum(r.bytes_converted for r in reps),
+        "bytes_copied": sum(r.bytes_copied for r in reps),
+        "copy_time_ns": sum(r.copy_time_ns for r in reps),
+        "conversion_time_ns": sum(r.conversion_time_ns for r in reps),
+        "touch_ns": {"total": int(touch.sum()), "p50": float(np.median(touch)) if len(touch) else None},
+        "footprint_bytes": {"peak": int(fp_peak), "mean": fp_mean},
+        "footprint_ratio": {"peak": fp_peak / guest_size, "mean": fp_mean / guest_size},
+        "hugepage_coverage": {"start": cov[0]["start"], "end": float(np.mean([c["end"] for c in cov])),
+                              "min": float(min(c["min"] for c in cov))},
+        "huge_splits": int(np.mean([s["huge_splits"][-1] - s["huge_splits"][0] for s in rep_series])),
+        "huge_merges": int(np.mean([s["huge_merges"][-1] - s["huge_merges"][0] for s in rep_series])),
+        "unusable_index": {k: v for k, v in indices(last["nr_free"]).items() if k in ("order9", "order18")},
+        "checks": {
+            "content_pages_checked": sum(r.content_pages_checked for r in reps),
+            "content_mismatch_pages": sum(r.content_mismatch_pages for r in reps),
+            "sigbus_expected": sum(r.sigbus_expected for r in reps),
+            "sigbus_seen": sum(r.sigbus_seen for r in reps),
+            "unexpected_sigbus": sum(r.unexpected_sigbus for r in reps),
+        },
+        "errors": errors,
+    }

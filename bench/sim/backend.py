@@ -1,0 +1,226 @@
+"""SimTarget: executes strategy steps on the model, charging the cost model.
+
+A step's latency is the sum of the primitives the model performed for it (Ledger), so
+every number in a simulated result can be listed by its parts (breakdown()).
+"""
+import errno
+import time
+
+import numpy as np
+
+from bench.costs import load_profile
+from bench.errors import InputError
+from bench.fragmentation import indices
+from bench.ops import (KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, PAGE_SIZE, RESULT_DTYPE,
+                       SIGBUS_STATUS, SKIPPED, STEP_ABORT_ON_FAIL, Obj, Step, Via)
+from bench.sim.buddy import OutOfMemory
+from bench.sim.model import (GuestMemfd, Host, Ledger, PLATFORM_VM_TYPE, SHARED, SIGBUS,
+                             SharedBacking, VM)
+
+GiB = 1 << 30
+ORDER_OF = {PAGE_SIZE: 0, 2 << 20: 9, 1 << 30: 18}
+
+
+def parse_size(v, what: str) -> int:
+    if isinstance(v, int):
+        return v
+    s = str(v).strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if s and s[-1] in mult:
+            return int(float(s[:-1]) * mult[s[-1]])
+        return int(s)
+    except ValueError:
+        raise InputError(f"{what}: {v!r} is not a size (expected e.g. 4096, 64M, 2G)")
+
+
+class SimTarget:
+    backend = "sim"
+
+    def __init__(self, layout, strategy, params: dict | None = None):
+        params = dict(params or {})
+        self.layout, self.strategy, self.params = layout, strategy, params
+        self.profile = params.get("_profile") or load_profile(params.get("profile"))
+        self.ledger = Ledger(self.profile)
+        order = ORDER_OF.get(layout.gmem_page_size)
+        if order is None:
+            raise InputError(f"gmem_page_size {layout.gmem_page_size} is not 4K, 2M or 1G")
+        guest = layout.guest_size
+        default_host = max(16 * GiB, (2 * guest + 2 * GiB + GiB - 1) // GiB * GiB)
+        host_bytes = parse_size(params.get("host_memory", default_host), "host_memory")
+        if host_bytes % PAGE_SIZE:
+            raise InputError(f"host_memory {host_bytes} is not a multiple of 4096")
+        if order == 18 and host_bytes < GiB:
+            raise InputError("host_memory is smaller than one 1G folio")
+        for i, m in enumerate(layout.memslots):
+            if m.size % layout.gmem_page_size or m.size == 0:
+                raise InputError(f"memslot {i}: size {m.size} is not a positive multiple of the "
+                                 f"guest_memfd page size {layout.gmem_page_size}")
+            if m.gpa % PAGE_SIZE:
+                raise InputError(f"memslot {i}: gpa {m.gpa:#x} is not 4K aligned")
+        rng = np.random.default_rng(int(params.get("seed", 0)))
+        self.host = Host(host_bytes // PAGE_SIZE, self.ledger, rng,
+                         float(params.get("prefragment", 0.0)))
+        in_place = strategy.name == "in-place"
+        self.vm = VM(PLATFORM_VM_TYPE[layout.platform], self.ledger, in_place=in_place)
+        flags = strategy.gmem_flags(layout)
+        promote = bool(strategy.options.get("promote", layout.platform != "zero"))
+        initial = SHARED if layout.init_shared else PRIVATE
+        self.gmem: list[GuestMemfd] = []
+        self.shared: list[SharedBacking | None] = []
+        try:
+            for m in layout.memslots:
+                g = GuestMemfd(self.host, self.vm, m.size, flags, order, layout.platform, promote)
+                self.vm.add_slot(g, initial)
+                if not in_place:
+                    g.attr_view = self.vm.slot_attrs[-1]
+                self.gmem.append(g)
+                self.shared.append(SharedBacking(self.host, m.size // PAGE_SIZE,
+                                                 layout.shared_backing, layout.shared_page)
+                                   if strategy.needs_shared_backing else None)
+        except OutOfMemory as e:
+            raise InputError(f"host_memory {host_bytes} too small for this layout: {e}")
+        self.wall_s = 0.0
+        self._dispatch = {
+            Step.NOP: lambda *a: (0, 0),
+            Step.GMEM_SET_ATTRS: self._set_attrs2,
+            Step.VM_SET_ATTRS: self._vm_set_attrs,
+            Step.GMEM_PUNCH: self._punch,
+            Step.SHARED_DISCARD: self._discard,
+            Step.COPY: self._copy,
+            Step.WRITE: self._write,
+            Step.READ: self._read,
+            Step.PIN: self._pin,
+            Step.UNPIN: self._unpin,
+        }
+
+    # ---- steps ------------------------------------------------------------------------
+    def _set_attrs2(self, slot, obj, via, offset, size, arg):
+        ret, err_off = self.gmem[slot].set_memory_attributes2(offset, size, arg)
+        return ret, err_off or 0
+
+    def _vm_set_attrs(self, slot, obj, via, offset, size, arg):
+        return self.vm.set_memory_attributes(slot, offset, size, arg), 0
+
+    def _punch(self, slot, obj, via, offset, size, arg):
+        return self.gmem[slot].fallocate_punch_hole(offset, size), 0
+
+    def _discard(self, slot, obj, via, offset, size, arg):
+        p0, p1 = offset >> 12, (offset + size) >> 12
+        return self.shared[slot].discard(p0, p1), 0
+
+    def _copy(self, slot, obj, via, offset, size, arg):
+        """Copy the range to `obj` from the other object (only allocated source pages hold
+        data; holes read as zeros and need no copy)."""
+        p0, p1 = offset >> 12, (offset + size) >> 12
+        g, s = self.gmem[slot], self.shared[slot]
+        src, dst = (g, s) if obj == Obj.SHARED else (s, g)
+        present = src.present_in(p0, p1)
+        n = int(np.count_nonzero(present))
+        if n:
+            dst.populate(p0, p1)
+            dst.data[p0:p1] = src.data[p0:p1]
+            self.ledger.op("memcpy", n)
+        return 0, n * PAGE_SIZE
+
+    def _access(self, slot, obj, via, offset, size, arg, write):
+        p0, p1 = offset >> 12, (offset + size) >> 12
+        if obj == Obj.SHARED:
+            st, mism = self.shared[slot].access(p0, p1, write, arg)
+        else:
+            st, mism = self.gmem[slot].access(p0, p1, via == Via.GUEST, write, arg)
+        return (SIGBUS_STATUS if st == SIGBUS else st), mism
+
+    def _write(self, *a):
+        return self._access(*a, write=True)
+
+    def _read(self, *a):
+        return self._access(*a, write=False)
+
+    def _pin(self, slot, obj, via, offset, size, arg):
+        target = self.gmem[slot] if obj == Obj.GMEM else self.shared[slot]
+        p0, p1 = offset >> 12, (offset + size) >> 12
+        if obj == Obj.GMEM:
+            target.populate(p0, p1)     # GUP faults the pages in
+        return target.pin(p0, p1, +1) if hasattr(target, "pin") else self._pin_shared(target, p0, p1, 1), 0
+
+    def _unpin(self, slot, obj, via, offset, size, arg):
+        target = self.gmem[slot] if obj == Obj.GMEM else self.shared[slot]
+        p0, p1 = offset >> 12, (offset + size) >> 12
+        return target.pin(p0, p1, -1) if hasattr(target, "pin") else self._pin_shared(target, p0, p1, -1), 0
+
+    @staticmethod
+    def _pin_shared(target, p0, p1, delta):
+        # dual backing: the VM ioctl has no pin check, so a pin only holds a reference
+        seg = target.pins[p0:p1]
+        if delta < 0 and not seg.all():
+            return errno.EINVAL
+        seg += np.uint16(1) if delta > 0 else np.uint16(0xFFFF)
+        return 0
+
+    # ---- Target interface -------------------------------------------------------------
+    def execute(self, steps: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        n = len(steps)
+        out = np.zeros(n, dtype=RESULT_DTYPE)
+        status, ns, aux = [0] * n, [0] * n, [0] * n
+        cols = (steps["code"].tolist(), steps["slot"].tolist(), steps["obj"].tolist(),
+                steps["via"].tolist(), steps["offset"].tolist(), steps["size"].tolist(),
+                steps["arg"].tolist(), steps["flags"].tolist(), steps["op"].tolist())
+        dispatch = [self._dispatch.get(Step(c)) for c in range(max(Step) + 1)]
+        ledger = self.ledger
+        failed_op = -1
+        for i, (code, slot, obj, via, off, size, arg, flags, op) in enumerate(zip(*cols)):
+            if op == failed_op:
+                status[i] = SKIPPED
+                continue
+            ledger.step_ns = 0.0
+            try:
+                st, ax = dispatch[code](slot, obj, via, off, size, arg)
+            except OutOfMemory:
+                st, ax = errno.ENOMEM, 0
+            status[i], ns[i], aux[i] = st, int(round(ledger.step_ns)), ax
+            if st and flags & STEP_ABORT_ON_FAIL:
+                failed_op = op
+        out["status"], out["ns"], out["aux"] = status, ns, aux
+        self.wall_s += time.perf_counter() - t0
+        return out
+
+    def snapshot(self) -> dict:
+        nr_free = self.host.buddy.nr_free()
+        return {
+            "footprint_bytes": self.host.footprint_pages * PAGE_SIZE,
+            "huge_bytes": min(self.host.huge_pages * PAGE_SIZE, self.layout.guest_size),
+            "huge_splits": self.host.huge_splits,
+            "huge_merges": self.host.huge_merges,
+            "nr_free": nr_free,
+            "t_ns": int(self.ledger.clock_ns),
+        }
+
+    def fidelity(self) -> dict[str, str]:
+        return {s.name: "simulated" for s in Step}
+
+    def breakdown(self) -> dict[str, dict]:
+        return {k: {"count": int(c), "ns": int(round(t))}
+                for k, (c, t) in sorted(self.ledger.totals.items(), key=lambda kv: -kv[1][1])}
+
+    def metadata(self) -> dict:
+        b = self.host.buddy
+        return {
+            "model": {
+                "host_memory_bytes": b.total_pages * PAGE_SIZE,
+                "prefragment": float(self.params.get("prefragment", 0.0)),
+                "pinned_by_aging_pages": self.host.pinned_by_aging,
+                "vm_type": self.vm.vm_type,
+                "gmem_folio_order": self.gmem[0].order if self.gmem else 0,
+                "promote": self.gmem[0].promote if self.gmem else None,
+            },
+            "huge_fallbacks": self.host.huge_fallbacks,
+            "pageblocks": b.pageblock_counts(),
+            "fragmentation": indices(b.nr_free()),
+            "sim_wall_s": round(self.wall_s, 3),
+        }
+
+    def close(self) -> None:
+        self.gmem.clear()
+        self.shared.clear()

@@ -1,0 +1,692 @@
+"""The kernel objects the simulator models, with the semantics of the reference
+(shared/reference/guest_memfd.md) and the costs of bench/costs.py.
+
+Host       physical memory (buddy allocator) and what is held for the guest
+Ledger     the cost model's charges: per primitive totals and the current step's sum
+VM         KVM_SET_MEMORY_ATTRIBUTES (dual backing's per-VM attributes), stage-2 zaps
+GuestMemfd a guest_memfd file: attributes as merged ranges (v8), folios of a given order,
+           host mappings per process, stage-2 mappings, pins, KVM_SET_MEMORY_ATTRIBUTES2,
+           fallocate(PUNCH_HOLE), faults and SIGBUS on host access to private pages
+SharedBacking  dual backing's shared memory: anon or memfd, 4K pages, THP or hugetlb
+
+Page state is kept in numpy arrays indexed by 4K page (allocated lazily by calloc, so
+untouched parts of a 128 GiB guest cost no memory); every operation works on whole
+ranges with vectorised calls, never a Python loop per 4K page.
+"""
+import errno
+from collections import deque
+
+import numpy as np
+
+from bench.ops import KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, NO_CHECK, PAGE_SIZE
+from bench.sim.buddy import BuddyAllocator, OutOfMemory
+from bench.sim.ranges import AttrRanges
+
+SHARED = 0
+GUEST_MEMFD_FLAG_MMAP = 1 << 0
+GUEST_MEMFD_FLAG_INIT_SHARED = 1 << 1
+VM_TYPE_DEFAULT, VM_TYPE_SW_PROTECTED, VM_TYPE_SEV, VM_TYPE_SEV_ES, VM_TYPE_SNP, VM_TYPE_TDX = range(6)
+PLATFORM_VM_TYPE = {"preserve": VM_TYPE_SW_PROTECTED, "zero": VM_TYPE_TDX, "destroy": VM_TYPE_SNP}
+GARBAGE = 0xDEADBEEF          # what SNP ciphertext reads as from the host
+SIGBUS = "SIGBUS"             # access() outcome: the host access faulted
+LRU_BATCH = 15                # folios a per-CPU lru_add batch holds (extra reference each)
+
+ABSENT, INTACT, SPLIT, DEFERRED = 0, 1, 2, 3   # state of a huge folio / huge shared chunk
+U64 = (1 << 64) - 1
+
+
+class Ledger:
+    """Charges of the cost model.  `step_ns` is the running sum of the current step."""
+
+    def __init__(self, profile):
+        self.linear = profile.linear
+        self.totals: dict[str, list] = {}
+        self.step_ns = 0.0
+        self.clock_ns = 0.0
+
+    def op(self, key: str, pages: int = 1) -> None:
+        """One operation of `key` over `pages` 4K pages."""
+        fixed, per_page = self.linear[key]
+        ns = fixed + per_page * pages
+        self._add(key, 1, ns)
+
+    def each(self, key: str, n: int) -> None:
+        """n events of a per-event cost."""
+        if n:
+            self._add(key, n, self.linear[key][0] * n)
+
+    def _add(self, key, n, ns):
+        t = self.totals.get(key)
+        if t is None:
+            self.totals[key] = [n, ns]
+        else:
+            t[0] += n
+            t[1] += ns
+        self.step_ns += ns
+        self.clock_ns += ns
+
+
+def _runs(pfns: np.ndarray):
+    """Contiguous (start, length) runs of a set of pfns."""
+    if len(pfns) == 0:
+        return []
+    p = np.sort(pfns)
+    breaks = np.flatnonzero(np.diff(p) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [len(p)]))
+    return [(int(p[s]), int(e - s)) for s, e in zip(starts, ends)]
+
+
+class Host:
+    """Host physical memory and what it holds for the guest."""
+
+    def __init__(self, total_pages: int, ledger: Ledger, rng=None, prefragment: float = 0.0):
+        self.buddy = BuddyAllocator(total_pages)
+        self.ledger = ledger
+        self.pinned_by_aging = self.buddy.prefragment(rng, prefragment) if prefragment else 0
+        self.footprint_pages = 0      # pages held for the guest, all objects
+        self.huge_pages = 0           # guest pages backed by intact huge folios
+        self.huge_splits = 0
+        self.huge_merges = 0
+        self.huge_fallbacks = 0       # huge faults that fell back to 4K pages
+        self.shrinkers = []           # callables freeing memory under pressure (deferred split)
+
+    def alloc_huge(self, order: int, movable: bool) -> int | None:
+        try:
+            return self.buddy.alloc(order, movable)
+        except OutOfMemory:
+            if self._shrink():
+                try:
+                    return self.buddy.alloc(order, movable)
+                except OutOfMemory:
+                    pass
+            self.huge_fallbacks += 1
+            return None
+
+    def alloc_pages(self, n: int, movable: bool) -> np.ndarray:
+        """n order-0 pages; returns their pfns.  Raises OutOfMemory."""
+        try:
+            runs = self.buddy.alloc_pages(n, movable)
+        except OutOfMemory:
+            if not self._shrink():
+                raise
+            runs = self.buddy.alloc_pages(n, movable)
+        if len(runs) == 1:
+            p, k = runs[0]
+            return np.arange(p, p + k, dtype=np.int64)
+        return np.concatenate([np.arange(p, p + k, dtype=np.int64) for p, k in runs])
+
+    def free_pfns(self, pfns: np.ndarray) -> None:
+        for p, k in _runs(pfns):
+            self.buddy.free_range(p, k)
+
+    def _shrink(self) -> bool:
+        return any([s() for s in self.shrinkers])
+
+
+class VM:
+    """A KVM VM: type, the per-VM attribute store of KVM_SET_MEMORY_ATTRIBUTES."""
+
+    def __init__(self, vm_type: int, ledger: Ledger, in_place: bool):
+        self.vm_type = vm_type
+        self.ledger = ledger
+        self.in_place = in_place       # kvm.gmem_in_place_conversion (v8 module parameter)
+        self.slot_attrs: list[AttrRanges] = []
+        self.slot_gmem: list["GuestMemfd"] = []
+
+    @property
+    def has_private_mem(self) -> bool:
+        return self.vm_type != VM_TYPE_DEFAULT
+
+    def supported_attributes(self) -> int:
+        # With in-place conversion on, PRIVATE is tracked by guest_memfd, not the VM.
+        return PRIVATE if self.has_private_mem and not self.in_place else 0
+
+    def add_slot(self, gmem: "GuestMemfd", initial: int) -> None:
+        self.slot_attrs.append(AttrRanges(gmem.npages, initial))
+        self.slot_gmem.append(gmem)
+
+    def set_memory_attributes(self, slot: int, offset: int, size: int, attributes: int,
+                              flags: int = 0) -> int:
+        """KVM_SET_MEMORY_ATTRIBUTES on the VM fd: errno or 0.  No pin check, no error_offset."""
+        self.ledger.op("ioctl_entry")
+        if not self.supported_attributes():
+            return errno.ENOTTY if not self.has_private_mem else errno.EINVAL
+        if flags or attributes & ~self.supported_attributes():
+            return errno.EINVAL
+        if size == 0 or offset + size > U64 or (offset | size) & (PAGE_SIZE - 1):
+            return errno.EINVAL
+        attrs = self.slot_attrs[slot]
+        gmem = self.slot_gmem[slot]
+        p0, p1 = offset >> 12, min((offset + size) >> 12, attrs.npages)
+        if p0 >= p1 or attrs.is_uniform(p0, p1, attributes):
+            return 0
+        gmem.zap_stage2(p0, p1)
+        attrs.set(p0, p1, attributes)
+        self.ledger.op("attr_update")
+        return 0
+
+
+class GuestMemfd:
+    """One guest_memfd file."""
+
+    def __init__(self, host: Host, vm: VM, size: int, flags: int, folio_order: int,
+                 platform: str, promote: bool = True):
+        self.host, self.vm, self.ledger = host, vm, host.ledger
+        self.size = size
+        self.flags = flags
+        self.npages = size >> 12
+        self.order = folio_order
+        self.fpages = 1 << folio_order
+        self.platform = platform
+        self.promote = promote           # map huge again once a folio is uniform
+        initial = SHARED if flags & GUEST_MEMFD_FLAG_INIT_SHARED else PRIVATE
+        self.attrs = AttrRanges(self.npages, initial)
+        self.attr_view = self.attrs      # dual backing: the VM's attributes decide instead
+        self.page_pfn = np.zeros(self.npages, np.int64)    # pfn+1 of 4K folios / split parts
+        self.host_map = np.zeros(self.npages, np.uint8)    # bit per host process (PTE level)
+        self.s2_map = np.zeros(self.npages, np.uint8)      # guest stage-2, 4K leaves
+        self.data = np.zeros(self.npages, np.uint32)       # a content token per page
+        self.pins = np.zeros(self.npages, np.uint16)       # extra references (GUP pins)
+        self.lru = deque(maxlen=LRU_BATCH)                 # folios with an lru_add reference
+        self.present = 0
+        if folio_order:
+            n = self.npages >> folio_order
+            self.folio_state = np.zeros(n, np.uint8)
+            self.folio_pfn = np.zeros(n, np.int64)
+            self.host_pmd = np.zeros(n, np.uint8)        # bit per process mapping it huge
+            self.s2_huge = np.zeros(n, np.uint8)
+            self.demoted = np.zeros(n, bool)             # a huge mapping was split
+
+    # ---- allocation -------------------------------------------------------------------
+    def _alloc_4k(self, pages: np.ndarray) -> None:
+        """Fault in order-0 folios for the absent page indices `pages`."""
+        n = len(pages)
+        pfns = self.host.alloc_pages(n, movable=False)   # guest_memfd pages are unmovable
+        self.page_pfn[pages] = pfns + 1
+        self.present += n
+        self.host.footprint_pages += n
+        self.ledger.op("fault_gmem", n)
+        self.ledger.each("firmware_pstate_4k", n)
+        self.lru.extend(pages[-LRU_BATCH:] >> self.order)
+
+    def populate(self, p0: int, p1: int) -> int:
+        """Allocate what is absent in [p0, p1): returns pages faulted in."""
+        if not self.order:
+            seg = self.page_pfn[p0:p1]
+            if seg.all():
+                return 0
+            miss = np.flatnonzero(seg == 0) + p0
+            self._alloc_4k(miss)
+            return len(miss)
+        fp, o = self.fpages, self.order
+        f0, f1 = p0 >> o, ((p1 - 1) >> o) + 1
+        st = self.folio_state[f0:f1]
+        if (st == INTACT).all():
+            return 0
+        faulted = 0
+        for k in np.flatnonzero(st != INTACT):
+            f = f0 + int(k)
+            a, b = max(p0, f * fp), min(p1, (f + 1) * fp)
+            if st[k] == ABSENT:
+                pfn = self.host.alloc_huge(o, movable=False)
+                if pfn is not None:
+                    self.folio_state[f] = INTACT
+                    self.folio_pfn[f] = pfn
+                    self.present += fp
+                    self.host.footprint_pages += fp
+                    self.host.huge_pages += fp
+                    self.ledger.op("fault_gmem_2m" if o == 9 else "fault_1g")
+                    self.ledger.each("firmware_pstate_4k", fp)
+                    self.lru.append(f)
+                    faulted += fp
+                    continue
+                self.folio_state[f] = SPLIT       # no aligned block free: 4K folios
+            miss = np.flatnonzero(self.page_pfn[a:b] == 0) + a
+            if len(miss):
+                self._alloc_4k(miss)
+                faulted += len(miss)
+        return faulted
+
+    def present_in(self, p0: int, p1: int) -> np.ndarray:
+        """Bool mask of allocated pages in [p0, p1)."""
+        mask = self.page_pfn[p0:p1] != 0
+        if self.order:
+            o, fp = self.order, self.fpages
+            for k in np.flatnonzero(self.folio_state[p0 >> o:((p1 - 1) >> o) + 1] == INTACT):
+                f = (p0 >> o) + int(k)
+                a, b = max(p0, f * fp), min(p1, (f + 1) * fp)
+                mask[a - p0:b - p0] = True
+        return mask
+
+    def _split_folio(self, f: int) -> None:
+        """Split an intact huge folio into 4K folios, physically (dual backing's punch)."""
+        fp = self.fpages
+        base = int(self.folio_pfn[f])
+        self.page_pfn[f * fp:(f + 1) * fp] = np.arange(base + 1, base + 1 + fp)
+        self.folio_state[f] = SPLIT
+        self.host.huge_pages -= fp
+        self.host.huge_splits += 1
+        self.ledger.op("folio_split")
+
+    # ---- mappings ---------------------------------------------------------------------
+    def _demote(self, f: int) -> None:
+        if not self.demoted[f]:
+            self.demoted[f] = True
+            self.host.huge_splits += 1
+
+    def zap_host(self, p0: int, p1: int, charge: bool = True) -> int:
+        """Unmap [p0, p1) from every host process; returns PTEs + PMDs zapped."""
+        hm = self.host_map[p0:p1]
+        n = int(np.count_nonzero(hm))
+        if n:
+            hm[:] = 0
+            if charge:
+                self.ledger.op("host_zap_pte", n)
+        if self.order:
+            o, fp = self.order, self.fpages
+            f0 = p0 >> o
+            pmd = self.host_pmd[f0:((p1 - 1) >> o) + 1]
+            for k in np.flatnonzero(pmd):
+                f = f0 + int(k)
+                a, b = f * fp, (f + 1) * fp
+                if a < p0 or b > p1:       # partial: the PMD is split into PTEs first
+                    self.host_map[a:p0] |= pmd[k] if a < p0 else 0
+                    self.host_map[p1:b] |= pmd[k] if b > p1 else 0
+                    self._demote(f)
+                pmd[k] = 0
+                n += 1
+                if charge:
+                    self.ledger.op("host_zap_pmd")
+        return n
+
+    def zap_stage2(self, p0: int, p1: int) -> None:
+        s2 = self.s2_map[p0:p1]
+        n = int(np.count_nonzero(s2))
+        if n:
+            s2[:] = 0
+            self.ledger.each("stage2_zap_4k", n)
+        if self.order:
+            o, fp = self.order, self.fpages
+            f0 = p0 >> o
+            huge = self.s2_huge[f0:((p1 - 1) >> o) + 1]
+            for k in np.flatnonzero(huge):
+                f = f0 + int(k)
+                a, b = f * fp, (f + 1) * fp
+                if a < p0 or b > p1:       # split the huge leaf, keep the rest mapped at 4K
+                    self.s2_map[a:p0] = 1
+                    self.s2_map[p1:b] = 1
+                    self._demote(f)
+                huge[k] = 0
+                self.ledger.each("stage2_zap_huge", 1)
+
+    def _map(self, p0: int, p1: int, guest: bool, proc: int, state: int) -> None:
+        """Map [p0, p1) for the host process `proc` or the guest: huge where the folio is
+        intact and uniform (and, after a demotion, only if promotion is allowed)."""
+        bit = 1 << proc
+        ptes, pmds = (self.s2_map, self.s2_huge) if guest else (self.host_map, getattr(self, "host_pmd", None))
+        if self.order:
+            o, fp = self.order, self.fpages
+            f0, f1 = p0 >> o, ((p1 - 1) >> o) + 1
+            st = self.folio_state[f0:f1]
+            for k in np.flatnonzero(st == INTACT):
+                f = f0 + int(k)
+                if pmds[f] & bit:
+                    continue
+                if self.demoted[f] and not self.promote:
+                    continue
+                if not self.attr_view.is_uniform(f * fp, (f + 1) * fp, state):
+                    continue
+                pmds[f] |= bit
+                ptes[f * fp:(f + 1) * fp] &= ~bit & 0xFF
+                if self.demoted[f]:
+                    self.demoted[f] = False
+                    self.host.huge_merges += 1
+            # pages under a huge mapping need no PTE
+            covered = np.repeat(pmds[f0:f1] & bit != 0, fp)[p0 - f0 * fp:p1 - f0 * fp]
+            seg = ptes[p0:p1]
+            need = (seg & bit == 0) & ~covered
+        else:
+            seg = ptes[p0:p1]
+            need = seg & bit == 0
+        n = int(np.count_nonzero(need))
+        if n:
+            seg[need] |= bit
+            if not guest:
+                self.ledger.each("refault_gmem", n)
+
+    # ---- the v8 guest_memfd ioctl ---------------------------------------------------------
+    def set_memory_attributes2(self, offset: int, size: int, attributes: int, flags: int = 0,
+                               reserved=(), copy_ok: bool = True) -> tuple[int, int | None]:
+        """KVM_SET_MEMORY_ATTRIBUTES2: (0 or errno, error_offset or None)."""
+        self.ledger.op("ioctl_entry")
+        if not self.vm.in_place:
+            return errno.ENOTTY, None
+        if not copy_ok:
+            return errno.EFAULT, None
+        if flags:
+            return errno.EINVAL, None
+        if any(reserved):
+            return errno.EINVAL, None
+        if not self.vm.has_private_mem:
+            return errno.EINVAL, None
+        if attributes & ~PRIVATE:
+            return errno.EINVAL, None
+        if size == 0 or offset + size > U64:
+            return errno.EINVAL, None
+        if (offset | size) & (PAGE_SIZE - 1):
+            return errno.EINVAL, None
+        if offset >= self.size or offset + size > self.size:
+            return errno.EINVAL, None
+        p0, p1 = offset >> 12, (offset + size) >> 12
+        if self.attrs.is_uniform(p0, p1, attributes):
+            return 0, None                             # early return: no zap, no check
+        if attributes & PRIVATE:
+            self.zap_host(p0, p1)
+            bad = self._first_elevated(p0, p1)
+            if bad is not None:
+                return errno.EAGAIN, max(offset, bad * PAGE_SIZE)
+        self.zap_stage2(p0, p1)
+        if not attributes & PRIVATE:
+            self._arch_invalidate(p0, p1)
+        self.attrs.set(p0, p1, attributes)
+        self.ledger.op("attr_update")
+        return 0, None
+
+    def _first_elevated(self, p0: int, p1: int) -> int | None:
+        """First page of the first folio in range with references beyond its mappings,
+        after one drain of the per-CPU LRU batches if that could be the cause."""
+        o, fp = self.order, self.fpages
+        f0, f1 = p0 >> o, ((p1 - 1) >> o) + 1
+        if self.order:
+            nfolios = int(np.count_nonzero(self.folio_state[f0:f1])) 
+        else:
+            nfolios = int(np.count_nonzero(self.page_pfn[p0:p1]))
+        self.ledger.each("refcount_scan_folio", nfolios)
+        pinned = self.pins[f0 * fp:f1 * fp]       # a pin elevates its whole folio
+        in_lru = any(f0 <= f < f1 for f in self.lru)
+        if in_lru:
+            self.ledger.op("lru_drain")
+            self.lru.clear()
+        nz = np.flatnonzero(pinned)
+        if len(nz):
+            return ((int(nz[0]) >> o) + f0) << o
+        return None
+
+    def _arch_invalidate(self, p0: int, p1: int) -> None:
+        """Private -> shared: the platform's hook on the contents (TDX zeroes, SNP leaves
+        ciphertext, SW_PROTECTED/pKVM keeps the data)."""
+        if self.platform == "preserve":
+            return
+        present = self.present_in(p0, p1)
+        n = int(np.count_nonzero(present))
+        self.ledger.each("firmware_pstate_4k", n)
+        if self.platform == "zero":
+            self.data[p0:p1][present] = 0
+            if n:
+                self.ledger.op("zero_fill", n)
+        else:
+            self.data[p0:p1][present] = GARBAGE
+
+    # ---- file operations ----------------------------------------------------------------
+    def fallocate_punch_hole(self, offset: int, size: int) -> int:
+        """fallocate(PUNCH_HOLE|KEEP_SIZE): frees folios, never changes attributes."""
+        if size <= 0 or (offset | size) & (PAGE_SIZE - 1):
+            return errno.EINVAL
+        p0, p1 = offset >> 12, min(self.npages, (offset + size) >> 12)
+        if p0 >= p1:
+            return 0                                   # at or past the end: succeeds
+        mapped = self.zap_host(p0, p1, charge=False) > 0
+        self.zap_stage2(p0, p1)
+        freed = 0
+        if self.order:
+            o, fp = self.order, self.fpages
+            f0, f1 = p0 >> o, ((p1 - 1) >> o) + 1
+            for k in np.flatnonzero(self.folio_state[f0:f1]):
+                f = f0 + int(k)
+                a, b = f * fp, (f + 1) * fp
+                if self.folio_state[f] == INTACT:
+                    if p0 <= a and b <= p1:
+                        self.host.buddy.free(int(self.folio_pfn[f]), o)
+                        self.folio_state[f] = ABSENT
+                        self.host.huge_pages -= fp
+                        freed += fp
+                        continue
+                    self._split_folio(f)
+                a2, b2 = max(a, p0), min(b, p1)
+                freed += self._free_4k(a2, b2)
+                if not self.page_pfn[a:b].any():
+                    self.folio_state[f] = ABSENT
+        else:
+            freed = self._free_4k(p0, p1)
+        self.present -= freed
+        self.host.footprint_pages -= freed
+        self.data[p0:p1] = 0
+        self.ledger.op("punch_gmem_mapped" if mapped else "punch_gmem_unmapped", freed)
+        return 0
+
+    def _free_4k(self, a: int, b: int) -> int:
+        seg = self.page_pfn[a:b]
+        pf = seg[seg != 0]
+        if len(pf):
+            self.host.free_pfns(pf - 1)
+            seg[:] = 0
+        return len(pf)
+
+    # ---- accesses -----------------------------------------------------------------------
+    def access(self, p0: int, p1: int, guest: bool, write: bool, token: int, proc: int = 0):
+        """A host (guest=False) or guest access to every page of [p0, p1).
+        Returns (status, mismatching pages): status 0, SIGBUS, or an errno."""
+        if p1 > self.npages:
+            return (errno.EFAULT if guest else SIGBUS), 0
+        if not guest:
+            if not self.flags & GUEST_MEMFD_FLAG_MMAP:
+                return SIGBUS, 0                       # the host cannot map it at all
+            if not self.attr_view.is_uniform(p0, p1, SHARED):
+                return SIGBUS, 0
+        elif not self.attr_view.is_uniform(p0, p1, PRIVATE):
+            return errno.EFAULT, 0                     # KVM_EXIT_MEMORY_FAULT
+        self.populate(p0, p1)
+        self._map(p0, p1, guest, proc, PRIVATE if guest else SHARED)
+        return 0, touch(self.data, self.ledger, p0, p1, write, token)
+
+    def pin(self, p0: int, p1: int, delta: int) -> int:
+        seg = self.pins[p0:p1]
+        if delta < 0 and not seg.all():
+            return errno.EINVAL
+        seg += np.uint16(1) if delta > 0 else np.uint16(0xFFFF)
+        return 0
+
+
+def touch(data: np.ndarray, ledger: Ledger, p0: int, p1: int, write: bool, token: int) -> int:
+    """Write a token to, or check the token of, every page; returns mismatching pages."""
+    ledger.op("touch_page", p1 - p0)
+    if write:
+        data[p0:p1] = token
+        return 0
+    if token == NO_CHECK:
+        return 0
+    return int(np.count_nonzero(data[p0:p1] != token))
+
+
+class SharedBacking:
+    """Dual backing's shared memory for one memslot: anon or memfd; 4K, THP or hugetlb."""
+
+    def __init__(self, host: Host, npages: int, kind: str, page: str):
+        self.host, self.ledger = host, host.ledger
+        self.npages, self.kind, self.page = npages, kind, page
+        self.page_pfn = np.zeros(npages, np.int64)       # pfn+1 of 4K pages / split parts
+        self.host_map = np.zeros(npages, np.uint8)
+        self.data = np.zeros(npages, np.uint32)
+        self.pins = np.zeros(npages, np.uint16)
+        self.present = 0
+        self.huge = page in ("thp", "hugetlb")
+        if self.huge:
+            n = (npages + 511) >> 9
+            self.chunk = np.zeros(n, np.uint8)           # ABSENT / INTACT / SPLIT / DEFERRED
+            self.chunk_pfn = np.zeros(n, np.int64)
+        self.deferred: list[int] = []                    # anon THPs awaiting deferred split
+        if kind == "anon" and page == "thp":
+            host.shrinkers.append(self.deferred_split)
+        if page == "hugetlb":
+            self._preallocate()
+
+    def _fault_key(self) -> str:
+        return "fault_anon" if self.kind == "anon" else "fault_shmem"
+
+    def _preallocate(self) -> None:
+        """hugetlb pool pages are reserved up front (QEMU never discards them)."""
+        for c in range(len(self.chunk)):
+            pfn = self.host.alloc_huge(9, movable=False)
+            if pfn is None:
+                raise OutOfMemory("host memory too small for the hugetlb pool")
+            self.chunk[c], self.chunk_pfn[c] = INTACT, pfn
+        n = len(self.chunk) * 512
+        self.present += n
+        self.host.footprint_pages += n
+        self.host.huge_pages += n
+
+    def populate(self, p0: int, p1: int) -> int:
+        if not self.huge:
+            seg = self.page_pfn[p0:p1]
+            if seg.all():
+                return 0
+            miss = np.flatnonzero(seg == 0) + p0
+            return self._alloc_4k(miss)
+        c0, c1 = p0 >> 9, ((p1 - 1) >> 9) + 1
+        st = self.chunk[c0:c1]
+        if (st == INTACT).all():
+            return 0
+        faulted = 0
+        for k in np.flatnonzero(st != INTACT):
+            c = c0 + int(k)
+            a, b = max(p0, c << 9), min(p1, (c + 1) << 9)
+            if st[k] == ABSENT:
+                pfn = self.host.alloc_huge(9, movable=True)
+                if pfn is not None:
+                    self.chunk[c], self.chunk_pfn[c] = INTACT, pfn
+                    self.present += 512
+                    self.host.footprint_pages += 512
+                    self.host.huge_pages += 512
+                    self.ledger.op("fault_thp_anon" if self.kind == "anon" else "fault_thp_shmem")
+                    faulted += 512
+                    continue
+                self.chunk[c] = SPLIT                  # thp_fault_fallback
+            miss = np.flatnonzero(self.page_pfn[a:b] == 0) + a
+            if len(miss):
+                faulted += self._alloc_4k(miss)
+        return faulted
+
+    def _alloc_4k(self, pages: np.ndarray) -> int:
+        n = len(pages)
+        self.page_pfn[pages] = self.host.alloc_pages(n, movable=True) + 1
+        self.present += n
+        self.host.footprint_pages += n
+        self.ledger.op(self._fault_key(), n)
+        return n
+
+    def present_in(self, p0: int, p1: int) -> np.ndarray:
+        mask = self.page_pfn[p0:p1] != 0
+        if self.huge:
+            for k in np.flatnonzero(self.chunk[p0 >> 9:((p1 - 1) >> 9) + 1] == INTACT):
+                c = (p0 >> 9) + int(k)
+                a, b = max(p0, c << 9), min(p1, (c + 1) << 9)
+                mask[a - p0:b - p0] = True
+        return mask
+
+    def access(self, p0: int, p1: int, write: bool, token: int, proc: int = 0):
+        self.populate(p0, p1)
+        seg = self.host_map[p0:p1]
+        need = seg == 0
+        n = int(np.count_nonzero(need))
+        if n:
+            seg[need] = 1 << proc
+        return 0, touch(self.data, self.ledger, p0, p1, write, token)
+
+    def discard(self, p0: int, p1: int) -> int:
+        """QEMU's ram_block_discard_range: MADV_DONTNEED (anon) / PUNCH_HOLE (memfd)."""
+        if self.page == "hugetlb":
+            return 0      # never reached from the strategy; hugetlb stays preallocated
+        mapped = bool(self.host_map[p0:p1].any())
+        self.host_map[p0:p1] = 0
+        freed = 0
+        if self.huge:
+            for k in np.flatnonzero(self.chunk[p0 >> 9:((p1 - 1) >> 9) + 1]):
+                c = (p0 >> 9) + int(k)
+                a, b = c << 9, (c + 1) << 9
+                state = self.chunk[c]
+                if state == INTACT and p0 <= a and b <= p1:
+                    self.host.buddy.free(int(self.chunk_pfn[c]), 9)
+                    self.chunk[c] = ABSENT
+                    self.host.huge_pages -= 512
+                    freed += 512
+                    continue
+                if state == INTACT:
+                    base = int(self.chunk_pfn[c])
+                    self.page_pfn[a:b] = np.arange(base + 1, base + 513)
+                    self.host.huge_pages -= 512
+                    self.host.huge_splits += 1
+                    if self.kind == "anon":
+                        # the PMD goes, the THP stays whole until a deferred split
+                        self.chunk[c] = DEFERRED
+                        self.deferred.append(c)
+                        self.ledger.op("thp_split_anon")
+                        self.page_pfn[max(a, p0):min(b, p1)] = 0   # unmapped, still held
+                        continue
+                    self.chunk[c] = SPLIT                       # shmem splits at once
+                    self.ledger.op("thp_split_shmem")
+                if self.chunk[c] == DEFERRED:
+                    # the THP's own subpages wait for the deferred split; 4K pages faulted
+                    # into its holes since then are ordinary pages and go now
+                    lo, hi = max(a, p0), min(b, p1)
+                    seg = self.page_pfn[lo:hi]
+                    base = int(self.chunk_pfn[c])
+                    own = seg == np.arange(base + 1 + lo - a, base + 1 + hi - a)
+                    foreign = seg[(seg != 0) & ~own]
+                    if len(foreign):
+                        self.host.free_pfns(foreign - 1)
+                        freed += len(foreign)
+                    seg[:] = 0
+                    continue
+                freed += self._free_4k(max(a, p0), min(b, p1))
+                if not self.page_pfn[a:b].any():
+                    self.chunk[c] = ABSENT
+        else:
+            freed = self._free_4k(p0, p1)
+        self.present -= freed
+        self.host.footprint_pages -= freed
+        self.data[p0:p1] = 0
+        if self.kind == "anon":
+            self.ledger.op("discard_anon", max(freed, 1))
+        else:
+            self.ledger.op("punch_shmem_mapped" if mapped else "punch_shmem_unmapped", freed)
+        return 0
+
+    def _free_4k(self, a: int, b: int) -> int:
+        seg = self.page_pfn[a:b]
+        pf = seg[seg != 0]
+        if len(pf):
+            self.host.free_pfns(pf - 1)
+            seg[:] = 0
+        return len(pf)
+
+    def deferred_split(self) -> bool:
+        """The deferred-split shrinker: free the unmapped parts of partially unmapped THPs."""
+        if not self.deferred:
+            return False
+        freed = 0
+        for c in self.deferred:
+            if self.chunk[c] != DEFERRED:
+                continue
+            a = c << 9
+            base = int(self.chunk_pfn[c])
+            own = self.page_pfn[a:a + 512] == np.arange(base + 1, base + 513)
+            # subpages no longer mapped (discarded) go back; re-touched holes have new pages
+            holes = np.flatnonzero(~own)
+            self.host.free_pfns(base + holes)
+            freed += len(holes)
+            self.chunk[c] = SPLIT
+            self.present -= len(holes)
+        self.host.footprint_pages -= freed
+        self.deferred.clear()
+        return freed > 0

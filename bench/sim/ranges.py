@@ -1,0 +1,155 @@
+"""Per-page attributes kept as merged ranges, like the kernel's maple tree.
+
+Two levels, so that range operations never iterate per 4K page and lists stay short:
+a chunk of 512 pages (2 MiB) is either uniform (one value in a numpy array) or mixed,
+and a mixed chunk keeps its own merged list of (start, value) segments.  A conversion of
+a 1 GiB range touches 512 array entries in one numpy call; a 4K conversion edits one
+short list.  Adjacent equal segments are always merged, across chunks too (segments()).
+"""
+from bisect import bisect_right
+
+import numpy as np
+
+CHUNK_SHIFT = 9
+CHUNK = 1 << CHUNK_SHIFT
+MIXED = -1
+
+
+class AttrRanges:
+    def __init__(self, npages: int, initial: int):
+        self.npages = npages
+        nchunks = (npages + CHUNK - 1) >> CHUNK_SHIFT
+        self.uniform = np.full(nchunks, initial, dtype=np.int16)
+        self.mixed: dict[int, tuple[list[int], list[int]]] = {}
+        last = npages - ((nchunks - 1) << CHUNK_SHIFT) if nchunks else CHUNK
+        # a partial last chunk: pages past npages hold a sentinel and are never queried
+        self._last_len = last
+
+    def _chunk_len(self, c: int) -> int:
+        return self._last_len if c == len(self.uniform) - 1 else CHUNK
+
+    def get(self, page: int) -> int:
+        c = page >> CHUNK_SHIFT
+        v = int(self.uniform[c])
+        if v != MIXED:
+            return v
+        starts, vals = self.mixed[c]
+        return vals[bisect_right(starts, page & (CHUNK - 1)) - 1]
+
+    def _chunk_uniform(self, c: int, s: int, e: int, value: int) -> bool:
+        v = int(self.uniform[c])
+        if v != MIXED:
+            return v == value
+        starts, vals = self.mixed[c]
+        i = bisect_right(starts, s) - 1
+        j = bisect_right(starts, e - 1) - 1
+        return all(x == value for x in vals[i:j + 1])
+
+    def is_uniform(self, start: int, end: int, value: int) -> bool:
+        """True if every page in [start, end) has `value`."""
+        c0, c1 = start >> CHUNK_SHIFT, (end - 1) >> CHUNK_SHIFT
+        s0 = start & (CHUNK - 1)
+        if c0 == c1:
+            return self._chunk_uniform(c0, s0, end - (c0 << CHUNK_SHIFT), value)
+        if not self._chunk_uniform(c0, s0, CHUNK, value):
+            return False
+        if not self._chunk_uniform(c1, 0, end - (c1 << CHUNK_SHIFT), value):
+            return False
+        return c1 - c0 < 2 or bool((self.uniform[c0 + 1:c1] == value).all())
+
+    def _set_in_chunk(self, c: int, s: int, e: int, value: int) -> None:
+        if s == 0 and e >= self._chunk_len(c):
+            self.uniform[c] = value
+            self.mixed.pop(c, None)
+            return
+        old = int(self.uniform[c])
+        if old == value:
+            return
+        if old != MIXED:
+            starts, vals = [0], [old]
+        else:
+            starts, vals = self.mixed[c]
+        i = bisect_right(starts, s) - 1
+        j = bisect_right(starts, e - 1) - 1
+        tail_value = vals[j]
+        ls, lv = starts[:i + 1], vals[:i + 1]
+        if ls[-1] == s:
+            ls.pop()
+            lv.pop()
+        if not lv or lv[-1] != value:
+            ls.append(s)
+            lv.append(value)
+        rs, rv = starts[j + 1:], vals[j + 1:]
+        if e < self._chunk_len(c) and (not rs or rs[0] != e):
+            rs.insert(0, e)
+            rv.insert(0, tail_value)
+        if rv and rv[0] == lv[-1]:
+            rs.pop(0)
+            rv.pop(0)
+        ls += rs
+        lv += rv
+        if len(ls) == 1:
+            self.uniform[c] = lv[0]
+            self.mixed.pop(c, None)
+        else:
+            self.uniform[c] = MIXED
+            self.mixed[c] = (ls, lv)
+
+    def set(self, start: int, end: int, value: int) -> None:
+        """Give every page in [start, end) `value`."""
+        c0, c1 = start >> CHUNK_SHIFT, (end - 1) >> CHUNK_SHIFT
+        base0 = c0 << CHUNK_SHIFT
+        if c0 == c1:
+            self._set_in_chunk(c0, start - base0, end - base0, value)
+            return
+        self._set_in_chunk(c0, start - base0, CHUNK, value)
+        self._set_in_chunk(c1, 0, end - (c1 << CHUNK_SHIFT), value)
+        if c1 - c0 >= 2:
+            inner = self.uniform[c0 + 1:c1]
+            if self.mixed:
+                for k in np.flatnonzero(inner == MIXED):
+                    del self.mixed[c0 + 1 + int(k)]
+            inner[:] = value
+
+    def segments(self, start: int = 0, end: int | None = None) -> list[tuple[int, int, int]]:
+        """Merged (start, end, value) ranges covering [start, end): the maple-tree view."""
+        end = self.npages if end is None else end
+        out: list[list[int]] = []
+
+        def emit(s, e, v):
+            if s >= e:
+                return
+            if out and out[-1][2] == v and out[-1][1] == s:
+                out[-1][1] = e
+            else:
+                out.append([s, e, v])
+
+        c0, c1 = start >> CHUNK_SHIFT, (end - 1) >> CHUNK_SHIFT
+        c = c0
+        while c <= c1:
+            base = c << CHUNK_SHIFT
+            v = int(self.uniform[c])
+            if v != MIXED:
+                # run of uniform chunks with the same value
+                run_end = c + 1
+                while run_end <= c1 and int(self.uniform[run_end]) == v:
+                    run_end += 1
+                emit(max(start, base), min(end, run_end << CHUNK_SHIFT), v)
+                c = run_end
+                continue
+            starts, vals = self.mixed[c]
+            bounds = starts[1:] + [self._chunk_len(c)]
+            for s, e, val in zip(starts, bounds, vals):
+                emit(max(start, base + s), min(end, base + e), val)
+            c += 1
+        return [tuple(x) for x in out]
+
+    def count(self, value: int) -> int:
+        """Pages holding `value`."""
+        full = int(np.count_nonzero(self.uniform == value)) * CHUNK
+        if len(self.uniform) and self.uniform[-1] == value:
+            full -= CHUNK - self._last_len
+        for c, (starts, vals) in self.mixed.items():
+            bounds = starts[1:] + [self._chunk_len(c)]
+            full += sum(e - s for s, e, v in zip(starts, bounds, vals) if v == value)
+        return full
