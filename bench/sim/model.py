@@ -265,6 +265,7 @@ class GuestMemfd:
         base = int(self.folio_pfn[f])
         self.page_pfn[f * fp:(f + 1) * fp] = np.arange(base + 1, base + 1 + fp)
         self.folio_state[f] = SPLIT
+        self.demoted[f] = False
         self.host.huge_pages -= fp
         self.host.huge_splits += 1
         self.ledger.op("folio_split")
@@ -324,8 +325,8 @@ class GuestMemfd:
         """Map [p0, p1) for the host process `proc` or the guest: huge where the folio is
         intact and uniform (and, after a demotion, only if promotion is allowed)."""
         bit = 1 << proc
-        ptes, pmds = (self.s2_map, self.s2_huge) if guest else (self.host_map, getattr(self, "host_pmd", None))
         if self.order:
+            ptes, pmds = (self.s2_map, self.s2_huge) if guest else (self.host_map, self.host_pmd)
             o, fp = self.order, self.fpages
             f0, f1 = p0 >> o, ((p1 - 1) >> o) + 1
             st = self.folio_state[f0:f1]
@@ -347,7 +348,7 @@ class GuestMemfd:
             seg = ptes[p0:p1]
             need = (seg & bit == 0) & ~covered
         else:
-            seg = ptes[p0:p1]
+            seg = (self.s2_map if guest else self.host_map)[p0:p1]
             need = seg & bit == 0
         n = int(np.count_nonzero(need))
         if n:
@@ -436,6 +437,14 @@ class GuestMemfd:
         p0, p1 = offset >> 12, min(self.npages, (offset + size) >> 12)
         if p0 >= p1:
             return 0                                   # at or past the end: succeeds
+        if self.order:
+            # folios about to be split physically count as one split, not also as a
+            # demoted mapping
+            o = self.order
+            f0, f1 = p0 >> o, ((p1 - 1) >> o) + 1
+            ends = [f for f in (f0, f1 - 1) if self.folio_state[f] == INTACT
+                    and not (p0 <= f * self.fpages and (f + 1) * self.fpages <= p1)]
+            self.demoted[ends] = True
         mapped = self.zap_host(p0, p1, charge=False) > 0
         self.zap_stage2(p0, p1)
         freed = 0
