@@ -1,0 +1,157 @@
+"""report.md, summary.txt, plots and pyperf files for a results dir."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic_results import make_results_dir  # noqa: E402
+
+from bench.report.pyperf_export import MAX_VALUES, subsample, write_pyperf  # noqa: E402
+from bench.report.report import add_report_arguments, cli_report, write_report  # noqa: E402
+from bench.results import load_results  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    d = make_results_dir(tmp_path_factory.mktemp("r") / "run1", n=1500, reps=3)
+    return d, write_report(d)
+
+
+def test_report_md_embeds_existing_plots(reported):
+    d, md_path = reported
+    md = md_path.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    # summary + 4 per workload x 2 workloads
+    assert len(links) == 9
+    for link in links:
+        png = d / link
+        assert png.exists() and png.stat().st_size > 10_000
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for w in ("bounce", "virtio"):
+        for kind in ("latency-cdf", "footprint", "hugepage-coverage", "copy-share"):
+            assert f"plots/{w}-{kind}.png" in links
+
+
+def test_report_md_states_method(reported):
+    _, md_path = reported
+    md = md_path.read_text()
+    for needle in ("## Method", "6.18.0-test", "testhost", "Test CPU", "thp.enabled",
+                   "Seeds: bounce=7", "Repetitions: bounce=3", "Cost profile: none",
+                   "gmembench 0.1.0", "backend **host**", "measured natively"):
+        assert needle in md, needle
+
+
+def test_summary_txt_fits_72_columns_and_has_the_numbers(reported):
+    d, _ = reported
+    text = (d / "summary.txt").read_text()
+    lines = text.splitlines()
+    assert max(len(ln) for ln in lines) <= 72
+    results = load_results(d)
+    run = next(r for r in results["runs"] if r["key"] == "bounce/dual")
+    p50_us = run["metrics"]["latency_ns"]["p50"] / 1000
+    dual_line = next(ln for i, ln in enumerate(lines) if ln.strip().startswith("dual ")
+                     and any("bounce" in x for x in lines[max(0, i - 3):i]))
+    assert f"{p50_us:.3g}us" in dual_line
+    assert "1.60x" in dual_line and "40%" in dual_line
+    ip = next(r for r in results["runs"] if r["key"] == "bounce/in-place")
+    ratio = run["metrics"]["latency_ns"]["p50"] / ip["metrics"]["latency_ns"]["p50"]
+    assert any(ln.strip().startswith("dual/in-pl.") and f"{ratio:.2f}x" in ln for ln in lines)
+
+
+def test_simulated_and_emulated_results_are_said_plainly(tmp_path):
+    d = make_results_dir(tmp_path / "sim", backend="sim", deterministic=True, reps=2, n=100)
+    write_report(d)
+    assert "SIMULATED" in (d / "report.md").read_text()
+    assert "SIMULATED" in (d / "summary.txt").read_text()
+    h = make_results_dir(tmp_path / "emu", reps=2, n=100)
+    data = json.loads((h / "results.json").read_text())
+    data["runs"][0]["fidelity"] = "emulated"
+    data["runs"][0]["fidelity_steps"]["GMEM_SET_ATTRS"] = "emulated"
+    (h / "results.json").write_text(json.dumps(data))
+    write_report(h)
+    md = (h / "report.md").read_text()
+    assert "bounce/in-place is EMULATED" in md and "GMEM_SET_ATTRS emulated" in md
+    assert max(len(ln) for ln in (h / "summary.txt").read_text().splitlines()) <= 72
+
+
+def test_pyperf_files_load_in_pyperf_stats_and_compare_to(reported, tmp_path):
+    d, _ = reported
+    files = sorted((d / "pyperf").glob("*.json"))
+    # 2 workloads x 2 strategies x (latency, latency_per_4k, footprint_peak)
+    assert len(files) == 12
+    for f in files:
+        r = subprocess.run([sys.executable, "-m", "pyperf", "stats", str(f)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "Number of run with values: 3" in r.stdout
+    lat = d / "pyperf" / "bounce--dual--latency.json"
+    other = make_results_dir(tmp_path / "run2", n=1500, reps=3, seed=9,
+                             latency_factor={"bounce/dual": 1.5})
+    lat2 = write_pyperf(load_results(other), other / "pyperf")
+    lat2 = next(p for p in lat2 if p.name == lat.name)
+    r = subprocess.run([sys.executable, "-m", "pyperf", "compare_to", str(lat), str(lat2)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "slower" in r.stdout
+
+
+def test_pyperf_values_units_and_metadata(reported):
+    import pyperf
+    d, _ = reported
+    bench = pyperf.Benchmark.load(str(d / "pyperf" / "bounce--dual--latency.json"))
+    assert bench.get_unit() == "second"
+    runs = bench.get_runs()
+    assert len(runs) == 3
+    assert all(len(r.values) == MAX_VALUES for r in runs)     # 1500 subsampled to 1000
+    results = load_results(d)
+    run = next(r for r in results["runs"] if r["key"] == "bounce/dual")
+    # the pooled median of what pyperf holds is close to the run's own median
+    assert bench.median() * 1e9 == pytest.approx(run["metrics"]["latency_ns"]["p50"], rel=0.05)
+    meta = bench.get_metadata()
+    for k, v in {"backend": "host", "fidelity": "native", "strategy": "dual",
+                 "workload": "bounce", "hostname": "testhost", "platform": "6.18.0-test",
+                 "thp_enabled": "always [madvise] never", "kvm_caps_GUEST_MEMFD": 1,
+                 "cost_profile": "none (measured on host)",
+                 "backend_meta_note": "line one line two"}.items():
+        assert meta[k] == v, k
+    fp = pyperf.Benchmark.load(str(d / "pyperf" / "bounce--dual--footprint_peak.json"))
+    assert fp.get_unit() == "byte"
+    assert fp.get_nvalue() == 3
+
+
+def test_subsample_is_deterministic_and_keeps_order():
+    a = np.arange(5000)
+    s1, s2 = subsample(a, "k/rep0"), subsample(a, "k/rep0")
+    assert len(s1) == MAX_VALUES and np.array_equal(s1, s2)
+    assert np.all(np.diff(s1) > 0)
+    # both halves of an alternating pattern survive (no aliasing with a stride)
+    assert 0.4 < np.mean(s1 % 2) < 0.6
+    assert len(subsample(a[:10], "x")) == 10
+
+
+def test_zero_latency_samples_do_not_break_pyperf(tmp_path):
+    d = make_results_dir(tmp_path / "z", reps=2, n=50, workloads=("bounce",))
+    from bench.results import atomic_write_npz
+    arrays = {f"bounce/{s}/rep{i}": np.array([0, 5, 7] * 10, dtype=np.int64)
+              for s in ("in-place", "dual") for i in range(2)}
+    atomic_write_npz(d / "samples.npz", arrays)
+    paths = write_pyperf(load_results(d), d / "pyperf")
+    import pyperf
+    b = pyperf.Benchmark.load(str(next(p for p in paths if p.name.endswith("--latency.json"))))
+    assert min(b.get_values()) == pytest.approx(1e-9)
+    assert b.get_metadata()["values_clamped_to_1ns"] == 20
+
+
+def test_cli_report_prints_summary(reported, capsys):
+    import argparse
+    d, _ = reported
+    p = argparse.ArgumentParser()
+    add_report_arguments(p)
+    assert cli_report(p.parse_args([str(d)])) == 0
+    out = capsys.readouterr().out
+    assert "dual/in-pl." in out and "report:" in out
