@@ -519,6 +519,50 @@ int gm_execute(struct gm_ctx *c, const void *steps_buf, void *results_buf, int64
     return 0;
 }
 
+/* Calibration: time `reps` back-to-back repetitions of one primitive, rep i acting at
+ * a + i*stride (and b + i*stride, off + i*stride); ns_out[i] = its time.  Returns 0, the
+ * first failure's -errno, or GM_SIGBUS_STATUS. */
+int gm_time_prim(int prim, int fd, void *a, void *b, uint64_t off, uint64_t len, int64_t reps,
+                 int64_t stride, int64_t *ns_out)
+{
+    int rc = 0;
+    if (install_bus() < 0)
+        return -errno;
+    volatile int64_t i = 0;
+    if (sigsetjmp(gm_jb, 0)) {
+        restore_bus();
+        return GM_SIGBUS_STATUS;
+    }
+    for (i = 0; i < reps; i++) {
+        uint8_t *pa = (uint8_t *)a + i * stride, *pb = (uint8_t *)b + i * stride;
+        uint64_t o = off + (uint64_t)(i * stride);
+        int r = 0;
+        int64_t t0, t1;
+        gm_armed = 1;
+        t0 = now_ns();
+        switch (prim) {
+        case GM_B_NOP: break;
+        case GM_B_IOCTL_CHECK: r = ioctl(fd, 0xAE03, (unsigned long)off); break;
+        case GM_B_WRITE_TOUCH: touch_write(pa, (len + PAGE - 1) / PAGE, 0, 1); break;
+        case GM_B_READ_TOUCH: touch_read(pa, (len + PAGE - 1) / PAGE, 0, GM_NO_CHECK); break;
+        case GM_B_MADV: r = madvise(pa, len, (int)off); break;
+        case GM_B_PUNCH:
+            r = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)o, (off_t)len);
+            break;
+        case GM_B_MEMCPY: copy_range(pa, pb, len); break;
+        case GM_B_ZERO: fill_range(pa, 0, len); break;
+        default: r = -1; errno = EINVAL;
+        }
+        t1 = now_ns();
+        gm_armed = 0;
+        ns_out[i] = t1 - t0;
+        if (r < 0 && !rc)
+            rc = -errno;
+    }
+    restore_bus();
+    return rc;
+}
+
 /* Resident pages of a mapping's file (page cache), mapped or not: mincore() looks the file
  * up when no PTE is present, so this reads guest_memfd allocation, which fstat cannot. */
 int64_t gm_mincore_count(void *addr, uint64_t len)

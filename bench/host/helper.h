@@ -32,6 +32,15 @@
 #define GM_PLATFORM_PRESERVE 0
 #define GM_PLATFORM_ZERO 1
 #define GM_PLATFORM_DESTROY 2
+/* calibration primitives (gm_time_prim) */
+#define GM_B_NOP 0
+#define GM_B_IOCTL_CHECK 1
+#define GM_B_WRITE_TOUCH 2
+#define GM_B_READ_TOUCH 3
+#define GM_B_MADV 4
+#define GM_B_PUNCH 5
+#define GM_B_MEMCPY 6
+#define GM_B_ZERO 7
 #define GM_KVM_SET_MEMORY_ATTRIBUTES 1075883730
 #define GM_KVM_SET_MEMORY_ATTRIBUTES2 3229658834
 
@@ -78,6 +87,8 @@ int gm_execute(struct gm_ctx *c, const void *steps_buf, void *results_buf, int64
 int gm_touch_pages(void *p, uint64_t len, int write);
 void gm_unpin_all(struct gm_ctx *c);
 int64_t gm_mincore_count(void *addr, uint64_t len);
+int gm_time_prim(int prim, int fd, void *a, void *b, uint64_t off, uint64_t len, int64_t reps,
+                 int64_t stride, int64_t *ns_out);
 /* cdef-end */
 
 #endif
