@@ -154,8 +154,18 @@ class BuddyAllocator:
     def _carve(self, block: int, block_order: int, want: int, want_order: int) -> None:
         """`block` was taken off the lists; return all of it except [want, want+2^want_order)
         to the lists, upper halves first, as expand() does."""
+        kmax = self.kernel_max_order
+        pbo = self.pageblock_order
+        labels, lists, head, nr = self._labels, self._lists, self._head, self._nr
         for k in range(block_order - 1, want_order - 1, -1):
-            self._add_free((want & ~((1 << k) - 1)) ^ (1 << k), k)
+            p = (want & ~((1 << k) - 1)) ^ (1 << k)
+            if k > kmax:
+                self._add_free(p, k)
+            else:                       # _add_free inlined: this is the hot path
+                t = labels[p >> pbo]
+                lists[t][k][p] = None
+                head[p] = (k << 2) | t
+                nr[k] += 1
 
     def _relabel(self, pfn: int, order: int, t: int) -> None:
         """Label the pageblocks of a block that is not on any list (allocated or taken)."""
@@ -219,6 +229,9 @@ class BuddyAllocator:
         runs (pfn, npages).  Successive order-0 allocations empty the smallest block, then
         split the next one and walk through it from its low end, so a block is handed out
         whole or, for the last one, its first pages (the rest stays free as aligned blocks).
+        Cost is O(runs) Python steps, except that pages stolen from the other migratetype
+        without claiming their pageblock (heavily fragmented memory) go one at a time.
+        Raises OutOfMemory, allocating nothing, if fewer than n pages are free.
         """
         n = int(n)
         if n < 0:
@@ -245,6 +258,11 @@ class BuddyAllocator:
                     break
             else:
                 pfn, o = self._take_slow(0, t)
+                if o and self._labels[pfn >> self.pageblock_order] != t:
+                    # stolen, not claimed: the next order-0 request runs the fallback
+                    # again (and may claim the pageblock now), so take one page only
+                    self._carve(pfn, o, pfn, 0)
+                    o = 0
             size = 1 << o
             if size > rem:
                 for p, k in aligned_blocks(pfn + rem, size - rem, self.max_order):
@@ -410,16 +428,22 @@ class BuddyAllocator:
             self._make_chunks_uniform(pfn, order)
         labels = self._labels
         t = labels[pfn >> pbo]
-        head = self._head
+        head, lists, nr = self._head, self._lists, self._nr
         max_order = self.max_order
         while order < max_order:
             buddy = pfn ^ (1 << order)
             code = head.get(buddy)
             if code is None or code >> 2 != order:
                 break
-            if pbo <= order < kmax and code & 3 != t:
-                self._relabel(buddy, order, t)     # the kernel's "match buddy type"
-            self._remove_free(buddy, code)
+            kind = code & 3
+            if kind == _BIG:
+                self._remove_free(buddy, code)
+            else:
+                if kind != t and pbo <= order < kmax:
+                    self._relabel(buddy, order, t)     # the kernel's "match buddy type"
+                del lists[kind][order][buddy]     # _remove_free inlined (hot path)
+                del head[buddy]
+                nr[order] -= 1
             pfn &= buddy
             order += 1
         self._add_free(pfn, order)
