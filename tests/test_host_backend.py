@@ -193,8 +193,12 @@ def test_platform_content_effect(probed, platform, expect_bad):
     try:
         steps, res = run(t, s, lay, (OpKind.PRIVATE_WRITE, 0, M, 4),
                          (OpKind.TO_SHARED, 0, M, 0),
-                         (OpKind.SHARED_READ, 0, M, 0))            # expect zeros
+                         (OpKind.SHARED_READ, 0, M, 0),            # expect zeros
+                         (OpKind.TO_SHARED, 4 * M, 4 * M, 0))      # never allocated
         assert op_aux(steps, res, 2, Step.READ) == expect_bad
+        # the content effect touches allocated pages only: converting unallocated memory
+        # allocates nothing
+        assert t.snapshot()["gmem_bytes"] == M
     finally:
         t.close()
 

@@ -244,26 +244,40 @@ static int step_gmem_set_attrs(struct gm_ctx *c, struct gm_slot *s, const struct
     uint8_t want = st->arg ? 1 : 0;
     int already = range_all(s->attrs, first, n, want);
     int64_t pinned = (!already && want) ? first_pinned(c, st->slot, st->offset, st->size) : -1;
+    /* The platform's content effect on to-shared applies to allocated pages only: find them
+     * (mincore sees guest_memfd's page cache) before the timed window. */
+    unsigned char *present = NULL;
+    if (!already && !want && c->platform != GM_PLATFORM_PRESERVE && s->gmem_base) {
+        present = malloc(n);
+        if (!present)
+            return ENOMEM;
+        if (mincore(s->gmem_base + st->offset, st->size, present) < 0)
+            memset(present, 1, n);
+    }
 
     t0 = now_ns();
     /* The real ioctl (ENOTTY here) is the syscall floor the native call would pay. */
     ioctl(s->gmem_fd, GM_KVM_SET_MEMORY_ATTRIBUTES2, &a);
     if (!already && want && s->gmem_base)
         madvise(s->gmem_base + st->offset, st->size, MADV_DONTNEED);   /* zap only, content kept */
-    if (!already && !want && c->platform == GM_PLATFORM_ZERO && s->gmem_base)
-        fill_range(s->gmem_base + st->offset, 0, st->size);             /* TDX zeroes on to-shared */
+    if (present && c->platform == GM_PLATFORM_ZERO)                     /* TDX zeroes on to-shared */
+        for (uint64_t i = 0; i < n; i++)
+            if (present[i] & 1)
+                fill_range(s->gmem_base + st->offset + i * PAGE, 0, PAGE);
     t1 = now_ns();
     *ns = t1 - t0;
+    if (present && c->platform == GM_PLATFORM_DESTROY)                  /* SNP: ciphertext */
+        for (uint64_t i = 0; i < n; i++)
+            if (present[i] & 1)
+                fill_range(s->gmem_base + st->offset + i * PAGE, 0xA5, PAGE);
+    free(present);
 
     if (pinned >= 0) {          /* extra references: mapping zapped, attributes unchanged */
         *aux = pinned;
         return EAGAIN;
     }
-    if (!already) {
+    if (!already)
         memset(s->attrs + first, want, n);
-        if (!want && c->platform == GM_PLATFORM_DESTROY && s->gmem_base)
-            fill_range(s->gmem_base + st->offset, 0xA5, st->size);      /* SNP: ciphertext */
-    }
     return 0;
 }
 
