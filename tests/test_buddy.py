@@ -429,3 +429,43 @@ def test_prefragment_edges():
     full.alloc_pages(60, movable=True)                 # pageblock 7 has 4 free pages
     assert full.prefragment(np.random.default_rng(0), 1.0) == 1
     full.check()
+
+
+def test_alloc_pages_reruns_fallback_after_each_stolen_page():
+    """After a steal from one pageblock, the next order-0 request looks at the other
+    type's lists again and may claim a different pageblock (the kernel checks only each
+    list's head), so alloc_pages must not finish the stolen block first."""
+    def setup():
+        b = pb_alloc()
+        b.alloc_pages(64, movable=True)
+        b.free_range(8, 2)            # pageblock 1: 4 free pages in two order-1 blocks
+        b.free_range(12, 2)
+        b.free_range(0, 2)            # pageblock 0: 2 free; its block is the list head
+        return b
+    seq = setup()
+    first = seq.alloc(0, movable=False)       # head pageblock 0 can't be claimed: steal
+    assert first == 0 and seq.pageblock_counts()["unmovable"] == 0
+    second = seq.alloc(0, movable=False)      # next head is in pageblock 1: claimed
+    assert second in (8, 12) and seq.pageblock_counts()["unmovable"] == 1
+    bulk = setup()
+    assert sorted(pages_of(bulk.alloc_pages(2, movable=False))) == sorted([first, second])
+    assert snapshot(bulk) == snapshot(seq)
+
+
+def test_freeing_a_mixed_label_block_at_once_equals_freeing_its_pageblocks_in_order():
+    def setup():
+        b = BuddyAllocator(16, max_order=4, pageblock_order=3, kernel_max_order=4)
+        b.alloc_pages(16, movable=True)
+        b.free_range(0, 8)
+        b.alloc(0, movable=False)                     # claims pageblock 0
+        b.alloc_pages(7, movable=False)
+        assert b.pageblock_counts() == {"unmovable": 1, "movable": 1}
+        return b
+    whole, parts = setup(), setup()
+    whole.free_range(0, 16)                           # one order-4 block, mixed labels
+    parts.free_range(0, 8)
+    parts.free_range(8, 8)
+    assert whole.free_blocks() == parts.free_blocks() == [(0, 4)]
+    assert whole.pageblock_counts() == parts.pageblock_counts() == \
+        {"unmovable": 0, "movable": 2}
+    whole.check()
