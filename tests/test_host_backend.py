@@ -203,21 +203,24 @@ def test_platform_content_effect(probed, platform, expect_bad):
         t.close()
 
 
-def test_thp_shared_backing_split_counted_and_setting_restored(probed):
+@pytest.mark.parametrize("backing", ["memfd", "anon"])
+def test_thp_shared_backing_split_counted_and_setting_restored(probed, backing):
     from bench.host.sysfs import THP_SHMEM_ENABLED, read_setting
     before = read_setting(THP_SHMEM_ENABLED)
     s = DualBacking()
-    t, lay = target(probed, s, shared_backing="memfd", shared_page="thp", size=16 * M)
+    t, lay = target(probed, s, shared_backing=backing, shared_page="thp", size=16 * M)
     try:
         run(t, s, lay, (OpKind.SHARED_WRITE, 0, 4 * M, 1))
         snap = t.snapshot()
         assert snap["huge_bytes"] >= 2 * M              # PMD-mapped shmem THP
+        assert snap["huge_folios_mapped"] * 2 * M == snap["huge_bytes"]
         steps, res = run(t, s, lay, (OpKind.TO_PRIVATE, 0, K4, 0))   # 4K hole in a THP
         assert (res["status"] == 0).all()
         snap2 = t.snapshot()
-        assert snap2["huge_splits"] >= 1
-        assert snap2["huge_bytes"] < snap["huge_bytes"]
-        if before in ("never", "deny"):
+        assert snap2["huge_splits"] == 1
+        assert snap2["huge_bytes"] == snap["huge_bytes"] - 2 * M
+        assert snap2["huge_folios_mapped"] == snap["huge_folios_mapped"] - 1
+        if backing == "memfd" and before in ("never", "deny"):
             assert t.metadata()["settings_changed"][THP_SHMEM_ENABLED]["to"] == "advise"
     finally:
         t.close()
@@ -237,6 +240,7 @@ def test_hugetlb_pool_set_and_restored(probed):
         snap = t.snapshot()
         assert snap["huge_bytes"] == 4 * M
         assert snap["shared_bytes"] == 4 * M
+        assert snap["huge_folios_mapped"] == 2          # pagemap + kpageflags agree
     finally:
         t.close()
     assert read_setting(pool) == before

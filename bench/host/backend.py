@@ -82,6 +82,47 @@ def read_nr_free() -> list[int]:
         return total
 
 
+KPF_COMPOUND_HEAD, KPF_HUGE, KPF_THP = 15, 17, 22
+PM_PRESENT = 1 << 63
+PM_PFN_MASK = (1 << 55) - 1
+
+
+def count_huge_folios(addr: int, size: int) -> int | None:
+    """Intact PMD-size folios (THP or hugetlb) mapped in [addr, addr+size), read from
+    /proc/self/pagemap and /proc/kpageflags (root): every 2M-aligned window whose 512 pages
+    are present, physically contiguous from a 2M-aligned head page, and in one huge folio.
+    None when the files cannot be read."""
+    try:
+        pm = os.open("/proc/self/pagemap", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        kf = os.open("/proc/kpageflags", os.O_RDONLY)
+    except OSError:
+        os.close(pm)
+        return None
+    count = 0
+    try:
+        start = _round_up(addr, SIZE_2M)
+        for w in range(start, addr + size - SIZE_2M + 1, SIZE_2M):
+            ent = np.frombuffer(os.pread(pm, 512 * 8, (w // PAGE_SIZE) * 8), dtype=np.uint64)
+            if len(ent) < 512 or not (ent & np.uint64(PM_PRESENT)).all():
+                continue
+            pfn = (ent & np.uint64(PM_PFN_MASK)).astype(np.int64)
+            if pfn[0] == 0 or pfn[0] % 512 or not (np.diff(pfn) == 1).all():
+                continue      # PFNs hidden (not root) or not one aligned physical block
+            flags = np.frombuffer(os.pread(kf, 512 * 8, int(pfn[0]) * 8), dtype=np.uint64)
+            head = (flags >> np.uint64(KPF_COMPOUND_HEAD)) & np.uint64(1)
+            huge = (flags >> np.uint64(KPF_THP)) & np.uint64(1) | \
+                (flags >> np.uint64(KPF_HUGE)) & np.uint64(1)
+            if head[0] and not head[1:].any() and huge.all():
+                count += 1
+    finally:
+        os.close(pm)
+        os.close(kf)
+    return count
+
+
 def _round_up(x: int, a: int) -> int:
     return (x + a - 1) // a * a
 
@@ -375,13 +416,23 @@ class HostTarget:
             shared_bytes += a["Rss"] + a["Private_Hugetlb"] + a["Shared_Hugetlb"]
         vm = read_vmstat()
         d = {k: vm[k] - self._vmstat0[k] for k in vm}
+        # huge_bytes: PMD-mapped huge memory (smaps).  A 4K hole in an anon THP drops its
+        # PMD (thp_split_pmd) and the folio waits for a deferred split; in a shmem THP it
+        # splits the folio at once (thp_split_page).  Count the event that happens at once.
         huge = (smaps["AnonHugePages"] + smaps["ShmemPmdMapped"] + smaps["FilePmdMapped"]
                 + smaps["Private_Hugetlb"] + smaps["Shared_Hugetlb"])
+        anon_thp = self.layout.shared_backing == "anon" and self.layout.shared_page == "thp" \
+            and any(m["shared_base"] for m in self._slots_meta)
+        splits = d["thp_split_pmd"] if anon_thp else d["thp_split_page"]
+        folios = None
+        if self.params.get("kpageflags", True):
+            counts = [count_huge_folios(a, n) for a, n in huge_ranges]
+            folios = None if any(c is None for c in counts) else sum(counts)
         nr_free = read_nr_free()
         return {
             "footprint_bytes": int((gmem_bytes + shared_bytes) * self.scale),
             "huge_bytes": int(huge * self.scale),
-            "huge_splits": int(d["thp_split_page"]),
+            "huge_splits": int(splits),
             "huge_merges": int(d["thp_collapse_alloc"]),
             "nr_free": nr_free,
             "t_ns": int(time.monotonic_ns()),
@@ -391,6 +442,8 @@ class HostTarget:
             "scale": self.scale,
             "smaps": smaps,
             "vmstat_delta": d,
+            # intact 2M folios mapped, from pagemap + kpageflags (None: not readable)
+            "huge_folios_mapped": folios,
         }
 
     def _fidelity_table(self, probe_mod) -> dict:
