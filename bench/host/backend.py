@@ -12,6 +12,7 @@ see bench/host/probe.py and helper.c.  Param keys (all optional):
   max_scale       largest down-scaling factor before refusing (1024)
   warmup_bytes    anonymous memory touched before measuring (1 GiB; trap 1 of host-costs.md)
   overhead_reps   NOP steps timed for the harness overhead (20001)
+  kpageflags      count intact huge folios from pagemap + kpageflags in snapshots (yes)
   probe           a bench.host.probe.probe() result to reuse
 """
 import os
@@ -123,6 +124,36 @@ def count_huge_folios(addr: int, size: int) -> int | None:
     return count
 
 
+def _param_size(params: dict, key: str, default: int) -> int:
+    from bench.generators import parse_size
+    try:
+        return parse_size(params.get(key, default))
+    except ValueError as e:
+        raise InputError(f"host backend parameter {key}: {e}") from None
+
+
+def _param_number(params: dict, key: str, default, kind=float):
+    v = params.get(key, default)
+    try:
+        x = kind(v)
+    except (TypeError, ValueError):
+        raise InputError(f"host backend parameter {key}: {v!r} is not a number") from None
+    if x < 0:
+        raise InputError(f"host backend parameter {key}: must be >= 0, got {v!r}")
+    return x
+
+
+def _param_bool(params: dict, key: str, default: bool) -> bool:
+    v = params.get(key, default)
+    if isinstance(v, str):
+        if v.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if v.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise InputError(f"host backend parameter {key}: {v!r} is not a yes/no value")
+    return bool(v)
+
+
 def _round_up(x: int, a: int) -> int:
     return (x + a - 1) // a * a
 
@@ -188,7 +219,7 @@ class HostTarget:
             self.labels.append(f"guest_memfd page size {layout.gmem_page_size} requested: this "
                                "kernel's guest_memfd folios are 4K only, ran with 4K")
         self._plan_scale()
-        self._warm_up(int(self.params.get("warmup_bytes", WARMUP_BYTES)))
+        self._warm_up(_param_size(self.params, "warmup_bytes", WARMUP_BYTES))
         self._vmstat0 = read_vmstat()
         self.vm_fd = kvm.kvm_create_vm(self._kvm_fd, 0)
         self._fds.append(self.vm_fd)
@@ -209,12 +240,15 @@ class HostTarget:
         ctx.vm_attrs_native = int(self.vm_attrs_native)
         ctx.platform = PLATFORM_CODES[layout.platform]
         self._ctx = ctx
-        self.harness = self._measure_overhead(int(self.params.get("overhead_reps", 20001)))
+        self.harness = self._measure_overhead(
+            max(2, _param_number(self.params, "overhead_reps", 20001, int)))
 
     def _plan_scale(self) -> None:
         """Same scale for both strategies: size for the larger (dual: gmem + shared copy)."""
-        share = float(self.params.get("guard_share", GUARD_SHARE))
-        max_scale = int(self.params.get("max_scale", MAX_SCALE))
+        share = _param_number(self.params, "guard_share", GUARD_SHARE)
+        if not 0 < share <= 1:
+            raise InputError(f"host backend parameter guard_share: {share} is not in (0, 1]")
+        max_scale = _param_number(self.params, "max_scale", MAX_SCALE, int)
         self.mem_available = mem_available()
         allowed = int(self.mem_available * share)
         need = 2 * self.layout.guest_size
@@ -425,7 +459,7 @@ class HostTarget:
             and any(m["shared_base"] for m in self._slots_meta)
         splits = d["thp_split_pmd"] if anon_thp else d["thp_split_page"]
         folios = None
-        if self.params.get("kpageflags", True):
+        if _param_bool(self.params, "kpageflags", True):
             counts = [count_huge_folios(a, n) for a, n in huge_ranges]
             folios = None if any(c is None for c in counts) else sum(counts)
         nr_free = read_nr_free()
@@ -467,7 +501,7 @@ class HostTarget:
             "harness_overhead": self.harness,
             "harness_overhead_ns": self.harness["nop_median_ns"],
             "scale": self.scale,
-            "guard_share": float(self.params.get("guard_share", GUARD_SHARE)),
+            "guard_share": _param_number(self.params, "guard_share", GUARD_SHARE),
             "mem_available_bytes": self.mem_available,
             "warmup_bytes": self.warmup_bytes,
             "slot_sizes": list(self.slot_sizes),
