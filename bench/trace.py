@@ -30,7 +30,7 @@ EXAMPLES_KEPT = 5
 
 # optional timestamp prefix, then an event name, then its arguments
 _LINE = re.compile(r"^(?:(?P<tid>\d+)@(?P<sec>\d+)\.(?P<usec>\d{1,9}):)?"
-                   r"(?P<event>[A-Za-z_][A-Za-z0-9_]*)(?:[ \t]+(?P<args>.*))?$")
+                   r"(?P<event>[A-Za-z_][A-Za-z0-9_]*) (?P<args>.*)$")
 _CONVERT = re.compile(r"^start 0x(?P<start>[0-9a-fA-F]+) size 0x(?P<size>[0-9a-fA-F]+) "
                       r"(?P<dir>shared_to_private|private_to_shared)[ \t]*$")
 
@@ -76,6 +76,8 @@ def parse_trace(path: str | Path, layout: Layout, *, strict: bool = False,
     ends = [m.gpa + m.size for m in layout.memslots]
 
     def bad_line(no, raw, why):
+        if no == len(lines) and truncated_last:
+            why = "truncated line"      # the log was cut off while QEMU was writing it
         if strict:
             raise InputError(f"{why}: {raw[:80]!r} (expected `[tid@sec.usec:]{EVENT} start 0xHEX "
                              f"size 0xHEX private_to_shared|shared_to_private`)", str(path), no)
@@ -91,7 +93,8 @@ def parse_trace(path: str | Path, layout: Layout, *, strict: bool = False,
         if stripped.startswith("#"):
             info["comments"] += 1
             continue
-        m = _LINE.match(stripped)
+        # QEMU writes "<name> <args>": the space follows the name even without arguments
+        m = _LINE.match(line.lstrip())
         if not m:
             bad_line(no, line, "not a trace event line")
             continue
@@ -100,10 +103,9 @@ def parse_trace(path: str | Path, layout: Layout, *, strict: bool = False,
             info["foreign_events"] += 1
             foreign[event] = foreign.get(event, 0) + 1
             continue
-        c = _CONVERT.match(m.group("args") or "")
+        c = _CONVERT.match(m.group("args"))
         if not c:
-            why = "truncated line" if no == len(lines) and truncated_last else "malformed " + EVENT
-            bad_line(no, line, why)
+            bad_line(no, line, "malformed " + EVENT)
             continue
         info["parsed"] += 1
         start = int(c.group("start"), 16)

@@ -419,7 +419,7 @@ def _layout(ctx: _Ctx, lay: dict, slots_raw, slots_path) -> Layout:
     order = sorted(range(len(memslots)), key=lambda i: memslots[i].gpa)
     for a, b in zip(order, order[1:]):
         if memslots[a].gpa + memslots[a].size > memslots[b].gpa:
-            ctx.error(slots_path + (b,), f"memslot {b} overlaps memslot {a}")
+            ctx.error(slots_path + (b, "gpa"), f"memslot {b} overlaps memslot {a}")
     return Layout(memslots=tuple(memslots), gmem_page_size=page, shared_backing=backing,
                   shared_page=shared_page, platform=platform, init_shared=init_shared)
 

@@ -1,0 +1,62 @@
+"""`gmembench workloads` and `gmembench workloads show` through the CLI entry point."""
+from pathlib import Path
+
+from bench.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = sorted(p.stem for p in (ROOT / "workloads").glob("*.toml"))
+
+
+def test_list_names_every_workload_with_its_description(capsys):
+    assert main(["workloads"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    names = [l.split()[0] for l in out]
+    assert names == SHIPPED
+    hog = next(l for l in out if l.startswith("hogger-120g "))
+    assert "120 GiB" in hog
+    assert main(["workloads", "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == out
+
+
+def test_show_prints_the_resolved_definition(capsys):
+    assert main(["workloads", "show", "swiotlb-boot"]) == 0
+    out = capsys.readouterr().out
+    assert "workload swiotlb-boot" in out
+    assert "slot 0: gpa 0x0  size 2 GiB  numa node 0" in out
+    assert "slot 1: gpa 0x100000000  size 6 GiB" in out
+    assert "generator swiotlb-boot" in out
+    assert "chunk = 64 MiB" in out and "pool_max = 1 GiB" in out
+    assert "platform destroy" in out
+
+
+def test_show_quick_is_scaled(capsys):
+    assert main(["workloads", "show", "dma-churn", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "quick variant (scale 0.0625)" in out
+    assert "size 256 MiB" in out and "buffers = 3125" in out
+
+
+def test_show_stats_generates_the_stream(capsys):
+    assert main(["workloads", "show", "pkvm-share", "--quick", "--stats"]) == 0
+    out = capsys.readouterr().out
+    assert "TO_SHARED" in out and "SHARED_PROBE" in out and "625 ops" in out
+
+
+def test_show_trace_workload(capsys):
+    assert main(["workloads", "show", "trace-tdx-boot", "--stats"]) == 0
+    out = capsys.readouterr().out
+    assert "replay trace" in out and "tdx-boot-plain.log" in out
+    assert "valid=1004" in out
+
+
+def test_errors_exit_2_with_file_and_line(tmp_path, capsys):
+    assert main(["workloads", "show", "no-such-workload"]) == 2
+    assert "unknown workload 'no-such-workload'" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[workload]\ndescription = "x"\n\n[[layout.memslot]]\ngpa = 0\nsize = "1G"\n\n'
+                   '[[phase]]\ngenerator = "dma-churn"\nbufers = 10\n')
+    assert main(["workloads", "show", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:10: phase[0].bufers: unknown key 'bufers'" in err
+    assert main(["workloads", "show"]) == 2
+    assert "needs a workload name" in capsys.readouterr().err
