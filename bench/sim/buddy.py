@@ -348,10 +348,6 @@ class BuddyAllocator:
                 del self._head[pfn]
                 self._nr[co] -= 1
                 return pfn, co
-        if order == kmax:   # only reachable with no typed blocks at kmax: runs above it
-            pfn = self._take_big_chunk()
-            if pfn is not None:
-                return pfn, kmax
         raise OutOfMemory(f"no free block of order >= {order}")
 
     def _take_big_chunk(self) -> int | None:
@@ -412,11 +408,15 @@ class BuddyAllocator:
         as its maximal aligned blocks, each merged with free buddies."""
         pfn = int(pfn)
         npages = int(npages)
-        self._check_allocated(pfn, npages)
-        if npages == 1:
+        if npages == 1 and 0 <= pfn < self.total_pages:     # the common 4K case
+            if self._state[pfn] == _FREE:
+                raise BadFree(f"page {pfn} is already free")
             self._state[pfn] = _FREE
-        else:
-            self._state[pfn:pfn + npages] = self._fill[_FREE][:npages]
+            self.free_pages += 1
+            self._free_block(pfn, 0)
+            return
+        self._check_allocated(pfn, npages)
+        self._state[pfn:pfn + npages] = self._fill[_FREE][:npages]
         self.free_pages += npages
         for p, order in aligned_blocks(pfn, npages, self.max_order):
             self._free_block(p, order)
@@ -446,7 +446,12 @@ class BuddyAllocator:
                 nr[order] -= 1
             pfn &= buddy
             order += 1
-        self._add_free(pfn, order)
+        if order > kmax:
+            self._add_free(pfn, order)
+        else:       # _add_free inlined; the merged block has the freed block's label t
+            lists[t][order][pfn] = None
+            head[pfn] = (order << 2) | t
+            nr[order] += 1
 
     def _make_chunks_uniform(self, pfn: int, order: int) -> None:
         """A freed block spanning several pageblocks: give each kernel_max_order chunk of
