@@ -113,9 +113,10 @@ def test_in_place_shared_range_is_host_accessible(probed):
         t.close()
 
 
-def test_dual_punch_and_discard_free_memory_read_from_kernel(probed):
+@pytest.mark.parametrize("backing", ["memfd", "anon"])
+def test_dual_punch_and_discard_free_memory_read_from_kernel(probed, backing):
     s = DualBacking()
-    t, lay = target(probed, s, shared_backing="memfd")
+    t, lay = target(probed, s, shared_backing=backing)
     try:
         snap0 = t.snapshot()
         assert snap0["footprint_bytes"] == 0
@@ -227,12 +228,13 @@ def test_thp_shared_backing_split_counted_and_setting_restored(probed, backing):
     assert read_setting(THP_SHMEM_ENABLED) == before
 
 
-def test_hugetlb_pool_set_and_restored(probed):
+@pytest.mark.parametrize("backing", ["memfd", "anon"])
+def test_hugetlb_pool_set_and_restored(probed, backing):
     from bench.host.sysfs import read_setting
     pool = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
     before = read_setting(pool)
     s = DualBacking()
-    t, lay = target(probed, s, shared_backing="memfd", shared_page="hugetlb", size=8 * M)
+    t, lay = target(probed, s, shared_backing=backing, shared_page="hugetlb", size=8 * M)
     try:
         steps, res = run(t, s, lay, (OpKind.SHARED_WRITE, 0, 4 * M, 2),
                          (OpKind.SHARED_READ, 0, 4 * M, 2))
