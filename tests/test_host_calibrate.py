@@ -45,3 +45,15 @@ def test_calibrate_rejects_unknown_key(tmp_path):
     add_calibrate_arguments(p)
     with pytest.raises(InputError, match="unknown cost key"):
         cli_calibrate(p.parse_args(["-o", str(tmp_path / "x.toml"), "--keys", "nonsense"]))
+
+
+def test_emulated_host_profile_zeroes_work_the_host_path_skips(tmp_path):
+    from bench.cli import main
+    from bench.costs import load_profile
+    out = tmp_path / "emu.toml"
+    assert main(["calibrate", "-o", str(out), "--rounds", "2", "--warmup-mib", "0",
+                 "--no-progress", "--emulated-host", "--keys", "ioctl_entry"]) == 0
+    prof = load_profile(str(out))
+    assert prof.raw["attr_update"] == 0 and prof.raw["stage2_zap_4k"] == 0
+    assert prof.raw["ioctl_entry"] > 0
+    assert prof.raw["fault_gmem"] == load_profile().raw["fault_gmem"]   # not requested: default
