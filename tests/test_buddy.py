@@ -469,3 +469,35 @@ def test_freeing_a_mixed_label_block_at_once_equals_freeing_its_pageblocks_in_or
     assert whole.pageblock_counts() == parts.pageblock_counts() == \
         {"unmovable": 0, "movable": 2}
     whole.check()
+
+
+def test_argument_validation():
+    b = small()
+    with pytest.raises(ValueError):
+        b.alloc(8)                                    # above max_order
+    with pytest.raises(ValueError):
+        b.alloc(-1)
+    with pytest.raises(ValueError):
+        b.alloc_pages(-1)
+    assert b.alloc_pages(0) == []
+    assert b.free_pages == b.total_pages
+
+
+def test_check_detects_corruption():
+    """check() is what the property tests lean on: it must notice broken invariants.
+    (This test reaches into private state on purpose, to break it.)"""
+    b = small()
+    p = b.alloc(0, movable=True)
+    b._state[p] = 0                                   # page marked free but on no list
+    with pytest.raises(AssertionError):
+        b.check()
+    b = small()
+    b.alloc(3, movable=True)
+    b.free_pages += 1
+    with pytest.raises(AssertionError):
+        b.check()
+    b = small()
+    p = b.alloc(0, movable=True)
+    b._add_free(p, 0)                                 # listed without merging its buddy
+    with pytest.raises(AssertionError):
+        b.check()
