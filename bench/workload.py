@@ -538,6 +538,9 @@ def load_workload(name_or_path: str, quick: bool = False) -> Workload:
     Bad input raises InputError FILE:LINE."""
     path = _resolve(name_or_path)
     doc, ctx = _read(path)
+    if "workload" not in doc:
+        raise InputError("not a workload file: it has no [workload] table "
+                         f"(top-level tables: {', '.join(doc) or 'none'})", str(path), 1)
     ctx.keys(doc, TOP_KEYS, ())
     wl = ctx.table(doc.get("workload", {}), ("workload",))
     ctx.keys(wl, WORKLOAD_KEYS, ("workload",))
@@ -660,7 +663,9 @@ def workload_dirs() -> list[Path]:
 
 
 def list_workloads() -> list[tuple[str, str, Path]]:
-    """(name, one-line description, path) of every workload file, the first of each name."""
+    """(name, one-line description, path) of every workload file, the first of each name.
+    A .toml file without a [workload] table is some other kind of file (e.g. a qualify
+    spec) and is not listed; a file that is not valid TOML is listed, marked unreadable."""
     found = {}
     for d in workload_dirs():
         for f in sorted(d.glob("*.toml")):
@@ -668,6 +673,8 @@ def list_workloads() -> list[tuple[str, str, Path]]:
                 continue
             try:
                 doc = tomllib.loads(f.read_text(encoding="utf-8"))
+                if "workload" not in doc:
+                    continue
                 desc = str(doc.get("workload", {}).get("description", "")).strip().splitlines()
                 desc = desc[0] if desc else "(no description)"
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError) as e:

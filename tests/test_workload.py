@@ -1,5 +1,6 @@
 """Workload files: every shipped file loads and generates; bad files name file and line."""
 import textwrap
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,10 @@ from bench.workload import (DEFAULT_SUITE, QUICK_FACTOR, TomlLines, list_workloa
                             workload_dirs)
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = sorted(p.stem for p in (ROOT / "workloads").glob("*.toml"))
+# workload files are the .toml files with a [workload] table (others, e.g. qualify specs,
+# may share the directory)
+SHIPPED = sorted(p.stem for p in (ROOT / "workloads").glob("*.toml")
+                 if re.search(r"^\[workload\]", p.read_text(), re.M))
 G = 1 << 30
 M = 1 << 20
 
@@ -257,3 +261,40 @@ def test_toml_lines_locates_keys_in_arrays_of_tables():
     assert L.line(("p", 0, "n")) == 4 and L.line(("p", 0, "v")) == 5
     assert L.line(("p", 1, "n")) == 10 and L.line(("p", 1, "sub", "y")) == 12
     assert L.line(("p", 1, "missing")) == 9          # falls back to the enclosing table
+
+
+def test_readme_documents_every_generator_and_key():
+    readme = (ROOT / "workloads" / "README.md").read_text()
+    from bench.generators import GENERATORS
+    for name, g in GENERATORS.items():
+        assert f"### `{name}`" in readme, name
+        for key in g.params:
+            assert f"| `{key}` |" in readme, (name, key)
+
+
+def test_readme_example_file_loads(tmp_path):
+    readme = (ROOT / "workloads" / "README.md").read_text()
+    example = readme.split("## File format", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "traces").mkdir()
+    (tmp_path / "traces" / "my-guest.log").write_text(
+        "kvm_convert_memory start 0x1000 size 0x1000 private_to_shared\n")
+    p = tmp_path / "example.toml"
+    p.write_text(example)
+    w = load_workload(str(p))
+    assert [ph.name for ph in w.phases] == ["boot", "steady", "replay"]
+    assert w.params["host_memory"] == 160 * G
+    q = load_workload(str(p), quick=True)
+    assert q.scale == 0.1 and q.phases[1].params["buffers"] == 2000
+    assert [m.size for m in q.layout.memslots] == [1 * G]
+
+
+def test_toml_files_that_are_not_workloads_are_skipped(tmp_path, monkeypatch):
+    (tmp_path / "spec.toml").write_text('[qualify]\nname = "x"\n')
+    (tmp_path / "broken.toml").write_text('[workload\n')
+    monkeypatch.setenv("GMEMBENCH_WORKLOADS", str(tmp_path))
+    rows = {n: d for n, d, _ in list_workloads()}
+    assert "spec" not in rows
+    assert rows["broken"].startswith("(unreadable")
+    with pytest.raises(InputError) as e:
+        load_workload("spec")
+    assert "not a workload file" in e.value.message and e.value.file.endswith("spec.toml")
