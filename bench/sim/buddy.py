@@ -248,15 +248,18 @@ class BuddyAllocator:
         runs = []
         rem = n
         last_end = -1
+        lowest = 0          # own lists below this order are empty (until a fallback)
         while rem:
-            for o in range(0, kmax1):
+            for o in range(lowest, kmax1):
                 d = lists_t[o]
                 if d:
                     pfn = d.popitem()[0]
                     del head[pfn]
                     nr[o] -= 1
+                    lowest = o
                     break
             else:
+                lowest = 0      # a claim may have moved blocks of any order to our lists
                 pfn, o = self._take_slow(0, t)
                 if o and self._labels[pfn >> self.pageblock_order] != t:
                     # stolen, not claimed: the next order-0 request runs the fallback
