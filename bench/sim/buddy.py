@@ -306,7 +306,7 @@ class BuddyAllocator:
         state = self._state
         # claim (__rmqueue_claim): largest other-type block first
         for co in range(kmax, order - 1, -1):
-            if co < pbo and t == MOVABLE and co < pbo // 2:
+            if t == MOVABLE and co < pbo // 2:
                 break                     # should_try_claim_block: steal instead
             d = lists_u[co]
             if co >= pbo:
