@@ -1,0 +1,191 @@
+"""How good is `gmembench compare` on this machine?  False alarms on identical code (A/A) and
+detection of a known 10% slowdown (A/B).
+
+    python benchmarks/gate_quality.py [--runs K] [--repetitions R] [--workload NAME] ...
+
+1. Runs the same host-backend workload K times through the real path (bench.runner.run_suite:
+   VM, guest_memfd, C step executor, per-conversion clock), each run R repetitions of both
+   strategies, strategies interleaved as the runner does.  The runs are sequential, so
+   whatever drifts on the machine between runs (other load, THP pool, frequency) is in them,
+   as it would be between a CI baseline and a later build.
+2. A/A: every pair of runs (i, j), i < j, goes through the gate exactly as
+   `gmembench compare RUN_i RUN_j` would; any regression verdict is a false alarm.
+   Disjoint pairs (0,1), (2,3), ... are independent; all pairs use the data fully but are
+   correlated (each run takes part in K-1 pairs).  Both counts are reported.
+3. A/B: for every ordered pair (i, j), i != j, run j's conversion latencies are multiplied by
+   (1 + slowdown) and compared against run i; the gate must report a regression.
+
+The slowdown is applied to the per-conversion latency samples a real run measured
+(samples.npz and the per-repetition latency stats), not inside the kernel path: the host
+executor (bench/host/helper.c) has no hook yet to spin inside the timed region.  What it
+models: every conversion takes 10% longer, with the run-to-run noise of real runs.  What it
+does not: extra variance a real delay would add.  Hook wanted: a HostTarget parameter
+"slowdown" (float >= 1) that makes the C executor busy-wait, inside the timed region of each
+STEP_CONVERSION step, for (slowdown - 1) x the step's measured time.
+
+Writes gate_quality.json into --out.
+"""
+import argparse
+import itertools
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLDS, METRICS, compare_results  # noqa: E402
+from bench.results import atomic_write_json, atomic_write_npz, load_results, load_samples  # noqa: E402
+
+
+def slowed_copy(src: Path, dst: Path, factor: float) -> Path:
+    """A results dir identical to src except every conversion latency x factor."""
+    results = load_results(src)
+    samples = load_samples(results)
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    atomic_write_npz(dst / "samples.npz",
+                     {k: np.rint(v.astype(np.float64) * factor).astype(np.int64)
+                      for k, v in samples.items()})
+    results.pop("_dir", None)
+    for run in results["runs"]:
+        for rep in run.get("per_rep") or []:
+            lat = rep.get("latency_ns") or {}
+            for q in ("p50", "p90", "p99", "max", "mean", "min", "stdev"):
+                if q in lat and lat[q] is not None:
+                    lat[q] = lat[q] * factor
+        lat = run["metrics"].get("latency_ns") or {}
+        for q in list(lat):
+            if lat[q] is not None:
+                lat[q] = lat[q] * factor
+    atomic_write_json(dst / "results.json", results)
+    return dst
+
+
+def gate(a: Path, b: Path, thresholds: dict, alpha: float) -> list:
+    return compare_results(load_results(a), load_results(b), thresholds, alpha)
+
+
+def rate(hits: int, n: int) -> str:
+    if not n:
+        return "n/a"
+    # Wilson 95% interval: with tens of pairs the uncertainty is the main message
+    z = 1.96
+    p = hits / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return f"{hits}/{n} = {100 * p:.1f}% (95% CI {100 * max(0, mid - half):.1f}-{100 * min(1, mid + half):.1f}%)"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workload", default="dma-churn")
+    ap.add_argument("--backend", default="host", choices=("host", "sim"))
+    ap.add_argument("--runs", type=int, default=12, help="independent runs K (default 12)")
+    ap.add_argument("--repetitions", type=int, default=5, help="repetitions per run (default 5)")
+    ap.add_argument("--no-quick", dest="quick", action="store_false",
+                    help="full-size workload (default: --quick)")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="backend parameter for run_suite")
+    ap.add_argument("--slowdown", type=float, default=0.10, help="A/B slowdown (default 0.10)")
+    ap.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="minimum change in %% for every metric (default: compare's defaults)")
+    ap.add_argument("--out", default="results/gate-quality", help="working and output dir")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse runs already in --out (run-NN dirs) instead of running")
+    args = ap.parse_args(argv)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    params = dict(p.split("=", 1) for p in args.param)
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    if args.threshold is not None:
+        thresholds = {m: args.threshold / 100 for m in METRICS}
+
+    runs = []
+    t0 = time.time()
+    for k in range(args.runs):
+        d = out / f"run-{k:02d}"
+        if args.reuse and (d / "results.json").exists():
+            runs.append(d)
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        from bench.runner import run_suite
+        ts = time.time()
+        run_suite([args.workload], ["in-place", "dual"], backend=args.backend, params=params,
+                  out_dir=d, quick=args.quick, progress_enabled=False,
+                  repetitions=args.repetitions, report=False, echo=lambda *a, **kw: None)
+        print(f"run {k + 1}/{args.runs}: {time.time() - ts:.1f}s", file=sys.stderr, flush=True)
+        runs.append(d)
+    run_time = time.time() - t0
+
+    first = load_results(runs[0])
+    fid = sorted({r.get("fidelity") for r in first["runs"]})
+    rows_per_gate = None
+
+    # A/A
+    aa_all, aa_disjoint, aa_alarm_rows = [], [], {}
+    for i, j in itertools.combinations(range(len(runs)), 2):
+        rows = gate(runs[i], runs[j], thresholds, args.alpha)
+        rows_per_gate = len(rows)
+        alarm = [r for r in rows if r.verdict == "regression"]
+        aa_all.append(bool(alarm))
+        if j == i + 1 and i % 2 == 0:
+            aa_disjoint.append(bool(alarm))
+        for r in alarm:
+            key = f"{r.key} {r.metric}"
+            aa_alarm_rows[key] = aa_alarm_rows.get(key, 0) + 1
+
+    # A/B
+    slowed = {}
+    for j in range(len(runs)):
+        slowed[j] = slowed_copy(runs[j], out / "slowed" / f"run-{j:02d}", 1 + args.slowdown)
+    ab_all, ab_disjoint, p50_rows_flagged, p50_rows = [], [], 0, 0
+    for i, j in itertools.permutations(range(len(runs)), 2):
+        rows = gate(runs[i], slowed[j], thresholds, args.alpha)
+        hit = any(r.verdict == "regression" for r in rows)
+        ab_all.append(hit)
+        if j == i + 1 and i % 2 == 0:
+            ab_disjoint.append(hit)
+        for r in rows:
+            if r.metric == "latency_p50":
+                p50_rows += 1
+                p50_rows_flagged += r.verdict == "regression"
+
+    summary = {
+        "workload": args.workload, "backend": args.backend, "quick": args.quick,
+        "fidelity": fid, "runs": len(runs), "repetitions": args.repetitions,
+        "rows_per_gate": rows_per_gate, "alpha": args.alpha, "thresholds": thresholds,
+        "slowdown": args.slowdown, "slowdown_method": "samples of real runs x (1 + slowdown)",
+        "run_time_s": round(run_time, 1),
+        "aa": {"disjoint_pairs": len(aa_disjoint), "disjoint_false_alarms": sum(aa_disjoint),
+               "all_pairs": len(aa_all), "all_false_alarms": sum(aa_all),
+               "alarm_rows": aa_alarm_rows},
+        "ab": {"disjoint_pairs": len(ab_disjoint), "disjoint_detected": sum(ab_disjoint),
+               "all_pairs": len(ab_all), "all_detected": sum(ab_all),
+               "latency_p50_rows": p50_rows, "latency_p50_rows_flagged": p50_rows_flagged},
+    }
+    atomic_write_json(out / "gate_quality.json", summary)
+    print(f"gate quality: {args.workload}{' (quick)' if args.quick else ''}, backend "
+          f"{args.backend} ({', '.join(fid)}), {len(runs)} runs x {args.repetitions} "
+          f"repetitions x 2 strategies, {rows_per_gate} rows per gate, alpha {args.alpha}")
+    print(f"A/A false alarms, disjoint pairs: {rate(sum(aa_disjoint), len(aa_disjoint))}")
+    print(f"A/A false alarms, all pairs:      {rate(sum(aa_all), len(aa_all))}")
+    if aa_alarm_rows:
+        print("  alarms by row: " + ", ".join(f"{k} x{v}" for k, v in sorted(aa_alarm_rows.items())))
+    print(f"A/B (+{100 * args.slowdown:.0f}%) detected, disjoint pairs: "
+          f"{rate(sum(ab_disjoint), len(ab_disjoint))}")
+    print(f"A/B (+{100 * args.slowdown:.0f}%) detected, all pairs:      {rate(sum(ab_all), len(ab_all))}")
+    print(f"  latency_p50 rows flagged as regression: {rate(p50_rows_flagged, p50_rows)}")
+    print(f"slowdown applied to the measured samples of real runs (see module docstring); "
+          f"runs took {run_time:.0f}s; details: {out / 'gate_quality.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
