@@ -342,6 +342,15 @@ class HostTarget:
         s.shared_base = ffi.cast("uint8_t *", shared_base)
         s.size, s.gpa, s.attrs = size, gpa, attrs
         s.gmem_host_blocked = int(dual)
+        if not dual and not self.attrs2_native and layout.platform != "preserve":
+            # the emulated TDX zeroing / SNP scramble writes through a mapping that stands in
+            # for the kernel's direct map (see helper.h); its PTEs fault in once per page
+            alias = self._map_aligned(size, rw, kvm.MAP_SHARED, gmem)
+            s.gmem_alias = ffi.cast("uint8_t *", alias)
+            if i == 0:
+                self.labels.append(f"in-place, platform {layout.platform}: to-shared content "
+                                   "effect emulated by writing allocated pages through a second "
+                                   "mapping of the guest_memfd (the kernel's direct map stand-in)")
         self._slots_meta.append({"gpa": gpa, "size": size, "gmem_flags": flags,
                                  "gmem_base": gmem_base, "shared_base": shared_base,
                                  "shared_fd": shared_fd, "gmem_fd": gmem})

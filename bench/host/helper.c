@@ -247,6 +247,9 @@ static int step_gmem_set_attrs(struct gm_ctx *c, struct gm_slot *s, const struct
     /* The platform's content effect on to-shared applies to allocated pages only: find them
      * (mincore sees guest_memfd's page cache) before the timed window. */
     unsigned char *present = NULL;
+    /* The kernel zeroes through its direct map, not the host's user mapping (which the
+     * to-private zap emptied): write through the alias so no user-mapping refault is timed. */
+    uint8_t *kview = s->gmem_alias ? s->gmem_alias : s->gmem_base;
     if (!already && !want && c->platform != GM_PLATFORM_PRESERVE && s->gmem_base) {
         present = malloc(n);
         if (!present)
@@ -263,13 +266,13 @@ static int step_gmem_set_attrs(struct gm_ctx *c, struct gm_slot *s, const struct
     if (present && c->platform == GM_PLATFORM_ZERO)                     /* TDX zeroes on to-shared */
         for (uint64_t i = 0; i < n; i++)
             if (present[i] & 1)
-                fill_range(s->gmem_base + st->offset + i * PAGE, 0, PAGE);
+                fill_range(kview + st->offset + i * PAGE, 0, PAGE);
     t1 = now_ns();
     *ns = t1 - t0;
     if (present && c->platform == GM_PLATFORM_DESTROY)                  /* SNP: ciphertext */
         for (uint64_t i = 0; i < n; i++)
             if (present[i] & 1)
-                fill_range(s->gmem_base + st->offset + i * PAGE, 0xA5, PAGE);
+                fill_range(kview + st->offset + i * PAGE, 0xA5, PAGE);
     free(present);
 
     if (pinned >= 0) {          /* extra references: mapping zapped, attributes unchanged */

@@ -53,6 +53,9 @@ struct gm_slot {
     uint64_t gpa;
     uint8_t *attrs;            /* emulated attribute per 4K page: 1 = private */
     int gmem_host_blocked;     /* dual: a real VMM has no host mapping of its guest_memfd */
+    uint8_t *gmem_alias;       /* second mapping of the guest_memfd, never zapped by the
+                                  emulation: stands in for the kernel's direct map when the
+                                  platform's to-shared content effect is emulated (NULL: none) */
 };
 
 struct gm_pin {
