@@ -155,3 +155,37 @@ def test_cli_report_prints_summary(reported, capsys):
     assert cli_report(p.parse_args([str(d)])) == 0
     out = capsys.readouterr().out
     assert "dual/in-pl." in out and "report:" in out
+
+
+# --- bench/progress.py (the runner's progress display) -------------------------------------
+
+def test_progress_off_under_ci_unless_forced(monkeypatch, capsys):
+    from bench.progress import progress, progress_enabled
+    monkeypatch.setenv("CI", "true")
+    assert progress_enabled(None) is False
+    assert progress_enabled(True) is True
+    with progress(10, "w1/in-place", "op") as bar:
+        bar.update(4)
+        bar.set_description("w2/dual")
+        assert bar.n == 4
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_off_when_stderr_is_not_a_tty(monkeypatch):
+    from bench.progress import progress_enabled
+    monkeypatch.delenv("CI", raising=False)
+    # pytest captures stderr: not a terminal
+    assert progress_enabled(None) is False
+
+
+def test_progress_forced_shows_workload_and_count(monkeypatch, capsys):
+    from bench.progress import progress
+    monkeypatch.setenv("CI", "true")
+    import time
+    with progress(100, "swiotlb-boot dual rep 1/3", "op", enabled=True) as bar:
+        bar.update(1)
+        time.sleep(0.6)            # the bar redraws at most every 0.5 s
+        bar.update(49)
+        assert bar.n == 50 and bar.total == 100
+    err = capsys.readouterr().err
+    assert "swiotlb-boot dual rep 1/3" in err and "50/100" in err

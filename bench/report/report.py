@@ -75,6 +75,30 @@ def _ratio(a, b):
 
 # --- what is native, what is not -----------------------------------------------------------
 
+def fidelity_notes_short(results: dict) -> list[str]:
+    """The same facts as fidelity_statements, grouped so a cover letter gets a few lines:
+    runs sharing a strategy and the same non-native steps are named together."""
+    runs = results.get("runs", [])
+    if runs and all(r.get("backend") == "sim" for r in runs):
+        return fidelity_statements(results)
+    groups: dict = {}
+    for r in runs:
+        if r.get("fidelity") == "native":
+            continue
+        steps = r.get("fidelity_steps") or {}
+        by_label: dict = {}
+        for k, v in steps.items():
+            if v != "native":
+                by_label.setdefault(v, []).append(k)
+        key = (r["strategy"], tuple((lab, tuple(sorted(ks))) for lab, ks in sorted(by_label.items())))
+        groups.setdefault(key, []).append(r["workload"])
+    out = []
+    for (strategy, labels), workloads in groups.items():
+        what = "; ".join(f"{lab}: {', '.join(ks)}" for lab, ks in labels) or "see report.md"
+        out.append(f"{strategy} ({', '.join(workloads)}) not all native - {what}.")
+    return out
+
+
 def fidelity_statements(results: dict) -> list[str]:
     """Plain sentences about every result that is not a native measurement."""
     out = []
@@ -135,7 +159,7 @@ def summary_text(results: dict) -> str:
     quick = " QUICK (scaled-down workloads)," if any(r.get("quick") for r in runs) else ""
     lines += _wrap(f"host: {host.get('kernel', '?')}, {host.get('cpu', '?')};{quick} "
                    f"scale {'/'.join(f'{s:g}' for s in scales) or '?'}")
-    for s in fidelity_statements(results):
+    for s in fidelity_notes_short(results):
         lines += _wrap("NOTE: " + s)
     lines.append("")
     head = f"{'':2}{'strategy':<12}{'p50':>8}{'p99':>8}{'copied':>9}{'fp/guest':>10}{'huge end':>10}"
