@@ -30,8 +30,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=100_000, help="NOP steps per batch")
     ap.add_argument("--batches", type=int, default=6, help="batches; the first is discarded")
     args = ap.parse_args()
-    from bench.host.build_helper import ensure_built
-    ensure_built()
+    from bench.host import load_helper
+    load_helper()
     target = None
     if os.path.exists("/dev/kvm") and os.geteuid() == 0:
         from bench.host.backend import HostTarget

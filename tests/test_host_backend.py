@@ -192,14 +192,20 @@ def test_platform_content_effect(probed, platform, expect_bad):
     s = InPlace()
     t, lay = target(probed, s, platform=platform)
     try:
-        steps, res = run(t, s, lay, (OpKind.PRIVATE_WRITE, 0, M, 4),
+        steps, res = run(t, s, lay, (OpKind.TO_SHARED, 0, M, 0),
+                         (OpKind.SHARED_WRITE, 0, M, 4),
+                         (OpKind.TO_PRIVATE, 0, M, 0),
                          (OpKind.TO_SHARED, 0, M, 0),
-                         (OpKind.SHARED_READ, 0, M, 0),            # expect zeros
                          (OpKind.TO_SHARED, 4 * M, 4 * M, 0))      # never allocated
-        assert op_aux(steps, res, 2, Step.READ) == expect_bad
-        # the content effect touches allocated pages only: converting unallocated memory
-        # allocates nothing
-        assert t.snapshot()["gmem_bytes"] == M
+        assert (res["status"] == 0).all()
+        snap = t.snapshot()
+        # the content effect wrote through the direct-map stand-in, not the user mapping
+        # that the to-private zap emptied
+        assert snap["smaps"]["Rss"] == 0
+        # it touches allocated pages only: converting unallocated memory allocates nothing
+        assert snap["gmem_bytes"] == M
+        steps, res = run(t, s, lay, (OpKind.SHARED_READ, 0, M, 0))   # expect zeros
+        assert op_aux(steps, res, 0, Step.READ) == expect_bad
     finally:
         t.close()
 

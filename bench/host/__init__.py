@@ -7,3 +7,15 @@ backend.py  HostTarget (bench.backend.Target)
 sysfs.py    sysfs/proc settings changed for a run, always restored
 calibrate.py cost profile measured on this host (`gmembench calibrate`)
 """
+
+
+def load_helper():
+    """The compiled helper module (bench.host._helper); a development checkout without it
+    compiles it in place first (needs cffi and a C compiler).  Raises on failure."""
+    try:
+        from bench.host import _helper
+    except ImportError:
+        from bench.host.build_helper import ensure_built
+        ensure_built()
+        from bench.host import _helper
+    return _helper

@@ -176,9 +176,11 @@ class HostTarget:
         self._bd_sigbus = 0
         self._bd_skipped = 0
         try:
+            from bench.host import load_helper
+            load_helper()       # a development checkout builds it in place on first use
             from bench.host import kvm
             from bench.host._helper import ffi, lib
-        except ImportError as e:
+        except Exception as e:  # no compiler, no cffi, read-only tree...
             raise InputError(f"host backend: the C helper is not built ({e}); "
                              "install the package (pip install .)") from None
         self._kvm, self._ffi, self._lib = kvm, ffi, lib

@@ -47,8 +47,8 @@ def _vmstat(key: str) -> int:
 class Calibrator:
     def __init__(self, rounds: int = 6, reps_4k: int = 256, reps_2m: int = 8,
                  warmup_bytes: int = 1 << 30):
-        from bench.host.build_helper import ensure_built
-        ensure_built()
+        from bench.host import load_helper
+        load_helper()
         from bench.host import kvm
         from bench.host._helper import ffi, lib
         self.kvm, self.ffi, self.lib = kvm, ffi, lib

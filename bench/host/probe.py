@@ -63,9 +63,11 @@ def _errname(e: int) -> str:
 def _helper():
     """The compiled helper, or the reason it is missing."""
     try:
+        from bench.host import load_helper
+        load_helper()           # a development checkout builds it in place on first use
         from bench.host import kvm
         return kvm, None
-    except ImportError as e:
+    except Exception as e:      # no compiler, no cffi, read-only tree...
         return None, f"C helper not built ({e}); run `pip install .` or build in place"
 
 
