@@ -299,12 +299,17 @@ def interleave(groups: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     order: the vectorised form of `for i: for j: if present: emit`."""
     n = len(groups[0][0])
     k = len(groups)
-    table = np.zeros((n, k), dtype=OP_DTYPE)
-    mask = np.zeros((n, k), dtype=bool)
-    for j, (ops, present) in enumerate(groups):
-        table[:, j] = ops
+    mask = np.empty((n, k), dtype=bool)
+    for j, (_, present) in enumerate(groups):
         mask[:, j] = present
-    return table[mask]
+    out = np.empty(int(mask.sum()), dtype=OP_DTYPE)
+    # field by field: copying whole structured rows into a strided table is much slower
+    for name in OP_DTYPE.names:
+        col = np.empty((n, k), dtype=OP_DTYPE[name])
+        for j, (ops, _) in enumerate(groups):
+            col[:, j] = ops[name]
+        out[name] = col[mask]
+    return out
 
 
 def make_ops(n, kind, slot, offset, size, token=0, t_ns=-1) -> np.ndarray:
@@ -405,7 +410,7 @@ def buffer_lifecycles(rng, layout, regions, n_buffers, in_flight, lifetime, size
     redrawn_uniform = 0
     idx = np.arange(n)
     while True:
-        order = np.lexsort((idx, cell_of))          # by cell, then time
+        order = np.argsort(cell_of, kind="stable")  # by cell, then time
         same = cell_of[order][1:] == cell_of[order][:-1]
         prev_free = free_tick[order][:-1]
         later = order[1:]
@@ -438,8 +443,9 @@ def buffer_lifecycles(rng, layout, regions, n_buffers, in_flight, lifetime, size
     ev["slot"] = np.concatenate([slot, slot])
     ev["offset"] = np.concatenate([offset, offset])
     ev["size"] = np.concatenate([size, size])
-    # stream order: tick, frees before allocs, then buffer order
-    ev = ev[np.lexsort((ev["buf"], ev["alloc"], ev["tick"]))]
+    # stream order: tick, frees before allocs, then buffer order (the stable sort keeps the
+    # buffer order in which events were laid out)
+    ev = ev[np.argsort(ev["tick"] * 2 + ev["alloc"], kind="stable")]
     live = np.cumsum(np.where(ev["alloc"], 1, -1))
     info = {"buffers": n, "cells": ncells, "cell_size": cell, "peak_live": int(live.max()) if n else 0,
             "mean_live": float(live.mean()) if n else 0.0, "placement_rounds": rounds,
