@@ -466,9 +466,16 @@ class HostTarget:
         # splits the folio at once (thp_split_page).  Count the event that happens at once.
         huge = (smaps["AnonHugePages"] + smaps["ShmemPmdMapped"] + smaps["FilePmdMapped"]
                 + smaps["Private_Hugetlb"] + smaps["Shared_Hugetlb"])
-        anon_thp = self.layout.shared_backing == "anon" and self.layout.shared_page == "thp" \
-            and any(m["shared_base"] for m in self._slots_meta)
-        splits = d["thp_split_pmd"] if anon_thp else d["thp_split_page"]
+        # The counters are system-wide: only memory that can hold THPs (a THP shared backing;
+        # guest_memfd folios are 4K here) takes them, so other processes' splits do not
+        # land in runs that have none.
+        thp = self.layout.shared_page == "thp" and any(m["shared_base"] for m in self._slots_meta)
+        if not thp:
+            splits = merges = 0
+        elif self.layout.shared_backing == "anon":
+            splits, merges = d["thp_split_pmd"], d["thp_collapse_alloc"]
+        else:
+            splits, merges = d["thp_split_page"], d["thp_collapse_alloc"]
         folios = None
         if _param_bool(self.params, "kpageflags", True):
             counts = [count_huge_folios(a, n) for a, n in huge_ranges]
@@ -478,7 +485,7 @@ class HostTarget:
             "footprint_bytes": int((gmem_bytes + shared_bytes) * self.scale),
             "huge_bytes": int(huge * self.scale),
             "huge_splits": int(splits),
-            "huge_merges": int(d["thp_collapse_alloc"]),
+            "huge_merges": int(merges),
             "nr_free": nr_free,
             "t_ns": int(time.monotonic_ns()),
             # raw kernel figures at the run's scale (not multiplied back)
