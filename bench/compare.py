@@ -25,8 +25,9 @@ Method
       change = median(cur) / median(base) - 1
    - |change| < threshold                      -> no-change (effect too small to matter)
    - deterministic metric, |change| >= threshold -> regression / improvement.  Deterministic:
-     simulator backend (the model is exact), or both sides constant across repetitions
-     (counts such as bytes copied), or a single value per side.
+     simulator backend (the model is exact), or both sides constant across >= 2 repetitions
+     (counts such as bytes copied).  A host metric with a single value per side (a run
+     total, e.g. huge_splits when per_rep lacks it) cannot be tested: "noisy" if it moved.
    - otherwise an exact one-sided permutation test on the difference of the medians (all
      C(n+m, n) relabellings when that is <= 50,000, else 20,000 seeded random ones), in the
      direction of the change: p <= alpha -> regression / improvement; else -> noisy (a
@@ -189,9 +190,11 @@ def decide(key: str, metric: str, base: np.ndarray, cur: np.ndarray, threshold: 
     holm() settles it against the whole family."""
     mb, mc = float(np.median(base)), float(np.median(cur))
     change = relative_change(mb, mc)
-    constant = bool(np.all(base == base[0]) and np.all(cur == cur[0]))
     single = len(base) < 2 or len(cur) < 2
-    deterministic = deterministic_backend or constant or (single and metric == "huge_splits")
+    # constant over several repetitions on each side: a count the workload fixes (bytes
+    # copied); one value per side says nothing about noise, so it is not "constant"
+    constant = not single and bool(np.all(base == base[0]) and np.all(cur == cur[0]))
+    deterministic = deterministic_backend or constant
     p = None
     if deterministic:
         method = "exact"
@@ -324,7 +327,7 @@ def format_value(v: float, unit: str) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    head = ("benchmark", "metric", "base", "spread", "cur", "change", "p", "verdict")
+    head = ("benchmark", "metric", "base", "spread", "cur", "change", "p(Holm)", "verdict")
     lines = [head]
     for r in rows:
         change = "+inf" if math.isinf(r.change) else f"{100 * r.change:+.1f}%"
@@ -399,15 +402,21 @@ def cli_compare(args) -> int:
         return 2
     print(f"BASE {args.base} ({base.get('run_id')})\nCUR  {args.cur} ({cur.get('run_id')})")
     print(format_table(rows))
-    few = sorted({r.key for r in rows if r.method == "too-few"})
+    few = [f"{r.key} {r.metric}" for r in rows if r.method == "too-few" and r.verdict == NOISY]
     if few:
-        print(f"warning: fewer than 3 repetitions in {', '.join(few)}: no test can be "
-              f"significant, run more repetitions", file=sys.stderr)
-    min_p = min((1 / comb(r.n_base + r.n_cur, r.n_cur) for r in rows
-                 if r.method == "permutation"), default=0.0)
-    if min_p > args.alpha:
-        print(f"warning: with these repetition counts the smallest possible p is "
-              f"{min_p:.3g} > alpha {args.alpha}: nothing can be flagged", file=sys.stderr)
+        print(f"warning: fewer than 3 values per side, so no test, for: {', '.join(few)}; "
+              f"these changes are shown as noisy (more repetitions, or per-repetition "
+              f"values in results.json, make them testable)", file=sys.stderr)
+    tested = [r for r in rows if r.method == "permutation"]
+    if tested:
+        # Holm's first step needs p <= alpha / k; the exact test's smallest p is 1/C(n+m, m)
+        best = min(1 / comb(r.n_base + r.n_cur, r.n_cur) for r in tested) * len(tested)
+        if best > args.alpha:
+            need = next(n for n in range(3, 100) if len(tested) / comb(2 * n, n) <= args.alpha)
+            print(f"warning: {len(tested)} tested rows with these repetition counts: the "
+                  f"smallest possible adjusted p is {best:.3g} > alpha {args.alpha}, so no "
+                  f"latency change can be flagged; run >= {need} repetitions per side",
+                  file=sys.stderr)
     n_reg = sum(r.verdict == REGRESSION for r in rows)
     n_imp = sum(r.verdict == IMPROVEMENT for r in rows)
     n_noisy = sum(r.verdict == NOISY for r in rows)

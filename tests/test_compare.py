@@ -169,7 +169,7 @@ def test_too_few_repetitions_is_noisy_with_warning(tmp_path, capsys):
     b = make_results_dir(tmp_path / "b", reps=2, seed=2, latency_factor={"bounce/dual": 1.5})
     assert gate(a, b) == 0
     captured = capsys.readouterr()
-    assert "fewer than 3 repetitions" in captured.err
+    assert "fewer than 3 values per side" in captured.err and "bounce/dual latency_p50" in captured.err
     line = next(ln for ln in captured.out.splitlines()
                 if ln.startswith("bounce/dual") and "latency_p50" in ln)
     assert "noisy" in line
