@@ -298,3 +298,26 @@ def test_toml_files_that_are_not_workloads_are_skipped(tmp_path, monkeypatch):
     with pytest.raises(InputError) as e:
         load_workload("spec")
     assert "not a workload file" in e.value.message and e.value.file.endswith("spec.toml")
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_shipped_swiotlb_boot_converts_the_clamped_6_percent(quick):
+    from bench.generators import swiotlb_pool_size
+    w = load_workload("swiotlb-boot", quick=quick)
+    ops, infos = w.ops()
+    conv = ops[ops["kind"] == OpKind.TO_SHARED]
+    pool = swiotlb_pool_size(w.layout.guest_size)
+    assert int(conv["size"].sum()) == pool == infos[0]["pool_bytes"]
+    assert 64 * M < pool < 1 * G          # 6% itself, not a clamp, in both variants
+    assert (ops["kind"] != OpKind.TO_PRIVATE).all()
+
+
+def test_shipped_hogger_quick_keeps_two_nodes_and_fills_private_memory():
+    w = load_workload("hogger-120g", quick=True)
+    assert [m.numa_node for m in w.layout.memslots] == [0, 1]
+    assert [m.size for m in w.layout.memslots] == [60 * G // QUICK_FACTOR] * 2
+    ops, _ = w.ops()
+    hog = ops[ops["kind"] == OpKind.PRIVATE_WRITE]
+    assert int(hog["size"].sum()) > 0.85 * w.layout.guest_size
+    conv = ops[np.isin(ops["kind"], (OpKind.TO_SHARED, OpKind.TO_PRIVATE))]
+    assert set(conv["slot"].tolist()) == {0, 1}
