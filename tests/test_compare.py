@@ -196,3 +196,25 @@ def test_json_output_written(tmp_path):
     data = json.loads(out.read_text())
     assert data["regressions"] >= 1
     assert any(r["verdict"] == "regression" and r["key"] == "virtio/dual" for r in data["rows"])
+
+
+def test_host_run_totals_without_per_rep_values_are_not_gated(tmp_path):
+    # huge_splits is only a run total here: one value per side cannot show noise, so a
+    # change is "noisy" on the host, while the simulator's totals are exact
+    a = make_results_dir(tmp_path / "a", seed=1)
+    b = make_results_dir(tmp_path / "b", seed=2)
+    data = json.loads((b / "results.json").read_text())
+    data["runs"][1]["metrics"]["huge_splits"] = 80          # bounce/dual: 40 -> 80
+    (b / "results.json").write_text(json.dumps(data))
+    rows = rows_by(compare_results(load_results(a), load_results(b)))
+    r = rows[("bounce/dual", "huge_splits")]
+    assert (r.verdict, r.method) == ("noisy", "too-few")
+    assert gate(a, b) == 0
+    s1 = make_results_dir(tmp_path / "s1", backend="sim", deterministic=True)
+    s2 = make_results_dir(tmp_path / "s2", backend="sim", deterministic=True)
+    data = json.loads((s2 / "results.json").read_text())
+    data["runs"][1]["metrics"]["huge_splits"] = 80
+    (s2 / "results.json").write_text(json.dumps(data))
+    assert rows_by(compare_results(load_results(s1), load_results(s2)))[
+        ("bounce/dual", "huge_splits")].verdict == "regression"
+    assert gate(s1, s2) == 1
