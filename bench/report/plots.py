@@ -280,7 +280,7 @@ def plot_summary(results: dict, samples: dict, path: Path) -> Path | None:
             if np.isfinite(v):
                 # above the whisker, so the label never sits on it
                 y = max(v, top) if np.isfinite(top) else v
-                ax.annotate(f"{v:.2g}x", (b.get_x() + b.get_width() / 2, y),
+                ax.annotate(f"{v:.2f}x" if v < 10 else f"{v:.3g}x", (b.get_x() + b.get_width() / 2, y),
                             ha="center", va="bottom", fontsize=FONT - 1,
                             xytext=(0, 3), textcoords="offset points")
     ax.axhline(1.0, color="black", linewidth=1)
