@@ -475,12 +475,7 @@ class GuestMemfd:
         return 0
 
     def _free_4k(self, a: int, b: int) -> int:
-        seg = self.page_pfn[a:b]
-        pf = seg[seg != 0]
-        if len(pf):
-            self.host.free_pfns(pf - 1)
-            seg[:] = 0
-        return len(pf)
+        return free_pages(self.host, self.page_pfn, a, b)
 
     # ---- accesses -----------------------------------------------------------------------
     def access(self, p0: int, p1: int, guest: bool, write: bool, token: int, proc: int = 0):
@@ -505,6 +500,16 @@ class GuestMemfd:
             return errno.EINVAL
         seg += np.uint16(1) if delta > 0 else np.uint16(0xFFFF)
         return 0
+
+
+def free_pages(host: Host, page_pfn: np.ndarray, a: int, b: int) -> int:
+    """Free the allocated 4K pages among [a, b) of a pfn+1 array; returns how many."""
+    seg = page_pfn[a:b]
+    pf = seg[seg != 0]
+    if len(pf):
+        host.free_pfns(pf - 1)
+        seg[:] = 0
+    return len(pf)
 
 
 def touch(data: np.ndarray, ledger: Ledger, p0: int, p1: int, write: bool, token: int) -> int:
@@ -672,12 +677,7 @@ class SharedBacking:
         return 0
 
     def _free_4k(self, a: int, b: int) -> int:
-        seg = self.page_pfn[a:b]
-        pf = seg[seg != 0]
-        if len(pf):
-            self.host.free_pfns(pf - 1)
-            seg[:] = 0
-        return len(pf)
+        return free_pages(self.host, self.page_pfn, a, b)
 
     def deferred_split(self) -> bool:
         """The deferred-split shrinker: free the unmapped parts of partially unmapped THPs."""
