@@ -1,0 +1,1775 @@
+/* The simulator's model in C: the same model as bench/sim/ranges.py, buddy.py, model.py and
+ * SimTarget.execute (backend.py), rule for rule, so that both give identical results,
+ * snapshots and cost breakdowns (tests/test_sim_engines.py).  The Python files are the
+ * readable reference: every function here names the Python method it ports, and the order
+ * of ledger charges inside a step follows Python exactly (step ns are float sums).
+ *
+ * State is compact and allocated with calloc, so the untouched parts of a large guest cost
+ * no memory: per 4K page an int32 pfn+1, a flags byte, a uint32 content token, a uint16
+ * pin count (gmem) / the same minus stage-2 (shared backing); per page of host memory one
+ * state byte, which also marks free block heads (0x80 | order << 2 | list kind) so that the
+ * buddy's block index needs no extra memory.  The free lists' links live in a hash table
+ * keyed by pfn (typed lists) and in small arrays indexed by pfn >> 11 (lists of blocks
+ * above kernel_max_order).
+ *
+ * Errors that Python raises as OutOfMemory inside a step unwind with longjmp to the step
+ * dispatcher (status ENOMEM), leaving the partial state exactly as Python's exception does;
+ * nothing between holds heap memory of its own (scratch buffers belong to the core).
+ */
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core.h"
+
+/* ------------------------------------------------------------------ constants */
+#define PAGE_SHIFT 12
+#define PAGE_SIZE 4096ull
+#define PRIVATE 8
+#define SHARED_ATTR 0
+#define MIXED (-1)
+#define CHUNK_SHIFT 9
+#define CHUNK (1 << CHUNK_SHIFT)
+#define GMEM_FLAG_MMAP 1
+
+#define ABSENT 0
+#define INTACT 1
+#define SPLIT 2
+#define DEFERRED 3
+#define GARBAGE 0xDEADBEEFu
+#define NO_CHECK 0xFFFFFFFFull
+#define SIGBUS_STATUS 1000
+#define SKIPPED 1001
+#define LRU_BATCH 15
+#define PLATFORM_PRESERVE 0
+#define PLATFORM_ZERO 1
+#define VM_TYPE_DEFAULT 0
+
+/* buddy */
+#define UNMOVABLE 0
+#define MOVABLE 1
+#define BIG 2
+#define ST_FREE 0
+#define ST_USED_UNMOVABLE 1
+#define ST_USED_MOVABLE 2
+#define ST_HEAD 0x80
+#define MAXO 18
+#define PBO 9
+#define KMAX 10
+
+/* per-page flags of a guest_memfd / shared backing page */
+#define PF_HOST 1      /* host process 0 maps it (PTE level) */
+#define PF_S2 2        /* guest stage-2 maps it at 4K */
+/* per-folio bits */
+#define FB_HOST_PMD 1
+#define FB_S2_HUGE 2
+#define FB_DEMOTED 4
+
+enum {
+    K_IOCTL_ENTRY, K_ATTR_UPDATE, K_REFCOUNT_SCAN_FOLIO, K_LRU_DRAIN, K_HOST_ZAP_PTE,
+    K_HOST_ZAP_PMD, K_STAGE2_ZAP_4K, K_STAGE2_ZAP_HUGE, K_FAULT_GMEM, K_FAULT_SHMEM,
+    K_FAULT_ANON, K_FAULT_THP_ANON, K_FAULT_THP_SHMEM, K_FAULT_GMEM_2M, K_FAULT_1G,
+    K_REFAULT_GMEM, K_PUNCH_GMEM_UNMAPPED, K_PUNCH_GMEM_MAPPED, K_PUNCH_SHMEM_UNMAPPED,
+    K_PUNCH_SHMEM_MAPPED, K_DISCARD_ANON, K_THP_SPLIT_SHMEM, K_THP_SPLIT_ANON, K_FOLIO_SPLIT,
+    K_MEMCPY, K_ZERO_FILL, K_TOUCH_PAGE, K_FIRMWARE_PSTATE_4K, NKEYS
+};
+static const char *const key_names[NKEYS] = {
+    "ioctl_entry", "attr_update", "refcount_scan_folio", "lru_drain", "host_zap_pte",
+    "host_zap_pmd", "stage2_zap_4k", "stage2_zap_huge", "fault_gmem", "fault_shmem",
+    "fault_anon", "fault_thp_anon", "fault_thp_shmem", "fault_gmem_2m", "fault_1g",
+    "refault_gmem", "punch_gmem_unmapped", "punch_gmem_mapped", "punch_shmem_unmapped",
+    "punch_shmem_mapped", "discard_anon", "thp_split_shmem", "thp_split_anon", "folio_split",
+    "memcpy", "zero_fill", "touch_page", "firmware_pstate_4k",
+};
+
+typedef struct __attribute__((packed)) {
+    uint8_t code, obj, via, flags;
+    uint16_t slot;
+    uint32_t op;
+    uint64_t offset, size, arg;
+} step_t;
+
+typedef struct __attribute__((packed)) {
+    int32_t status;
+    int64_t ns;
+    int64_t aux;
+} result_t;
+
+_Static_assert(sizeof(step_t) == CORE_STEP_SIZE, "STEP_DTYPE layout");
+_Static_assert(sizeof(result_t) == CORE_RESULT_SIZE, "RESULT_DTYPE layout");
+
+/* ------------------------------------------------------------------ structures */
+typedef struct {            /* hash: pfn -> links of a typed free list node */
+    int32_t *key, *older, *newer;
+    uint64_t mask;
+    int64_t count;
+    int shift;
+} lhash_t;
+
+typedef struct {
+    int64_t total, free_pages, npb, pbsize;
+    uint8_t *state;         /* ST_* or ST_HEAD | code */
+    uint8_t *labels;
+    int64_t nr[MAXO + 1];
+    int32_t lhead[2][KMAX + 1];      /* most recently listed block, -1 empty */
+    lhash_t h;
+    /* lists of blocks above KMAX: 0 = all (_big), 1 + t = holding a pageblock of type t */
+    int32_t bhead[3][MAXO + 1];
+    int32_t *bolder[3], *bnewer[3];
+    uint8_t *bin[3];
+    int64_t nbig;
+} buddy_t;
+
+typedef struct {            /* ranges.py AttrRanges: uniform chunks, or bytes per page */
+    int64_t npages, nchunks;
+    int last_len;
+    int8_t *uni;
+    uint8_t *page;
+} attrs_t;
+
+typedef struct {
+    int64_t size, npages, fpages, nfolios;
+    int flags, order, platform, promote;
+    int32_t *page_pfn;      /* pfn + 1 */
+    uint8_t *pflags;
+    uint32_t *data;
+    uint16_t *pins;
+    int64_t npinned;        /* pages with a pin (skip scans when 0) */
+    uint8_t *fstate, *fbits;
+    int32_t *fpfn;
+    int64_t lru[LRU_BATCH];
+    int lru_len, lru_start;
+    int64_t present;
+} gmem_t;
+
+typedef struct {
+    int64_t npages, nchunks;
+    int kind, page, huge;   /* kind 0 anon 1 memfd; page 0 4k 1 thp 2 hugetlb */
+    int32_t *page_pfn;
+    uint8_t *host_map;
+    uint32_t *data;
+    uint16_t *pins;
+    uint8_t *chunk;
+    int32_t *chunk_pfn;
+    int64_t *deferred;
+    int64_t ndeferred, cap_deferred;
+    int64_t present;
+} shared_t;
+
+typedef struct {
+    gmem_t g;
+    shared_t *s;            /* NULL: no shared backing */
+    attrs_t attrs;          /* in-place: the gmem's; dual: the VM's (the other is unused) */
+} slot_t;
+
+struct core {
+    buddy_t b;
+    double fixed[NKEYS], per_page[NKEYS];
+    int64_t lcount[NKEYS], lfirst[NKEYS], lseq;
+    double lns[NKEYS];
+    double step_ns, clock_ns;
+    int64_t footprint, huge_pages, huge_splits, huge_merges, huge_fallbacks, pinned_by_aging;
+    int vm_type, in_place;
+    slot_t *slots;
+    int nslots;
+    int *shrinkers;         /* slot indices with an anon THP backing, in creation order */
+    int nshrinkers;
+    jmp_buf oom;
+    int in_step;
+    /* scratch buffers */
+    int64_t *miss; int64_t cap_miss;
+    int32_t *apfn; int64_t cap_apfn;
+    int32_t *fpfn; int64_t cap_fpfn;
+    char err[256];
+};
+
+static void fail(core_t *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err, sizeof(c->err), fmt, ap);
+    va_end(ap);
+}
+
+static void *xcalloc(size_t n, size_t sz)
+{
+    void *p = calloc(n ? n : 1, sz);
+    if (!p) abort();
+    return p;
+}
+
+static void grow64(int64_t **buf, int64_t *cap, int64_t need)
+{
+    if (need <= *cap) return;
+    int64_t n = *cap ? *cap : 1024;
+    while (n < need) n *= 2;
+    free(*buf);
+    *buf = malloc((size_t)n * sizeof(int64_t));
+    if (!*buf) abort();
+    *cap = n;
+}
+
+static void grow32(int32_t **buf, int64_t *cap, int64_t need)
+{
+    if (need <= *cap) return;
+    int64_t n = *cap ? *cap : 1024;
+    while (n < need) n *= 2;
+    free(*buf);
+    *buf = malloc((size_t)n * sizeof(int32_t));
+    if (!*buf) abort();
+    *cap = n;
+}
+
+/* ------------------------------------------------------------------ ledger */
+static void led_add(core_t *c, int k, int64_t n, double ns)
+{
+    if (c->lfirst[k] < 0) c->lfirst[k] = c->lseq++;
+    c->lcount[k] += n;
+    c->lns[k] += ns;
+    c->step_ns += ns;
+    c->clock_ns += ns;
+}
+
+static void led_op(core_t *c, int k, int64_t pages)       /* Ledger.op */
+{
+    double ns = c->fixed[k] + c->per_page[k] * (double)pages;
+    led_add(c, k, 1, ns);
+}
+
+static void led_each(core_t *c, int k, int64_t n)         /* Ledger.each */
+{
+    if (n) led_add(c, k, n, c->fixed[k] * (double)n);
+}
+
+/* ------------------------------------------------------------------ pfn hash */
+static inline uint64_t h_idx(const lhash_t *h, int32_t k)
+{
+    return ((uint64_t)(uint32_t)k * 0x9E3779B97F4A7C15ull) >> h->shift;
+}
+
+static void h_init(lhash_t *h, int bits)
+{
+    uint64_t cap = 1ull << bits;
+    h->key = malloc(cap * sizeof(int32_t));
+    h->older = malloc(cap * sizeof(int32_t));
+    h->newer = malloc(cap * sizeof(int32_t));
+    if (!h->key || !h->older || !h->newer) abort();
+    memset(h->key, 0xff, cap * sizeof(int32_t));
+    h->mask = cap - 1;
+    h->count = 0;
+    h->shift = 64 - bits;
+}
+
+static inline int64_t h_find(const lhash_t *h, int32_t k)
+{
+    uint64_t i = h_idx(h, k);
+    for (;;) {
+        int32_t x = h->key[i];
+        if (x == k) return (int64_t)i;
+        if (x < 0) return -1;
+        i = (i + 1) & h->mask;
+    }
+}
+
+static void h_insert_raw(lhash_t *h, int32_t k, int32_t older, int32_t newer)
+{
+    uint64_t i = h_idx(h, k);
+    while (h->key[i] >= 0) i = (i + 1) & h->mask;
+    h->key[i] = k;
+    h->older[i] = older;
+    h->newer[i] = newer;
+    h->count++;
+}
+
+static void h_grow(lhash_t *h)
+{
+    lhash_t old = *h;
+    h_init(h, 64 - old.shift + 1);
+    for (uint64_t i = 0; i <= old.mask; i++)
+        if (old.key[i] >= 0) h_insert_raw(h, old.key[i], old.older[i], old.newer[i]);
+    free(old.key);
+    free(old.older);
+    free(old.newer);
+}
+
+static void h_delete_at(lhash_t *h, uint64_t i)
+{
+    /* backward-shift deletion (linear probing) */
+    uint64_t j = i;
+    for (;;) {
+        j = (j + 1) & h->mask;
+        int32_t kj = h->key[j];
+        if (kj < 0) break;
+        uint64_t home = h_idx(h, kj);
+        /* can kj move to i?  yes if home is not cyclically in (i, j] */
+        int move = (j > i) ? (home <= i || home > j) : (home <= i && home > j);
+        if (move) {
+            h->key[i] = kj;
+            h->older[i] = h->older[j];
+            h->newer[i] = h->newer[j];
+            i = j;
+        }
+    }
+    h->key[i] = -1;
+    h->count--;
+}
+
+/* ------------------------------------------------------------------ buddy (buddy.py) */
+static inline int ctz64(uint64_t x) { return __builtin_ctzll(x); }
+static inline int flog2(uint64_t x) { return 63 - __builtin_clzll(x); }
+
+static void list_push(buddy_t *b, int t, int o, int32_t pfn)
+{
+    int32_t h = b->lhead[t][o];
+    if ((uint64_t)(b->h.count + 1) * 2 > b->h.mask + 1) h_grow(&b->h);
+    h_insert_raw(&b->h, pfn, h, -1);
+    if (h >= 0) b->h.newer[h_find(&b->h, h)] = pfn;
+    b->lhead[t][o] = pfn;
+}
+
+static void list_del(buddy_t *b, int t, int o, int32_t pfn)
+{
+    int64_t i = h_find(&b->h, pfn);
+    if (i < 0) abort();
+    int32_t older = b->h.older[i], newer = b->h.newer[i];
+    if (newer >= 0) b->h.older[h_find(&b->h, newer)] = older;
+    else b->lhead[t][o] = older;
+    if (older >= 0) b->h.newer[h_find(&b->h, older)] = newer;
+    h_delete_at(&b->h, (uint64_t)h_find(&b->h, pfn));
+}
+
+static void blist_push(buddy_t *b, int l, int o, int32_t pfn)
+{
+    int64_t e = pfn >> (KMAX + 1);
+    int32_t h = b->bhead[l][o];
+    b->bolder[l][e] = h;
+    b->bnewer[l][e] = -1;
+    if (h >= 0) b->bnewer[l][h >> (KMAX + 1)] = pfn;
+    b->bhead[l][o] = pfn;
+    b->bin[l][e] = 1;
+}
+
+static void blist_del(buddy_t *b, int l, int o, int32_t pfn)
+{
+    int64_t e = pfn >> (KMAX + 1);
+    if (!b->bin[l][e]) return;
+    int32_t older = b->bolder[l][e], newer = b->bnewer[l][e];
+    if (newer >= 0) b->bolder[l][newer >> (KMAX + 1)] = older;
+    else b->bhead[l][o] = older;
+    if (older >= 0) b->bnewer[l][older >> (KMAX + 1)] = newer;
+    b->bin[l][e] = 0;
+}
+
+static int labels_has(const buddy_t *b, int t, int64_t a, int64_t e)
+{
+    return memchr(b->labels + a, t, (size_t)(e - a)) != NULL;
+}
+
+static void add_free(buddy_t *b, int64_t pfn, int order)           /* _add_free */
+{
+    if (order > KMAX) {
+        blist_push(b, 0, order, (int32_t)pfn);
+        int64_t a = pfn >> PBO, e = a + (1ll << (order - PBO));
+        if (labels_has(b, UNMOVABLE, a, e)) blist_push(b, 1 + UNMOVABLE, order, (int32_t)pfn);
+        if (labels_has(b, MOVABLE, a, e)) blist_push(b, 1 + MOVABLE, order, (int32_t)pfn);
+        b->state[pfn] = ST_HEAD | (order << 2) | BIG;
+    } else {
+        int t = b->labels[pfn >> PBO];
+        list_push(b, t, order, (int32_t)pfn);
+        b->state[pfn] = ST_HEAD | (order << 2) | t;
+    }
+    b->nr[order]++;
+}
+
+static void remove_free(buddy_t *b, int64_t pfn)                     /* _remove_free */
+{
+    int code = b->state[pfn] & 0x7f;
+    int order = code >> 2, kind = code & 3;
+    if (kind == BIG) {
+        blist_del(b, 0, order, (int32_t)pfn);
+        blist_del(b, 1, order, (int32_t)pfn);
+        blist_del(b, 2, order, (int32_t)pfn);
+    } else {
+        list_del(b, kind, order, (int32_t)pfn);
+    }
+    b->state[pfn] = ST_FREE;
+    b->nr[order]--;
+}
+
+static int32_t list_pop(buddy_t *b, int t, int o)   /* d.popitem(); del head; nr -= 1 */
+{
+    int32_t pfn = b->lhead[t][o];
+    list_del(b, t, o, pfn);
+    b->state[pfn] = ST_FREE;
+    b->nr[o]--;
+    return pfn;
+}
+
+static void carve(buddy_t *b, int64_t block, int bo, int64_t want, int wo)   /* _carve */
+{
+    (void)block;
+    for (int k = bo - 1; k >= wo; k--) {
+        int64_t p = (want & ~((1ll << k) - 1)) ^ (1ll << k);
+        add_free(b, p, k);
+    }
+}
+
+static void relabel(buddy_t *b, int64_t pfn, int order, int t)       /* _relabel */
+{
+    if (order >= PBO) memset(b->labels + (pfn >> PBO), t, (size_t)1 << (order - PBO));
+}
+
+static inline int is_free(uint8_t s) { return s == ST_FREE || (s & ST_HEAD); }
+
+static int64_t find_free(const buddy_t *b, int64_t s, int64_t e)
+{
+    for (int64_t p = s; p < e; p++)
+        if (is_free(b->state[p])) return p;
+    return -1;
+}
+
+static void set_pageblock_type(buddy_t *b, int64_t pb, int t)      /* _set_pageblock_type */
+{
+    b->labels[pb] = (uint8_t)t;
+    int64_t s = pb << PBO, e = s + b->pbsize;
+    if (e > b->total) e = b->total;
+    int32_t moved[1 << PBO];
+    int8_t mo[1 << PBO];
+    int nm = 0;
+    int64_t p = find_free(b, s, e);
+    while (p >= 0) {
+        uint8_t st = b->state[p];
+        if (!(st & ST_HEAD)) abort();
+        int order = (st & 0x7f) >> 2, kind = st & 3;
+        if (kind != t) {
+            list_del(b, kind, order, (int32_t)p);
+            moved[nm] = (int32_t)p;
+            mo[nm++] = (int8_t)order;
+        }
+        p = find_free(b, p + (1ll << order), e);
+    }
+    for (int i = nm - 1; i >= 0; i--) {
+        list_push(b, t, mo[i], moved[i]);
+        b->state[moved[i]] = ST_HEAD | (mo[i] << 2) | t;
+    }
+}
+
+static int64_t take_big_chunk(buddy_t *b)                            /* _take_big_chunk */
+{
+    for (int o = KMAX + 1; o <= MAXO; o++) {
+        int32_t block = b->bhead[0][o];
+        if (block >= 0) {
+            remove_free(b, block);
+            carve(b, block, o, block, KMAX);
+            return block;
+        }
+    }
+    return -1;
+}
+
+/* _take_slow: returns 0 and sets *pfn_out and *o_out, or -1 (OutOfMemory, nothing changed) */
+static int take_slow(buddy_t *b, int order, int t, int64_t *pfn_out, int *o_out)
+{
+    for (int o = KMAX + 1; o <= MAXO; o++) {
+        int32_t block = b->bhead[1 + t][o];
+        if (block >= 0) {
+            remove_free(b, block);
+            int64_t a = block >> PBO;
+            const uint8_t *q = memchr(b->labels + a, t, (size_t)1 << (o - PBO));
+            int64_t pb = q - b->labels;
+            int64_t chunk = (pb << PBO) & ~((1ll << KMAX) - 1);
+            carve(b, block, o, chunk, KMAX);
+            *pfn_out = chunk;
+            *o_out = KMAX;
+            return 0;
+        }
+    }
+    int u = 1 - t;
+    for (int co = KMAX; co >= order; co--) {
+        if (co < PBO && t == MOVABLE && co < PBO / 2) break;
+        int32_t head = b->lhead[u][co];
+        if (co >= PBO) {
+            int64_t pfn;
+            if (head >= 0) pfn = list_pop(b, u, co);
+            else if (co == KMAX) {
+                pfn = take_big_chunk(b);
+                if (pfn < 0) continue;
+            } else continue;
+            relabel(b, pfn, co, t);
+            *pfn_out = pfn;
+            *o_out = co;
+            return 0;
+        }
+        if (head < 0) continue;
+        int64_t s = ((int64_t)head >> PBO) << PBO, e = s + b->pbsize;
+        if (e > b->total) continue;
+        int64_t nfree = 0, nmovable = 0;
+        for (int64_t p = s; p < e; p++) {
+            uint8_t st = b->state[p];
+            if (st == ST_USED_MOVABLE) nmovable++;
+            else if (is_free(st)) nfree++;
+        }
+        int64_t alike = t == MOVABLE ? nmovable : b->pbsize - nfree - nmovable;
+        if (nfree + alike >= (b->pbsize >> 1)) {
+            set_pageblock_type(b, head >> PBO, t);
+            for (int o = order; o <= KMAX; o++) {
+                if (b->lhead[t][o] >= 0) {
+                    *pfn_out = list_pop(b, t, o);
+                    *o_out = o;
+                    return 0;
+                }
+            }
+            abort();    /* claimed pageblock yielded no block */
+        }
+    }
+    for (int co = order; co <= KMAX; co++) {
+        if (b->lhead[u][co] >= 0) {
+            *pfn_out = list_pop(b, u, co);
+            *o_out = co;
+            return 0;
+        }
+    }
+    if (order == KMAX) {
+        int64_t pfn = take_big_chunk(b);
+        if (pfn >= 0) {
+            *pfn_out = pfn;
+            *o_out = KMAX;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int64_t alloc_big(buddy_t *b, int order, int t)             /* _alloc_big */
+{
+    for (int o = order; o <= MAXO; o++) {
+        int32_t block = b->bhead[0][o];
+        if (block >= 0) {
+            remove_free(b, block);
+            carve(b, block, o, block, order);
+            relabel(b, block, order, t);
+            int64_t size = 1ll << order;
+            memset(b->state + block, t + 1, (size_t)size);
+            b->free_pages -= size;
+            return block;
+        }
+    }
+    return -1;
+}
+
+static int64_t buddy_alloc(buddy_t *b, int order, int movable)     /* alloc; -1 = OOM */
+{
+    int t = movable ? MOVABLE : UNMOVABLE;
+    if (order > KMAX) return alloc_big(b, order, t);
+    int64_t pfn = -1;
+    int o;
+    for (o = order; o <= KMAX; o++)
+        if (b->lhead[t][o] >= 0) {
+            pfn = list_pop(b, t, o);
+            break;
+        }
+    if (pfn < 0 && take_slow(b, order, t, &pfn, &o) < 0) return -1;
+    if (o > order) carve(b, pfn, o, pfn, order);
+    int64_t size = 1ll << order;
+    if (size == 1) b->state[pfn] = (uint8_t)(t + 1);
+    else memset(b->state + pfn, t + 1, (size_t)size);
+    b->free_pages -= size;
+    return pfn;
+}
+
+/* aligned_blocks(): next maximal aligned block of [pfn, pfn + npages) */
+static inline int aligned_order(int64_t pfn, int64_t npages)
+{
+    int order = pfn ? ctz64((uint64_t)pfn) : MAXO;
+    int lim = flog2((uint64_t)npages);
+    if (lim < order) order = lim;
+    if (MAXO < order) order = MAXO;
+    return order;
+}
+
+/* alloc_pages: n order-0 pages into out[] in the order taken; -1 = OOM, nothing changed */
+static int buddy_alloc_pages(buddy_t *b, int64_t n, int movable, int32_t *out)
+{
+    if (n == 0) return 0;
+    if (n > b->free_pages) return -1;
+    int t = movable ? MOVABLE : UNMOVABLE;
+    uint8_t v = (uint8_t)(t + 1);
+    int64_t rem = n, k = 0;
+    int lowest = 0;
+    while (rem) {
+        int64_t pfn = -1;
+        int o;
+        for (o = lowest; o <= KMAX; o++)
+            if (b->lhead[t][o] >= 0) {
+                pfn = list_pop(b, t, o);
+                lowest = o;
+                break;
+            }
+        if (pfn < 0) {
+            lowest = 0;
+            if (take_slow(b, 0, t, &pfn, &o) < 0) abort();   /* n <= free_pages */
+            if (o && b->labels[pfn >> PBO] != t) {
+                carve(b, pfn, o, pfn, 0);
+                o = 0;
+            }
+        }
+        int64_t size = 1ll << o;
+        if (size > rem) {
+            int64_t p = pfn + rem, np = size - rem;
+            while (np > 0) {
+                int ko = aligned_order(p, np);
+                add_free(b, p, ko);
+                p += 1ll << ko;
+                np -= 1ll << ko;
+            }
+            size = rem;
+        }
+        if (size == 1) b->state[pfn] = v;
+        else memset(b->state + pfn, v, (size_t)size);
+        for (int64_t i = 0; i < size; i++) out[k++] = (int32_t)(pfn + i);
+        rem -= size;
+    }
+    b->free_pages -= n;
+    return 0;
+}
+
+static void make_chunks_uniform(buddy_t *b, int64_t pfn, int order)  /* _make_chunks_uniform */
+{
+    int64_t a = pfn >> PBO, e = a + (1ll << (order - PBO));
+    uint8_t first = b->labels[a];
+    int64_t i;
+    for (i = a; i < e; i++)
+        if (b->labels[i] != first) break;
+    if (i == e) return;
+    int64_t per = 1ll << ((order < KMAX ? order : KMAX) - PBO);
+    for (int64_t s = a; s < e; s += per) {
+        uint8_t last = b->labels[s + per - 1];
+        for (i = s; i < s + per; i++)
+            if (b->labels[i] != last) break;
+        if (i < s + per) memset(b->labels + s, last, (size_t)per);
+    }
+}
+
+static void free_block(buddy_t *b, int64_t pfn, int order)          /* _free_block */
+{
+    if (order > PBO) make_chunks_uniform(b, pfn, order);
+    int t = b->labels[pfn >> PBO];
+    while (order < MAXO) {
+        int64_t buddy = pfn ^ (1ll << order);
+        if (buddy >= b->total) break;
+        uint8_t st = b->state[buddy];
+        if (!(st & ST_HEAD) || ((st & 0x7f) >> 2) != order) break;
+        int kind = st & 3;
+        if (kind == BIG) {
+            remove_free(b, buddy);
+        } else {
+            if (kind != t && PBO <= order && order < KMAX) relabel(b, buddy, order, t);
+            list_del(b, kind, order, (int32_t)buddy);
+            b->state[buddy] = ST_FREE;
+            b->nr[order]--;
+        }
+        pfn &= buddy;
+        order++;
+    }
+    add_free(b, pfn, order);
+}
+
+static void buddy_free(buddy_t *b, int64_t pfn, int order)          /* free */
+{
+    int64_t size = 1ll << order;
+    memset(b->state + pfn, ST_FREE, (size_t)size);
+    b->free_pages += size;
+    free_block(b, pfn, order);
+}
+
+static void buddy_free_range(buddy_t *b, int64_t pfn, int64_t npages)   /* free_range */
+{
+    memset(b->state + pfn, ST_FREE, (size_t)npages);
+    b->free_pages += npages;
+    while (npages > 0) {
+        int o = aligned_order(pfn, npages);
+        free_block(b, pfn, o);
+        pfn += 1ll << o;
+        npages -= 1ll << o;
+    }
+}
+
+static void buddy_init(buddy_t *b, int64_t total)
+{
+    memset(b, 0, sizeof(*b));
+    b->total = total;
+    b->pbsize = 1 << PBO;
+    b->npb = (total + b->pbsize - 1) >> PBO;
+    b->state = xcalloc((size_t)total, 1);
+    b->labels = malloc((size_t)b->npb);
+    if (!b->labels) abort();
+    memset(b->labels, MOVABLE, (size_t)b->npb);
+    memset(b->lhead, 0xff, sizeof(b->lhead));
+    memset(b->bhead, 0xff, sizeof(b->bhead));
+    h_init(&b->h, 16);
+    b->nbig = (total >> (KMAX + 1)) + 1;
+    for (int l = 0; l < 3; l++) {
+        b->bolder[l] = xcalloc((size_t)b->nbig, sizeof(int32_t));
+        b->bnewer[l] = xcalloc((size_t)b->nbig, sizeof(int32_t));
+        b->bin[l] = xcalloc((size_t)b->nbig, 1);
+    }
+    /* boot memory: lowest address at the list heads (insert highest first) */
+    int64_t nblk = 0, p = 0, np = total;
+    while (np > 0) { int o = aligned_order(p, np); p += 1ll << o; np -= 1ll << o; nblk++; }
+    int64_t *bp = malloc((size_t)nblk * sizeof(int64_t));
+    int *bo = malloc((size_t)nblk * sizeof(int));
+    p = 0; np = total; nblk = 0;
+    while (np > 0) {
+        int o = aligned_order(p, np);
+        bp[nblk] = p; bo[nblk++] = o;
+        p += 1ll << o; np -= 1ll << o;
+    }
+    for (int64_t i = nblk - 1; i >= 0; i--) add_free(b, bp[i], bo[i]);
+    free(bp);
+    free(bo);
+    b->free_pages = total;
+}
+
+static void buddy_destroy(buddy_t *b)
+{
+    free(b->state);
+    free(b->labels);
+    free(b->h.key);
+    free(b->h.older);
+    free(b->h.newer);
+    for (int l = 0; l < 3; l++) {
+        free(b->bolder[l]);
+        free(b->bnewer[l]);
+        free(b->bin[l]);
+    }
+}
+
+/* ------------------------------------------------------------------ attributes (ranges.py) */
+static void attrs_init(attrs_t *a, int64_t npages, int initial)
+{
+    a->npages = npages;
+    a->nchunks = (npages + CHUNK - 1) >> CHUNK_SHIFT;
+    a->last_len = a->nchunks ? (int)(npages - ((a->nchunks - 1) << CHUNK_SHIFT)) : CHUNK;
+    a->uni = malloc((size_t)(a->nchunks ? a->nchunks : 1));
+    if (!a->uni) abort();
+    memset(a->uni, initial, (size_t)a->nchunks);
+    a->page = xcalloc((size_t)(a->nchunks << CHUNK_SHIFT), 1);
+}
+
+static inline int chunk_len(const attrs_t *a, int64_t c)
+{
+    return c == a->nchunks - 1 ? a->last_len : CHUNK;
+}
+
+static int chunk_uniform(const attrs_t *a, int64_t c, int64_t s, int64_t e, int v)
+{
+    int u = a->uni[c];
+    if (u != MIXED) return u == v;
+    const uint8_t *pg = a->page + (c << CHUNK_SHIFT);
+    for (int64_t i = s; i < e; i++)
+        if (pg[i] != v) return 0;
+    return 1;
+}
+
+static int attrs_is_uniform(const attrs_t *a, int64_t start, int64_t end, int v)
+{
+    int64_t c0 = start >> CHUNK_SHIFT, c1 = (end - 1) >> CHUNK_SHIFT;
+    int64_t s0 = start & (CHUNK - 1);
+    if (c0 == c1) return chunk_uniform(a, c0, s0, end - (c0 << CHUNK_SHIFT), v);
+    if (!chunk_uniform(a, c0, s0, CHUNK, v)) return 0;
+    if (!chunk_uniform(a, c1, 0, end - (c1 << CHUNK_SHIFT), v)) return 0;
+    for (int64_t c = c0 + 1; c < c1; c++)
+        if (a->uni[c] != v) return 0;
+    return 1;
+}
+
+static void set_in_chunk(attrs_t *a, int64_t c, int64_t s, int64_t e, int v)
+{
+    int len = chunk_len(a, c);
+    if (s == 0 && e >= len) {
+        a->uni[c] = (int8_t)v;
+        return;
+    }
+    int old = a->uni[c];
+    if (old == v) return;
+    uint8_t *pg = a->page + (c << CHUNK_SHIFT);
+    if (old != MIXED) memset(pg, old, (size_t)len);
+    if (e > len) e = len;
+    memset(pg + s, v, (size_t)(e - s));
+    int i;
+    for (i = 1; i < len; i++)
+        if (pg[i] != pg[0]) break;
+    a->uni[c] = i == len ? (int8_t)pg[0] : MIXED;
+}
+
+static void attrs_set(attrs_t *a, int64_t start, int64_t end, int v)
+{
+    int64_t c0 = start >> CHUNK_SHIFT, c1 = (end - 1) >> CHUNK_SHIFT;
+    int64_t base0 = c0 << CHUNK_SHIFT;
+    if (c0 == c1) {
+        set_in_chunk(a, c0, start - base0, end - base0, v);
+        return;
+    }
+    set_in_chunk(a, c0, start - base0, CHUNK, v);
+    set_in_chunk(a, c1, 0, end - (c1 << CHUNK_SHIFT), v);
+    if (c1 - c0 >= 2) memset(a->uni + c0 + 1, v, (size_t)(c1 - c0 - 1));
+}
+
+/* ------------------------------------------------------------------ host (model.py Host) */
+static int shrink(core_t *c);
+
+static int64_t host_alloc_huge(core_t *c, int order, int movable)    /* alloc_huge */
+{
+    int64_t pfn = buddy_alloc(&c->b, order, movable);
+    if (pfn >= 0) return pfn;
+    if (shrink(c)) {
+        pfn = buddy_alloc(&c->b, order, movable);
+        if (pfn >= 0) return pfn;
+    }
+    c->huge_fallbacks++;
+    return -1;
+}
+
+/* alloc_pages: n pfns into c->apfn; OutOfMemory unwinds to the step */
+static int32_t *host_alloc_pages(core_t *c, int64_t n, int movable)
+{
+    grow32(&c->apfn, &c->cap_apfn, n);
+    if (buddy_alloc_pages(&c->b, n, movable, c->apfn) == 0) return c->apfn;
+    if (!shrink(c) || buddy_alloc_pages(&c->b, n, movable, c->apfn) < 0) {
+        if (c->in_step) longjmp(c->oom, 1);
+        abort();
+    }
+    return c->apfn;
+}
+
+static int cmp_i32(const void *x, const void *y)
+{
+    int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
+    return (a > b) - (a < b);
+}
+
+/* free_pfns: sorted, as contiguous runs (pfns is modified) */
+static void host_free_pfns(core_t *c, int32_t *pfns, int64_t n)
+{
+    if (!n) return;
+    int64_t i;
+    for (i = 1; i < n; i++)
+        if (pfns[i] < pfns[i - 1]) break;
+    if (i < n) qsort(pfns, (size_t)n, sizeof(int32_t), cmp_i32);
+    int64_t s = 0;
+    for (i = 1; i <= n; i++) {
+        if (i == n || pfns[i] != pfns[i - 1] + 1) {
+            buddy_free_range(&c->b, pfns[s], i - s);
+            s = i;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ touch */
+static int64_t touch(core_t *c, uint32_t *data, int64_t p0, int64_t p1, int write, uint64_t token)
+{
+    led_op(c, K_TOUCH_PAGE, p1 - p0);
+    if (write) {
+        for (int64_t p = p0; p < p1; p++) data[p] = (uint32_t)token;
+        return 0;
+    }
+    if (token == NO_CHECK) return 0;
+    int64_t n = 0;
+    for (int64_t p = p0; p < p1; p++) n += (uint64_t)data[p] != token;
+    return n;
+}
+
+/* ------------------------------------------------------------------ GuestMemfd */
+static void lru_push(gmem_t *g, int64_t f)
+{
+    if (g->lru_len < LRU_BATCH) {
+        g->lru[(g->lru_start + g->lru_len) % LRU_BATCH] = f;
+        g->lru_len++;
+    } else {
+        g->lru[g->lru_start] = f;
+        g->lru_start = (g->lru_start + 1) % LRU_BATCH;
+    }
+}
+
+static void gmem_alloc_4k(core_t *c, gmem_t *g, const int64_t *pages, int64_t n)   /* _alloc_4k */
+{
+    int32_t *pfns = host_alloc_pages(c, n, 0);
+    for (int64_t i = 0; i < n; i++) g->page_pfn[pages[i]] = pfns[i] + 1;
+    g->present += n;
+    c->footprint += n;
+    led_op(c, K_FAULT_GMEM, n);
+    led_each(c, K_FIRMWARE_PSTATE_4K, n);
+    for (int64_t i = n > LRU_BATCH ? n - LRU_BATCH : 0; i < n; i++) lru_push(g, pages[i] >> g->order);
+}
+
+static int64_t collect_missing(core_t *c, const int32_t *page_pfn, int64_t a, int64_t b)
+{
+    grow64(&c->miss, &c->cap_miss, b - a);
+    int64_t n = 0;
+    for (int64_t p = a; p < b; p++)
+        if (!page_pfn[p]) c->miss[n++] = p;
+    return n;
+}
+
+static int64_t gmem_populate(core_t *c, gmem_t *g, int64_t p0, int64_t p1)   /* populate */
+{
+    if (!g->order) {
+        int64_t n = collect_missing(c, g->page_pfn, p0, p1);
+        if (n) gmem_alloc_4k(c, g, c->miss, n);
+        return n;
+    }
+    int o = g->order;
+    int64_t fp = g->fpages, f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1, faulted = 0;
+    for (int64_t f = f0; f < f1; f++) {
+        if (g->fstate[f] == INTACT) continue;
+        int64_t a = p0 > f * fp ? p0 : f * fp, b = p1 < (f + 1) * fp ? p1 : (f + 1) * fp;
+        if (g->fstate[f] == ABSENT) {
+            int64_t pfn = host_alloc_huge(c, o, 0);
+            if (pfn >= 0) {
+                g->fstate[f] = INTACT;
+                g->fpfn[f] = (int32_t)pfn;
+                g->present += fp;
+                c->footprint += fp;
+                c->huge_pages += fp;
+                led_op(c, o == 9 ? K_FAULT_GMEM_2M : K_FAULT_1G, 1);
+                led_each(c, K_FIRMWARE_PSTATE_4K, fp);
+                lru_push(g, f);
+                faulted += fp;
+                continue;
+            }
+            g->fstate[f] = SPLIT;
+        }
+        int64_t n = collect_missing(c, g->page_pfn, a, b);
+        if (n) {
+            gmem_alloc_4k(c, g, c->miss, n);
+            faulted += n;
+        }
+    }
+    return faulted;
+}
+
+static inline int gmem_present(const gmem_t *g, int64_t p)
+{
+    return g->page_pfn[p] != 0 || (g->order && g->fstate[p >> g->order] == INTACT);
+}
+
+static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f)        /* _split_folio */
+{
+    int64_t fp = g->fpages, base = g->fpfn[f];
+    for (int64_t i = 0; i < fp; i++) g->page_pfn[f * fp + i] = (int32_t)(base + 1 + i);
+    g->fstate[f] = SPLIT;
+    g->fbits[f] &= ~FB_DEMOTED;
+    c->huge_pages -= fp;
+    c->huge_splits++;
+    led_op(c, K_FOLIO_SPLIT, 1);
+}
+
+static void gmem_demote(core_t *c, gmem_t *g, int64_t f)            /* _demote */
+{
+    if (!(g->fbits[f] & FB_DEMOTED)) {
+        g->fbits[f] |= FB_DEMOTED;
+        c->huge_splits++;
+    }
+}
+
+static void set_flag_range(uint8_t *fl, int64_t a, int64_t b, uint8_t bit)
+{
+    for (int64_t p = a; p < b; p++) fl[p] |= bit;
+}
+
+static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int charge)
+{
+    int64_t n = 0;
+    for (int64_t p = p0; p < p1; p++)
+        if (g->pflags[p] & PF_HOST) {
+            g->pflags[p] &= ~PF_HOST;
+            n++;
+        }
+    if (n && charge) led_op(c, K_HOST_ZAP_PTE, n);
+    if (g->order) {
+        int o = g->order;
+        int64_t fp = g->fpages, f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
+        for (int64_t f = f0; f < f1; f++) {
+            if (!(g->fbits[f] & FB_HOST_PMD)) continue;
+            int64_t a = f * fp, b = (f + 1) * fp;
+            if (a < p0 || b > p1) {
+                if (a < p0) set_flag_range(g->pflags, a, p0, PF_HOST);
+                if (b > p1) set_flag_range(g->pflags, p1, b, PF_HOST);
+                gmem_demote(c, g, f);
+            }
+            g->fbits[f] &= ~FB_HOST_PMD;
+            n++;
+            if (charge) led_op(c, K_HOST_ZAP_PMD, 1);
+        }
+    }
+    return n;
+}
+
+static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
+{
+    int64_t n = 0;
+    for (int64_t p = p0; p < p1; p++)
+        if (g->pflags[p] & PF_S2) {
+            g->pflags[p] &= ~PF_S2;
+            n++;
+        }
+    led_each(c, K_STAGE2_ZAP_4K, n);
+    if (g->order) {
+        int o = g->order;
+        int64_t fp = g->fpages, f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
+        for (int64_t f = f0; f < f1; f++) {
+            if (!(g->fbits[f] & FB_S2_HUGE)) continue;
+            int64_t a = f * fp, b = (f + 1) * fp;
+            if (a < p0 || b > p1) {
+                set_flag_range(g->pflags, a, p0, PF_S2);
+                set_flag_range(g->pflags, p1, b, PF_S2);
+                gmem_demote(c, g, f);
+            }
+            g->fbits[f] &= ~FB_S2_HUGE;
+            led_each(c, K_STAGE2_ZAP_HUGE, 1);
+        }
+    }
+}
+
+static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int64_t p1,
+                     int guest, int state)                             /* _map */
+{
+    uint8_t pte = guest ? PF_S2 : PF_HOST;
+    int64_t n = 0;
+    if (g->order) {
+        uint8_t pmd = guest ? FB_S2_HUGE : FB_HOST_PMD;
+        int o = g->order;
+        int64_t fp = g->fpages, f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
+        for (int64_t f = f0; f < f1; f++) {
+            if (g->fstate[f] != INTACT) continue;
+            if (g->fbits[f] & pmd) continue;
+            if ((g->fbits[f] & FB_DEMOTED) && !g->promote) continue;
+            if (!attrs_is_uniform(view, f * fp, (f + 1) * fp, state)) continue;
+            g->fbits[f] |= pmd;
+            uint8_t *fl = g->pflags + f * fp;
+            for (int64_t i = 0; i < fp; i++) fl[i] &= ~pte;
+            if (g->fbits[f] & FB_DEMOTED) {
+                g->fbits[f] &= ~FB_DEMOTED;
+                c->huge_merges++;
+            }
+        }
+        for (int64_t f = f0; f < f1; f++) {
+            if (g->fbits[f] & pmd) continue;
+            int64_t a = p0 > f * fp ? p0 : f * fp, b = p1 < (f + 1) * fp ? p1 : (f + 1) * fp;
+            for (int64_t p = a; p < b; p++)
+                if (!(g->pflags[p] & pte)) {
+                    g->pflags[p] |= pte;
+                    n++;
+                }
+        }
+    } else {
+        for (int64_t p = p0; p < p1; p++)
+            if (!(g->pflags[p] & pte)) {
+                g->pflags[p] |= pte;
+                n++;
+            }
+    }
+    if (n && !guest) led_each(c, K_REFAULT_GMEM, n);
+}
+
+/* _first_elevated: page index, or -1 */
+static int64_t gmem_first_elevated(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
+{
+    int o = g->order;
+    int64_t fp = g->fpages, f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1, nfolios = 0;
+    if (o) {
+        for (int64_t f = f0; f < f1; f++) nfolios += g->fstate[f] != 0;
+    } else {
+        for (int64_t p = p0; p < p1; p++) nfolios += g->page_pfn[p] != 0;
+    }
+    led_each(c, K_REFCOUNT_SCAN_FOLIO, nfolios);
+    int in_lru = 0;
+    for (int i = 0; i < g->lru_len; i++) {
+        int64_t f = g->lru[(g->lru_start + i) % LRU_BATCH];
+        if (f0 <= f && f < f1) in_lru = 1;
+    }
+    if (in_lru) {
+        led_op(c, K_LRU_DRAIN, 1);
+        g->lru_len = 0;
+        g->lru_start = 0;
+    }
+    if (g->npinned)
+        for (int64_t p = f0 * fp; p < f1 * fp; p++)
+            if (g->pins[p]) return ((p >> o)) << o;
+    return -1;
+}
+
+static void gmem_arch_invalidate(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
+{
+    if (g->platform == PLATFORM_PRESERVE) return;
+    uint32_t v = g->platform == PLATFORM_ZERO ? 0 : GARBAGE;
+    int64_t n = 0;
+    for (int64_t p = p0; p < p1; p++)
+        if (gmem_present(g, p)) {
+            n++;
+            g->data[p] = v;
+        }
+    led_each(c, K_FIRMWARE_PSTATE_4K, n);
+    if (g->platform == PLATFORM_ZERO && n) led_op(c, K_ZERO_FILL, n);
+}
+
+static int vm_has_private(const core_t *c) { return c->vm_type != VM_TYPE_DEFAULT; }
+
+/* set_memory_attributes2 (flags 0, no reserved bits, struct copied): status, *err_off */
+static int gmem_set_attrs2(core_t *c, slot_t *s, uint64_t offset, uint64_t size,
+                           uint64_t attributes, int64_t *err_off)
+{
+    gmem_t *g = &s->g;
+    led_op(c, K_IOCTL_ENTRY, 1);
+    if (!c->in_place) return ENOTTY;
+    if (!vm_has_private(c)) return EINVAL;
+    if (attributes & ~(uint64_t)PRIVATE) return EINVAL;
+    if (size == 0 || size > UINT64_MAX - offset) return EINVAL;
+    if ((offset | size) & (PAGE_SIZE - 1)) return EINVAL;
+    if (offset >= (uint64_t)g->size || offset + size > (uint64_t)g->size) return EINVAL;
+    int64_t p0 = (int64_t)(offset >> PAGE_SHIFT), p1 = (int64_t)((offset + size) >> PAGE_SHIFT);
+    int v = (int)attributes;
+    if (attrs_is_uniform(&s->attrs, p0, p1, v)) return 0;
+    if (v & PRIVATE) {
+        gmem_zap_host(c, g, p0, p1, 1);
+        int64_t bad = gmem_first_elevated(c, g, p0, p1);
+        if (bad >= 0) {
+            uint64_t bo = (uint64_t)bad * PAGE_SIZE;
+            *err_off = (int64_t)(offset > bo ? offset : bo);
+            return EAGAIN;
+        }
+    }
+    gmem_zap_stage2(c, g, p0, p1);
+    if (!(v & PRIVATE)) gmem_arch_invalidate(c, g, p0, p1);
+    attrs_set(&s->attrs, p0, p1, v);
+    led_op(c, K_ATTR_UPDATE, 1);
+    return 0;
+}
+
+static int64_t free_4k(core_t *c, int32_t *page_pfn, int64_t a, int64_t b)   /* _free_4k */
+{
+    grow32(&c->fpfn, &c->cap_fpfn, b - a);
+    int64_t n = 0;
+    for (int64_t p = a; p < b; p++)
+        if (page_pfn[p]) {
+            c->fpfn[n++] = page_pfn[p] - 1;
+            page_pfn[p] = 0;
+        }
+    host_free_pfns(c, c->fpfn, n);
+    return n;
+}
+
+static int any_pfn(const int32_t *page_pfn, int64_t a, int64_t b)
+{
+    for (int64_t p = a; p < b; p++)
+        if (page_pfn[p]) return 1;
+    return 0;
+}
+
+static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* fallocate_punch_hole */
+{
+    if (size == 0 || (offset | size) & (PAGE_SIZE - 1)) return EINVAL;
+    int64_t p0 = (int64_t)(offset >> PAGE_SHIFT);
+    unsigned __int128 end = ((unsigned __int128)offset + size) >> PAGE_SHIFT;
+    int64_t p1 = end < (unsigned __int128)g->npages ? (int64_t)end : g->npages;
+    if (offset >> PAGE_SHIFT >= (uint64_t)g->npages || p0 >= p1) return 0;
+    int o = g->order;
+    int64_t fp = g->fpages;
+    if (o) {
+        int64_t f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
+        int64_t ends[2] = {f0, f1 - 1};
+        for (int i = 0; i < 2; i++) {
+            int64_t f = ends[i];
+            if (g->fstate[f] == INTACT && !(p0 <= f * fp && (f + 1) * fp <= p1))
+                g->fbits[f] |= FB_DEMOTED;
+        }
+    }
+    int mapped = gmem_zap_host(c, g, p0, p1, 0) > 0;
+    gmem_zap_stage2(c, g, p0, p1);
+    int64_t freed = 0;
+    if (o) {
+        int64_t f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
+        for (int64_t f = f0; f < f1; f++) {
+            if (!g->fstate[f]) continue;
+            int64_t a = f * fp, b = (f + 1) * fp;
+            if (g->fstate[f] == INTACT) {
+                if (p0 <= a && b <= p1) {
+                    buddy_free(&c->b, g->fpfn[f], o);
+                    g->fstate[f] = ABSENT;
+                    c->huge_pages -= fp;
+                    freed += fp;
+                    continue;
+                }
+                gmem_split_folio(c, g, f);
+            }
+            int64_t a2 = a > p0 ? a : p0, b2 = b < p1 ? b : p1;
+            freed += free_4k(c, g->page_pfn, a2, b2);
+            if (!any_pfn(g->page_pfn, a, b)) g->fstate[f] = ABSENT;
+        }
+    } else {
+        freed = free_4k(c, g->page_pfn, p0, p1);
+    }
+    g->present -= freed;
+    c->footprint -= freed;
+    memset(g->data + p0, 0, (size_t)(p1 - p0) * sizeof(uint32_t));
+    led_op(c, mapped ? K_PUNCH_GMEM_MAPPED : K_PUNCH_GMEM_UNMAPPED, freed);
+    return 0;
+}
+
+/* access: status (0, SIGBUS_STATUS or errno), *mism */
+static int gmem_access(core_t *c, slot_t *s, int64_t p0, int64_t p1, int guest, int write,
+                       uint64_t token, int64_t *mism)
+{
+    gmem_t *g = &s->g;
+    if (p1 > g->npages) return guest ? EFAULT : SIGBUS_STATUS;
+    if (!guest) {
+        if (!(g->flags & GMEM_FLAG_MMAP)) return SIGBUS_STATUS;
+        if (!attrs_is_uniform(&s->attrs, p0, p1, SHARED_ATTR)) return SIGBUS_STATUS;
+    } else if (!attrs_is_uniform(&s->attrs, p0, p1, PRIVATE)) {
+        return EFAULT;
+    }
+    gmem_populate(c, g, p0, p1);
+    gmem_map(c, g, &s->attrs, p0, p1, guest, guest ? PRIVATE : SHARED_ATTR);
+    *mism = touch(c, g->data, p0, p1, write, token);
+    return 0;
+}
+
+static int pin_pages(uint16_t *pins, int64_t *npinned, int64_t p0, int64_t p1, int delta)
+{
+    if (delta < 0) {
+        for (int64_t p = p0; p < p1; p++)
+            if (!pins[p]) return EINVAL;
+    }
+    for (int64_t p = p0; p < p1; p++) {
+        uint16_t old = pins[p];
+        pins[p] = (uint16_t)(old + (delta > 0 ? 1 : 0xFFFF));
+        if (npinned) *npinned += (pins[p] != 0) - (old != 0);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ SharedBacking */
+static int shared_alloc_4k(core_t *c, shared_t *s, const int64_t *pages, int64_t n)
+{
+    int32_t *pfns = host_alloc_pages(c, n, 1);
+    for (int64_t i = 0; i < n; i++) s->page_pfn[pages[i]] = pfns[i] + 1;
+    s->present += n;
+    c->footprint += n;
+    led_op(c, s->kind == 0 ? K_FAULT_ANON : K_FAULT_SHMEM, n);
+    return (int)0;
+}
+
+static int64_t shared_populate(core_t *c, shared_t *s, int64_t p0, int64_t p1)
+{
+    if (!s->huge) {
+        int64_t n = collect_missing(c, s->page_pfn, p0, p1);
+        if (n) shared_alloc_4k(c, s, c->miss, n);
+        return n;
+    }
+    int64_t c0 = p0 >> 9, c1 = ((p1 - 1) >> 9) + 1, faulted = 0;
+    for (int64_t ch = c0; ch < c1; ch++) {
+        if (s->chunk[ch] == INTACT) continue;
+        int64_t a = p0 > (ch << 9) ? p0 : (ch << 9), b = p1 < ((ch + 1) << 9) ? p1 : ((ch + 1) << 9);
+        if (s->chunk[ch] == ABSENT) {
+            int64_t pfn = host_alloc_huge(c, 9, 1);
+            if (pfn >= 0) {
+                s->chunk[ch] = INTACT;
+                s->chunk_pfn[ch] = (int32_t)pfn;
+                s->present += 512;
+                c->footprint += 512;
+                c->huge_pages += 512;
+                led_op(c, s->kind == 0 ? K_FAULT_THP_ANON : K_FAULT_THP_SHMEM, 1);
+                faulted += 512;
+                continue;
+            }
+            s->chunk[ch] = SPLIT;
+        }
+        int64_t n = collect_missing(c, s->page_pfn, a, b);
+        if (n) {
+            shared_alloc_4k(c, s, c->miss, n);
+            faulted += n;
+        }
+    }
+    return faulted;
+}
+
+static inline int shared_present(const shared_t *s, int64_t p)
+{
+    return s->page_pfn[p] != 0 || (s->huge && s->chunk[p >> 9] == INTACT);
+}
+
+static int64_t shared_access(core_t *c, shared_t *s, int64_t p0, int64_t p1, int write, uint64_t token)
+{
+    shared_populate(c, s, p0, p1);
+    for (int64_t p = p0; p < p1; p++)
+        if (!s->host_map[p]) s->host_map[p] = 1;
+    return touch(c, s->data, p0, p1, write, token);
+}
+
+static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* discard */
+{
+    if (s->page == 2) return 0;
+    int mapped = 0;
+    for (int64_t p = p0; p < p1; p++)
+        if (s->host_map[p]) {
+            mapped = 1;
+            s->host_map[p] = 0;
+        }
+    int64_t freed = 0;
+    if (s->huge) {
+        int64_t c0 = p0 >> 9, c1 = ((p1 - 1) >> 9) + 1;
+        for (int64_t ch = c0; ch < c1; ch++) {
+            if (!s->chunk[ch]) continue;
+            int64_t a = ch << 9, b = (ch + 1) << 9;
+            int64_t lo = a > p0 ? a : p0, hi = b < p1 ? b : p1;
+            int state = s->chunk[ch];
+            if (state == INTACT && p0 <= a && b <= p1) {
+                buddy_free(&c->b, s->chunk_pfn[ch], 9);
+                s->chunk[ch] = ABSENT;
+                c->huge_pages -= 512;
+                freed += 512;
+                continue;
+            }
+            if (state == INTACT) {
+                int64_t base = s->chunk_pfn[ch];
+                for (int64_t i = 0; i < 512; i++) s->page_pfn[a + i] = (int32_t)(base + 1 + i);
+                c->huge_pages -= 512;
+                c->huge_splits++;
+                if (s->kind == 0) {
+                    s->chunk[ch] = DEFERRED;
+                    if (s->ndeferred == s->cap_deferred) {
+                        s->cap_deferred = s->cap_deferred ? 2 * s->cap_deferred : 64;
+                        s->deferred = realloc(s->deferred, (size_t)s->cap_deferred * sizeof(int64_t));
+                        if (!s->deferred) abort();
+                    }
+                    s->deferred[s->ndeferred++] = ch;
+                    led_op(c, K_THP_SPLIT_ANON, 1);
+                    for (int64_t p = lo; p < hi; p++) s->page_pfn[p] = 0;
+                    continue;
+                }
+                s->chunk[ch] = SPLIT;
+                led_op(c, K_THP_SPLIT_SHMEM, 1);
+            }
+            if (s->chunk[ch] == DEFERRED) {
+                int64_t base = s->chunk_pfn[ch], n = 0;
+                grow32(&c->fpfn, &c->cap_fpfn, hi - lo);
+                for (int64_t p = lo; p < hi; p++) {
+                    int32_t v = s->page_pfn[p];
+                    if (v && v != (int32_t)(base + 1 + p - a)) c->fpfn[n++] = v - 1;
+                    s->page_pfn[p] = 0;
+                }
+                if (n) {
+                    host_free_pfns(c, c->fpfn, n);
+                    freed += n;
+                }
+                continue;
+            }
+            freed += free_4k(c, s->page_pfn, lo, hi);
+            if (!any_pfn(s->page_pfn, a, b)) s->chunk[ch] = ABSENT;
+        }
+    } else {
+        freed = free_4k(c, s->page_pfn, p0, p1);
+    }
+    s->present -= freed;
+    c->footprint -= freed;
+    memset(s->data + p0, 0, (size_t)(p1 - p0) * sizeof(uint32_t));
+    if (s->kind == 0) led_op(c, K_DISCARD_ANON, freed > 1 ? freed : 1);
+    else led_op(c, mapped ? K_PUNCH_SHMEM_MAPPED : K_PUNCH_SHMEM_UNMAPPED, freed);
+    return 0;
+}
+
+static int shared_deferred_split(core_t *c, shared_t *s)           /* deferred_split */
+{
+    if (!s->ndeferred) return 0;
+    int64_t freed = 0;
+    int32_t holes[512];
+    for (int64_t i = 0; i < s->ndeferred; i++) {
+        int64_t ch = s->deferred[i];
+        if (s->chunk[ch] != DEFERRED) continue;
+        int64_t a = ch << 9, base = s->chunk_pfn[ch];
+        int n = 0;
+        for (int64_t k = 0; k < 512; k++)
+            if (s->page_pfn[a + k] != (int32_t)(base + 1 + k)) holes[n++] = (int32_t)(base + k);
+        host_free_pfns(c, holes, n);
+        freed += n;
+        s->chunk[ch] = SPLIT;
+        s->present -= n;
+    }
+    c->footprint -= freed;
+    s->ndeferred = 0;
+    return freed > 0;
+}
+
+static int shrink(core_t *c)                                       /* Host._shrink */
+{
+    int any = 0;
+    for (int i = 0; i < c->nshrinkers; i++)
+        any |= shared_deferred_split(c, c->slots[c->shrinkers[i]].s);
+    return any;
+}
+
+/* ------------------------------------------------------------------ VM */
+static int vm_set_attrs(core_t *c, slot_t *s, uint64_t offset, uint64_t size, uint64_t attributes)
+{
+    led_op(c, K_IOCTL_ENTRY, 1);
+    int supported = vm_has_private(c) && !c->in_place ? PRIVATE : 0;
+    if (!supported) return !vm_has_private(c) ? ENOTTY : EINVAL;
+    if (attributes & ~(uint64_t)supported) return EINVAL;
+    if (size == 0 || size > UINT64_MAX - offset || (offset | size) & (PAGE_SIZE - 1)) return EINVAL;
+    int64_t p0 = (int64_t)(offset >> PAGE_SHIFT);
+    uint64_t e = (offset + size) >> PAGE_SHIFT;
+    int64_t p1 = e < (uint64_t)s->attrs.npages ? (int64_t)e : s->attrs.npages;
+    if (offset >> PAGE_SHIFT >= (uint64_t)s->attrs.npages || p0 >= p1) return 0;
+    if (attrs_is_uniform(&s->attrs, p0, p1, (int)attributes)) return 0;
+    gmem_zap_stage2(c, &s->g, p0, p1);
+    attrs_set(&s->attrs, p0, p1, (int)attributes);
+    led_op(c, K_ATTR_UPDATE, 1);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ public */
+int core_nkeys(void) { return NKEYS; }
+
+const char *core_key_name(int key) { return key >= 0 && key < NKEYS ? key_names[key] : NULL; }
+
+core_t *core_new(int64_t total_pages, const double *fixed, const double *per_page)
+{
+    if (total_pages < 1 || total_pages > INT32_MAX - 1) return NULL;
+    core_t *c = xcalloc(1, sizeof(*c));
+    memcpy(c->fixed, fixed, sizeof(c->fixed));
+    memcpy(c->per_page, per_page, sizeof(c->per_page));
+    for (int k = 0; k < NKEYS; k++) c->lfirst[k] = -1;
+    buddy_init(&c->b, total_pages);
+    c->vm_type = 1;
+    return c;
+}
+
+int64_t core_prefragment(core_t *c, const int64_t *chosen, const int64_t *offsets, int64_t k)
+{
+    buddy_t *b = &c->b;
+    int64_t pinned = 0;
+    for (int64_t i = 0; i < k; i++) {
+        int64_t pb = chosen[i], s = pb << PBO, p = s + offsets[i];
+        if (!is_free(b->state[p])) {
+            p = find_free(b, s, s + b->pbsize);
+            if (p < 0) continue;
+        }
+        int64_t block = -1;
+        for (int o = 0; o <= MAXO; o++) {
+            int64_t blk = p & ~((1ll << o) - 1);
+            uint8_t st = b->state[blk];
+            if ((st & ST_HEAD) && p < blk + (1ll << ((st & 0x7f) >> 2))) {
+                block = blk;
+                break;
+            }
+        }
+        if (block < 0) abort();
+        int order = (b->state[block] & 0x7f) >> 2;
+        remove_free(b, block);
+        carve(b, block, order, p, 0);
+        b->state[p] = ST_USED_UNMOVABLE;
+        b->free_pages--;
+        set_pageblock_type(b, pb, UNMOVABLE);
+        pinned++;
+    }
+    c->pinned_by_aging = pinned;
+    return pinned;
+}
+
+void core_set_vm(core_t *c, int vm_type, int in_place)
+{
+    c->vm_type = vm_type;
+    c->in_place = in_place;
+}
+
+int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, int promote,
+                  int initial, int shared_kind, int shared_page)
+{
+    c->slots = realloc(c->slots, (size_t)(c->nslots + 1) * sizeof(slot_t));
+    if (!c->slots) abort();
+    int idx = c->nslots++;
+    slot_t *s = &c->slots[idx];
+    memset(s, 0, sizeof(*s));
+    gmem_t *g = &s->g;
+    g->size = size;
+    g->npages = size >> PAGE_SHIFT;
+    g->flags = flags;
+    g->order = order;
+    g->fpages = 1ll << order;
+    g->platform = platform;
+    g->promote = promote;
+    g->page_pfn = xcalloc((size_t)g->npages, sizeof(int32_t));
+    g->pflags = xcalloc((size_t)g->npages, 1);
+    g->data = xcalloc((size_t)g->npages, sizeof(uint32_t));
+    g->pins = xcalloc((size_t)g->npages, sizeof(uint16_t));
+    if (order) {
+        g->nfolios = g->npages >> order;
+        g->fstate = xcalloc((size_t)g->nfolios, 1);
+        g->fbits = xcalloc((size_t)g->nfolios, 1);
+        g->fpfn = xcalloc((size_t)g->nfolios, sizeof(int32_t));
+    }
+    attrs_init(&s->attrs, g->npages, initial);
+    if (shared_kind < 0) return 0;
+    shared_t *sh = xcalloc(1, sizeof(shared_t));
+    s->s = sh;
+    sh->npages = g->npages;
+    sh->kind = shared_kind;
+    sh->page = shared_page;
+    sh->huge = shared_page != 0;
+    sh->page_pfn = xcalloc((size_t)sh->npages, sizeof(int32_t));
+    sh->host_map = xcalloc((size_t)sh->npages, 1);
+    sh->data = xcalloc((size_t)sh->npages, sizeof(uint32_t));
+    sh->pins = xcalloc((size_t)sh->npages, sizeof(uint16_t));
+    if (sh->huge) {
+        sh->nchunks = (sh->npages + 511) >> 9;
+        sh->chunk = xcalloc((size_t)sh->nchunks, 1);
+        sh->chunk_pfn = xcalloc((size_t)sh->nchunks, sizeof(int32_t));
+    }
+    if (shared_kind == 0 && shared_page == 1) {
+        c->shrinkers = realloc(c->shrinkers, (size_t)(c->nshrinkers + 1) * sizeof(int));
+        c->shrinkers[c->nshrinkers++] = idx;
+    }
+    if (shared_page == 2) {                 /* _preallocate: the hugetlb pool */
+        for (int64_t ch = 0; ch < sh->nchunks; ch++) {
+            int64_t pfn = host_alloc_huge(c, 9, 0);
+            if (pfn < 0) {
+                fail(c, "host memory too small for the hugetlb pool");
+                return -1;
+            }
+            sh->chunk[ch] = INTACT;
+            sh->chunk_pfn[ch] = (int32_t)pfn;
+        }
+        int64_t n = sh->nchunks * 512;
+        sh->present += n;
+        c->footprint += n;
+        c->huge_pages += n;
+    }
+    return 0;
+}
+
+static int64_t clip_pages(int64_t p, int64_t npages) { return p < npages ? p : npages; }
+
+int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
+{
+    const step_t *steps = steps_v;
+    result_t *res = results_v;
+    int64_t failed_op = -1;
+    for (int64_t i = 0; i < n; i++) {
+        const step_t st = steps[i];
+        result_t *r = &res[i];
+        if ((int64_t)st.op == failed_op) {
+            r->status = SKIPPED;
+            r->ns = 0;
+            r->aux = 0;
+            continue;
+        }
+        if (st.code > 9) {
+            fail(c, "step %lld: unknown step code %u", (long long)i, st.code);
+            return -1;
+        }
+        if (st.code != 0 && st.slot >= c->nslots) {
+            fail(c, "step %lld: slot %u out of range", (long long)i, st.slot);
+            return -1;
+        }
+        slot_t *s = st.code ? &c->slots[st.slot] : NULL;
+        int needs_shared = (st.code == 4 || st.code == 5 ||
+                            ((st.code >= 6) && st.obj == 1));
+        if (needs_shared && !s->s) {
+            fail(c, "step %lld: the strategy has no shared backing", (long long)i);
+            return -1;
+        }
+        c->step_ns = 0.0;
+        volatile int status = 0;
+        int64_t aux = 0;
+        int64_t p0 = (int64_t)(st.offset >> PAGE_SHIFT);
+        int64_t p1 = (int64_t)((st.offset + st.size) >> PAGE_SHIFT);
+        c->in_step = 1;
+        if (setjmp(c->oom)) {
+            status = ENOMEM;
+            aux = 0;
+        } else {
+            switch (st.code) {
+            case 0:
+                break;
+            case 1: {
+                int64_t eo = 0;
+                status = gmem_set_attrs2(c, s, st.offset, st.size, st.arg, &eo);
+                aux = eo;
+                break;
+            }
+            case 2:
+                status = vm_set_attrs(c, s, st.offset, st.size, st.arg);
+                break;
+            case 3:
+                status = gmem_punch(c, &s->g, st.offset, st.size);
+                break;
+            case 4:
+                p1 = clip_pages(p1, s->s->npages);
+                status = p0 < p1 ? shared_discard(c, s->s, p0, p1) : 0;
+                break;
+            case 5: {
+                p1 = clip_pages(p1, s->g.npages);
+                int64_t np = 0;
+                if (st.obj == 1) {          /* gmem -> shared */
+                    for (int64_t p = p0; p < p1; p++) np += gmem_present(&s->g, p);
+                    if (np) {
+                        shared_populate(c, s->s, p0, p1);
+                        memcpy(s->s->data + p0, s->g.data + p0, (size_t)(p1 - p0) * 4);
+                        led_op(c, K_MEMCPY, np);
+                    }
+                } else {
+                    for (int64_t p = p0; p < p1; p++) np += shared_present(s->s, p);
+                    if (np) {
+                        gmem_populate(c, &s->g, p0, p1);
+                        memcpy(s->g.data + p0, s->s->data + p0, (size_t)(p1 - p0) * 4);
+                        led_op(c, K_MEMCPY, np);
+                    }
+                }
+                aux = np * (int64_t)PAGE_SIZE;
+                break;
+            }
+            case 6:
+            case 7: {
+                int write = st.code == 6;
+                if (st.obj == 1) {
+                    p1 = clip_pages(p1, s->s->npages);
+                    aux = shared_access(c, s->s, p0, p1, write, st.arg);
+                } else {
+                    status = gmem_access(c, s, p0, p1, st.via == 1, write, st.arg, &aux);
+                }
+                break;
+            }
+            case 8:
+            case 9: {
+                int delta = st.code == 8 ? 1 : -1;
+                if (st.obj == 0) {
+                    p1 = clip_pages(p1, s->g.npages);
+                    if (delta > 0) gmem_populate(c, &s->g, p0, p1);
+                    status = pin_pages(s->g.pins, &s->g.npinned, p0, p1, delta);
+                } else {
+                    p1 = clip_pages(p1, s->s->npages);
+                    status = pin_pages(s->s->pins, NULL, p0, p1, delta);
+                }
+                break;
+            }
+            }
+        }
+        c->in_step = 0;
+        r->status = status;
+        r->ns = (int64_t)nearbyint(c->step_ns);
+        r->aux = aux;
+        if (status && (st.flags & 2)) failed_op = st.op;
+    }
+    return 0;
+}
+
+const char *core_error(core_t *c) { return c->err; }
+
+void core_counters(core_t *c, int64_t *out)
+{
+    int64_t pb[2] = {0, 0};
+    for (int64_t i = 0; i < c->b.npb; i++) pb[c->b.labels[i] & 1]++;
+    out[CORE_C_FOOTPRINT] = c->footprint;
+    out[CORE_C_HUGE_PAGES] = c->huge_pages;
+    out[CORE_C_HUGE_SPLITS] = c->huge_splits;
+    out[CORE_C_HUGE_MERGES] = c->huge_merges;
+    out[CORE_C_HUGE_FALLBACKS] = c->huge_fallbacks;
+    out[CORE_C_PINNED_BY_AGING] = c->pinned_by_aging;
+    out[CORE_C_FREE_PAGES] = c->b.free_pages;
+    out[CORE_C_TOTAL_PAGES] = c->b.total;
+    out[CORE_C_PB_UNMOVABLE] = pb[UNMOVABLE];
+    out[CORE_C_PB_MOVABLE] = pb[MOVABLE];
+    for (int o = 0; o <= MAXO; o++) out[CORE_C_NR_FREE + o] = c->b.nr[o];
+}
+
+double core_clock_ns(core_t *c) { return c->clock_ns; }
+
+void core_ledger(core_t *c, int64_t *count, double *ns, int64_t *first)
+{
+    for (int k = 0; k < NKEYS; k++) {
+        count[k] = c->lcount[k];
+        ns[k] = c->lns[k];
+        first[k] = c->lfirst[k];
+    }
+}
+
+int core_check(core_t *c)
+{
+    buddy_t *b = &c->b;
+    int64_t nr[MAXO + 1] = {0}, total = 0;
+    int64_t p = 0;
+    /* walk memory: every free page belongs to exactly one listed head block */
+    while (p < b->total) {
+        uint8_t st = b->state[p];
+        if (st == ST_FREE) { fail(c, "free page %lld outside any free block", (long long)p); return -1; }
+        if (!(st & ST_HEAD)) { p++; continue; }
+        int order = (st & 0x7f) >> 2, kind = st & 3;
+        int64_t size = 1ll << order;
+        if (p & (size - 1) || p + size > b->total) { fail(c, "block %lld bad", (long long)p); return -1; }
+        for (int64_t q = p + 1; q < p + size; q++)
+            if (b->state[q] != ST_FREE) { fail(c, "block %lld overlaps page %lld", (long long)p, (long long)q); return -1; }
+        if (kind == BIG) {
+            if (order <= KMAX || !b->bin[0][p >> (KMAX + 1)]) { fail(c, "big block %lld not listed", (long long)p); return -1; }
+            int64_t a = p >> PBO, e = a + (1ll << (order - PBO));
+            for (int t = 0; t < 2; t++)
+                if (labels_has(b, t, a, e) != b->bin[1 + t][p >> (KMAX + 1)]) { fail(c, "big block %lld label index", (long long)p); return -1; }
+        } else {
+            if (order > KMAX || h_find(&b->h, (int32_t)p) < 0) { fail(c, "block %lld not listed", (long long)p); return -1; }
+            int64_t a = p >> PBO, e = a + (order > PBO ? (1ll << (order - PBO)) : 1);
+            for (int64_t i = a; i < e; i++)
+                if (b->labels[i] != kind) { fail(c, "block %lld on list %d but labels differ", (long long)p, kind); return -1; }
+        }
+        if (order < MAXO) {
+            int64_t bud = p ^ size;
+            if (bud < b->total && (b->state[bud] & ST_HEAD) && ((b->state[bud] & 0x7f) >> 2) == order) {
+                fail(c, "free buddies %lld %lld not merged", (long long)p, (long long)bud);
+                return -1;
+            }
+        }
+        nr[order]++;
+        total += size;
+        p += size;
+    }
+    int64_t listed = 0;
+    for (int t = 0; t < 2; t++)
+        for (int o = 0; o <= KMAX; o++)
+            for (int32_t x = b->lhead[t][o]; x >= 0; x = b->h.older[h_find(&b->h, x)]) {
+                if (b->state[x] != (ST_HEAD | (o << 2) | t)) { fail(c, "list %d/%d holds %d", t, o, x); return -1; }
+                listed++;
+            }
+    if (listed != b->h.count) { fail(c, "hash holds %lld, lists %lld", (long long)b->h.count, (long long)listed); return -1; }
+    for (int o = 0; o <= MAXO; o++)
+        if (nr[o] != b->nr[o]) { fail(c, "nr_free[%d] %lld != counted %lld", o, (long long)b->nr[o], (long long)nr[o]); return -1; }
+    if (total != b->free_pages) { fail(c, "free_pages %lld != counted %lld", (long long)b->free_pages, (long long)total); return -1; }
+    if (b->free_pages + c->footprint + c->pinned_by_aging != b->total) {
+        fail(c, "free %lld + footprint %lld + aging %lld != total %lld", (long long)b->free_pages,
+             (long long)c->footprint, (long long)c->pinned_by_aging, (long long)b->total);
+        return -1;
+    }
+    return 0;
+}
+
+void core_free(core_t *c)
+{
+    if (!c) return;
+    for (int i = 0; i < c->nslots; i++) {
+        slot_t *s = &c->slots[i];
+        free(s->g.page_pfn); free(s->g.pflags); free(s->g.data); free(s->g.pins);
+        free(s->g.fstate); free(s->g.fbits); free(s->g.fpfn);
+        free(s->attrs.uni); free(s->attrs.page);
+        if (s->s) {
+            free(s->s->page_pfn); free(s->s->host_map); free(s->s->data); free(s->s->pins);
+            free(s->s->chunk); free(s->s->chunk_pfn); free(s->s->deferred);
+            free(s->s);
+        }
+    }
+    free(c->slots);
+    free(c->shrinkers);
+    free(c->miss); free(c->apfn); free(c->fpfn);
+    buddy_destroy(&c->b);
+    free(c);
+}
