@@ -822,6 +822,9 @@ def gen_huge_scatter(layout, rng, p, touch):
     "locality": Param("choice", "uniform", "where requests land: uniform, zipf hot spots, or "
                       "sequential sweeps", choices=("uniform", "zipf", "sequential")),
     "zipf_s": Param("float", 1.1, "zipf exponent for locality = zipf", minimum=0.0),
+    "invalid_fraction": Param("fraction", 0.0, "share of requests made invalid on purpose, half "
+                              "with a start 2K off alignment, half with size 0 (both EINVAL), to "
+                              "measure the failure path; they get no touches"),
     "rate": RATE,
 }, "independent requests with a chosen size distribution, locality and direction mix",
    "parametric: for sweeps between the families above", default_touch=("host-write",))
@@ -855,14 +858,23 @@ def gen_mixed(layout, rng, p, touch):
     kind = np.where(to_shared, OpKind.TO_SHARED, OpKind.TO_PRIVATE).astype(np.uint8)
     t = arrivals(rng, n, p["rate"])
     conv = make_ops(n, kind, cslot[c], coff[c] + sub, size, 0, t)
+    invalid = rng.random(n) < p["invalid_fraction"]
+    if invalid.any():
+        half = invalid & (rng.random(n) < 0.5)
+        # 2K off alignment: still inside the slot (size shrinks by 4K, or stays 0 if 4K)
+        unaligned = invalid & ~half
+        conv["offset"][unaligned] += np.uint64(PAGE_SIZE // 2)
+        conv["size"][unaligned] -= np.uint64(PAGE_SIZE)
+        conv["size"][half] = 0
     tokens = Tokens(rng)
     cols = [(conv, np.ones(n, bool))]
     # requests overlap freely, so reads cannot know what they will find: unchecked
     for a, ops in touch_columns(touch, touch.after_shared(), conv, tokens):
-        cols.append((ops, to_shared))
+        cols.append((ops, to_shared & ~invalid))
     for a, ops in touch_columns(touch, touch.after_private(), conv, tokens):
-        cols.append((ops, ~to_shared))
-    return interleave(cols), {"requests": n, "to_shared": int(to_shared.sum())}
+        cols.append((ops, ~to_shared & ~invalid))
+    return interleave(cols), {"requests": n, "to_shared": int(to_shared.sum()),
+                              "invalid_requests": int(invalid.sum())}
 
 
 def touch_stream(conv: np.ndarray, touch: Touch, rng: np.random.Generator) -> np.ndarray:
@@ -871,8 +883,9 @@ def touch_stream(conv: np.ndarray, touch: Touch, rng: np.random.Generator) -> np
     if not touch.actions or len(conv) == 0:
         return conv
     tokens = Tokens(rng)
-    to_shared = conv["kind"] == OpKind.TO_SHARED
-    to_private = conv["kind"] == OpKind.TO_PRIVATE
+    ok = ~invalid_conversions(conv)     # a rejected request converts nothing to touch
+    to_shared = (conv["kind"] == OpKind.TO_SHARED) & ok
+    to_private = (conv["kind"] == OpKind.TO_PRIVATE) & ok
     cols = [(conv, np.ones(len(conv), bool))]
     for a, ops in touch_columns(touch, touch.after_shared(), conv, tokens):
         cols.append((ops, to_shared))
@@ -881,17 +894,28 @@ def touch_stream(conv: np.ndarray, touch: Touch, rng: np.random.Generator) -> np
     return interleave(cols)
 
 
-def check_ops(ops: np.ndarray, layout: Layout) -> str | None:
+def invalid_conversions(ops: np.ndarray) -> np.ndarray:
+    """Mask of conversions that the kernel (and QEMU before it) rejects with EINVAL:
+    size 0, or start or size not 4K aligned."""
+    conv = np.isin(ops["kind"], (OpKind.TO_SHARED, OpKind.TO_PRIVATE))
+    return conv & ((ops["size"] == 0) | (ops["offset"] % PAGE_SIZE != 0) | (ops["size"] % PAGE_SIZE != 0))
+
+
+def check_ops(ops: np.ndarray, layout: Layout, allow_invalid_conversions: bool = False) -> str | None:
     """First reason why `ops` are not valid requests for `layout` (None when all are):
-    4K aligned, non-empty, inside their memslot, known kind."""
+    4K aligned, non-empty, inside their memslot, known kind.  With
+    allow_invalid_conversions, conversions may be unaligned or empty (to exercise the
+    failure path), but still lie inside their memslot; touches never may."""
     if len(ops) == 0:
         return None
     nslots = len(layout.memslots)
     if int(ops["slot"].max()) >= nslots:
         return f"op {int(np.argmax(ops['slot'] >= nslots))}: slot out of range"
     sizes = np.array([m.size for m in layout.memslots], dtype=np.uint64)
-    bad = (ops["offset"] % PAGE_SIZE != 0) | (ops["size"] % PAGE_SIZE != 0) | (ops["size"] == 0) \
-        | (ops["offset"] + ops["size"] > sizes[ops["slot"]]) \
+    malformed = (ops["offset"] % PAGE_SIZE != 0) | (ops["size"] % PAGE_SIZE != 0) | (ops["size"] == 0)
+    if allow_invalid_conversions:
+        malformed &= ~invalid_conversions(ops)
+    bad = malformed | (ops["offset"] + ops["size"] > sizes[ops["slot"]]) \
         | ~np.isin(ops["kind"], [int(k) for k in OpKind])
     if bad.any():
         i = int(np.argmax(bad))

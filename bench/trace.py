@@ -41,13 +41,15 @@ def _keep(lst: list, item) -> None:
 
 
 def parse_trace(path: str | Path, layout: Layout, *, strict: bool = False,
-                limit: int | None = None) -> tuple[np.ndarray, dict]:
+                limit: int | None = None, replay_invalid: bool = False) -> tuple[np.ndarray, dict]:
     """Read a QEMU kvm_convert_memory trace into conversion ops for `layout`.
 
     Returns (ops, info).  ops hold the valid requests in file order with offsets relative
     to their memslot; t_ns is relative to the first conversion event when every conversion
     line has a timestamp, else -1.  `limit` keeps the first N valid requests (and stops
-    reading there: info says so)."""
+    reading there: info says so).  replay_invalid keeps the requests that QEMU rejects
+    (size 0, unaligned) when they lie in a memslot, so the replay measures the failure path
+    too; they are still counted under invalid, and also as replayed_invalid."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -65,7 +67,7 @@ def parse_trace(path: str | Path, layout: Layout, *, strict: bool = False,
         "unparsable": 0, "unparsable_examples": [],
         "invalid": {"zero_size": 0, "unaligned": 0, "outside_memslot": 0, "examples": []},
         "valid": 0, "to_shared": 0, "to_private": 0, "bytes_to_shared": 0, "bytes_to_private": 0,
-        "timestamps": "none", "time_backwards": 0, "last_line_unterminated": truncated_last,
+        "replayed_invalid": 0, "timestamps": "none", "time_backwards": 0, "last_line_unterminated": truncated_last,
         "stopped_at_limit": None,
     }
     foreign = info["foreign_by_event"]
@@ -113,25 +115,26 @@ def parse_trace(path: str | Path, layout: Layout, *, strict: bool = False,
         kind = DIRECTIONS[c.group("dir")]
         # the same checks, in the same order, as QEMU's kvm_convert_memory()
         problem = None
+        slot = None
+        for i, (s0, e0) in enumerate(zip(starts, ends)):
+            if s0 <= start and start + max(size, 1) <= e0:
+                slot = i
+                break
         if size == 0:
             problem = "zero_size"
         elif start % PAGE_SIZE or size % PAGE_SIZE:
             problem = "unaligned"
-        else:
-            slot = None
-            for i, (s0, e0) in enumerate(zip(starts, ends)):
-                if s0 <= start and start + size <= e0:
-                    slot = i
-                    break
-            if slot is None:
-                problem = "outside_memslot"
+        elif slot is None:
+            problem = "outside_memslot"
         if problem:
             if strict:
                 raise InputError(f"{EVENT} request start 0x{start:x} size 0x{size:x} would fail "
                                  f"validation: {problem.replace('_', ' ')}", str(path), no)
             inv[problem] += 1
             _keep(inv["examples"], {"line": no, "problem": problem, "start": start, "size": size})
-            continue
+            if not (replay_invalid and slot is not None):
+                continue
+            info["replayed_invalid"] += 1
         if m.group("sec") is not None:
             with_ts += 1
             # the digits after the dot are a fraction of a second (QEMU prints %06 usec)

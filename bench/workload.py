@@ -48,7 +48,7 @@ WORKLOAD_KEYS = {"name", "description", "repetitions", "seed"}
 LAYOUT_KEYS = {"gmem_page_size", "shared_backing", "shared_page", "platform", "init_shared", "memslot"}
 MEMSLOT_KEYS = {"gpa", "size", "numa_node"}
 PHASE_KEYS = {"name", "repeat", "generator", "trace", "touch", "touch_fraction", "touch_size"}
-TRACE_KEYS = {"strict", "limit"}
+TRACE_KEYS = {"strict", "limit", "invalid"}
 QUICK_KEYS = {"scale", "repetitions", "memslot", "phase", "params"}
 TOP_KEYS = {"workload", "layout", "strategy", "params", "phase", "quick"}
 
@@ -221,6 +221,7 @@ class Phase:
     trace: Path | None = None
     strict: bool = False
     limit: int | None = None
+    invalid: str = "skip"                 # trace requests QEMU rejects: skip | replay
     keep_fraction: float = 1.0            # --quick on a trace: share of its requests kept
     source: str = ""                      # workload file (for error messages)
     line: int | None = None
@@ -229,7 +230,8 @@ class Phase:
         """Ops (OP_DTYPE, in execution order) and info about the stream."""
         if self.trace is not None:
             from bench.trace import parse_trace
-            conv, info = parse_trace(self.trace, layout, strict=self.strict, limit=self.limit)
+            conv, info = parse_trace(self.trace, layout, strict=self.strict, limit=self.limit,
+                                     replay_invalid=self.invalid == "replay")
             if self.keep_fraction < 1.0 and len(conv):
                 keep = max(1, math.ceil(len(conv) * self.keep_fraction))
                 info["quick_kept"] = keep
@@ -241,7 +243,9 @@ class Phase:
                 ops, info = gen.func(layout, rng, self.params, self.touch)
             except ValueError as e:
                 raise InputError(f"phase {self.name!r} ({self.generator}): {e}", self.source, self.line)
-        problem = check_ops(ops, layout)
+        asked_for_invalid = (self.trace is not None and self.invalid == "replay") or \
+            self.params.get("invalid_fraction", 0) > 0
+        problem = check_ops(ops, layout, allow_invalid_conversions=asked_for_invalid)
         if problem:   # a generator bug, or a trace replay bug: never hand it to a backend
             raise RuntimeError(f"phase {self.name!r} produced an invalid stream: {problem}")
         info = dict(info)
@@ -251,7 +255,7 @@ class Phase:
     def describe(self) -> dict:
         d = {"name": self.name, "repeat": self.repeat, "touch": self.touch.describe()}
         if self.trace is not None:
-            d.update(trace=str(self.trace), strict=self.strict, limit=self.limit)
+            d.update(trace=str(self.trace), strict=self.strict, limit=self.limit, invalid=self.invalid)
             if self.keep_fraction < 1.0:
                 d["keep_fraction"] = self.keep_fraction
         else:
@@ -338,7 +342,8 @@ class Workload:
             head = f"phase {i}/{len(self.phases)} {ph.name!r} x{ph.repeat}: "
             if ph.trace is not None:
                 out.append(head + f"replay trace {ph.trace}")
-                out.append(f"    strict = {ph.strict}" + (f", limit = {ph.limit}" if ph.limit else "")
+                out.append(f"    strict = {ph.strict}, invalid = {ph.invalid!r}"
+                           + (f", limit = {ph.limit}" if ph.limit else "")
                            + (f", keep first {ph.keep_fraction:g} of requests" if ph.keep_fraction < 1 else ""))
             else:
                 gen = GENERATORS[ph.generator]
@@ -466,9 +471,10 @@ def _phase(ctx: _Ctx, ph: dict, path, base: Path, index: int) -> Phase:
             ctx.error(path + ("trace",), f"trace file {rel!r} not found (looked for {trace})")
         strict = ctx.bool_(ph, "strict", path, False)
         limit = ctx.int_(ph, "limit", path, 0, minimum=0) or None
+        invalid = ctx.str_(ph, "invalid", path, "skip", ("skip", "replay"))
         touch = _touch(ctx, ph, path, ())
         return Phase(name=name, repeat=repeat, trace=trace, strict=strict, limit=limit,
-                     touch=touch, source=str(ctx.path), line=line)
+                     invalid=invalid, touch=touch, source=str(ctx.path), line=line)
     gname = ctx.str_(ph, "generator", path)
     gen = GENERATORS.get(gname)
     if gen is None:

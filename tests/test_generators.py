@@ -308,3 +308,20 @@ def test_every_generator_is_reproducible_from_its_seed():
         assert len(a) > 0, name
         if name != "bulk-roundtrip":    # bulk only differs in its tokens
             assert len(a) != len(c) or not (a == c).all(), name
+
+
+def test_mixed_invalid_fraction_makes_rejected_requests_without_touches():
+    from bench.generators import invalid_conversions
+    lay = layout((0, 256 * M, 0))
+    ops, info = GENERATORS["mixed"].func(lay, np.random.default_rng(3),
+                                         params("mixed", requests=4000, invalid_fraction=0.1),
+                                         Touch(("host-write", "guest-write")))
+    assert check_ops(ops, lay) is not None                      # not a valid stream ...
+    assert check_ops(ops, lay, allow_invalid_conversions=True) is None   # ... on purpose
+    bad = invalid_conversions(ops)
+    assert bad.sum() == info["invalid_requests"] and 300 < bad.sum() < 500
+    # a rejected request is never followed by a touch of its range
+    conv_idx = np.flatnonzero(np.isin(ops["kind"], (OpKind.TO_SHARED, OpKind.TO_PRIVATE)))
+    nxt = conv_idx[bad[conv_idx]] + 1
+    nxt = nxt[nxt < len(ops)]
+    assert np.isin(ops["kind"][nxt], (OpKind.TO_SHARED, OpKind.TO_PRIVATE)).all()

@@ -169,3 +169,14 @@ def test_line_cut_inside_the_event_name_is_a_truncated_line(tmp_path):
     ops, info = parse_trace(q, LAYOUT)
     assert info["unparsable"] == 1 and info["foreign_events"] == 0
     assert info["unparsable_examples"][0]["why"] == "not a trace event line"
+
+
+def test_replay_invalid_keeps_rejected_requests_inside_memslots(tmp_path):
+    p = write(tmp_path,
+              "kvm_convert_memory start 0x1000 size 0x0 private_to_shared\n"
+              "kvm_convert_memory start 0x1800 size 0x1000 private_to_shared\n"
+              "kvm_convert_memory start 0x80000000 size 0x1000 private_to_shared\n"   # no memslot
+              "kvm_convert_memory start 0x1000 size 0x1000 private_to_shared\n")
+    ops, info = parse_trace(p, LAYOUT, replay_invalid=True)
+    assert list(ops["size"]) == [0, 0x1000, 0x1000] and list(ops["offset"]) == [0x1000, 0x1800, 0x1000]
+    assert info["replayed_invalid"] == 2 and info["invalid"]["outside_memslot"] == 1

@@ -101,3 +101,19 @@ def test_malformed_workload_run_exits_2_and_writes_no_results(tmp_path, capsys):
     assert main(["run", "--workload", str(bad), "--no-progress", "--out", str(out)]) == 2
     assert f"{bad}:6: layout.memslot[0].size: '1001K' is not a multiple of 4 KiB" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_invalid_requests_fail_under_both_strategies(tmp_path, capsys):
+    import json
+    wl = tmp_path / "inv.toml"
+    wl.write_text('[workload]\ndescription = "x"\nrepetitions = 1\n\n[[layout.memslot]]\ngpa = 0\n'
+                  'size = "64M"\n\n[[phase]]\ngenerator = "mixed"\nrequests = 2000\n'
+                  'invalid_fraction = 0.05\nsizes = ["4K", "64K"]\n')
+    out = tmp_path / "res"
+    assert main(["run", "-w", str(wl), "--no-progress", "--no-report", "--out", str(out)]) == 0
+    capsys.readouterr()
+    doc = json.loads((out / "results.json").read_text())
+    n_invalid = doc["runs"][0]["trace"]["phase1"]["invalid_requests"]
+    assert n_invalid > 50
+    for r in doc["runs"]:
+        assert r["metrics"]["failed_conversions"] == n_invalid, r["strategy"]
