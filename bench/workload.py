@@ -147,8 +147,15 @@ class _Ctx:
     def __init__(self, path: Path, text: str):
         self.path = path
         self.lines = TomlLines(text)
+        # keys of a phase that came from [quick.phase.NAME]: ("phase", i) -> (table path, keys)
+        self.redirect: dict[tuple, tuple[tuple, set]] = {}
 
     def error(self, path, message):
+        path = tuple(path)
+        if len(path) >= 3 and path[:2] in self.redirect:
+            target, keys = self.redirect[path[:2]]
+            if path[2] in keys:
+                path = target + path[2:]
         where = _fmt_path(path)
         raise InputError(f"{where}: {message}" if where else message, str(self.path),
                          self.lines.line(path))
@@ -342,6 +349,8 @@ class Workload:
             head = f"phase {i}/{len(self.phases)} {ph.name!r} x{ph.repeat}: "
             if ph.trace is not None:
                 out.append(head + f"replay trace {ph.trace}")
+                for c in _trace_header(ph.trace):
+                    out.append(f"    {c}")
                 out.append(f"    strict = {ph.strict}, invalid = {ph.invalid!r}"
                            + (f", limit = {ph.limit}" if ph.limit else "")
                            + (f", keep first {ph.keep_fraction:g} of requests" if ph.keep_fraction < 1 else ""))
@@ -353,6 +362,20 @@ class Workload:
                     out.append(f"    {k} = {_fmt_value(gen.params[k], v)}")
             out.append(f"    touch after each conversion: {ph.touch.describe()}")
         return "\n".join(out)
+
+
+def _trace_header(path: Path, most: int = 3) -> list[str]:
+    """The comment lines a trace starts with (the shipped synthetic traces say what they are)."""
+    out = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.startswith("#") or len(out) == most:
+                    break
+                out.append(line.rstrip("\n"))
+    except OSError:
+        pass
+    return out
 
 
 def _page_name(n: int) -> str:
@@ -571,6 +594,9 @@ def load_workload(name_or_path: str, quick: bool = False) -> Workload:
         ctx.error(("phase",) if "phase" in doc else (), "expected at least one [[phase]] table")
     q_phases = ctx.table(q.get("phase", {}), ("quick", "phase")) if overrides else {}
     names = [p.get("name", f"phase{i + 1}") if isinstance(p, dict) else None for i, p in enumerate(raw_phases)]
+    for i, n in enumerate(names):
+        if n is not None and names.index(n) != i:   # results and [quick.phase.NAME] go by name
+            ctx.error(("phase", i, "name"), f"phase name {n!r} is used twice")
     for qn in q_phases:
         if qn not in names:
             ctx.error(("quick", "phase", qn), f"no phase named {qn!r} (phases: {', '.join(map(str, names))})")
@@ -581,6 +607,7 @@ def load_workload(name_or_path: str, quick: bool = False) -> Workload:
         if overrides and names[i] in q_phases:
             ov = ctx.table(q_phases[names[i]], ("quick", "phase", names[i]))
             merged.update(ov)
+            ctx.redirect[("phase", i)] = (("quick", "phase", names[i]), set(ov))
         phases.append(_phase(ctx, merged, ("phase", i), path.parent, i))
 
     scale = 1.0
@@ -600,6 +627,8 @@ def load_workload(name_or_path: str, quick: bool = False) -> Workload:
         layout = _quick_layout(layout, phases)
         for ph in phases:
             _quick_phase(ph, layout)
+    if not quick and q:
+        load_workload(str(path), quick=True)    # a mistake in [quick] is found without --quick too
     return Workload(name=name, description=description, source=str(path), layout=layout,
                     phases=phases, repetitions=repetitions, seed=seed,
                     strategy_options=strategy_options, params=params, quick=quick, scale=scale)

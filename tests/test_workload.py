@@ -198,7 +198,8 @@ def test_quick_table_needs_scale_and_known_phases(tmp_path):
     p = write(tmp_path, GOOD + "\n[quick]\nrepetitions = 1\n")
     with pytest.raises(InputError, match="scale"):
         load_workload(str(p), quick=True)
-    load_workload(str(p))        # the full variant does not read [quick]
+    with pytest.raises(InputError, match="scale"):
+        load_workload(str(p))        # checked without --quick too
     text = GOOD + "\n[quick]\nscale = 0.5\n[quick.phase.steady]\nbuffers = 1\n"
     p = write(tmp_path, text, "q2.toml")
     with pytest.raises(InputError) as e:
@@ -321,3 +322,17 @@ def test_shipped_hogger_quick_keeps_two_nodes_and_fills_private_memory():
     assert int(hog["size"].sum()) > 0.85 * w.layout.guest_size
     conv = ops[np.isin(ops["kind"], (OpKind.TO_SHARED, OpKind.TO_PRIVATE))]
     assert set(conv["slot"].tolist()) == {0, 1}
+
+
+def test_duplicate_phase_names_and_quick_mistakes_found_without_quick(tmp_path):
+    text = GOOD + '\n[[phase]]\nname = "churn"\ngenerator = "mixed"\n'
+    p = write(tmp_path, text)
+    with pytest.raises(InputError) as e:
+        load_workload(str(p))
+    assert "used twice" in e.value.message and e.value.line == len(text.splitlines()) - 1
+    text = GOOD + "\n[quick]\nscale = 0.5\n[quick.phase.churn]\nbufers = 1\n"
+    p = write(tmp_path, text, "q.toml")
+    with pytest.raises(InputError) as e:
+        load_workload(str(p))                   # not --quick: [quick] is checked all the same
+    assert "quick.phase.churn.bufers: unknown key 'bufers'" in e.value.message
+    assert e.value.line == len(text.splitlines())

@@ -51,6 +51,7 @@ def test_show_trace_workload(capsys):
     out = capsys.readouterr().out
     assert "replay trace" in out and "tdx-boot-plain.log" in out
     assert "valid=1004" in out
+    assert "# SYNTHETIC trace" in out          # the trace header says what it is
 
 
 def test_errors_exit_2_with_file_and_line(tmp_path, capsys):
