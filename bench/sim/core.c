@@ -490,7 +490,7 @@ static int take_slow(buddy_t *b, int order, int t, int64_t *pfn_out, int *o_out)
     }
     int u = 1 - t;
     for (int co = KMAX; co >= order; co--) {
-        if (co < PBO && t == MOVABLE && co < PBO / 2) break;
+        if (t == MOVABLE && co < PBO / 2) break;     /* should_try_claim_block */
         int32_t head = b->lhead[u][co];
         if (co >= PBO) {
             int64_t pfn;
@@ -530,14 +530,6 @@ static int take_slow(buddy_t *b, int order, int t, int64_t *pfn_out, int *o_out)
         if (b->lhead[u][co] >= 0) {
             *pfn_out = list_pop(b, u, co);
             *o_out = co;
-            return 0;
-        }
-    }
-    if (order == KMAX) {
-        int64_t pfn = take_big_chunk(b);
-        if (pfn >= 0) {
-            *pfn_out = pfn;
-            *o_out = KMAX;
             return 0;
         }
     }

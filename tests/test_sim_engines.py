@@ -1,0 +1,290 @@
+"""The C engine (bench/sim/fast.py CoreTarget, bench/sim/core.c) equals the Python reference
+(bench/sim/backend.py SimTarget): same per-step results, same snapshot after every batch,
+same cost breakdown, same fragmentation, over random layouts and op sequences, and on the
+conformance scenarios of test_sim_conformance.py expressed as steps."""
+import errno
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from bench.errors import InputError
+from bench.layout import Layout, Memslot
+from bench.ops import (KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, NO_CHECK, OP_DTYPE, SIGBUS_STATUS,
+                       SKIPPED, STEP_ABORT_ON_FAIL, STEP_DTYPE, Obj, OpKind, Step, Via)
+from bench.sim.backend import SimTarget
+from bench.sim.fast import CoreTarget, core_available, make_sim_target
+from bench.strategies import make_strategy
+
+pytestmark = pytest.mark.skipif(not core_available(), reason="the C core cannot be built here")
+
+MiB = 1 << 20
+GiB = 1 << 30
+K4 = 4096
+SIZES = [1, 2, 3, 16, 511, 512, 513, 1024]
+KINDS = [OpKind.TO_SHARED, OpKind.TO_PRIVATE, OpKind.SHARED_WRITE, OpKind.SHARED_READ,
+         OpKind.PRIVATE_WRITE, OpKind.PRIVATE_READ, OpKind.SHARED_PROBE, OpKind.PIN,
+         OpKind.UNPIN]
+
+
+def open_both(layout, strategy, params):
+    """Both engines, or the InputError both raise (same message)."""
+    errors = []
+    targets = []
+    for cls in (SimTarget, CoreTarget):
+        try:
+            targets.append(cls(layout, strategy, dict(params)))
+        except InputError as e:
+            errors.append(str(e))
+    assert len(errors) in (0, 2), f"only one engine refused the layout: {errors}"
+    if errors:
+        assert errors[0] == errors[1]
+        return None
+    return targets
+
+
+def run_equal(py, c, steps, cuts=()):
+    """Execute steps in batches split at `cuts` on both; assert equal results and
+    snapshots after every batch; return the concatenated results."""
+    bounds = [0] + sorted(set(int(x) for x in cuts if 0 < x < len(steps))) + [len(steps)]
+    out = []
+    for a, b in zip(bounds, bounds[1:]):
+        rp, rc = py.execute(steps[a:b]), c.execute(steps[a:b])
+        bad = np.flatnonzero(rp != rc)
+        assert not len(bad), (f"step {a + bad[0]} ({steps[a + bad[0]]}): python {rp[bad[0]]} "
+                              f"c {rc[bad[0]]}")
+        assert py.snapshot() == c.snapshot(), f"after steps [{a}, {b})"
+        out.append(rc)
+    assert py.breakdown() == c.breakdown()
+    assert py.metadata()["fragmentation"] == c.metadata()["fragmentation"]
+    assert py.metadata()["pageblocks"] == c.metadata()["pageblocks"]
+    assert py.metadata()["huge_fallbacks"] == c.metadata()["huge_fallbacks"]
+    assert py.host.buddy.free_pages + py.host.footprint_pages + py.host.pinned_by_aging == \
+        py.host.buddy.total_pages
+    c.check()
+    return np.concatenate(out) if out else np.zeros(0, py.execute(steps[:0]).dtype)
+
+
+# ---- random layouts and op sequences ---------------------------------------------------------
+@st.composite
+def scenario(draw):
+    folio = draw(st.sampled_from([K4, 2 * MiB, 2 * MiB, GiB]))
+    if folio == GiB:
+        nslots, slot = 1, GiB
+        host = draw(st.sampled_from(["1040M", "1536M", "2600M"]))
+    else:
+        nslots = draw(st.sampled_from([1, 1, 2]))
+        slot = draw(st.sampled_from([4 * MiB, 8 * MiB]))
+        host = draw(st.sampled_from(["6M", "9M", "10M", "12M", "12M", "16M", "24M", "64M"]))
+    layout = Layout(tuple(Memslot(i * 4 * GiB, slot) for i in range(nslots)),
+                    gmem_page_size=folio,
+                    shared_backing=draw(st.sampled_from(["anon", "memfd"])),
+                    shared_page=draw(st.sampled_from(["4k", "thp", "hugetlb"])),
+                    platform=draw(st.sampled_from(["preserve", "zero", "destroy"])),
+                    init_shared=draw(st.booleans()))
+    name = draw(st.sampled_from(["in-place", "dual"]))
+    options = {}
+    if name == "dual":
+        options["copy"] = draw(st.sampled_from(["auto", True, False]))
+        options["discard"] = draw(st.sampled_from([True, True, False]))
+    elif draw(st.booleans()):
+        options["promote"] = draw(st.booleans())
+    params = {"host_memory": host, "seed": draw(st.integers(0, 3)),
+              "prefragment": draw(st.sampled_from([0.0, 0.0, 0.05, 0.3]))}
+    npages = slot // K4
+    nops = draw(st.integers(1, 50))
+    ops = np.zeros(nops, OP_DTYPE)
+    for i in range(nops):
+        kind = draw(st.sampled_from(KINDS))
+        s = draw(st.integers(0, nslots - 1))
+        if folio == GiB and draw(st.booleans()):      # stay near a few places of the 1G folio
+            page = draw(st.sampled_from([0, 1, 511, 512, 100000, npages - 1024]))
+        else:
+            page = draw(st.integers(0, npages - 1))
+        n = min(draw(st.sampled_from(SIZES)), npages - page)
+        token = draw(st.sampled_from([1, 2, 3, NO_CHECK]))
+        ops[i] = (-1, kind, s, page * K4, n * K4, token)
+    cuts = draw(st.lists(st.integers(1, 3 * nops), max_size=4))
+    return layout, make_strategy(name, options), params, ops, cuts
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.data_too_large])
+@given(scenario())
+def test_c_engine_equals_python_reference(sc):
+    layout, strategy, params, ops, cuts = sc
+    targets = open_both(layout, strategy, params)
+    if targets is None:
+        return
+    py, c = targets
+    run_equal(py, c, strategy.compile(ops, layout), cuts)
+
+
+# ---- conformance scenarios, as steps ---------------------------------------------------------
+def steps_of(*rows):
+    """rows: (code, obj, via, flags, op, offset, size, arg)"""
+    out = np.zeros(len(rows), STEP_DTYPE)
+    for i, (code, obj, via, flags, op, offset, size, arg) in enumerate(rows):
+        out[i] = (code, obj, via, flags, 0, op, offset, size, arg)
+    return out
+
+
+def both(strategy="in-place", host="64M", **kw):
+    kw.setdefault("gmem_page_size", K4)
+    layout = Layout((Memslot(0, 8 * MiB),), **kw)
+    py, c = open_both(layout, make_strategy(strategy), {"host_memory": host})
+    return py, c
+
+
+A2, VM, PUNCH, DISC, COPY, W, R, PIN, UNPIN = (Step.GMEM_SET_ATTRS, Step.VM_SET_ATTRS,
+                                               Step.GMEM_PUNCH, Step.SHARED_DISCARD, Step.COPY,
+                                               Step.WRITE, Step.READ, Step.PIN, Step.UNPIN)
+G, S, H, GU = Obj.GMEM, Obj.SHARED, Via.HOST, Via.GUEST
+
+
+def test_ioctl2_validation_order():
+    py, c = both(init_shared=True)
+    res = run_equal(py, c, steps_of(
+        (A2, G, H, 0, 0, 512, K4, PRIVATE),                # unaligned
+        (A2, G, H, 0, 1, 0, K4 + 1, PRIVATE),
+        (A2, G, H, 0, 2, 0, 0, PRIVATE),                   # zero size
+        (A2, G, H, 0, 3, K4, (1 << 64) - K4, PRIVATE),     # overflow
+        (A2, G, H, 0, 4, 8 * MiB, K4, PRIVATE),            # outside the file
+        (A2, G, H, 0, 5, 8 * MiB - K4, 2 * K4, PRIVATE),
+        (A2, G, H, 0, 6, 0, K4, PRIVATE | 1),              # unknown attribute
+        (VM, G, H, 0, 7, 0, K4, PRIVATE),                  # VM ioctl with in-place on
+    ))
+    assert list(res["status"]) == [errno.EINVAL] * 8
+
+
+def test_vm_ioctl_enotty_gmem_ioctl_under_dual():
+    py, c = both("dual", init_shared=True)
+    res = run_equal(py, c, steps_of((A2, G, H, 0, 0, 0, K4, PRIVATE),
+                                    (VM, G, H, 0, 1, 0, 4 * K4, PRIVATE),
+                                    (VM, G, H, 0, 2, 0, 4 * K4, PRIVATE),
+                                    (VM, G, H, 0, 3, 1, 4 * K4, PRIVATE)))
+    assert list(res["status"]) == [errno.ENOTTY, 0, 0, errno.EINVAL]
+    assert res["ns"][2] == 148, "early return: ioctl entry only"
+
+
+def test_elevated_refcount_eagain_error_offset_then_success():
+    py, c = both(init_shared=True)
+    res = run_equal(py, c, steps_of(
+        (W, G, H, 0, 0, 0, 16 * K4, 1),
+        (PIN, G, H, 0, 1, 10 * K4, K4, 0),
+        (A2, G, H, STEP_ABORT_ON_FAIL, 2, 4 * K4, 12 * K4, PRIVATE),
+        (R, G, H, 0, 2, 4 * K4, K4, 1),                    # skipped: same op failed
+        (R, G, H, 0, 3, 4 * K4, K4, 1),                    # still shared: refaults
+        (UNPIN, G, H, 0, 4, 10 * K4, K4, 0),
+        (A2, G, H, 0, 5, 4 * K4, 12 * K4, PRIVATE),
+        (R, G, H, 0, 6, 4 * K4, K4, NO_CHECK),             # now private: SIGBUS
+    ))
+    assert res["status"][2] == errno.EAGAIN and res["aux"][2] == 10 * K4
+    assert res["status"][3] == SKIPPED
+    assert list(res["status"][4:]) == [0, 0, 0, SIGBUS_STATUS] and res["aux"][4] == 0
+
+
+def test_error_offset_not_below_start_with_huge_folio():
+    py, c = both(init_shared=True, gmem_page_size=2 * MiB)
+    res = run_equal(py, c, steps_of((W, G, H, 0, 0, 0, 2 * MiB, 1),
+                                    (PIN, G, H, 0, 1, 3 * K4, K4, 0),
+                                    (A2, G, H, 0, 2, 64 * K4, 8 * K4, PRIVATE)))
+    assert res["status"][2] == errno.EAGAIN and res["aux"][2] == 64 * K4
+
+
+def test_lru_drain_and_stage2_zap_are_charged():
+    py, c = both()
+    run_equal(py, c, steps_of((W, G, GU, 0, 0, 0, 8 * K4, 1),
+                              (A2, G, H, 0, 1, 0, 8 * K4, 0),
+                              (W, G, H, 0, 2, 0, K4, 2),
+                              (A2, G, H, 0, 3, 0, K4, PRIVATE)))
+    b = c.breakdown()
+    assert b["lru_drain"]["count"] == 1 and b["stage2_zap_4k"]["count"] == 8
+
+
+@pytest.mark.parametrize("platform,seen", [("preserve", 0xAB), ("zero", 0),
+                                           ("destroy", 0xDEADBEEF)])
+def test_contents_on_to_shared_per_platform(platform, seen):
+    py, c = both(platform=platform)
+    res = run_equal(py, c, steps_of((W, G, GU, 0, 0, 0, 4 * K4, 0xAB),
+                                    (A2, G, H, 0, 1, 0, 4 * K4, 0),
+                                    (R, G, H, 0, 2, 0, 4 * K4, seen)))
+    assert list(res["status"]) == [0, 0, 0] and res["aux"][2] == 0
+
+
+def test_punch_frees_and_refault_reads_zero():
+    py, c = both(init_shared=True)
+    res = run_equal(py, c, steps_of((W, G, H, 0, 0, 0, 8 * K4, 7),
+                                    (PUNCH, G, H, 0, 1, 0, 8 * K4, 0),
+                                    (PUNCH, G, H, 0, 2, 100, K4, 0),
+                                    (R, G, H, 0, 3, 4 * K4, 4 * K4, 0)))
+    assert list(res["status"]) == [0, 0, errno.EINVAL, 0] and res["aux"][3] == 0
+    assert c.snapshot()["footprint_bytes"] == 4 * K4
+
+
+@pytest.mark.parametrize("promote,merges", [(True, 1), (False, 0)])
+def test_partial_conversion_demotes_then_promotes_if_allowed(promote, merges):
+    layout = Layout((Memslot(0, 8 * MiB),), gmem_page_size=2 * MiB, init_shared=True)
+    strat = make_strategy("in-place", {"promote": promote})
+    py, c = open_both(layout, strat, {"host_memory": "64M"})
+    run_equal(py, c, steps_of((W, G, H, 0, 0, 0, 2 * MiB, 1),
+                              (A2, G, H, 0, 1, 8 * K4, K4, PRIVATE),
+                              (A2, G, H, 0, 2, 8 * K4, K4, 0),
+                              (R, G, H, 0, 3, 0, 2 * MiB, 1)), cuts=[2])
+    snap = c.snapshot()
+    assert snap["huge_splits"] == 1 and snap["huge_merges"] == merges
+    assert snap["footprint_bytes"] == snap["huge_bytes"] == 2 * MiB
+
+
+def test_dual_punch_splits_huge_gmem_folio_and_copies():
+    py, c = both("dual", gmem_page_size=2 * MiB)
+    res = run_equal(py, c, steps_of((W, G, GU, 0, 0, 0, 2 * MiB, 1),
+                                    (VM, G, H, 0, 1, 4 * K4, K4, 0),
+                                    (COPY, S, H, 0, 1, 4 * K4, K4, 0),
+                                    (PUNCH, G, H, 0, 1, 4 * K4, K4, 0),
+                                    (R, S, H, 0, 2, 4 * K4, K4, 1)))
+    assert res["aux"][2] == K4 and res["aux"][4] == 0
+    snap = c.snapshot()
+    # the VM ioctl splits the huge stage-2 leaf (a demotion), the punch the folio itself
+    assert snap["huge_splits"] == 2 and snap["huge_bytes"] == 0
+    assert snap["footprint_bytes"] == 2 * MiB        # 511 gmem pages + 1 shared page
+
+
+def test_anon_thp_deferred_split_runs_under_memory_pressure():
+    # 8M guest, 10M host (2560 pages): the last THP, partly discarded, waits for its
+    # deferred split; the guest's 1600 pages fit only once the shrinker has run
+    py, c = both("dual", host="10M", init_shared=True, shared_page="thp", shared_backing="anon")
+    res = run_equal(py, c, steps_of((W, S, H, 0, 0, 0, 8 * MiB, 1),
+                                    (DISC, S, H, 0, 1, 0, 8 * MiB - 4 * K4, 0),
+                                    (W, S, H, 0, 2, 0, K4, 1),
+                                    (VM, G, H, 0, 3, 0, 8 * MiB, PRIVATE),
+                                    (W, G, GU, 0, 4, 0, 1600 * K4, 2)), cuts=[3])
+    assert list(res["status"]) == [0, 0, 0, 0, 0]
+    assert py.shared[0].deferred == [] and py.shared[0].chunk[3] == 2   # split by the shrinker
+    assert c.snapshot()["footprint_bytes"] == (512 + 4 + 1600) * K4
+
+
+def test_out_of_memory_is_enomem_and_skips_the_op():
+    py, c = both("dual", host="10M")
+    res = run_equal(py, c, steps_of((W, G, GU, 0, 0, 0, 8 * MiB, 1),
+                                    (VM, G, H, STEP_ABORT_ON_FAIL, 1, 0, 8 * MiB, 0),
+                                    (COPY, S, H, STEP_ABORT_ON_FAIL, 1, 0, 8 * MiB, 0),
+                                    (PUNCH, G, H, 0, 1, 0, 8 * MiB, 0)))
+    assert list(res["status"]) == [0, 0, errno.ENOMEM, SKIPPED]
+
+
+def test_hugetlb_pool_preallocated_or_layout_refused():
+    py, c = both("dual", shared_page="hugetlb", shared_backing="memfd")
+    assert c.snapshot()["footprint_bytes"] == 8 * MiB == py.snapshot()["footprint_bytes"]
+    layout = Layout((Memslot(0, 8 * MiB),), shared_page="hugetlb")
+    with pytest.raises(InputError, match="too small"):
+        CoreTarget(layout, make_strategy("dual"), {"host_memory": "6M"})
+
+
+def test_make_sim_target_selects_engine():
+    layout = Layout((Memslot(0, 8 * MiB),))
+    strat = make_strategy("in-place")
+    assert isinstance(make_sim_target(layout, strat, {}), CoreTarget)
+    assert isinstance(make_sim_target(layout, strat, {"engine": "python"}), SimTarget)
+    with pytest.raises(InputError):
+        make_sim_target(layout, strat, {"engine": "fortran"})
