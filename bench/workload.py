@@ -12,7 +12,7 @@ Both backends consume the same Workload: the runner asks each phase for its op s
 from __future__ import annotations
 
 import argparse
-import importlib.resources
+import importlib
 import math
 import os
 import re
@@ -667,12 +667,16 @@ def _quick_phase(ph: Phase, layout: Layout) -> None:
 # ----------------------------------------------------------------------------- finding files
 
 def _packaged_dir() -> Path | None:
+    """The workloads installed with the package (bench.workloads_data = workloads/ in
+    pyproject.toml), else the workloads/ directory of a source checkout."""
     try:
-        p = importlib.resources.files("bench.workloads_data")
-        p = Path(str(p))
-        if p.is_dir():
-            return p
-    except (ModuleNotFoundError, TypeError):
+        # a package without __init__.py is a namespace package: its files() is a
+        # MultiplexedPath, not a path, so ask for the package's directories instead
+        mod = importlib.import_module("bench.workloads_data")
+        for d in getattr(mod, "__path__", []):
+            if Path(d).is_dir():
+                return Path(d)
+    except ModuleNotFoundError:
         pass
     src = Path(__file__).resolve().parent.parent / "workloads"   # a source checkout
     return src if src.is_dir() else None
