@@ -293,3 +293,27 @@ def test_same_fds_for_both_strategies(probed):
             assert any("kvm-gmem" in l or "guest_memfd" in l for l in links)
         finally:
             t.close()
+
+
+def test_failed_setup_restores_settings_and_closes_fds(probed, monkeypatch):
+    from bench.host import kvm
+    from bench.host.sysfs import THP_SHMEM_ENABLED, read_setting
+    before = read_setting(THP_SHMEM_ENABLED)
+    fds_before = set(os.listdir("/proc/self/fd"))
+
+    def refuse(*a, **k):
+        raise OSError(errno.EEXIST, "memslot refused (test)")
+    monkeypatch.setattr(kvm, "kvm_set_user_memory_region2", refuse)
+    with pytest.raises(OSError, match="memslot refused"):
+        target(probed, DualBacking(), shared_backing="memfd", shared_page="thp", size=8 * M)
+    assert read_setting(THP_SHMEM_ENABLED) == before
+    assert set(os.listdir("/proc/self/fd")) <= fds_before
+
+
+def test_huge_gmem_request_is_labelled(probed):
+    t, _ = target(probed, InPlace(), gmem_page_size=2 * M)
+    try:
+        assert t.fidelity()["gmem_huge_folios"] == "unavailable"
+        assert any("4K only" in e for e in t.metadata()["emulation"])
+    finally:
+        t.close()

@@ -503,7 +503,10 @@ class HostTarget:
         return {k: v["fidelity"] for k, v in self.probe["steps"][name].items()}
 
     def fidelity(self) -> dict[str, str]:
-        return dict(self._fidelity)
+        fid = dict(self._fidelity)
+        if self.layout.gmem_page_size != PAGE_SIZE:
+            fid["gmem_huge_folios"] = "unavailable"     # ran with 4K folios (see metadata)
+        return fid
 
     def breakdown(self) -> dict[str, dict]:
         out = {}
