@@ -9,6 +9,7 @@ RSS per strategy.  Target on the 2-core machine: <= 15 s and <= 1.5 GiB per stra
 
     python benchmarks/sim_scale.py                 # the full target
     python benchmarks/sim_scale.py --conversions 100000 --guest 16G
+    python benchmarks/sim_scale.py --engine python --conversions 50000   # the reference
 """
 import argparse
 import json
@@ -41,8 +42,8 @@ def build_ops(guest: int, conversions: int, seed: int):
     return np.concatenate([boot, conv])
 
 
-def one(strategy: str, guest: int, conversions: int, seed: int) -> dict:
-    from bench.backend import open_target
+def one(strategy: str, guest: int, conversions: int, seed: int, engine: str) -> dict:
+    from bench.sim.fast import make_sim_target
     from bench.layout import Layout, Memslot
     from bench.metrics import RepetitionRecord
     from bench.strategies import make_strategy
@@ -54,7 +55,7 @@ def one(strategy: str, guest: int, conversions: int, seed: int) -> dict:
     steps = strat.compile(ops, layout)
     t_gen = time.perf_counter() - t0
     t1 = time.perf_counter()
-    target = open_target("sim", layout, strat, {"seed": seed})
+    target = make_sim_target(layout, strat, {"seed": seed, "engine": engine})
     t_setup = time.perf_counter() - t1
     t2 = time.perf_counter()
     res = target.execute(steps)
@@ -62,7 +63,7 @@ def one(strategy: str, guest: int, conversions: int, seed: int) -> dict:
     rec = RepetitionRecord(ops, steps, res)
     snap = target.snapshot()
     return {
-        "strategy": strategy, "conversions": rec.conversions, "failed": rec.failed_conversions,
+        "strategy": strategy, "engine": type(target).__name__, "conversions": rec.conversions, "failed": rec.failed_conversions,
         "gen_s": round(t_gen, 2), "setup_s": round(t_setup, 2), "run_s": round(t_run, 2),
         "total_s": round(t_gen + t_setup + t_run, 2),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
@@ -78,20 +79,23 @@ def main() -> int:
     ap.add_argument("--conversions", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--strategy", action="append", choices=["in-place", "dual"])
+    ap.add_argument("--engine", choices=["c", "python"], default="c",
+                    help="simulator engine: the C core (default) or the Python reference")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     from bench.sim.backend import parse_size
     guest = parse_size(a.guest, "--guest")
     if a.one:
-        print(json.dumps(one(a.one, guest, a.conversions, a.seed)))
+        print(json.dumps(one(a.one, guest, a.conversions, a.seed, a.engine)))
         return 0
     print(f"simulator scale: guest {guest / GiB:.0f} GiB, 2M folios, {a.conversions:,} conversions"
-          f" of 4K-2M at random offsets, after the guest wrote all memory")
+          f" of 4K-2M at random offsets, after the guest wrote all memory ({a.engine} engine)")
     print(f"{'strategy':<9} {'run s':>7} {'total s':>8} {'peak RSS MiB':>13} {'footprint GiB':>14}"
           f" {'huge cov':>9} {'p50 us':>8}")
     for s in a.strategy or ["in-place", "dual"]:
         out = subprocess.run([sys.executable, __file__, "--one", s, "--guest", a.guest,
-                              "--conversions", str(a.conversions), "--seed", str(a.seed)],
+                              "--conversions", str(a.conversions), "--seed", str(a.seed),
+                              "--engine", a.engine],
                              capture_output=True, text=True)
         if out.returncode:
             print(out.stderr, file=sys.stderr)

@@ -103,8 +103,16 @@ _Static_assert(sizeof(step_t) == CORE_STEP_SIZE, "STEP_DTYPE layout");
 _Static_assert(sizeof(result_t) == CORE_RESULT_SIZE, "RESULT_DTYPE layout");
 
 /* ------------------------------------------------------------------ structures */
-typedef struct {            /* hash: pfn -> links of a typed free list node */
-    int32_t *key, *older, *newer;
+typedef struct {            /* a block on a typed free list; links are node indices */
+    int32_t pfn, older, newer;
+} lnode_t;
+
+typedef struct {
+    int32_t key, node;
+} hent_t;
+
+typedef struct {            /* hash: pfn -> node (open addressing, linear probing) */
+    hent_t *e;
     uint64_t mask;
     int64_t count;
     int shift;
@@ -115,8 +123,11 @@ typedef struct {
     uint8_t *state;         /* ST_* or ST_HEAD | code */
     uint8_t *labels;
     int64_t nr[MAXO + 1];
-    int32_t lhead[2][KMAX + 1];      /* most recently listed block, -1 empty */
+    int32_t lhead[2][KMAX + 1];      /* node of the most recently listed block, -1 empty */
     lhash_t h;
+    lnode_t *nodes;
+    int64_t cap_nodes, used_nodes;
+    int32_t free_node;               /* chain of free nodes through .older */
     /* lists of blocks above KMAX: 0 = all (_big), 1 + t = holding a pageblock of type t */
     int32_t bhead[3][MAXO + 1];
     int32_t *bolder[3], *bnewer[3];
@@ -184,6 +195,7 @@ struct core {
     int64_t *miss; int64_t cap_miss;
     int32_t *apfn; int64_t cap_apfn;
     int32_t *fpfn; int64_t cap_fpfn;
+    int32_t *sortbuf; int64_t cap_sortbuf;
     char err[256];
 };
 
@@ -254,11 +266,9 @@ static inline uint64_t h_idx(const lhash_t *h, int32_t k)
 static void h_init(lhash_t *h, int bits)
 {
     uint64_t cap = 1ull << bits;
-    h->key = malloc(cap * sizeof(int32_t));
-    h->older = malloc(cap * sizeof(int32_t));
-    h->newer = malloc(cap * sizeof(int32_t));
-    if (!h->key || !h->older || !h->newer) abort();
-    memset(h->key, 0xff, cap * sizeof(int32_t));
+    h->e = malloc(cap * sizeof(hent_t));
+    if (!h->e) abort();
+    memset(h->e, 0xff, cap * sizeof(hent_t));
     h->mask = cap - 1;
     h->count = 0;
     h->shift = 64 - bits;
@@ -268,20 +278,19 @@ static inline int64_t h_find(const lhash_t *h, int32_t k)
 {
     uint64_t i = h_idx(h, k);
     for (;;) {
-        int32_t x = h->key[i];
+        int32_t x = h->e[i].key;
         if (x == k) return (int64_t)i;
         if (x < 0) return -1;
         i = (i + 1) & h->mask;
     }
 }
 
-static void h_insert_raw(lhash_t *h, int32_t k, int32_t older, int32_t newer)
+static void h_insert_raw(lhash_t *h, int32_t k, int32_t node)
 {
     uint64_t i = h_idx(h, k);
-    while (h->key[i] >= 0) i = (i + 1) & h->mask;
-    h->key[i] = k;
-    h->older[i] = older;
-    h->newer[i] = newer;
+    while (h->e[i].key >= 0) i = (i + 1) & h->mask;
+    h->e[i].key = k;
+    h->e[i].node = node;
     h->count++;
 }
 
@@ -290,10 +299,8 @@ static void h_grow(lhash_t *h)
     lhash_t old = *h;
     h_init(h, 64 - old.shift + 1);
     for (uint64_t i = 0; i <= old.mask; i++)
-        if (old.key[i] >= 0) h_insert_raw(h, old.key[i], old.older[i], old.newer[i]);
-    free(old.key);
-    free(old.older);
-    free(old.newer);
+        if (old.e[i].key >= 0) h_insert_raw(h, old.e[i].key, old.e[i].node);
+    free(old.e);
 }
 
 static void h_delete_at(lhash_t *h, uint64_t i)
@@ -302,19 +309,17 @@ static void h_delete_at(lhash_t *h, uint64_t i)
     uint64_t j = i;
     for (;;) {
         j = (j + 1) & h->mask;
-        int32_t kj = h->key[j];
+        int32_t kj = h->e[j].key;
         if (kj < 0) break;
         uint64_t home = h_idx(h, kj);
-        /* can kj move to i?  yes if home is not cyclically in (i, j] */
+        /* kj may move to i unless its home lies cyclically in (i, j] */
         int move = (j > i) ? (home <= i || home > j) : (home <= i && home > j);
         if (move) {
-            h->key[i] = kj;
-            h->older[i] = h->older[j];
-            h->newer[i] = h->newer[j];
+            h->e[i] = h->e[j];
             i = j;
         }
     }
-    h->key[i] = -1;
+    h->e[i].key = -1;
     h->count--;
 }
 
@@ -322,24 +327,56 @@ static void h_delete_at(lhash_t *h, uint64_t i)
 static inline int ctz64(uint64_t x) { return __builtin_ctzll(x); }
 static inline int flog2(uint64_t x) { return 63 - __builtin_clzll(x); }
 
+static int32_t node_alloc(buddy_t *b)
+{
+    if (b->free_node >= 0) {
+        int32_t n = b->free_node;
+        b->free_node = b->nodes[n].older;
+        return n;
+    }
+    if (b->used_nodes == b->cap_nodes) {
+        b->cap_nodes = b->cap_nodes ? 2 * b->cap_nodes : 4096;
+        b->nodes = realloc(b->nodes, (size_t)b->cap_nodes * sizeof(lnode_t));
+        if (!b->nodes) abort();
+    }
+    return (int32_t)b->used_nodes++;
+}
+
 static void list_push(buddy_t *b, int t, int o, int32_t pfn)
 {
     int32_t h = b->lhead[t][o];
+    int32_t n = node_alloc(b);
+    b->nodes[n].pfn = pfn;
+    b->nodes[n].older = h;
+    b->nodes[n].newer = -1;
+    if (h >= 0) b->nodes[h].newer = n;
+    b->lhead[t][o] = n;
     if ((uint64_t)(b->h.count + 1) * 2 > b->h.mask + 1) h_grow(&b->h);
-    h_insert_raw(&b->h, pfn, h, -1);
-    if (h >= 0) b->h.newer[h_find(&b->h, h)] = pfn;
-    b->lhead[t][o] = pfn;
+    h_insert_raw(&b->h, pfn, n);
+}
+
+static void list_unlink(buddy_t *b, int t, int o, int32_t n)
+{
+    int32_t older = b->nodes[n].older, newer = b->nodes[n].newer;
+    if (newer >= 0) b->nodes[newer].older = older;
+    else b->lhead[t][o] = older;
+    if (older >= 0) b->nodes[older].newer = newer;
+    b->nodes[n].older = b->free_node;
+    b->free_node = n;
 }
 
 static void list_del(buddy_t *b, int t, int o, int32_t pfn)
 {
     int64_t i = h_find(&b->h, pfn);
     if (i < 0) abort();
-    int32_t older = b->h.older[i], newer = b->h.newer[i];
-    if (newer >= 0) b->h.older[h_find(&b->h, newer)] = older;
-    else b->lhead[t][o] = older;
-    if (older >= 0) b->h.newer[h_find(&b->h, older)] = newer;
-    h_delete_at(&b->h, (uint64_t)h_find(&b->h, pfn));
+    list_unlink(b, t, o, b->h.e[i].node);
+    h_delete_at(&b->h, (uint64_t)i);
+}
+
+static inline int32_t list_head_pfn(const buddy_t *b, int t, int o)
+{
+    int32_t n = b->lhead[t][o];
+    return n >= 0 ? b->nodes[n].pfn : -1;
 }
 
 static void blist_push(buddy_t *b, int l, int o, int32_t pfn)
@@ -402,7 +439,7 @@ static void remove_free(buddy_t *b, int64_t pfn)                     /* _remove_
 
 static int32_t list_pop(buddy_t *b, int t, int o)   /* d.popitem(); del head; nr -= 1 */
 {
-    int32_t pfn = b->lhead[t][o];
+    int32_t pfn = list_head_pfn(b, t, o);
     list_del(b, t, o, pfn);
     b->state[pfn] = ST_FREE;
     b->nr[o]--;
@@ -491,7 +528,7 @@ static int take_slow(buddy_t *b, int order, int t, int64_t *pfn_out, int *o_out)
     int u = 1 - t;
     for (int co = KMAX; co >= order; co--) {
         if (t == MOVABLE && co < PBO / 2) break;     /* should_try_claim_block */
-        int32_t head = b->lhead[u][co];
+        int32_t head = list_head_pfn(b, u, co);
         if (co >= PBO) {
             int64_t pfn;
             if (head >= 0) pfn = list_pop(b, u, co);
@@ -703,6 +740,7 @@ static void buddy_init(buddy_t *b, int64_t total)
     memset(b->lhead, 0xff, sizeof(b->lhead));
     memset(b->bhead, 0xff, sizeof(b->bhead));
     h_init(&b->h, 16);
+    b->free_node = -1;
     b->nbig = (total >> (KMAX + 1)) + 1;
     for (int l = 0; l < 3; l++) {
         b->bolder[l] = xcalloc((size_t)b->nbig, sizeof(int32_t));
@@ -730,9 +768,8 @@ static void buddy_destroy(buddy_t *b)
 {
     free(b->state);
     free(b->labels);
-    free(b->h.key);
-    free(b->h.older);
-    free(b->h.newer);
+    free(b->h.e);
+    free(b->nodes);
     for (int l = 0; l < 3; l++) {
         free(b->bolder[l]);
         free(b->bnewer[l]);
@@ -741,6 +778,21 @@ static void buddy_destroy(buddy_t *b)
 }
 
 /* ------------------------------------------------------------------ attributes (ranges.py) */
+/* every one of n bytes equals v */
+static int bytes_all(const uint8_t *p, int64_t n, uint8_t v)
+{
+    const uint64_t rep = 0x0101010101010101ull * v;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        if (w != rep) return 0;
+    }
+    for (; i < n; i++)
+        if (p[i] != v) return 0;
+    return 1;
+}
+
 static void attrs_init(attrs_t *a, int64_t npages, int initial)
 {
     a->npages = npages;
@@ -761,10 +813,7 @@ static int chunk_uniform(const attrs_t *a, int64_t c, int64_t s, int64_t e, int 
 {
     int u = a->uni[c];
     if (u != MIXED) return u == v;
-    const uint8_t *pg = a->page + (c << CHUNK_SHIFT);
-    for (int64_t i = s; i < e; i++)
-        if (pg[i] != v) return 0;
-    return 1;
+    return bytes_all(a->page + (c << CHUNK_SHIFT) + s, e - s, (uint8_t)v);
 }
 
 static int attrs_is_uniform(const attrs_t *a, int64_t start, int64_t end, int v)
@@ -792,10 +841,7 @@ static void set_in_chunk(attrs_t *a, int64_t c, int64_t s, int64_t e, int v)
     if (old != MIXED) memset(pg, old, (size_t)len);
     if (e > len) e = len;
     memset(pg + s, v, (size_t)(e - s));
-    int i;
-    for (i = 1; i < len; i++)
-        if (pg[i] != pg[0]) break;
-    a->uni[c] = i == len ? (int8_t)pg[0] : MIXED;
+    a->uni[c] = bytes_all(pg, len, pg[0]) ? (int8_t)pg[0] : MIXED;
 }
 
 static void attrs_set(attrs_t *a, int64_t start, int64_t end, int v)
@@ -838,10 +884,29 @@ static int32_t *host_alloc_pages(core_t *c, int64_t n, int movable)
     return c->apfn;
 }
 
-static int cmp_i32(const void *x, const void *y)
+/* pfns < 2^31: LSD radix sort, 3 passes of 11 bits (insertion sort when short) */
+static void sort_pfns(core_t *c, int32_t *v, int64_t n)
 {
-    int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
-    return (a > b) - (a < b);
+    if (n <= 48) {
+        for (int64_t i = 1; i < n; i++) {
+            int32_t x = v[i];
+            int64_t j = i;
+            while (j > 0 && v[j - 1] > x) { v[j] = v[j - 1]; j--; }
+            v[j] = x;
+        }
+        return;
+    }
+    grow32(&c->sortbuf, &c->cap_sortbuf, n);
+    int32_t *src = v, *dst = c->sortbuf;
+    for (int shift = 0; shift < 33; shift += 11) {
+        int64_t cnt[2048] = {0};
+        for (int64_t i = 0; i < n; i++) cnt[((uint32_t)src[i] >> shift) & 2047]++;
+        int64_t sum = 0;
+        for (int k = 0; k < 2048; k++) { int64_t x = cnt[k]; cnt[k] = sum; sum += x; }
+        for (int64_t i = 0; i < n; i++) dst[cnt[((uint32_t)src[i] >> shift) & 2047]++] = src[i];
+        int32_t *t = src; src = dst; dst = t;
+    }
+    if (src != v) memcpy(v, src, (size_t)n * sizeof(int32_t));
 }
 
 /* free_pfns: sorted, as contiguous runs (pfns is modified) */
@@ -851,7 +916,7 @@ static void host_free_pfns(core_t *c, int32_t *pfns, int64_t n)
     int64_t i;
     for (i = 1; i < n; i++)
         if (pfns[i] < pfns[i - 1]) break;
-    if (i < n) qsort(pfns, (size_t)n, sizeof(int32_t), cmp_i32);
+    if (i < n) sort_pfns(c, pfns, n);
     int64_t s = 0;
     for (i = 1; i <= n; i++) {
         if (i == n || pfns[i] != pfns[i - 1] + 1) {
@@ -859,6 +924,50 @@ static void host_free_pfns(core_t *c, int32_t *pfns, int64_t n)
             s = i;
         }
     }
+}
+
+/* pages in [a, b) whose flag byte has `bit`, clearing it */
+static int64_t clear_flag_count(uint8_t *fl, int64_t a, int64_t b, uint8_t bit)
+{
+    int64_t n = 0, p = a;
+    const uint64_t rep = 0x0101010101010101ull * bit;
+    for (; p < b && (p & 7); p++)
+        if (fl[p] & bit) { fl[p] &= ~bit; n++; }
+    for (; p + 8 <= b; p += 8) {
+        uint64_t w;
+        memcpy(&w, fl + p, 8);
+        uint64_t m = w & rep;
+        if (m) {
+            n += __builtin_popcountll(m);
+            w &= ~rep;
+            memcpy(fl + p, &w, 8);
+        }
+    }
+    for (; p < b; p++)
+        if (fl[p] & bit) { fl[p] &= ~bit; n++; }
+    return n;
+}
+
+/* pages in [a, b) whose flag byte lacks `bit`, setting it */
+static int64_t set_flag_count(uint8_t *fl, int64_t a, int64_t b, uint8_t bit)
+{
+    int64_t n = 0, p = a;
+    const uint64_t rep = 0x0101010101010101ull * bit;
+    for (; p < b && (p & 7); p++)
+        if (!(fl[p] & bit)) { fl[p] |= bit; n++; }
+    for (; p + 8 <= b; p += 8) {
+        uint64_t w;
+        memcpy(&w, fl + p, 8);
+        uint64_t m = ~w & rep;
+        if (m) {
+            n += __builtin_popcountll(m);
+            w |= rep;
+            memcpy(fl + p, &w, 8);
+        }
+    }
+    for (; p < b; p++)
+        if (!(fl[p] & bit)) { fl[p] |= bit; n++; }
+    return n;
 }
 
 /* ------------------------------------------------------------------ touch */
@@ -949,6 +1058,25 @@ static inline int gmem_present(const gmem_t *g, int64_t p)
     return g->page_pfn[p] != 0 || (g->order && g->fstate[p >> g->order] == INTACT);
 }
 
+static int64_t count_pfns(const int32_t *page_pfn, int64_t a, int64_t b)
+{
+    int64_t n = 0;
+    for (int64_t p = a; p < b; p++) n += page_pfn[p] != 0;
+    return n;
+}
+
+static int64_t gmem_count_present(const gmem_t *g, int64_t p0, int64_t p1)
+{
+    if (!g->order) return count_pfns(g->page_pfn, p0, p1);
+    int o = g->order;
+    int64_t fp = g->fpages, n = 0;
+    for (int64_t f = p0 >> o; f <= (p1 - 1) >> o; f++) {
+        int64_t a = p0 > f * fp ? p0 : f * fp, b = p1 < (f + 1) * fp ? p1 : (f + 1) * fp;
+        n += g->fstate[f] == INTACT ? b - a : count_pfns(g->page_pfn, a, b);
+    }
+    return n;
+}
+
 static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f)        /* _split_folio */
 {
     int64_t fp = g->fpages, base = g->fpfn[f];
@@ -975,12 +1103,7 @@ static void set_flag_range(uint8_t *fl, int64_t a, int64_t b, uint8_t bit)
 
 static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int charge)
 {
-    int64_t n = 0;
-    for (int64_t p = p0; p < p1; p++)
-        if (g->pflags[p] & PF_HOST) {
-            g->pflags[p] &= ~PF_HOST;
-            n++;
-        }
+    int64_t n = clear_flag_count(g->pflags, p0, p1, PF_HOST);
     if (n && charge) led_op(c, K_HOST_ZAP_PTE, n);
     if (g->order) {
         int o = g->order;
@@ -1003,12 +1126,7 @@ static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int c
 
 static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
 {
-    int64_t n = 0;
-    for (int64_t p = p0; p < p1; p++)
-        if (g->pflags[p] & PF_S2) {
-            g->pflags[p] &= ~PF_S2;
-            n++;
-        }
+    int64_t n = clear_flag_count(g->pflags, p0, p1, PF_S2);
     led_each(c, K_STAGE2_ZAP_4K, n);
     if (g->order) {
         int o = g->order;
@@ -1052,18 +1170,10 @@ static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int6
         for (int64_t f = f0; f < f1; f++) {
             if (g->fbits[f] & pmd) continue;
             int64_t a = p0 > f * fp ? p0 : f * fp, b = p1 < (f + 1) * fp ? p1 : (f + 1) * fp;
-            for (int64_t p = a; p < b; p++)
-                if (!(g->pflags[p] & pte)) {
-                    g->pflags[p] |= pte;
-                    n++;
-                }
+            n += set_flag_count(g->pflags, a, b, pte);
         }
     } else {
-        for (int64_t p = p0; p < p1; p++)
-            if (!(g->pflags[p] & pte)) {
-                g->pflags[p] |= pte;
-                n++;
-            }
+        n = set_flag_count(g->pflags, p0, p1, pte);
     }
     if (n && !guest) led_each(c, K_REFAULT_GMEM, n);
 }
@@ -1292,6 +1402,17 @@ static int64_t shared_populate(core_t *c, shared_t *s, int64_t p0, int64_t p1)
 static inline int shared_present(const shared_t *s, int64_t p)
 {
     return s->page_pfn[p] != 0 || (s->huge && s->chunk[p >> 9] == INTACT);
+}
+
+static int64_t shared_count_present(const shared_t *s, int64_t p0, int64_t p1)
+{
+    if (!s->huge) return count_pfns(s->page_pfn, p0, p1);
+    int64_t n = 0;
+    for (int64_t ch = p0 >> 9; ch <= (p1 - 1) >> 9; ch++) {
+        int64_t a = p0 > (ch << 9) ? p0 : (ch << 9), b = p1 < ((ch + 1) << 9) ? p1 : ((ch + 1) << 9);
+        n += s->chunk[ch] == INTACT ? b - a : count_pfns(s->page_pfn, a, b);
+    }
+    return n;
 }
 
 static int64_t shared_access(core_t *c, shared_t *s, int64_t p0, int64_t p1, int write, uint64_t token)
@@ -1607,14 +1728,14 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
                 p1 = clip_pages(p1, s->g.npages);
                 int64_t np = 0;
                 if (st.obj == 1) {          /* gmem -> shared */
-                    for (int64_t p = p0; p < p1; p++) np += gmem_present(&s->g, p);
+                    np = p0 < p1 ? gmem_count_present(&s->g, p0, p1) : 0;
                     if (np) {
                         shared_populate(c, s->s, p0, p1);
                         memcpy(s->s->data + p0, s->g.data + p0, (size_t)(p1 - p0) * 4);
                         led_op(c, K_MEMCPY, np);
                     }
                 } else {
-                    for (int64_t p = p0; p < p1; p++) np += shared_present(s->s, p);
+                    np = p0 < p1 ? shared_count_present(s->s, p0, p1) : 0;
                     if (np) {
                         gmem_populate(c, &s->g, p0, p1);
                         memcpy(s->g.data + p0, s->s->data + p0, (size_t)(p1 - p0) * 4);
@@ -1729,7 +1850,10 @@ int core_check(core_t *c)
     int64_t listed = 0;
     for (int t = 0; t < 2; t++)
         for (int o = 0; o <= KMAX; o++)
-            for (int32_t x = b->lhead[t][o]; x >= 0; x = b->h.older[h_find(&b->h, x)]) {
+            for (int32_t n = b->lhead[t][o]; n >= 0; n = b->nodes[n].older) {
+                int32_t x = b->nodes[n].pfn;
+                int64_t i = h_find(&b->h, x);
+                if (i < 0 || b->h.e[i].node != n) { fail(c, "list %d/%d: block %d not indexed", t, o, x); return -1; }
                 if (b->state[x] != (ST_HEAD | (o << 2) | t)) { fail(c, "list %d/%d holds %d", t, o, x); return -1; }
                 listed++;
             }
@@ -1761,7 +1885,7 @@ void core_free(core_t *c)
     }
     free(c->slots);
     free(c->shrinkers);
-    free(c->miss); free(c->apfn); free(c->fpfn);
+    free(c->miss); free(c->apfn); free(c->fpfn); free(c->sortbuf);
     buddy_destroy(&c->b);
     free(c);
 }
