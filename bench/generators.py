@@ -11,7 +11,8 @@ Conventions shared by all generators:
 - memory starts private (unless layout.init_shared) and every generator that converts to
   shared and back leaves its buffers private again at the end, except swiotlb-boot, whose
   pool stays shared as in a real guest;
-- requests are 4K aligned and inside their memslot;
+- requests are 4K aligned and inside their memslot (mixed's invalid_fraction breaks the
+  alignment of some on purpose);
 - tokens are drawn at random per stream (never 0, never NO_CHECK), so two phases do not
   write the same values by construction;
 - t_ns is -1 when the stream has no rate, else Poisson arrivals (ns from the phase start),
