@@ -284,26 +284,29 @@ class Workload:
     quick: bool = False
     scale: float = 1.0
 
-    def rng(self, repetition: int = 0) -> np.random.Generator:
-        """The generator for one repetition: reproducible from the seed, different per repetition."""
-        return np.random.default_rng([self.seed, repetition])
+    def rng(self, repetition: int = 0, phase_index: int = 0, repeat: int = 0) -> np.random.Generator:
+        """The generator of one phase stream: reproducible from the seed, different per
+        repetition, phase and repeat (the same seeding as bench.runner.build_ops)."""
+        return np.random.default_rng([self.seed, repetition, phase_index, repeat])
 
-    def streams(self, rng: np.random.Generator | None = None):
-        """Yield (phase, repeat_index, ops, info) in execution order."""
-        rng = rng if rng is not None else self.rng()
-        for phase in self.phases:
+    def streams(self, repetition: int = 0, rng: np.random.Generator | None = None):
+        """Yield (phase, repeat_index, ops, info) in execution order.  Each stream gets
+        self.rng(repetition, phase, repeat) unless one rng is given for all."""
+        for pi, phase in enumerate(self.phases):
             for r in range(phase.repeat):
-                ops, info = phase.generate(self.layout, rng)
+                g = rng if rng is not None else self.rng(repetition, pi, r)
+                ops, info = phase.generate(self.layout, g)
                 yield phase, r, ops, info
 
-    def ops(self, rng: np.random.Generator | None = None) -> tuple[np.ndarray, list[dict]]:
-        """The whole stream, phases and repeats appended, with the timed parts of later
-        streams shifted to start after the last time so far.  Each info gets 'phase',
-        'repeat' and 'first_op'/'n_ops' (its slice of the stream)."""
+    def ops(self, repetition: int = 0, rng: np.random.Generator | None = None) -> tuple[np.ndarray, list[dict]]:
+        """The whole stream of one repetition, phases and repeats appended, with the timed
+        parts of later streams shifted to start after the last time so far (each stream's
+        t_ns starts at 0).  Each info gets 'phase', 'repeat' and 'first_op'/'n_ops' (its
+        slice of the stream)."""
         parts, infos = [], []
         t_end = 0
         n = 0
-        for phase, r, ops, info in self.streams(rng):
+        for phase, r, ops, info in self.streams(repetition, rng):
             ops = ops.copy()
             timed = ops["t_ns"] >= 0
             if timed.any():
@@ -764,7 +767,7 @@ def cli_workloads(args) -> int:
     if args.stats:
         print("stream (seed %d, repetition 0):" % w.seed)
         t0 = time.perf_counter()
-        for phase, r, ops, info in w.streams(w.rng(0)):
+        for phase, r, ops, info in w.streams(0):
             print(f"  phase {phase.name!r} repeat {r}: {len(ops)} ops")
             for kind, c in info["ops"].items():
                 print(f"    {kind:<14} {c['ops']:>10} ops  {format_size(c['bytes'])}")

@@ -72,7 +72,7 @@ def test_every_shipped_workload_loads_and_generates_quick(name):
     assert w.quick and 0 < w.scale < 1
     assert w.layout.guest_size <= full.layout.guest_size
     total = 0
-    for phase, r, ops, info in w.streams(w.rng(0)):
+    for phase, r, ops, info in w.streams(0):
         assert check_ops(ops, w.layout) is None
         total += len(ops)
         assert "ops" in info
@@ -336,3 +336,20 @@ def test_duplicate_phase_names_and_quick_mistakes_found_without_quick(tmp_path):
         load_workload(str(p))                   # not --quick: [quick] is checked all the same
     assert "quick.phase.churn.bufers: unknown key 'bufers'" in e.value.message
     assert e.value.line == len(text.splitlines())
+
+
+def test_ops_matches_the_runners_per_phase_seeding():
+    runner = pytest.importorskip("bench.runner")
+    if not hasattr(runner, "build_ops"):
+        pytest.skip("the runner builds streams through Workload.ops")
+    build_ops = runner.build_ops
+    w = load_workload("snp-guest", quick=True)
+    mine, infos = w.ops(repetition=1)
+    theirs, _ = build_ops(w, 1)
+    for f in ("kind", "slot", "offset", "size", "token"):
+        assert (mine[f] == theirs[f]).all()
+    # steady-state times follow the boot (untimed here) and never go backwards
+    timed = mine["t_ns"][mine["t_ns"] >= 0]
+    assert len(timed) and (np.diff(timed) >= 0).all()
+    other, _ = w.ops(repetition=2)
+    assert len(other) != len(mine) or not (other["offset"] == mine["offset"]).all()
