@@ -325,3 +325,18 @@ def test_mixed_invalid_fraction_makes_rejected_requests_without_touches():
     nxt = conv_idx[bad[conv_idx]] + 1
     nxt = nxt[nxt < len(ops)]
     assert np.isin(ops["kind"][nxt], (OpKind.TO_SHARED, OpKind.TO_PRIVATE)).all()
+
+
+from hypothesis import given, settings, strategies as st
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 400), st.integers(1, 16), st.sampled_from(["fifo", "exponential"]),
+       st.sampled_from(["uniform", "zipf"]), st.floats(0.5, 3.0), st.integers(0, 2**32 - 1),
+       st.lists(st.sampled_from([4096, 8192, 12288, 65536]), min_size=1, max_size=4))
+def test_dma_churn_never_overlaps_live_buffers(buffers, in_flight, lifetime, placement, s, seed, sizes):
+    lay = layout((0, 8 * M, 0), (1 * G, 4 * M, 1))
+    ops, _ = gen("dma-churn", lay, seed=seed, buffers=buffers, in_flight=in_flight,
+                 lifetime=lifetime, placement=placement, zipf_s=s, sizes=sizes)
+    assert replay_live_set(ops) == {}
+    assert (ops["kind"] == OpKind.TO_SHARED).sum() == buffers

@@ -180,3 +180,30 @@ def test_replay_invalid_keeps_rejected_requests_inside_memslots(tmp_path):
     ops, info = parse_trace(p, LAYOUT, replay_invalid=True)
     assert list(ops["size"]) == [0, 0x1000, 0x1000] and list(ops["offset"]) == [0x1000, 0x1800, 0x1000]
     assert info["replayed_invalid"] == 2 and info["invalid"]["outside_memslot"] == 1
+
+
+from hypothesis import given, settings, strategies as st
+
+_GOOD = st.builds(lambda s, n, d: f"kvm_convert_memory start 0x{s:x} size 0x{n:x} {d}",
+                  st.integers(0, 8 << 30), st.integers(0, 1 << 24),
+                  st.sampled_from(["private_to_shared", "shared_to_private"]))
+_LINES = st.lists(st.one_of(_GOOD, st.text(max_size=40).map(lambda t: t.replace("\n", " ")),
+                            st.just("kvm_memory_fault start 0x1000 size 0x1000 flags 0x0"),
+                            st.just("# comment"), st.just("")), max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_LINES, st.booleans())
+def test_every_line_is_accounted_for(tmp_path_factory, lines, final_newline):
+    """Nothing is dropped silently: each line is a comment, blank, conversion (valid or
+    invalid), foreign event or unparsable."""
+    p = tmp_path_factory.mktemp("h") / "t.log"
+    p.write_text("\n".join(lines) + ("\n" if final_newline and lines else ""))
+    ops, info = parse_trace(p, LAYOUT)
+    inv = info["invalid"]
+    n_invalid = inv["zero_size"] + inv["unaligned"] + inv["outside_memslot"]
+    assert info["parsed"] == info["valid"] + n_invalid
+    assert info["comments"] + info["blank"] + info["parsed"] + info["foreign_events"] \
+        + info["unparsable"] == info["lines"]
+    assert len(ops) == info["valid"]
+    assert ((ops["offset"] % 4096 == 0) & (ops["size"] % 4096 == 0) & (ops["size"] > 0)).all()
