@@ -166,8 +166,11 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
             serieses = {s: [] for s in strategies}
             info = {}
             extras = {}
-            for rep in range(reps):
-                ops, info = build_ops(wl, rep)
+            # On real hardware the first iteration pays lazy initialisation and page
+            # reporting (host-costs.md traps 1-2): run it, discard it.
+            warmups = int(params.get("warmup_repetitions", 1 if backend == "host" else 0))
+            for rep in range(-warmups, reps):
+                ops, info = build_ops(wl, max(rep, 0))
                 for sname in strategies:
                     opts = dict(wl.strategy_options.get(sname, {}))
                     opts.update(cli_options.get(sname, {}))
@@ -181,6 +184,9 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                     bar.n = 0 if hasattr(bar, "_bar") is False else bar.n
                     target = open_target(backend, wl.layout, strategy, bparams)
                     try:
+                        if rep < 0:
+                            execute_repetition(target, ops, steps)
+                            continue
                         t0 = time.perf_counter()
                         res, series = execute_repetition(target, ops, steps, bar)
                         wall = time.perf_counter() - t0
@@ -201,6 +207,7 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
             for sname in strategies:
                 runs.append(_run_entry(wl, sname, backend, recs[sname], serieses[sname],
                                        extras[sname], prof, quick, info))
+                runs[-1]["warmup_repetitions"] = warmups
     elapsed = time.time() - t_start
     if samples:
         atomic_write_npz(tmp / "samples.npz", samples)
