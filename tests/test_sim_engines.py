@@ -101,9 +101,17 @@ def scenario(draw):
             page = draw(st.sampled_from([0, 1, 511, 512, 100000, npages - 1024]))
         else:
             page = draw(st.integers(0, npages - 1))
-        n = min(draw(st.sampled_from(SIZES)), npages - page)
+        n = min(draw(st.sampled_from(SIZES + [npages])), npages - page)
         token = draw(st.sampled_from([1, 2, 3, NO_CHECK]))
-        ops[i] = (-1, kind, s, page * K4, n * K4, token)
+        offset, size = page * K4, n * K4
+        if kind in (OpKind.TO_SHARED, OpKind.TO_PRIVATE):
+            # invalid requests as bench.generators makes them: empty, or 2K off alignment
+            bad = draw(st.sampled_from([None] * 8 + ["empty", "unaligned"]))
+            if bad == "empty":
+                size = 0
+            elif bad == "unaligned":
+                offset, size = offset + K4 // 2, size - K4
+        ops[i] = (-1, kind, s, offset, size, token)
     cuts = draw(st.lists(st.integers(1, 3 * nops), max_size=4))
     return layout, make_strategy(name, options), params, ops, cuts
 

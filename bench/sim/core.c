@@ -1664,13 +1664,51 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     return 0;
 }
 
-static int64_t clip_pages(int64_t p, int64_t npages) { return p < npages ? p : npages; }
+/* a step this engine can run; else -1 with the reason (checked before any step of the batch
+ * runs; page ranges are checked when a step runs, see range_ok()) */
+static int validate_step(core_t *c, int64_t i, const step_t *sp)
+{
+    const step_t st = *sp;
+    if (st.code > 9) {
+        fail(c, "step %lld: unknown step code %u", (long long)i, st.code);
+        return -1;
+    }
+    if (st.code != 0 && st.slot >= c->nslots) {
+        fail(c, "step %lld: slot %u out of range", (long long)i, st.slot);
+        return -1;
+    }
+    const slot_t *s = st.code ? &c->slots[st.slot] : NULL;
+    int needs_shared = (st.code == 4 || st.code == 5 ||
+                        ((st.code >= 6) && st.obj == 1));
+    if (needs_shared && !s->s) {
+        fail(c, "step %lld: the strategy has no shared backing", (long long)i);
+        return -1;
+    }
+    return 0;
+}
+
+/* page ranges of touches, copies, pins and discards are not validated by the model;
+ * Python's numpy slicing gives empty or out-of-memslot ones odd meanings that this engine
+ * does not reproduce, so it refuses them (bench.generators.check_ops never lets them
+ * through; skipped steps of a failed conversion are not checked) */
+static int range_ok(core_t *c, int64_t i, const step_t *sp, const slot_t *s, int64_t p0, int64_t p1)
+{
+    if (sp->code < 4) return 1;
+    int64_t np = sp->code == 4 || sp->obj == 1 ? s->s->npages : s->g.npages;
+    int gmem_touch = (sp->code == 6 || sp->code == 7) && sp->obj == 0;
+    if (p0 < p1 && (p1 <= np || gmem_touch)) return 1;
+    fail(c, "step %lld: pages [%lld, %lld) are not a range inside the memslot (%lld pages)",
+         (long long)i, (long long)p0, (long long)p1, (long long)np);
+    return 0;
+}
 
 int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
 {
     const step_t *steps = steps_v;
     result_t *res = results_v;
     int64_t failed_op = -1;
+    for (int64_t i = 0; i < n; i++)
+        if (validate_step(c, i, &steps[i])) return -1;
     for (int64_t i = 0; i < n; i++) {
         const step_t st = steps[i];
         result_t *r = &res[i];
@@ -1680,26 +1718,14 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
             r->aux = 0;
             continue;
         }
-        if (st.code > 9) {
-            fail(c, "step %lld: unknown step code %u", (long long)i, st.code);
-            return -1;
-        }
-        if (st.code != 0 && st.slot >= c->nslots) {
-            fail(c, "step %lld: slot %u out of range", (long long)i, st.slot);
-            return -1;
-        }
         slot_t *s = st.code ? &c->slots[st.slot] : NULL;
-        int needs_shared = (st.code == 4 || st.code == 5 ||
-                            ((st.code >= 6) && st.obj == 1));
-        if (needs_shared && !s->s) {
-            fail(c, "step %lld: the strategy has no shared backing", (long long)i);
-            return -1;
-        }
+        int64_t p0 = (int64_t)(st.offset >> PAGE_SHIFT);
+        unsigned __int128 end = ((unsigned __int128)st.offset + st.size) >> PAGE_SHIFT;
+        int64_t p1 = end > (unsigned __int128)INT64_MAX ? INT64_MAX : (int64_t)end;
+        if (!range_ok(c, i, &st, s, p0, p1)) return -1;
         c->step_ns = 0.0;
         volatile int status = 0;
         int64_t aux = 0;
-        int64_t p0 = (int64_t)(st.offset >> PAGE_SHIFT);
-        int64_t p1 = (int64_t)((st.offset + st.size) >> PAGE_SHIFT);
         c->in_step = 1;
         if (setjmp(c->oom)) {
             status = ENOMEM;
@@ -1721,11 +1747,9 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
                 status = gmem_punch(c, &s->g, st.offset, st.size);
                 break;
             case 4:
-                p1 = clip_pages(p1, s->s->npages);
-                status = p0 < p1 ? shared_discard(c, s->s, p0, p1) : 0;
+                status = shared_discard(c, s->s, p0, p1);
                 break;
             case 5: {
-                p1 = clip_pages(p1, s->g.npages);
                 int64_t np = 0;
                 if (st.obj == 1) {          /* gmem -> shared */
                     np = p0 < p1 ? gmem_count_present(&s->g, p0, p1) : 0;
@@ -1749,7 +1773,6 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
             case 7: {
                 int write = st.code == 6;
                 if (st.obj == 1) {
-                    p1 = clip_pages(p1, s->s->npages);
                     aux = shared_access(c, s->s, p0, p1, write, st.arg);
                 } else {
                     status = gmem_access(c, s, p0, p1, st.via == 1, write, st.arg, &aux);
@@ -1760,11 +1783,9 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
             case 9: {
                 int delta = st.code == 8 ? 1 : -1;
                 if (st.obj == 0) {
-                    p1 = clip_pages(p1, s->g.npages);
                     if (delta > 0) gmem_populate(c, &s->g, p0, p1);
                     status = pin_pages(s->g.pins, &s->g.npinned, p0, p1, delta);
                 } else {
-                    p1 = clip_pages(p1, s->s->npages);
                     status = pin_pages(s->s->pins, NULL, p0, p1, delta);
                 }
                 break;
