@@ -37,7 +37,8 @@ results.json, schema "gmembench-results/1":
       "series": {"op_index": [...], "t_ns": [...], "footprint_bytes": [...],
                  "hugepage_coverage": [...], "huge_splits": [...]},   # repetition 0
       "breakdown": {primitive: {"count": n, "ns": total}},
-      "trace": {...} | absent,               # trace replay counts
+      "phases": {phase: what its generator reported},
+      "trace": {phase: replay counts} | null, # trace replay phases only
       "metadata": {...}                       # backend metadata (harness overhead, scale...)
     }
   ]

@@ -56,16 +56,11 @@ def host_facts() -> dict:
 
 
 def build_ops(workload, rep: int) -> tuple[np.ndarray, dict]:
-    """The op stream of one repetition: every phase, repeated as the workload says."""
-    parts, info = [], {}
-    for pi, phase in enumerate(workload.phases):
-        for r in range(phase.repeat):
-            rng = np.random.default_rng([workload.seed, rep, pi, r])
-            ops, pinfo = phase.generate(workload.layout, rng)
-            parts.append(ops)
-            if pinfo:
-                info[phase.name if phase.repeat == 1 else f"{phase.name}#{r}"] = pinfo
-    ops = np.concatenate(parts) if parts else np.zeros(0, OP_DTYPE)
+    """The op stream of one repetition (every phase, repeated, timed parts shifted so
+    time only goes forward) and what the phases reported (e.g. trace replay counts)."""
+    ops, infos = workload.ops(repetition=rep)
+    info = {f"{i['phase']}#{i['repeat']}" if i.get("repeat") else str(i["phase"]): i
+            for i in infos}
     return ops, info
 
 
@@ -253,7 +248,8 @@ def _run_entry(wl, sname, backend, recs, serieses, extra, prof, quick, info) -> 
         "series": {k: s0[k] for k in ("op_index", "t_ns", "footprint_bytes", "hugepage_coverage",
                                      "huge_splits", "huge_merges")},
         "breakdown": extra["breakdown"],
-        "trace": info or None,
+        "phases": info,
+        "trace": {k: v for k, v in info.items() if "lines" in v} or None,
         "metadata": meta,
         "timing": {"wall_s": [round(r.wall_s, 4) for r in recs]},
     }
