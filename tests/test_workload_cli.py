@@ -114,7 +114,7 @@ def test_invalid_requests_fail_under_both_strategies(tmp_path, capsys):
     assert main(["run", "-w", str(wl), "--no-progress", "--no-report", "--out", str(out)]) == 0
     capsys.readouterr()
     doc = json.loads((out / "results.json").read_text())
-    n_invalid = doc["runs"][0]["trace"]["phase1"]["invalid_requests"]
+    n_invalid = doc["runs"][0]["phases"]["phase1"]["invalid_requests"]
     assert n_invalid > 50
     for r in doc["runs"]:
         assert r["metrics"]["failed_conversions"] == n_invalid, r["strategy"]
