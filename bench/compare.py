@@ -42,10 +42,19 @@ Method
    says to run more repetitions.
    Spread shown = MAD of the baseline's per-repetition values, as % of their median.
 
+4. Family.  The p-values of all tested rows are adjusted with Holm-Bonferroni, so the
+   chance that an unchanged set of benchmarks gets any row flagged stays <= alpha *if the
+   repetitions of one run are exchangeable with those of the other*.  They are not quite:
+   a whole run shares the machine's state (other load, THP pool, frequency), so runs differ
+   by more than their repetitions do.  The effect threshold is what absorbs that
+   between-run drift, so it must be at least the drift the machine shows between identical
+   runs: benchmarks/gate_quality.py measures it (the 95th percentile of |A/A change| per
+   metric) together with the false-alarm and detection rates.
+
 Defaults (--threshold sets all, --metric-threshold NAME=PCT one): latency p50 5%, latency
-p99 10% (tails move more between processes), footprint peak 5%, bytes copied 5%, huge
-splits 5%; --alpha 0.05.  benchmarks/gate_quality.py measures the false-alarm rate (A/A) and
-the detection rate of a 10% slowdown (A/B) of these settings on the machine it runs on.
+p99 25% (tails drift far more between runs than medians), footprint peak 5%, bytes copied
+5%, huge splits 5%; --alpha 0.05.  Use >= 5 repetitions per run: with k tested rows the
+exact test needs C(2n, n) >= k / alpha (a warning says so when it cannot be met).
 """
 import argparse
 import itertools
@@ -64,7 +73,9 @@ from bench.results import atomic_write_json, load_results, load_samples
 METRICS = ("latency_p50", "latency_p99", "footprint_peak", "bytes_copied", "huge_splits")
 UNITS = {"latency_p50": "ns", "latency_p99": "ns", "footprint_peak": "byte",
          "bytes_copied": "byte", "huge_splits": "count"}
-DEFAULT_THRESHOLDS = {"latency_p50": 0.05, "latency_p99": 0.10, "footprint_peak": 0.05,
+# p99 25%: on the 2-vCPU reference VM the run-to-run p99 moved by up to 28% (95th
+# percentile of |A/A change|) while p50 moved by 4-7% (benchmarks/gate_quality.py)
+DEFAULT_THRESHOLDS = {"latency_p50": 0.05, "latency_p99": 0.25, "footprint_peak": 0.05,
                       "bytes_copied": 0.05, "huge_splits": 0.05}
 DEFAULT_ALPHA = 0.05
 EXACT_LIMIT = 50_000

@@ -95,6 +95,8 @@ def main(argv=None) -> int:
     ap.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
     ap.add_argument("--threshold", type=float, default=None,
                     help="minimum change in %% for every metric (default: compare's defaults)")
+    ap.add_argument("--metric-threshold", action="append", default=[], metavar="METRIC=PCT",
+                    help="minimum change in %% for one metric")
     ap.add_argument("--out", default="results/gate-quality", help="working and output dir")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse runs already in --out (run-NN dirs) instead of running")
@@ -106,6 +108,11 @@ def main(argv=None) -> int:
     thresholds = dict(DEFAULT_THRESHOLDS)
     if args.threshold is not None:
         thresholds = {m: args.threshold / 100 for m in METRICS}
+    for item in args.metric_threshold:
+        name, _, pct = item.partition("=")
+        if name not in METRICS:
+            ap.error(f"--metric-threshold: unknown metric {name!r}")
+        thresholds[name] = float(pct) / 100
 
     runs = []
     t0 = time.time()
@@ -129,10 +136,13 @@ def main(argv=None) -> int:
     rows_per_gate = None
 
     # A/A
-    aa_all, aa_disjoint, aa_alarm_rows = [], [], {}
+    aa_all, aa_disjoint, aa_alarm_rows, drift = [], [], {}, {}
     for i, j in itertools.combinations(range(len(runs)), 2):
         rows = gate(runs[i], runs[j], thresholds, args.alpha)
         rows_per_gate = len(rows)
+        for r in rows:
+            if np.isfinite(r.change):
+                drift.setdefault(r.metric, []).append(abs(r.change))
         alarm = [r for r in rows if r.verdict == "regression"]
         aa_all.append(bool(alarm))
         if j == i + 1 and i % 2 == 0:
@@ -157,12 +167,14 @@ def main(argv=None) -> int:
                 p50_rows += 1
                 p50_rows_flagged += r.verdict == "regression"
 
+    # what identical runs differ by: the least threshold that keeps A/A alarms rare
+    drift95 = {m: float(np.percentile(v, 95)) for m, v in drift.items()}
     summary = {
         "workload": args.workload, "backend": args.backend, "quick": args.quick,
         "fidelity": fid, "runs": len(runs), "repetitions": args.repetitions,
         "rows_per_gate": rows_per_gate, "alpha": args.alpha, "thresholds": thresholds,
         "slowdown": args.slowdown, "slowdown_method": "samples of real runs x (1 + slowdown)",
-        "run_time_s": round(run_time, 1),
+        "run_time_s": round(run_time, 1), "aa_change_p95": drift95,
         "aa": {"disjoint_pairs": len(aa_disjoint), "disjoint_false_alarms": sum(aa_disjoint),
                "all_pairs": len(aa_all), "all_false_alarms": sum(aa_all),
                "alarm_rows": aa_alarm_rows},
@@ -178,6 +190,9 @@ def main(argv=None) -> int:
     print(f"A/A false alarms, all pairs:      {rate(sum(aa_all), len(aa_all))}")
     if aa_alarm_rows:
         print("  alarms by row: " + ", ".join(f"{k} x{v}" for k, v in sorted(aa_alarm_rows.items())))
+    print("A/A |change| 95th percentile per metric (thresholds below this alarm often): "
+          + ", ".join(f"{m} {100 * v:.1f}% (threshold {100 * thresholds[m]:.0f}%)"
+                      for m, v in drift95.items()))
     print(f"A/B (+{100 * args.slowdown:.0f}%) detected, disjoint pairs: "
           f"{rate(sum(ab_disjoint), len(ab_disjoint))}")
     print(f"A/B (+{100 * args.slowdown:.0f}%) detected, all pairs:      {rate(sum(ab_all), len(ab_all))}")
