@@ -381,6 +381,13 @@ def _percent(text: str) -> float:
     return v
 
 
+def _json_row(r: Row) -> dict:
+    d = asdict(r)
+    if math.isinf(d["change"]):      # strict JSON has no Infinity
+        d["change"] = "inf"
+    return d
+
+
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("base", metavar="BASE", help="baseline results dir (results/<run-id>/)")
     parser.add_argument("cur", metavar="CUR", help="current results dir")
@@ -435,6 +442,6 @@ def cli_compare(args) -> int:
           f"{len(rows) - n_reg - n_imp - n_noisy} unchanged")
     if args.json:
         atomic_write_json(args.json, {"base": args.base, "cur": args.cur, "alpha": args.alpha,
-                                      "rows": [asdict(r) for r in rows],
+                                      "rows": [_json_row(r) for r in rows],
                                       "regressions": n_reg})
     return 1 if n_reg else 0
