@@ -296,3 +296,170 @@ def test_make_sim_target_selects_engine():
     assert isinstance(make_sim_target(layout, strat, {"engine": "python"}), SimTarget)
     with pytest.raises(InputError):
         make_sim_target(layout, strat, {"engine": "fortran"})
+
+
+# ---- the buddy allocator alone: same pfns for the same calls -------------------------------
+class CBuddy:
+    """The C core's buddy allocator, driven directly."""
+
+    def __init__(self, total_pages, rng=None, fraction=0.0):
+        from bench.sim import _core
+        from bench.sim.fast import prefragment_draws
+        self.ffi, self.lib = _core.ffi, _core.lib
+        zeros = [0.0] * self.lib.core_nkeys()
+        self.c = self.ffi.gc(self.lib.core_new(total_pages, zeros, zeros), self.lib.core_free)
+        self.total_pages = total_pages
+        self.pinned = 0
+        draws = prefragment_draws(rng, fraction, total_pages) if fraction else None
+        if draws is not None:
+            ch, off = draws
+            self.pinned = self.lib.core_prefragment(
+                self.c, self.ffi.cast("int64_t *", self.ffi.from_buffer(ch)),
+                self.ffi.cast("int64_t *", self.ffi.from_buffer(off)), len(ch))
+
+    def alloc(self, order, movable):
+        return int(self.lib.core_buddy_alloc(self.c, order, int(movable)))
+
+    def alloc_pages(self, n, movable):
+        out = np.zeros(n, np.int32)
+        rc = self.lib.core_buddy_alloc_pages(self.c, n, int(movable),
+                                             self.ffi.cast("int32_t *", self.ffi.from_buffer(out)))
+        return None if rc else out
+
+    def free(self, pfn, order):
+        self.lib.core_buddy_free(self.c, pfn, order)
+
+    def free_range(self, pfn, n):
+        self.lib.core_buddy_free_range(self.c, pfn, n)
+
+    def counters(self):
+        out = np.zeros(self.lib.CORE_C_COUNT, np.int64)
+        self.lib.core_counters(self.c, self.ffi.cast("int64_t *", self.ffi.from_buffer(out)))
+        return out
+
+    def nr_free(self):
+        return self.counters()[self.lib.CORE_C_NR_FREE:].tolist()
+
+    def labels(self):
+        out = np.zeros((self.total_pages + 511) >> 9, np.uint8)
+        self.lib.core_buddy_labels(self.c, self.ffi.cast("uint8_t *", self.ffi.from_buffer(out)))
+        return out.tobytes()
+
+    def free_blocks(self):
+        n = self.lib.core_buddy_free_blocks(self.c, self.ffi.NULL, self.ffi.NULL, 0)
+        pfn, order = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        self.lib.core_buddy_free_blocks(self.c, self.ffi.cast("int64_t *", self.ffi.from_buffer(pfn)),
+                                        self.ffi.cast("int64_t *", self.ffi.from_buffer(order)), n)
+        return list(zip(pfn.tolist(), order.tolist()))
+
+
+buddy_op = st.one_of(
+    st.tuples(st.just("alloc"), st.sampled_from([0, 0, 0, 1, 2, 3, 5, 8, 9, 9, 10, 11, 12, 18]),
+              st.booleans()),
+    st.tuples(st.just("pages"), st.one_of(st.integers(1, 3000),
+                                           st.sampled_from([511, 512, 513, 4096, 70000])),
+              st.booleans()),
+    st.tuples(st.just("free"), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(total=st.sampled_from([(1 << 18) + 1000, 3 << 17, (1 << 19) + 4096 + 77]),
+       fraction=st.sampled_from([0.0, 0.0, 0.1, 0.6]), seed=st.integers(0, 3),
+       ops=st.lists(buddy_op, min_size=1, max_size=120))
+def test_c_buddy_equals_python_buddy(total, fraction, seed, ops):
+    from bench.sim.buddy import BuddyAllocator, OutOfMemory
+    py = BuddyAllocator(total)
+    pinned = py.prefragment(np.random.default_rng(seed), fraction) if fraction else 0
+    c = CBuddy(total, np.random.default_rng(seed), fraction)
+    assert c.pinned == pinned
+    held = []                      # (pfn, npages, order or None: order = freeable whole)
+    for kind, a, b, *rest in ops:
+        if kind == "alloc":
+            try:
+                want = py.alloc(a, b)
+            except OutOfMemory:
+                want = -1
+            assert c.alloc(a, b) == want, f"alloc({a}, {b})"
+            if want >= 0:
+                held.append((want, 1 << a, a))
+        elif kind == "pages":
+            try:
+                runs = py.alloc_pages(a, b)
+            except OutOfMemory:
+                runs = None
+            got = c.alloc_pages(a, b)
+            if runs is None:
+                assert got is None
+                continue
+            want = [p for s, n in runs for p in range(s, s + n)]
+            assert got.tolist() == want, f"alloc_pages({a}, {b})"
+            held += [(s, n, None) for s, n in runs]
+        elif held:
+            i = int(a * (len(held) - 1))
+            pfn, n, order = held.pop(i)
+            s = int(b * (n - 1))
+            e = s + 1 + int(rest[0] * (n - s - 1))
+            if order is not None and (s, e) == (0, n):
+                py.free(pfn, order)
+                c.free(pfn, order)
+            else:
+                py.free_range(pfn + s, e - s)
+                c.free_range(pfn + s, e - s)
+            held += [(pfn, s, None)] * (s > 0) + [(pfn + e, n - e, None)] * (e < n)
+        assert c.nr_free() == py.nr_free()
+        assert c.counters()[c.lib.CORE_C_FREE_PAGES] == py.free_pages
+    assert c.labels() == bytes(py._labels)
+    assert c.free_blocks() == py.free_blocks()
+    py.check()
+    assert c.lib.core_check(c.c) == 0, c.ffi.string(c.lib.core_error(c.c)).decode()
+
+
+def test_c_buddy_equals_python_buddy_long_mixed_runs():
+    """Long interleavings of movable and unmovable 4K allocations freed as address runs:
+    these reach the rare rules (stealing whole pageblocks, freeing a block > pageblock
+    order whose pageblocks carry different labels)."""
+    from bench.sim.buddy import BuddyAllocator, OutOfMemory
+
+    mixed = []
+
+    class Counting(BuddyAllocator):
+        def _make_chunks_uniform(self, pfn, order):
+            a = pfn >> 9
+            b = a + (1 << (order - 9))
+            if self._labels.count(self._labels[a], a, b) != b - a:
+                mixed.append(pfn)
+            super()._make_chunks_uniform(pfn, order)
+
+    total = 1 << 14
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        py, c = Counting(total), CBuddy(total)
+        held = []
+        for _ in range(400):
+            if rng.random() < 0.5:
+                n = int(rng.choice([1, 3, 64, 300, 700, 1500]))
+                movable = bool(rng.random() < 0.5)
+                try:
+                    want = [p for s, k in py.alloc_pages(n, movable) for p in range(s, s + k)]
+                except OutOfMemory:
+                    assert c.alloc_pages(n, movable) is None
+                    continue
+                assert c.alloc_pages(n, movable).tolist() == want
+                held += want
+            elif held:
+                held.sort()
+                i = int(rng.integers(len(held)))
+                j = min(len(held), i + int(rng.choice([1, 50, 600, 2000])))
+                sel, held[i:j] = held[i:j], []
+                start = 0
+                for k in range(1, len(sel) + 1):
+                    if k == len(sel) or sel[k] != sel[k - 1] + 1:
+                        py.free_range(sel[start], k - start)
+                        c.free_range(sel[start], k - start)
+                        start = k
+            assert c.nr_free() == py.nr_free()
+        assert c.labels() == bytes(py._labels)
+        assert c.free_blocks() == py.free_blocks()
+        assert c.lib.core_check(c.c) == 0
+    assert mixed, "no freed block with mixed pageblock labels: the rare rule went untested"

@@ -49,6 +49,15 @@ double core_clock_ns(core_t *c);
 void core_ledger(core_t *c, int64_t *count, double *ns, int64_t *first);
 /* full consistency check of the buddy model; 0 or -1 (message in core_error()) */
 int core_check(core_t *c);
+/* the buddy allocator alone (for tests against bench/sim/buddy.py; no argument checks) */
+int64_t core_buddy_alloc(core_t *c, int order, int movable);           /* pfn or -1 (OOM) */
+int core_buddy_alloc_pages(core_t *c, int64_t n, int movable, int32_t *out);   /* 0 or -1 */
+void core_buddy_free(core_t *c, int64_t pfn, int order);
+void core_buddy_free_range(core_t *c, int64_t pfn, int64_t npages);
+/* free blocks by address, at most cap; returns how many there are */
+int64_t core_buddy_free_blocks(core_t *c, int64_t *pfn, int64_t *order, int64_t cap);
+/* pageblock labels (0 unmovable, 1 movable), one byte per pageblock */
+void core_buddy_labels(core_t *c, uint8_t *out);
 /* cdef-end */
 
 #endif

@@ -53,6 +53,20 @@ def make_sim_target(layout, strategy, params: dict | None = None):
     return SimTarget(layout, strategy, params)
 
 
+def prefragment_draws(rng, fraction: float, total_pages: int):
+    """BuddyAllocator.prefragment's random draws, made with numpy exactly as there:
+    (sorted pageblocks, page offsets) as int64 arrays, or None when nothing is pinned."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction {fraction} outside [0, 1]")
+    full_blocks = total_pages >> 9
+    k = int(round(fraction * full_blocks))
+    if k == 0:
+        return None
+    chosen = np.sort(rng.choice(full_blocks, size=k, replace=False)).astype(np.int64)
+    offsets = rng.integers(0, 512, size=k).astype(np.int64)
+    return np.ascontiguousarray(chosen), np.ascontiguousarray(offsets)
+
+
 class CoreTarget:
     backend = "sim"
     engine = "c"
@@ -114,19 +128,13 @@ class CoreTarget:
         self.wall_s = 0.0
 
     def _prefragment(self, rng, fraction: float, total_pages: int) -> None:
-        """BuddyAllocator.prefragment's random draws, made here with numpy as there."""
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"fraction {fraction} outside [0, 1]")
-        full_blocks = total_pages >> 9
-        k = int(round(fraction * full_blocks))
-        if k == 0:
+        draws = prefragment_draws(rng, fraction, total_pages)
+        if draws is None:
             return
-        chosen = np.ascontiguousarray(np.sort(rng.choice(full_blocks, size=k, replace=False)),
-                                      dtype=np.int64)
-        offsets = np.ascontiguousarray(rng.integers(0, 512, size=k), dtype=np.int64)
+        chosen, offsets = draws
         ffi = self._ffi
         self._lib.core_prefragment(self._c, ffi.cast("int64_t *", ffi.from_buffer(chosen)),
-                                   ffi.cast("int64_t *", ffi.from_buffer(offsets)), k)
+                                   ffi.cast("int64_t *", ffi.from_buffer(offsets)), len(chosen))
 
     def _error(self) -> str:
         return self._ffi.string(self._lib.core_error(self._c)).decode()
@@ -209,6 +217,11 @@ class CoreTarget:
         free lists, block index, nr_free, and free + held pages = all pages."""
         if self._lib.core_check(self._c):
             raise AssertionError(self._error())
+        lib, cnt = self._lib, self._counters()
+        free, held = cnt[lib.CORE_C_FREE_PAGES], cnt[lib.CORE_C_FOOTPRINT]
+        aging, total = cnt[lib.CORE_C_PINNED_BY_AGING], cnt[lib.CORE_C_TOTAL_PAGES]
+        if free + held + aging != total:
+            raise AssertionError(f"free {free} + held {held} + aging {aging} != total {total}")
 
     def close(self) -> None:
         self._c = None
