@@ -22,7 +22,8 @@ import numpy as np
 
 from bench.errors import InputError
 from bench.layout import Layout
-from bench.ops import PAGE_SIZE, RESULT_DTYPE, SIZE_2M, STEP_DTYPE, SIGBUS_STATUS, SKIPPED, Step
+from bench.ops import (PAGE_SIZE, RESULT_DTYPE, SIZE_2M, STEP_ABORT_ON_FAIL, STEP_DTYPE,
+                       SIGBUS_STATUS, SKIPPED, Obj, Step, Via)
 from bench.host import sysfs
 
 GUARD_SHARE = 0.5
@@ -81,6 +82,35 @@ def read_nr_free() -> list[int]:
                 for i, c in enumerate(counts):
                     total[i] += c
         return total
+
+
+_libc = None
+
+
+def mincore_vector(addr: int, size: int) -> np.ndarray:
+    """Bool per 4K page of [addr, addr+size): resident (mincore; for a file mapping, in the
+    page cache whether or not this process maps it)."""
+    global _libc
+    import ctypes
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    n = -(-size // PAGE_SIZE)
+    vec = np.zeros(n, np.uint8)
+    if _libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size),
+                     ctypes.c_void_p(vec.ctypes.data)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mincore: {os.strerror(e)}")
+    return (vec & 1).astype(bool)
+
+
+def _true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, length) of the runs of True in a bool array."""
+    if not mask.any():
+        return []
+    d = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+    return [(int(a), int(b - a)) for a, b in zip(starts, ends)]
 
 
 KPF_COMPOUND_HEAD, KPF_HUGE, KPF_THP = 15, 17, 22
@@ -417,6 +447,86 @@ class HostTarget:
                 raise OSError(-rc, "gm_execute: " + os.strerror(-rc))
         return res
 
+    # ---- host mappings a real VMM would not have ----
+    #
+    # The host emulates guest accesses with accesses through its own mapping of the
+    # guest_memfd, and dual backing's copy reads and writes the guest_memfd through that
+    # mapping too.  A real guest reaches its memory through stage-2, and the kernel copies
+    # through its direct map: neither leaves host user PTEs on the guest_memfd.  Left in
+    # place, those PTEs would make the next punch a "mapped" punch and the next copy fault-free
+    # for reasons of the emulation alone.  So, outside the timed window:
+    #   - after a guest access to the guest_memfd, its host PTEs are zapped (content kept);
+    #   - before a dual-backing punch of the guest_memfd, its host PTEs are zapped;
+    #   - before a copy out of the guest_memfd, its allocated pages are mapped (the direct map
+    #     needs no fault), holes are left alone (a fault there would allocate).
+    # The steps run in segments between these points; an op whose conversion failed earlier
+    # in another segment has its remaining steps skipped, as gm_execute does within one.
+
+    def _mapping_points(self, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        code, obj, via = steps["code"], steps["obj"], steps["via"]
+        gmem = obj == Obj.GMEM
+        guest_touch = gmem & (via == Via.GUEST) & ((code == Step.WRITE) | (code == Step.READ))
+        dual = bool(getattr(self.strategy, "needs_shared_backing", False))
+        punch = (code == Step.GMEM_PUNCH) if dual else np.zeros(len(steps), bool)
+        copy_out = (code == Step.COPY) & (obj == Obj.SHARED)
+        return guest_touch, punch, copy_out
+
+    def _run_mapping_faithful(self, steps: np.ndarray) -> np.ndarray:
+        guest_touch, punch, copy_out = self._mapping_points(steps)
+        before = np.flatnonzero(punch | copy_out)
+        after = np.flatnonzero(guest_touch) + 1
+        cuts = np.unique(np.concatenate(([0, len(steps)], before, after)))
+        if len(cuts) <= 2:
+            return self._run(steps)
+        res = np.zeros(len(steps), dtype=RESULT_DTYPE)
+        failed_op = -1
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            a, b = int(a), int(b)
+            if a == b:
+                continue
+            # the steps of an op are contiguous: a failed op's rest is a prefix here
+            while a < b and int(steps["op"][a]) == failed_op:
+                res["status"][a] = SKIPPED
+                a += 1
+            if a == b:
+                continue
+            if punch[a] or copy_out[a]:
+                self._prepare_gmem(steps[a], prefault=bool(copy_out[a]))
+            res[a:b] = self._run(steps[a:b])
+            bad = np.flatnonzero((res["status"][a:b] != 0) & (res["status"][a:b] != SKIPPED) &
+                                 ((steps["flags"][a:b] & STEP_ABORT_ON_FAIL) != 0))
+            if len(bad):
+                failed_op = int(steps["op"][a + int(bad[-1])])
+            if guest_touch[b - 1] and res["status"][b - 1] == 0:
+                self._zap_gmem(steps[b - 1])
+        return res
+
+    def _gmem_range(self, st) -> tuple[int, int] | None:
+        slot, off, size = int(st["slot"]), int(st["offset"]), int(st["size"])
+        if slot >= len(self._slots_meta) or size == 0:
+            return None
+        m = self._slots_meta[slot]
+        if off + size > m["size"] or (off | size) % PAGE_SIZE:
+            return None           # the step itself reports the error
+        return m["gmem_base"] + off, size
+
+    def _zap_gmem(self, st) -> None:
+        r = self._gmem_range(st)
+        if r:
+            self._kvm.madvise(r[0], r[1], self._kvm.MADV_DONTNEED)   # zap only, content kept
+
+    def _prepare_gmem(self, st, prefault: bool) -> None:
+        r = self._gmem_range(st)
+        if not r:
+            return
+        addr, size = r
+        if not prefault:
+            self._kvm.madvise(addr, size, self._kvm.MADV_DONTNEED)
+            return
+        present = mincore_vector(addr, size)
+        for start, n in _true_runs(present):
+            self._kvm.touch_pages(addr + start * PAGE_SIZE, n * PAGE_SIZE, write=False)
+
     def scale_steps(self, steps: np.ndarray) -> np.ndarray:
         """Offsets and sizes divided by the scale, widened to whole 4K pages."""
         if self.scale == 1:
@@ -432,7 +542,7 @@ class HostTarget:
         if self._closed:
             raise RuntimeError("HostTarget is closed")
         steps = self.scale_steps(np.asarray(steps, dtype=STEP_DTYPE))
-        res = self._run(steps)
+        res = self._run_mapping_faithful(steps)
         ran = res["status"] != SKIPPED
         codes = steps["code"][ran].astype(np.int64)
         self._bd_count += np.bincount(codes, minlength=len(Step))[:len(Step)]
