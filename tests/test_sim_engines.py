@@ -116,7 +116,7 @@ def scenario(draw):
     return layout, make_strategy(name, options), params, ops, cuts
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.data_too_large])
 @given(scenario())
 def test_c_engine_equals_python_reference(sc):
@@ -363,7 +363,7 @@ buddy_op = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(total=st.sampled_from([(1 << 18) + 1000, 3 << 17, (1 << 19) + 4096 + 77]),
        fraction=st.sampled_from([0.0, 0.0, 0.1, 0.6]), seed=st.integers(0, 3),
        ops=st.lists(buddy_op, min_size=1, max_size=120))
