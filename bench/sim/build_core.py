@@ -45,11 +45,14 @@ def ensure_built() -> bool:
         return True
     except ImportError:
         pass
+    import warnings
     root = os.path.dirname(os.path.dirname(HERE))
     cwd = os.getcwd()
     try:
         os.chdir(root)
-        ffibuilder.compile(tmpdir=".")
+        with warnings.catch_warnings():      # setuptools' notes are not the user's concern
+            warnings.simplefilter("ignore")
+            ffibuilder.compile(tmpdir=".")
     finally:
         os.chdir(cwd)
         for leftover in ("_core.o", "_core.c"):
