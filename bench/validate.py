@@ -101,6 +101,10 @@ def nondeterminism(run: dict, metric: str) -> str | None:
     if metric == "huge_merges" and thp:
         return ("khugepaged collapses THPs in the background on its own schedule; the host "
                 "reads the system-wide thp_collapse_alloc counter")
+    if metric == "huge_splits" and thp:
+        return ("the host reads THP splits from the system-wide /proc/vmstat counters: other "
+                "processes' splits (and re-splits after khugepaged collapses) land in them; "
+                "compare on an idle host")
     if metric == "footprint_peak" and thp and layout.get("shared_backing") == "anon":
         return ("an anonymous THP with a 4K hole stays allocated until the deferred split "
                 "(kernel shrinker, memory pressure); the host reads the resident set, which "

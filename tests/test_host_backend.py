@@ -255,11 +255,12 @@ def test_hugetlb_pool_set_and_restored(probed, backing):
 
 
 def test_scale_guard_and_refusal(probed):
-    from bench.host.backend import mem_available
-    avail = mem_available()
+    # The available figure is passed in: read twice from /proc/meminfo it moves while other
+    # processes run, and the scale computed from it with it.
+    avail = 8 << 30
     share = (64 * M) / avail          # allows 64 MiB: a 256 MiB guest (x2) scales by 8
     s = InPlace()
-    t, lay = target(probed, s, size=256 * M, params={"guard_share": share})
+    t, lay = target(probed, s, size=256 * M, params={"guard_share": share, "mem_available": avail})
     try:
         md = t.metadata()
         assert md["scale"] == 8 and md["slot_sizes"] == [32 * M]
@@ -270,7 +271,8 @@ def test_scale_guard_and_refusal(probed):
     finally:
         t.close()
     with pytest.raises(InputError, match="guard"):
-        target(probed, s, size=256 * M, params={"guard_share": share, "max_scale": 4})
+        target(probed, s, size=256 * M, params={"guard_share": share, "max_scale": 4,
+                                               "mem_available": avail})
 
 
 def test_harness_overhead_reported(probed):

@@ -9,6 +9,7 @@ fstat of memfds, /proc/self/smaps of the mappings, /proc/vmstat THP counters, /p
 What this kernel cannot do natively is emulated and labelled (fidelity(), metadata()):
 see bench/host/probe.py and helper.c.  Param keys (all optional):
   guard_share     share of MemAvailable the run may use (0.5)
+  mem_available   the available-memory figure the guard uses (default: MemAvailable now)
   max_scale       largest down-scaling factor before refusing (1024)
   warmup_bytes    anonymous memory touched before measuring (1 GiB; trap 1 of host-costs.md)
   overhead_reps   NOP steps timed for the harness overhead (20001)
@@ -281,7 +282,12 @@ class HostTarget:
         if not 0 < share <= 1:
             raise InputError(f"host backend parameter guard_share: {share} is not in (0, 1]")
         max_scale = _param_number(self.params, "max_scale", MAX_SCALE, int)
-        self.mem_available = mem_available()
+        # the caller may state the figure (tests: MemAvailable moves while others run)
+        given = self.params.get("mem_available")
+        self.mem_available = (_param_size(self.params, "mem_available", 0) if given is not None
+                              else mem_available())
+        if self.mem_available <= 0:
+            raise InputError("host backend parameter mem_available: must be > 0")
         allowed = int(self.mem_available * share)
         need = 2 * self.layout.guest_size
         scale = 1

@@ -57,6 +57,8 @@ class Calibrator:
         self.settings = sysfs.Settings()
         self._maps: list[tuple[int, int]] = []
         self._fds: list[int] = []
+        self._slots: list[tuple[int, int]] = []    # memslots bound to measured objects
+        self._next_gpa = 1 << 32
         self.vm_fd = None
         try:
             self.kvm_fd = kvm.kvm_open()
@@ -125,10 +127,43 @@ class Calibrator:
         self._maps.append((res, span))
         if kind != "gmem":
             kvm.madvise(start, size, kvm.MADV_HUGEPAGE if huge == "thp" else kvm.MADV_NOHUGEPAGE)
+        self.bind(start, size, fd if kind == "gmem" else -1)
         return fd, start
+
+    def bind(self, addr: int, size: int, gmem_fd: int = -1) -> None:
+        """Make [addr, addr+size) guest memory of the VM, as every object a strategy zaps,
+        punches or discards is (the memslot's userspace memory, or its guest_memfd): KVM
+        then does its invalidation work (MMU notifier, guest_memfd invalidate) on each
+        zap, as it does in a run.  Unbound memory would measure a cheaper zap."""
+        kvm = self.kvm
+        if self.vm_fd is None:               # stage2_notifier's baseline: no VM at all
+            return
+        slot = len(self._slots) + 1          # slot 0: the VM's own (open_vm)
+        gpa = self._next_gpa
+        if gmem_fd >= 0:
+            kvm.kvm_set_user_memory_region2(self.vm_fd, slot, kvm.KVM_MEM_GUEST_MEMFD, gpa, size,
+                                            addr, gmem_fd)
+        else:
+            kvm.kvm_set_user_memory_region2(self.vm_fd, slot, 0, gpa, size, addr)
+        self._slots.append((slot, gmem_fd))
+        self._next_gpa = gpa + (size + (1 << 30) - 1) // (1 << 30) * (1 << 30)
+
+    def unbind_all(self) -> None:
+        kvm = self.kvm
+        for slot, gmem_fd in reversed(self._slots):
+            try:
+                kvm.kvm_set_user_memory_region2(self.vm_fd, slot,
+                                                kvm.KVM_MEM_GUEST_MEMFD if gmem_fd >= 0 else 0,
+                                                0, 0, 0, max(gmem_fd, 0))
+            except OSError:
+                pass
+        self._slots.clear()
+        self._next_gpa = 1 << 32
 
     def release(self) -> None:
         """Unmap and close what the last measurement made (the VM stays)."""
+        if self.vm_fd is not None:
+            self.unbind_all()
         for addr, size in reversed(self._maps):
             try:
                 self.kvm.munmap(addr, size)
