@@ -884,10 +884,11 @@ static int32_t *host_alloc_pages(core_t *c, int64_t n, int movable)
     return c->apfn;
 }
 
-/* pfns < 2^31: LSD radix sort, 3 passes of 11 bits (insertion sort when short) */
+/* pfns (< 2^31) ascending: insertion sort when short, else LSD radix sort on bytes,
+ * skipping the bytes in which all pfns agree */
 static void sort_pfns(core_t *c, int32_t *v, int64_t n)
 {
-    if (n <= 48) {
+    if (n <= 32) {
         for (int64_t i = 1; i < n; i++) {
             int32_t x = v[i];
             int64_t j = i;
@@ -896,14 +897,17 @@ static void sort_pfns(core_t *c, int32_t *v, int64_t n)
         }
         return;
     }
+    uint32_t differ = 0, first = (uint32_t)v[0];
+    for (int64_t i = 1; i < n; i++) differ |= (uint32_t)v[i] ^ first;
     grow32(&c->sortbuf, &c->cap_sortbuf, n);
     int32_t *src = v, *dst = c->sortbuf;
-    for (int shift = 0; shift < 33; shift += 11) {
-        int64_t cnt[2048] = {0};
-        for (int64_t i = 0; i < n; i++) cnt[((uint32_t)src[i] >> shift) & 2047]++;
+    for (int shift = 0; shift < 32; shift += 8) {
+        if (!((differ >> shift) & 0xff)) continue;
+        int64_t cnt[256] = {0};
+        for (int64_t i = 0; i < n; i++) cnt[((uint32_t)src[i] >> shift) & 0xff]++;
         int64_t sum = 0;
-        for (int k = 0; k < 2048; k++) { int64_t x = cnt[k]; cnt[k] = sum; sum += x; }
-        for (int64_t i = 0; i < n; i++) dst[cnt[((uint32_t)src[i] >> shift) & 2047]++] = src[i];
+        for (int k = 0; k < 256; k++) { int64_t x = cnt[k]; cnt[k] = sum; sum += x; }
+        for (int64_t i = 0; i < n; i++) dst[cnt[((uint32_t)src[i] >> shift) & 0xff]++] = src[i];
         int32_t *t = src; src = dst; dst = t;
     }
     if (src != v) memcpy(v, src, (size_t)n * sizeof(int32_t));
