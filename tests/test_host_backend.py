@@ -39,6 +39,14 @@ def target(probed, strategy, **layout_kw):
     return HostTarget(lay, strategy, params), lay
 
 
+def assert_light_equals_detailed(t, light):
+    """The light snapshot (mincore, pagemap + kpageflags) reads what smaps reads."""
+    detailed = t.snapshot(detail=True)
+    assert "smaps" in detailed and "smaps" not in light
+    for key in ("footprint_bytes", "huge_bytes", "gmem_bytes", "shared_bytes"):
+        assert detailed[key] == light[key], key
+
+
 def make_ops(*rows):
     a = empty_ops(len(rows))
     for i, (kind, off, size, tok) in enumerate(rows):
@@ -145,7 +153,7 @@ def test_in_place_to_private_zaps_but_keeps_memory(probed):
         steps, res = run(t, s, lay, (OpKind.SHARED_WRITE, 0, 8 * M, 5),
                          (OpKind.TO_PRIVATE, 0, 8 * M, 0))
         assert (res["status"] == 0).all()
-        snap = t.snapshot()
+        snap = t.snapshot(detail=True)
         assert snap["footprint_bytes"] == 8 * M
         assert snap["smaps"]["Rss"] == 0           # host mapping zapped
     finally:
@@ -198,7 +206,7 @@ def test_platform_content_effect(probed, platform, expect_bad):
                          (OpKind.TO_SHARED, 0, M, 0),
                          (OpKind.TO_SHARED, 4 * M, 4 * M, 0))      # never allocated
         assert (res["status"] == 0).all()
-        snap = t.snapshot()
+        snap = t.snapshot(detail=True)
         # the content effect wrote through the direct-map stand-in, not the user mapping
         # that the to-private zap emptied
         assert snap["smaps"]["Rss"] == 0
@@ -221,12 +229,14 @@ def test_thp_shared_backing_split_counted_and_setting_restored(probed, backing):
         snap = t.snapshot()
         assert snap["huge_bytes"] >= 2 * M              # PMD-mapped shmem THP
         assert snap["huge_folios_mapped"] * 2 * M == snap["huge_bytes"]
+        assert_light_equals_detailed(t, snap)
         steps, res = run(t, s, lay, (OpKind.TO_PRIVATE, 0, K4, 0))   # 4K hole in a THP
         assert (res["status"] == 0).all()
         snap2 = t.snapshot()
         assert snap2["huge_splits"] == 1
         assert snap2["huge_bytes"] == snap["huge_bytes"] - 2 * M
         assert snap2["huge_folios_mapped"] == snap["huge_folios_mapped"] - 1
+        assert_light_equals_detailed(t, snap2)
         if backing == "memfd" and before in ("never", "deny"):
             assert t.metadata()["settings_changed"][THP_SHMEM_ENABLED]["to"] == "advise"
     finally:
@@ -249,6 +259,7 @@ def test_hugetlb_pool_set_and_restored(probed, backing):
         assert snap["huge_bytes"] == 4 * M
         assert snap["shared_bytes"] == 4 * M
         assert snap["huge_folios_mapped"] == 2          # pagemap + kpageflags agree
+        assert_light_equals_detailed(t, snap)
     finally:
         t.close()
     assert read_setting(pool) == before
@@ -317,5 +328,46 @@ def test_huge_gmem_request_is_labelled(probed):
     try:
         assert t.fidelity()["gmem_huge_folios"] == "unavailable"
         assert any("4K only" in e for e in t.metadata()["emulation"])
+    finally:
+        t.close()
+
+
+def test_guest_access_leaves_no_host_mapping(probed):
+    """The host emulates guest writes through its own mapping of the guest_memfd; a real
+    guest goes through stage-2, so those host PTEs are zapped after the access (the pages
+    stay allocated) and a later punch is the unmapped punch the model charges."""
+    s = DualBacking(options={"copy": True})
+    t, lay = target(probed, s, size=16 * M)
+    try:
+        steps, res = run(t, s, lay, (OpKind.PRIVATE_WRITE, 0, M, 9),
+                         (OpKind.TO_SHARED, 0, M, 0),
+                         (OpKind.SHARED_READ, 0, M, 9))
+        assert (res["status"] == 0).all() and op_aux(steps, res, 2, Step.READ) == 0
+        snap = t.snapshot(detail=True)
+        assert snap["gmem_bytes"] == 0 and snap["shared_bytes"] == M   # copied, then punched
+        steps, res = run(t, s, lay, (OpKind.TO_PRIVATE, 0, M, 0),
+                         (OpKind.PRIVATE_WRITE, 2 * M, M, 3))
+        assert (res["status"] == 0).all()
+        snap = t.snapshot(detail=True)
+        assert snap["gmem_bytes"] == 2 * M
+        assert snap["smaps"]["Rss"] == 0      # neither the guest write nor the copy left PTEs
+        assert op_aux(steps, res, 0, Step.COPY) == M
+    finally:
+        t.close()
+
+
+def test_failed_conversion_skips_its_later_steps_across_mapping_points(probed):
+    """The copy and the punch run in their own segments (host mappings are fixed up between
+    them); a conversion that failed before them still skips them, as QEMU aborts."""
+    s = DualBacking(options={"copy": True})
+    t, lay = target(probed, s, size=16 * M)
+    try:
+        steps, res = run(t, s, lay, (OpKind.PRIVATE_WRITE, 0, M, 9),
+                         (OpKind.TO_SHARED, 0, 0, 0),              # size 0: EINVAL
+                         (OpKind.TO_SHARED, 0, M, 0))
+        conv = steps["op"] == 1
+        assert list(res["status"][conv]) == [errno.EINVAL, SKIPPED, SKIPPED]
+        assert (res["status"][steps["op"] == 2] == 0).all()
+        assert op_aux(steps, res, 2, Step.COPY) == M
     finally:
         t.close()

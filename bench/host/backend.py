@@ -14,6 +14,7 @@ see bench/host/probe.py and helper.c.  Param keys (all optional):
   warmup_bytes    anonymous memory touched before measuring (1 GiB; trap 1 of host-costs.md)
   overhead_reps   NOP steps timed for the harness overhead (20001)
   kpageflags      count intact huge folios from pagemap + kpageflags in snapshots (yes)
+  snapshot_detail also read /proc/self/smaps in every snapshot (no: it perturbs timing)
   probe           a bench.host.probe.probe() result to reuse
 """
 import os
@@ -461,7 +462,8 @@ class HostTarget:
     # through its direct map: neither leaves host user PTEs on the guest_memfd.  Left in
     # place, those PTEs would make the next punch a "mapped" punch and the next copy fault-free
     # for reasons of the emulation alone.  So, outside the timed window:
-    #   - after a guest access to the guest_memfd, its host PTEs are zapped (content kept);
+    #   - after a guest access to the guest_memfd, or a copy into it, its host PTEs are
+    #     zapped (content kept);
     #   - before a dual-backing punch of the guest_memfd, its host PTEs are zapped;
     #   - before a copy out of the guest_memfd, its allocated pages are mapped (the direct map
     #     needs no fault), holes are left alone (a fault there would allocate).
@@ -475,15 +477,17 @@ class HostTarget:
         dual = bool(getattr(self.strategy, "needs_shared_backing", False))
         punch = (code == Step.GMEM_PUNCH) if dual else np.zeros(len(steps), bool)
         copy_out = (code == Step.COPY) & (obj == Obj.SHARED)
-        return guest_touch, punch, copy_out
+        # a copy into the guest_memfd also writes through the host mapping
+        leaves_ptes = guest_touch | ((code == Step.COPY) & gmem)
+        return leaves_ptes, punch, copy_out
 
     def _run_mapping_faithful(self, steps: np.ndarray) -> np.ndarray:
-        guest_touch, punch, copy_out = self._mapping_points(steps)
+        leaves_ptes, punch, copy_out = self._mapping_points(steps)
         before = np.flatnonzero(punch | copy_out)
-        after = np.flatnonzero(guest_touch) + 1
-        cuts = np.unique(np.concatenate(([0, len(steps)], before, after)))
-        if len(cuts) <= 2:
+        after = np.flatnonzero(leaves_ptes) + 1
+        if not len(before) and not len(after):
             return self._run(steps)
+        cuts = np.unique(np.concatenate(([0, len(steps)], before, after)))
         res = np.zeros(len(steps), dtype=RESULT_DTYPE)
         failed_op = -1
         for a, b in zip(cuts[:-1], cuts[1:]):
@@ -503,7 +507,7 @@ class HostTarget:
                                  ((steps["flags"][a:b] & STEP_ABORT_ON_FAIL) != 0))
             if len(bad):
                 failed_op = int(steps["op"][a + int(bad[-1])])
-            if guest_touch[b - 1] and res["status"][b - 1] == 0:
+            if leaves_ptes[b - 1] and res["status"][b - 1] == 0:
                 self._zap_gmem(steps[b - 1])
         return res
 
@@ -558,7 +562,15 @@ class HostTarget:
         self._bd_skipped += int((~ran).sum())
         return res
 
-    def snapshot(self) -> dict:
+    def snapshot(self, detail: bool | None = None) -> dict:
+        """Memory state read from the kernel.  The light form (default) reads only this
+        guest's ranges: mincore, fstat, pagemap + kpageflags, /proc/vmstat, buddyinfo.  The
+        detailed form (detail=True, or param snapshot_detail=yes) also reads /proc/self/smaps,
+        whose generation walks every page table of the process: it takes ~2-10 ms and
+        leaves caches and TLB cold, which made the conversions timed right after each
+        snapshot 2-4x slower (the runner snapshots 200 times per repetition)."""
+        if detail is None:
+            detail = _param_bool(self.params, "snapshot_detail", False)
         kvm = self._kvm
         gmem_bytes = shared_bytes = 0
         anon_ranges, huge_ranges = [], []
@@ -571,17 +583,28 @@ class HostTarget:
                     shared_bytes += os.fstat(m["shared_fd"]).st_blocks * 512
                 else:
                     anon_ranges.append((m["shared_base"], m["size"]))
-        smaps = read_smaps(huge_ranges)
-        if anon_ranges:
-            a = read_smaps(anon_ranges)
-            shared_bytes += a["Rss"] + a["Private_Hugetlb"] + a["Shared_Hugetlb"]
+        folios = None
+        if _param_bool(self.params, "kpageflags", True):
+            counts = [count_huge_folios(a, n) for a, n in huge_ranges]
+            folios = None if any(c is None for c in counts) else sum(counts)
+        smaps = None
+        if detail or folios is None:
+            smaps = read_smaps(huge_ranges)
+            if anon_ranges:
+                a = read_smaps(anon_ranges)
+                shared_bytes += a["Rss"] + a["Private_Hugetlb"] + a["Shared_Hugetlb"]
+            # huge_bytes: PMD-mapped huge memory.  A 4K hole in an anon THP drops its PMD
+            # (thp_split_pmd) and the folio waits for a deferred split; in a shmem THP it
+            # splits the folio at once (thp_split_page).  Count the event that happens at once.
+            huge = (smaps["AnonHugePages"] + smaps["ShmemPmdMapped"] + smaps["FilePmdMapped"]
+                    + smaps["Private_Hugetlb"] + smaps["Shared_Hugetlb"])
+        else:
+            # resident pages of the anonymous ranges (= their Rss: no swap here), and intact
+            # huge folios from pagemap + kpageflags (a THP with a hole is not intact)
+            shared_bytes += sum(int(mincore_vector(a, n).sum()) for a, n in anon_ranges) * PAGE_SIZE
+            huge = folios * SIZE_2M
         vm = read_vmstat()
         d = {k: vm[k] - self._vmstat0[k] for k in vm}
-        # huge_bytes: PMD-mapped huge memory (smaps).  A 4K hole in an anon THP drops its
-        # PMD (thp_split_pmd) and the folio waits for a deferred split; in a shmem THP it
-        # splits the folio at once (thp_split_page).  Count the event that happens at once.
-        huge = (smaps["AnonHugePages"] + smaps["ShmemPmdMapped"] + smaps["FilePmdMapped"]
-                + smaps["Private_Hugetlb"] + smaps["Shared_Hugetlb"])
         # The counters are system-wide: only memory that can hold THPs (a THP shared backing;
         # guest_memfd folios are 4K here) takes them, so other processes' splits do not
         # land in runs that have none.
@@ -592,12 +615,8 @@ class HostTarget:
             splits, merges = d["thp_split_pmd"], d["thp_collapse_alloc"]
         else:
             splits, merges = d["thp_split_page"], d["thp_collapse_alloc"]
-        folios = None
-        if _param_bool(self.params, "kpageflags", True):
-            counts = [count_huge_folios(a, n) for a, n in huge_ranges]
-            folios = None if any(c is None for c in counts) else sum(counts)
         nr_free = read_nr_free()
-        return {
+        snap = {
             "footprint_bytes": int((gmem_bytes + shared_bytes) * self.scale),
             "huge_bytes": int(huge * self.scale),
             "huge_splits": int(splits),
@@ -608,11 +627,13 @@ class HostTarget:
             "gmem_bytes": int(gmem_bytes),
             "shared_bytes": int(shared_bytes),
             "scale": self.scale,
-            "smaps": smaps,
             "vmstat_delta": d,
             # intact 2M folios mapped, from pagemap + kpageflags (None: not readable)
             "huge_folios_mapped": folios,
         }
+        if smaps is not None:
+            snap["smaps"] = smaps
+        return snap
 
     def _fidelity_table(self, probe_mod) -> dict:
         name = "dual" if getattr(self.strategy, "needs_shared_backing", False) else "in-place"
