@@ -463,3 +463,38 @@ def test_c_buddy_equals_python_buddy_long_mixed_runs():
         assert c.free_blocks() == py.free_blocks()
         assert c.lib.core_check(c.c) == 0
     assert mixed, "no freed block with mixed pageblock labels: the rare rule went untested"
+
+
+def test_anon_thp_rediscard_frees_pages_faulted_into_its_holes():
+    # a partly discarded anon THP waits for its deferred split; a 4K page faulted into one
+    # of its holes is an ordinary page, and discarding it again frees it at once
+    py, c = both("dual", init_shared=True, shared_page="thp", shared_backing="anon")
+    res = run_equal(py, c, steps_of((W, S, H, 0, 0, 0, 2 * MiB, 1),
+                                    (DISC, S, H, 0, 1, 0, 8 * K4, 0),
+                                    (W, S, H, 0, 2, 2 * K4, K4, 5),
+                                    (Step.NOP, G, H, 0, 3, 0, 0, 0),
+                                    (DISC, S, H, 0, 4, 0, 16 * K4, 0)))
+    assert list(res["status"]) == [0] * 5 and res["ns"][3] == 0
+    assert c.snapshot()["footprint_bytes"] == 2 * MiB      # the THP whole, the 4K page gone
+    assert c.breakdown()["discard_anon"]["count"] == 2
+
+
+@pytest.mark.parametrize("row,message", [
+    ((10, G, H, 0, 0, 0, K4, 0), "unknown step code"),
+    ((W, S, H, 0, 0, 0, K4, 1), "no shared backing"),
+    ((W, G, GU, 0, 0, 8 * MiB, K4, 1), None),             # beyond the file: EFAULT, defined
+    ((PIN, G, H, 0, 0, 8 * MiB - K4, 2 * K4, 0), "not a range inside the memslot"),
+    ((W, G, H, 0, 0, 0, 0, 1), "not a range inside the memslot"),
+])
+def test_steps_the_c_engine_refuses(row, message):
+    py, c = both(init_shared=True)
+    steps = steps_of(row)
+    if message is None:
+        assert run_equal(py, c, steps)["status"][0] == errno.EFAULT
+        return
+    with pytest.raises(ValueError, match=message):
+        c.execute(steps)
+    steps["slot"] = 1
+    with pytest.raises(ValueError, match="slot 1 out of range|unknown step code"):
+        c.execute(steps)
+    assert c.snapshot() == py.snapshot(), "the refused step changed nothing"

@@ -739,7 +739,7 @@ static void buddy_init(buddy_t *b, int64_t total)
     memset(b->labels, MOVABLE, (size_t)b->npb);
     memset(b->lhead, 0xff, sizeof(b->lhead));
     memset(b->bhead, 0xff, sizeof(b->bhead));
-    h_init(&b->h, 16);
+    h_init(&b->h, 10);
     b->free_node = -1;
     b->nbig = (total >> (KMAX + 1)) + 1;
     for (int l = 0; l < 3; l++) {
