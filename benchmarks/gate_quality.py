@@ -12,6 +12,8 @@ detection of a known 10% slowdown (A/B).
    `gmembench compare RUN_i RUN_j` would; any regression verdict is a false alarm.
    Disjoint pairs (0,1), (2,3), ... are independent; all pairs use the data fully but are
    correlated (each run takes part in K-1 pairs).  Both counts are reported.
+   Back-to-back pairs (i, i+1) show what a CI job gets when it measures the baseline and
+   the candidate in the same job, minutes apart, rather than against an old baseline.
 3. A/B: for every ordered pair (i, j), i != j, run j's conversion latencies are multiplied by
    (1 + slowdown) and compared against run i; the gate must report a regression.
 
@@ -114,6 +116,20 @@ def main(argv=None) -> int:
             ap.error(f"--metric-threshold: unknown metric {name!r}")
         thresholds[name] = float(pct) / 100
 
+    # A private copy of the workload file: an edit to workloads/ during the hour this can
+    # take would otherwise split the runs into two different benchmarks (compare refuses)
+    wl_file = Path(args.workload)
+    if not wl_file.is_file():
+        from bench.workload import workload_dirs
+        wl_file = next((d / f"{args.workload}.toml" for d in workload_dirs()
+                        if (d / f"{args.workload}.toml").is_file()), None)
+        if wl_file is None:
+            ap.error(f"unknown workload {args.workload!r}")
+    frozen = out / "workload" / wl_file.name
+    if not (args.reuse and frozen.is_file()):
+        frozen.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(wl_file, frozen)
+
     runs = []
     t0 = time.time()
     for k in range(args.runs):
@@ -124,7 +140,7 @@ def main(argv=None) -> int:
         shutil.rmtree(d, ignore_errors=True)
         from bench.runner import run_suite
         ts = time.time()
-        run_suite([args.workload], ["in-place", "dual"], backend=args.backend, params=params,
+        run_suite([str(frozen)], ["in-place", "dual"], backend=args.backend, params=params,
                   out_dir=d, quick=args.quick, progress_enabled=False,
                   repetitions=args.repetitions, report=False, echo=lambda *a, **kw: None)
         print(f"run {k + 1}/{args.runs}: {time.time() - ts:.1f}s", file=sys.stderr, flush=True)
@@ -136,7 +152,7 @@ def main(argv=None) -> int:
     rows_per_gate = None
 
     # A/A
-    aa_all, aa_disjoint, aa_alarm_rows, drift = [], [], {}, {}
+    aa_all, aa_disjoint, aa_adjacent, aa_alarm_rows, drift = [], [], [], {}, {}
     for i, j in itertools.combinations(range(len(runs)), 2):
         rows = gate(runs[i], runs[j], thresholds, args.alpha)
         rows_per_gate = len(rows)
@@ -145,6 +161,8 @@ def main(argv=None) -> int:
                 drift.setdefault(r.metric, []).append(abs(r.change))
         alarm = [r for r in rows if r.verdict == "regression"]
         aa_all.append(bool(alarm))
+        if j == i + 1:
+            aa_adjacent.append(bool(alarm))
         if j == i + 1 and i % 2 == 0:
             aa_disjoint.append(bool(alarm))
         for r in alarm:
@@ -176,6 +194,7 @@ def main(argv=None) -> int:
         "slowdown": args.slowdown, "slowdown_method": "samples of real runs x (1 + slowdown)",
         "run_time_s": round(run_time, 1), "aa_change_p95": drift95,
         "aa": {"disjoint_pairs": len(aa_disjoint), "disjoint_false_alarms": sum(aa_disjoint),
+               "adjacent_pairs": len(aa_adjacent), "adjacent_false_alarms": sum(aa_adjacent),
                "all_pairs": len(aa_all), "all_false_alarms": sum(aa_all),
                "alarm_rows": aa_alarm_rows},
         "ab": {"disjoint_pairs": len(ab_disjoint), "disjoint_detected": sum(ab_disjoint),
@@ -188,6 +207,7 @@ def main(argv=None) -> int:
           f"repetitions x 2 strategies, {rows_per_gate} rows per gate, alpha {args.alpha}")
     print(f"A/A false alarms, disjoint pairs: {rate(sum(aa_disjoint), len(aa_disjoint))}")
     print(f"A/A false alarms, all pairs:      {rate(sum(aa_all), len(aa_all))}")
+    print(f"A/A false alarms, back-to-back runs (i, i+1): {rate(sum(aa_adjacent), len(aa_adjacent))}")
     if aa_alarm_rows:
         print("  alarms by row: " + ", ".join(f"{k} x{v}" for k, v in sorted(aa_alarm_rows.items())))
     print("A/A |change| 95th percentile per metric (thresholds below this alarm often): "
