@@ -393,13 +393,13 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("cur", metavar="CUR", help="current results dir")
     parser.add_argument("--threshold", type=_percent, default=None, metavar="PCT",
                         help="minimum change that counts, in %%, for every metric "
-                             "(default: latency p50 5, p99 10, others 5)")
+                             "(default: latency p50 5, p99 25, others 5)")
     parser.add_argument("--metric-threshold", type=_parse_metric_threshold, action="append",
                         default=[], metavar="METRIC=PCT",
                         help=f"per-metric minimum change; METRIC one of {', '.join(METRICS)}")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
-                        help="significance level of the one-sided permutation test "
-                             "(default %(default)s)")
+                        help="family-wise significance level (Holm over the tested rows) of "
+                             "the one-sided exact rank test (default %(default)s)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="compare the runs both dirs have instead of refusing")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
