@@ -28,18 +28,20 @@ Method
      simulator backend (the model is exact), or both sides constant across >= 2 repetitions
      (counts such as bytes copied).  A host metric with a single value per side (a run
      total, e.g. huge_splits when per_rep lacks it) cannot be tested: "noisy" if it moved.
-   - otherwise an exact one-sided permutation test on the difference of the medians (all
-     C(n+m, n) relabellings when that is <= 50,000, else 20,000 seeded random ones), in the
-     direction of the change: p <= alpha -> regression / improvement; else -> noisy (a
-     change that size is within what the repetitions' own spread produces; exit 0, but shown).
-   Why a permutation test: it assumes nothing about the distribution (latency per-repetition
-   medians are skewed and few), it is exact for small n, and it is what Firecracker's A/B gate
-   uses (there on means; medians here, robust to one disturbed repetition).  With n=m=3 the
-   smallest one-sided p is 1/20 = 0.05, reached only when every current repetition is worse
-   than every baseline repetition: the LKP separation rule (new minimum above old median and
-   new median above old maximum) is implied, so it is not applied separately.  Fewer than 3
-   repetitions per side cannot reach alpha=0.05: such metrics come out "noisy" and a warning
-   says to run more repetitions.
+   - otherwise an exact one-sided permutation test of the per-repetition values: the
+     Mann-Whitney rank sum of CUR over all C(n+m, n) relabellings (20,000 seeded random ones
+     when there are more than 50,000), in the direction of the change.  Significant after
+     the family adjustment (4) -> regression / improvement; else -> noisy (a change that
+     size is within what the repetitions' own spread produces; exit 0, but shown).
+   Why this test: it assumes nothing about the distribution (per-repetition medians are
+   skewed and few), it is exact for small n, it is a permutation test as in Firecracker's
+   A/B gate, and on ranks one disturbed repetition cannot carry the result.  (A permutation
+   test on the difference of medians was tried first: its statistic ties, so with n=m=3 its
+   smallest p is 0.1 and it could never fire.)  With n=m=3 the smallest one-sided p is
+   1/20 = 0.05, reached only when every current repetition is worse than every baseline
+   repetition: LKP's separation rule (new minimum above old median and new median above old
+   maximum) is implied by significance at small n, so it is not applied separately.  Fewer
+   than 3 values per side are not tested: such metrics come out "noisy" with a warning.
    Spread shown = MAD of the baseline's per-repetition values, as % of their median.
 
 4. Family.  The p-values of all tested rows are adjusted with Holm-Bonferroni, so the
