@@ -41,8 +41,10 @@ class Target(Protocol):
 def open_target(backend: str, layout, strategy, params: dict | None = None) -> Target:
     params = params or {}
     if backend == "sim":
-        from bench.sim.backend import SimTarget
-        return SimTarget(layout, strategy, params)
+        # the C engine (bench/sim/core.c) unless params say engine = "python", the
+        # reference it is tested equal to
+        from bench.sim.fast import make_sim_target
+        return make_sim_target(layout, strategy, params)
     if backend == "host":
         from bench.host.backend import HostTarget
         return HostTarget(layout, strategy, params)

@@ -62,7 +62,7 @@ def test_invariants(layout_kw, strategy, raw):
         ops[i] = (-1, kind, 0, page * 4096, npages * 4096, token)
     strat = make_strategy(strategy)
     steps = strat.compile(ops, layout)
-    target = open_target("sim", layout, strat, {"host_memory": "64M"})
+    target = open_target("sim", layout, strat, {"host_memory": "64M", "engine": "python"})
     res = target.execute(steps)
     host = target.host
     # pages are never lost or double-counted

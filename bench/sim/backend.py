@@ -218,6 +218,7 @@ class SimTarget:
             "huge_fallbacks": self.host.huge_fallbacks,
             "pageblocks": b.pageblock_counts(),
             "fragmentation": indices(b.nr_free()),
+            "engine": "python",
             "sim_wall_s": round(self.wall_s, 3),
         }
 
