@@ -50,6 +50,13 @@ class Ledger:
         ns = fixed + per_page * pages
         self._add(key, 1, ns)
 
+    def op_beyond(self, key: str, base: str, pages: int) -> None:
+        """What one operation of `key` over `pages` costs beyond `base` over as many pages
+        (the part of a measured figure that another charge has not already covered)."""
+        fk, pk = self.linear[key]
+        fb, pb = self.linear[base]
+        self._add(key, 1, max(0.0, (fk - fb) + (pk - pb) * pages))
+
     def each(self, key: str, n: int) -> None:
         """n events of a per-event cost."""
         if n:
@@ -265,9 +272,10 @@ class GuestMemfd:
         base = int(self.folio_pfn[f])
         self.page_pfn[f * fp:(f + 1) * fp] = np.arange(base + 1, base + 1 + fp)
         self.folio_state[f] = SPLIT
+        if not self.demoted[f]:      # a demoted mapping already counted this folio
+            self.host.huge_splits += 1
         self.demoted[f] = False
         self.host.huge_pages -= fp
-        self.host.huge_splits += 1
         self.ledger.op("folio_split")
 
     # ---- mappings ---------------------------------------------------------------------
@@ -437,14 +445,6 @@ class GuestMemfd:
         p0, p1 = offset >> 12, min(self.npages, (offset + size) >> 12)
         if p0 >= p1:
             return 0                                   # at or past the end: succeeds
-        if self.order:
-            # folios about to be split physically count as one split, not also as a
-            # demoted mapping
-            o = self.order
-            f0, f1 = p0 >> o, ((p1 - 1) >> o) + 1
-            ends = [f for f in (f0, f1 - 1) if self.folio_state[f] == INTACT
-                    and not (p0 <= f * self.fpages and (f + 1) * self.fpages <= p1)]
-            self.demoted[ends] = True
         mapped = self.zap_host(p0, p1, charge=False) > 0
         self.zap_stage2(p0, p1)
         freed = 0
@@ -471,7 +471,13 @@ class GuestMemfd:
         self.present -= freed
         self.host.footprint_pages -= freed
         self.data[p0:p1] = 0
-        self.ledger.op("punch_gmem_mapped" if mapped else "punch_gmem_unmapped", freed)
+        # The kernel walks the whole range whether or not it holds pages (a punch over a
+        # large unallocated range is not free); each freed page then costs what the
+        # populated-range figures add on top of that walk.
+        self.ledger.op("punch_gmem_empty", p1 - p0)
+        if freed:
+            self.ledger.op_beyond("punch_gmem_mapped" if mapped else "punch_gmem_unmapped",
+                                  "punch_gmem_empty", freed)
         return 0
 
     def _free_4k(self, a: int, b: int) -> int:
