@@ -75,7 +75,7 @@ enum {
     K_FAULT_ANON, K_FAULT_THP_ANON, K_FAULT_THP_SHMEM, K_FAULT_GMEM_2M, K_FAULT_1G,
     K_REFAULT_GMEM, K_PUNCH_GMEM_UNMAPPED, K_PUNCH_GMEM_MAPPED, K_PUNCH_SHMEM_UNMAPPED,
     K_PUNCH_SHMEM_MAPPED, K_DISCARD_ANON, K_THP_SPLIT_SHMEM, K_THP_SPLIT_ANON, K_FOLIO_SPLIT,
-    K_MEMCPY, K_ZERO_FILL, K_TOUCH_PAGE, K_FIRMWARE_PSTATE_4K, NKEYS
+    K_MEMCPY, K_ZERO_FILL, K_TOUCH_PAGE, K_FIRMWARE_PSTATE_4K, K_PUNCH_GMEM_EMPTY, NKEYS
 };
 static const char *const key_names[NKEYS] = {
     "ioctl_entry", "attr_update", "refcount_scan_folio", "lru_drain", "host_zap_pte",
@@ -83,7 +83,7 @@ static const char *const key_names[NKEYS] = {
     "fault_anon", "fault_thp_anon", "fault_thp_shmem", "fault_gmem_2m", "fault_1g",
     "refault_gmem", "punch_gmem_unmapped", "punch_gmem_mapped", "punch_shmem_unmapped",
     "punch_shmem_mapped", "discard_anon", "thp_split_shmem", "thp_split_anon", "folio_split",
-    "memcpy", "zero_fill", "touch_page", "firmware_pstate_4k",
+    "memcpy", "zero_fill", "touch_page", "firmware_pstate_4k", "punch_gmem_empty",
 };
 
 typedef struct __attribute__((packed)) {
@@ -250,6 +250,12 @@ static void led_op(core_t *c, int k, int64_t pages)       /* Ledger.op */
 {
     double ns = c->fixed[k] + c->per_page[k] * (double)pages;
     led_add(c, k, 1, ns);
+}
+
+static void led_op_beyond(core_t *c, int k, int base, int64_t pages)  /* Ledger.op_beyond */
+{
+    double ns = (c->fixed[k] - c->fixed[base]) + (c->per_page[k] - c->per_page[base]) * (double)pages;
+    led_add(c, k, 1, ns > 0.0 ? ns : 0.0);
 }
 
 static void led_each(core_t *c, int k, int64_t n)         /* Ledger.each */
@@ -1086,9 +1092,10 @@ static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f)        /* _split_f
     int64_t fp = g->fpages, base = g->fpfn[f];
     for (int64_t i = 0; i < fp; i++) g->page_pfn[f * fp + i] = (int32_t)(base + 1 + i);
     g->fstate[f] = SPLIT;
+    if (!(g->fbits[f] & FB_DEMOTED))      /* a demoted mapping already counted this folio */
+        c->huge_splits++;
     g->fbits[f] &= ~FB_DEMOTED;
     c->huge_pages -= fp;
-    c->huge_splits++;
     led_op(c, K_FOLIO_SPLIT, 1);
 }
 
@@ -1285,15 +1292,6 @@ static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* 
     if (offset >> PAGE_SHIFT >= (uint64_t)g->npages || p0 >= p1) return 0;
     int o = g->order;
     int64_t fp = g->fpages;
-    if (o) {
-        int64_t f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
-        int64_t ends[2] = {f0, f1 - 1};
-        for (int i = 0; i < 2; i++) {
-            int64_t f = ends[i];
-            if (g->fstate[f] == INTACT && !(p0 <= f * fp && (f + 1) * fp <= p1))
-                g->fbits[f] |= FB_DEMOTED;
-        }
-    }
     int mapped = gmem_zap_host(c, g, p0, p1, 0) > 0;
     gmem_zap_stage2(c, g, p0, p1);
     int64_t freed = 0;
@@ -1322,7 +1320,11 @@ static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* 
     g->present -= freed;
     c->footprint -= freed;
     memset(g->data + p0, 0, (size_t)(p1 - p0) * sizeof(uint32_t));
-    led_op(c, mapped ? K_PUNCH_GMEM_MAPPED : K_PUNCH_GMEM_UNMAPPED, freed);
+    /* the kernel walks the whole range; each freed page adds what the populated-range
+       figures add on top of that walk */
+    led_op(c, K_PUNCH_GMEM_EMPTY, p1 - p0);
+    if (freed)
+        led_op_beyond(c, mapped ? K_PUNCH_GMEM_MAPPED : K_PUNCH_GMEM_UNMAPPED, K_PUNCH_GMEM_EMPTY, freed);
     return 0;
 }
 
