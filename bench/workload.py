@@ -31,7 +31,10 @@ from bench.generators import (GENERATORS, GUEST_TOUCHES, HOST_TOUCHES, TOUCHES, 
 from bench.layout import GMEM_PAGE_SIZES, PLATFORMS, SHARED_BACKINGS, SHARED_PAGES, Layout, Memslot
 from bench.ops import OP_DTYPE, PAGE_SIZE
 
-DEFAULT_SUITE = ["swiotlb-boot", "dma-churn", "bulk-roundtrip"]
+# What plain `gmembench run` runs: the three (SWIOTLB boot, 4K DMA churn on 2M
+# folios, bulk 4 GiB round trips) plus the two that show what they cannot: copy overhead
+# with contents that must survive (pkvm-share) and the huge-page fragmentation worst case.
+DEFAULT_SUITE = ["swiotlb-boot", "dma-churn", "bulk-roundtrip", "pkvm-share", "huge-scatter-2m"]
 
 # --quick without a [quick] table: counts, memslot sizes and regions are divided by this,
 # so the stream keeps its shape (buffer sizes, rounds, mixes stay the same).
