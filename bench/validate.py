@@ -12,8 +12,9 @@
      huge splits / merges         exact, where the workload is deterministic
      bytes copied                 exact
    A metric the host cannot reproduce run to run is labelled "nondeterministic" with the
-   reason and does not decide the verdict.  Per-direction medians are printed as "info"
-   rows (diagnosis: which direction a miss comes from) and do not decide it either.
+   reason and does not decide the verdict.  The latency rows that decide are the median of
+   each direction (to-shared, to-private) when the op streams give it; the pooled median is
+   then an "info" row (see compare_runs for why it is not a typical conversion).
 4. Write validation.json atomically into the output directory (with the calibrated profile
    and both results directories beside it).  Exit 0 when every decided row is within
    tolerance, 1 otherwise, 2 on bad input.
@@ -145,15 +146,23 @@ def compare_runs(host_doc: dict, sim_doc: dict, host_samples: dict | None = None
                             reason="the simulator has no run of this key"))
             continue
         hm, sm = h["metrics"], s["metrics"]
-        rows.append(compare_relative(w, st, "median conversion latency (ns)",
-                                     hm["latency_ns"]["p50"], sm["latency_ns"]["p50"]))
+        hd = sd = {}
         if workloads and w in workloads and host_samples is not None and sim_samples is not None:
             hd = _direction_medians(h, host_samples, workloads[w])
             sd = _direction_medians(s, sim_samples, workloads[w])
-            for k, name in ((OpKind.TO_SHARED, "to-shared"), (OpKind.TO_PRIVATE, "to-private")):
-                if k in hd or k in sd:
-                    rows.append(compare_relative(w, st, f"  median {name} (ns)", hd.get(k),
-                                                 sd.get(k), decides=False))
+        # When each direction has its own median, those decide: a workload that converts every
+        # buffer there and back has exactly half its conversions in each direction, and the
+        # pooled median is then the midpoint between the slowest conversion of the cheap
+        # direction and the fastest of the other - the edges of two clusters, set by the
+        # host's noise tails, not a typical conversion.  The pooled median is shown as info.
+        split = bool(hd) and bool(sd)
+        rows.append(compare_relative(w, st, "median conversion latency (ns)",
+                                     hm["latency_ns"]["p50"], sm["latency_ns"]["p50"],
+                                     decides=not split))
+        for k, name in ((OpKind.TO_SHARED, "to-shared"), (OpKind.TO_PRIVATE, "to-private")):
+            if k in hd or k in sd:
+                rows.append(compare_relative(w, st, f"  median {name} (ns)", hd.get(k),
+                                             sd.get(k), decides=split))
         rows.append(compare_exact(w, st, "footprint peak (bytes)", hm["footprint_bytes"]["peak"],
                                   sm["footprint_bytes"]["peak"], nondeterminism(h, "footprint_peak")))
         rows.append(compare_exact(w, st, "huge splits", hm["huge_splits"], sm["huge_splits"],

@@ -141,6 +141,10 @@ def test_end_to_end_on_this_host(tmp_path, capsys):
     for s in ("in-place", "dual"):
         lat = rows[(s, "median conversion latency (ns)")]
         assert lat["host"] > 0 and lat["sim"] > 0 and lat["tolerance"] == "25%"
+        for d in ("to-shared", "to-private"):       # each direction decides
+            assert rows[(s, f"  median {d} (ns)")]["decides"]
+        assert doc["within_tolerance"] == all(r["verdict"] == PASS for r in doc["rows"]
+                                              if r["decides"])
         # both backends replayed the same ops: what is counted, not timed, is equal
         assert rows[(s, "footprint peak (bytes)")]["verdict"] == PASS
         assert rows[(s, "huge splits")]["verdict"] == PASS
@@ -150,3 +154,36 @@ def test_end_to_end_on_this_host(tmp_path, capsys):
     assert (out / "host" / "results.json").exists() and (out / "sim" / "results.json").exists()
     assert "median conversion latency" in printed and "validation.json" in printed
     assert not [p for p in out.iterdir() if p.name.startswith(".")]     # atomic, no temp left
+
+
+def test_direction_medians_decide_when_the_streams_give_them(tmp_path):
+    """Half the conversions go each way: the pooled median sits between the two clusters
+    (here it moves by 2x with the host's tail) while each direction agrees within 10%."""
+    import numpy as np
+    from bench.ops import OpKind
+    from bench.runner import build_ops
+    from bench.workload import load_workload
+    f = tmp_path / "w.toml"
+    f.write_text(SMALL)
+    wl = load_workload(str(f))
+    ops, _ = build_ops(wl, 0)
+    kinds = ops["kind"][np.isin(ops["kind"], (OpKind.TO_SHARED, OpKind.TO_PRIVATE))]
+    to_shared = kinds == OpKind.TO_SHARED
+    host_lat = np.where(to_shared, 300, 2000).astype(np.int64)
+    host_lat[np.flatnonzero(to_shared)[:3]] = 1800            # a noise tail of the cheap side
+    sim_lat = np.where(to_shared, 280, 2100).astype(np.int64)
+    h = run(workload=wl.name, p50=float(np.median(host_lat)))
+    s = run(workload=wl.name, p50=float(np.median(sim_lat)))
+    rows = by_metric(compare_runs(run_doc([h]), run_doc([s]),
+                                  {f"{wl.name}/dual/rep0": host_lat},
+                                  {f"{wl.name}/dual/rep0": sim_lat}, {wl.name: wl}))
+    pooled = rows[(wl.name, "dual", "median conversion latency (ns)")]
+    assert pooled.verdict == INFO and abs(pooled.disagreement) > 0.25
+    assert rows[(wl.name, "dual", "  median to-shared (ns)")].verdict == PASS
+    assert rows[(wl.name, "dual", "  median to-private (ns)")].verdict == PASS
+    # a direction outside the tolerance decides the verdict
+    sim_lat[~to_shared] = 3000
+    rows = by_metric(compare_runs(run_doc([h]), run_doc([s]),
+                                  {f"{wl.name}/dual/rep0": host_lat},
+                                  {f"{wl.name}/dual/rep0": sim_lat}, {wl.name: wl}))
+    assert rows[(wl.name, "dual", "  median to-private (ns)")].verdict == FAIL
