@@ -55,9 +55,18 @@ class _TqdmBar:
     def n(self):
         return self._bar.n
 
+    @n.setter
+    def n(self, value):
+        self._bar.n = value
+
     @property
     def total(self):
         return self._bar.total
+
+    @total.setter
+    def total(self, value):
+        # a new phase (next workload or repetition) with its own length: ETA starts over
+        self._bar.reset(total=value)
 
     def update(self, n: int = 1) -> None:
         self._bar.update(n)

@@ -189,3 +189,17 @@ def test_progress_forced_shows_workload_and_count(monkeypatch, capsys):
         assert bar.n == 50 and bar.total == 100
     err = capsys.readouterr().err
     assert "swiotlb-boot dual rep 1/3" in err and "50/100" in err
+
+
+def test_progress_bar_accepts_new_phase_lengths(monkeypatch, capsys):
+    # the runner sets .total per workload/repetition and resets .n; both bar kinds take it
+    from bench.progress import progress
+    for enabled in (True, False):
+        with progress(None, "gmembench", "op", enabled=enabled) as bar:
+            bar.total = 100
+            bar.n = 0
+            bar.update(60)
+            bar.total = 40
+            bar.n = 0
+            bar.update(40)
+            assert (bar.n, bar.total) == (40, 40)
