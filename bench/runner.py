@@ -71,10 +71,12 @@ def fidelity_label(fid_steps: dict, steps: np.ndarray) -> str:
     return labels.pop() if len(labels) == 1 else "mixed(" + "+".join(sorted(labels)) + ")"
 
 
-def execute_repetition(target, ops, steps, bar=None) -> tuple[np.ndarray, dict]:
-    """Execute in chunks, snapshotting between chunks for the time series."""
+def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS) -> tuple[np.ndarray, dict]:
+    """Execute in chunks, snapshotting between chunks for the time series (`points`
+    snapshots per repetition: on the host each one reads /proc, so short workloads may
+    want fewer)."""
     n_ops = len(ops)
-    chunk = max(1, -(-n_ops // SERIES_POINTS))
+    chunk = max(1, -(-n_ops // max(1, points)))
     bounds = np.searchsorted(steps["op"], np.arange(0, n_ops + chunk, chunk))
     results = []
     snap = target.snapshot()
@@ -183,7 +185,8 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                             execute_repetition(target, ops, steps)
                             continue
                         t0 = time.perf_counter()
-                        res, series = execute_repetition(target, ops, steps, bar)
+                        res, series = execute_repetition(target, ops, steps, bar,
+                                                         int(bparams.get("series_points", SERIES_POINTS)))
                         wall = time.perf_counter() - t0
                         rec = RepetitionRecord(ops, steps, res)
                         rec.wall_s = wall
