@@ -67,10 +67,13 @@ class RepetitionRecord:
         self.errors = {_errname(int(c)): int(k) for c, k in zip(codes, counts)}
 
     def summary(self) -> dict:
+        per4k = self.latency_ns / np.maximum(self.sizes // PAGE_SIZE, 1)
         return {
             "conversions": self.conversions,
             "failed_conversions": self.failed_conversions,
             "latency_ns": latency_stats(self.latency_ns),
+            "latency_per_4k_ns": {"p50": float(np.median(per4k)) if len(per4k) else None,
+                                  "mean": float(per4k.mean()) if len(per4k) else None},
             "bytes_copied": self.bytes_copied,
             "copy_time_ns": self.copy_time_ns,
         }

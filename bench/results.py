@@ -29,11 +29,13 @@ results.json, schema "gmembench-results/1":
         "unusable_index": {"order9", "order18"},    # at the end of the run
         "checks": {"content_pages_checked", "content_mismatch_pages", "sigbus_expected",
                    "sigbus_seen", "unexpected_sigbus"},
-        "errors": {"<errno name>": count},
-        "wall_s": float                       # wall time the backend took
+        "errors": {"<errno name>": count}
       },
-      "per_rep": [ {"latency_ns": {...}, "conversions", "failed_conversions", "bytes_copied",
-                    "copy_time_ns", "footprint_bytes": {...}, "wall_s"} , ... ],
+      "timing": {"wall_s": [per repetition]},  # wall time, kept out of the metrics
+      "warmup_repetitions": int,             # run first and discarded (host backend)
+      "per_rep": [ {"latency_ns": {...}, "latency_per_4k_ns": {"p50", "mean"}, "conversions",
+                    "failed_conversions", "bytes_copied", "copy_time_ns",
+                    "footprint_bytes": {...}, "huge_splits", "huge_merges", "wall_s"} , ... ],
       "series": {"op_index": [...], "t_ns": [...], "footprint_bytes": [...],
                  "hugepage_coverage": [...], "huge_splits": [...]},   # repetition 0
       "breakdown": {primitive: {"count": n, "ns": total}},

@@ -231,6 +231,8 @@ def _run_entry(wl, sname, backend, recs, serieses, extra, prof, quick, info) -> 
         fp = np.asarray(s["footprint_bytes"])
         d = r.summary()
         d["footprint_bytes"] = {"peak": int(fp.max()), "mean": float(fp.mean())}
+        d["huge_splits"] = int(s["huge_splits"][-1] - s["huge_splits"][0])
+        d["huge_merges"] = int(s["huge_merges"][-1] - s["huge_merges"][0])
         d["wall_s"] = round(r.wall_s, 4)
         per_rep.append(d)
     s0 = serieses[0]

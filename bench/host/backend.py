@@ -273,6 +273,11 @@ class HostTarget:
         ctx.attrs2_native = int(self.attrs2_native)
         ctx.vm_attrs_native = int(self.vm_attrs_native)
         ctx.platform = PLATFORM_CODES[layout.platform]
+        # regression-gate testing only: a real, measured delay inside each conversion step
+        slowdown = float(self.params.get("slowdown", 1.0))
+        if slowdown < 1.0:
+            raise InputError(f"slowdown must be >= 1.0, got {slowdown}")
+        ctx.slowdown_permille = int(round((slowdown - 1.0) * 1000))
         self._ctx = ctx
         self.harness = self._measure_overhead(
             max(2, _param_number(self.params, "overhead_reps", 20001, int)))
@@ -659,6 +664,8 @@ class HostTarget:
             "harness_overhead": self.harness,
             "harness_overhead_ns": self.harness["nop_median_ns"],
             "scale": self.scale,
+            # > 1 only when a regression gate is being tested: a delay was injected
+            "slowdown": float(self.params.get("slowdown", 1.0)),
             "guard_share": _param_number(self.params, "guard_share", GUARD_SHARE),
             "mem_available_bytes": self.mem_available,
             "warmup_bytes": self.warmup_bytes,

@@ -508,6 +508,17 @@ static int run_step(struct gm_ctx *c, const struct gm_step *st, int64_t *ns, int
     }
 }
 
+/* A known delay in the timed path (regression-gate testing): spin for `want` ns and
+ * return the time really spent, so the reported step time includes it as measured. */
+static int64_t busy_wait_ns(int64_t want)
+{
+    int64_t t0 = now_ns(), t;
+    do
+        t = now_ns();
+    while (t - t0 < want);
+    return t - t0;
+}
+
 int gm_execute(struct gm_ctx *c, const void *steps_buf, void *results_buf, int64_t n)
 {
     const struct gm_step *steps = steps_buf;
@@ -527,6 +538,8 @@ int gm_execute(struct gm_ctx *c, const void *steps_buf, void *results_buf, int64
         failed_op = -1;
         int64_t ns = 0, aux = 0;
         r->status = run_step(c, st, &ns, &aux);
+        if (c->slowdown_permille > 0 && (st->flags & GM_STEP_CONVERSION))
+            ns += busy_wait_ns(ns * c->slowdown_permille / 1000);
         r->ns = ns;
         r->aux = aux;
         if (r->status && (st->flags & GM_STEP_ABORT_ON_FAIL))

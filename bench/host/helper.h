@@ -24,6 +24,7 @@
 #define GM_OBJ_SHARED 1
 #define GM_VIA_HOST 0
 #define GM_VIA_GUEST 1
+#define GM_STEP_CONVERSION 1
 #define GM_STEP_ABORT_ON_FAIL 2
 #define GM_SIGBUS_STATUS 1000
 #define GM_SKIPPED 1001
@@ -75,6 +76,8 @@ struct gm_ctx {
     int vm_attrs_native;       /* KVM_SET_MEMORY_ATTRIBUTES accepted on the VM fd */
     int platform;              /* GM_PLATFORM_*: content effect of to-shared */
     struct gm_pin pins[64];
+    int slowdown_permille;     /* gate testing: each conversion step busy-waits this many
+                                  thousandths of its own measured time, inside the timing */
 };
 
 int gm_step_size(void);
