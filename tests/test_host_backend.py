@@ -8,7 +8,7 @@ import pytest
 
 from bench.errors import InputError
 from bench.layout import Layout, Memslot
-from bench.ops import (NO_CHECK, SIGBUS_STATUS, SKIPPED, OpKind, Step, empty_ops)
+from bench.ops import (NO_CHECK, OP_DTYPE, SIGBUS_STATUS, SKIPPED, OpKind, Step, empty_ops)
 from bench.strategies import DualBacking, InPlace
 
 pytestmark = [
@@ -371,3 +371,36 @@ def test_failed_conversion_skips_its_later_steps_across_mapping_points(probed):
         assert op_aux(steps, res, 2, Step.COPY) == M
     finally:
         t.close()
+
+
+@pytest.mark.parametrize("strategy", [InPlace(), DualBacking()], ids=["in-place", "dual"])
+def test_injected_slowdown_is_a_measured_delay_and_is_labelled(probed, strategy):
+    """The gate-testing hook: slowdown=2 busy-waits inside each timed conversion step for
+    as long again as the step took, so the measured time roughly doubles; touches are not
+    slowed; the run says so in its metadata; values below 1 are refused."""
+    import numpy as np
+    from bench.errors import InputError
+    from bench.metrics import RepetitionRecord
+    ops = np.zeros(600, OP_DTYPE)
+    ops["kind"][0::3] = OpKind.TO_SHARED
+    ops["kind"][1::3] = OpKind.SHARED_WRITE
+    ops["kind"][2::3] = OpKind.TO_PRIVATE
+    ops["offset"] = np.repeat(np.arange(200) * 4 * K4, 3)
+    ops["size"] = 4 * K4
+    medians = {}
+    for slow in (1.0, 2.0):
+        t, lay = target(probed, strategy, params={"slowdown": slow})
+        try:
+            steps = strategy.compile(ops, lay)
+            t.execute(steps)                      # warm: pages exist, caches hot
+            res = t.execute(steps)
+            assert t.metadata()["slowdown"] == slow
+            conv = (steps["flags"] & 1) != 0
+            medians[slow] = (np.median(RepetitionRecord(ops, steps, res).latency_ns),
+                             np.median(res["ns"][~conv]))
+        finally:
+            t.close()
+    assert medians[2.0][0] > 1.6 * medians[1.0][0]
+    assert medians[2.0][1] < 1.6 * medians[1.0][1] + 1000, "touch steps are not slowed"
+    with pytest.raises(InputError):
+        target(probed, strategy, params={"slowdown": 0.5})

@@ -301,6 +301,16 @@ def report_markdown(results: dict, samples: dict, summary_png: Path | None,
         md += [_md_table(["run"] + steps,
                          [[r["key"]] + [(r.get("fidelity_steps") or {}).get(s, "-") for s in steps]
                           for r in runs]), ""]
+    emulation = [(r["key"], note) for r in runs
+                 for note in (r.get("metadata") or {}).get("emulation") or []]
+    slowed = [r["key"] for r in runs if (r.get("metadata") or {}).get("slowdown", 1.0) != 1.0]
+    if emulation or slowed:
+        md += ["### What the host backend emulated or changed", ""]
+        md += [f"- {key}: {note}" for key, note in emulation]
+        md += [f"- **{key}: a delay was injected into every conversion step (slowdown "
+               f"parameter, for testing a regression gate): not a measurement of the kernel**"
+               for key in slowed]
+        md += [""]
     md += ["### pyperf", "",
            f"{len(pyperf_files)} files in `pyperf/`, one per workload x strategy x metric, "
            "one pyperf run per repetition; host facts pyperf does not collect (THP, hugetlb, "
