@@ -34,6 +34,28 @@ def parse_size(v, what: str) -> int:
         raise InputError(f"{what}: {v!r} is not a size (expected e.g. 4096, 64M, 2G)")
 
 
+def model_parameters(layout, params: dict) -> tuple[int, int]:
+    """Check a layout and the model parameters against what the model can build:
+    returns (guest_memfd folio order, host memory bytes).  Both engines call this."""
+    order = ORDER_OF.get(layout.gmem_page_size)
+    if order is None:
+        raise InputError(f"gmem_page_size {layout.gmem_page_size} is not 4K, 2M or 1G")
+    guest = layout.guest_size
+    default_host = max(16 * GiB, (2 * guest + 2 * GiB + GiB - 1) // GiB * GiB)
+    host_bytes = parse_size(params.get("host_memory", default_host), "host_memory")
+    if host_bytes % PAGE_SIZE:
+        raise InputError(f"host_memory {host_bytes} is not a multiple of 4096")
+    if order == 18 and host_bytes < GiB:
+        raise InputError("host_memory is smaller than one 1G folio")
+    for i, m in enumerate(layout.memslots):
+        if m.size % layout.gmem_page_size or m.size == 0:
+            raise InputError(f"memslot {i}: size {m.size} is not a positive multiple of the "
+                             f"guest_memfd page size {layout.gmem_page_size}")
+        if m.gpa % PAGE_SIZE:
+            raise InputError(f"memslot {i}: gpa {m.gpa:#x} is not 4K aligned")
+    return order, host_bytes
+
+
 class SimTarget:
     backend = "sim"
 
@@ -42,22 +64,7 @@ class SimTarget:
         self.layout, self.strategy, self.params = layout, strategy, params
         self.profile = params.get("_profile") or load_profile(params.get("profile"))
         self.ledger = Ledger(self.profile)
-        order = ORDER_OF.get(layout.gmem_page_size)
-        if order is None:
-            raise InputError(f"gmem_page_size {layout.gmem_page_size} is not 4K, 2M or 1G")
-        guest = layout.guest_size
-        default_host = max(16 * GiB, (2 * guest + 2 * GiB + GiB - 1) // GiB * GiB)
-        host_bytes = parse_size(params.get("host_memory", default_host), "host_memory")
-        if host_bytes % PAGE_SIZE:
-            raise InputError(f"host_memory {host_bytes} is not a multiple of 4096")
-        if order == 18 and host_bytes < GiB:
-            raise InputError("host_memory is smaller than one 1G folio")
-        for i, m in enumerate(layout.memslots):
-            if m.size % layout.gmem_page_size or m.size == 0:
-                raise InputError(f"memslot {i}: size {m.size} is not a positive multiple of the "
-                                 f"guest_memfd page size {layout.gmem_page_size}")
-            if m.gpa % PAGE_SIZE:
-                raise InputError(f"memslot {i}: gpa {m.gpa:#x} is not 4K aligned")
+        order, host_bytes = model_parameters(layout, params)
         rng = np.random.default_rng(int(params.get("seed", 0)))
         self.host = Host(host_bytes // PAGE_SIZE, self.ledger, rng,
                          float(params.get("prefragment", 0.0)))

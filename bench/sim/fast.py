@@ -14,7 +14,7 @@ from bench.costs import load_profile
 from bench.errors import InputError
 from bench.fragmentation import indices
 from bench.ops import PAGE_SIZE, RESULT_DTYPE, STEP_DTYPE, Step
-from bench.sim.backend import GiB, ORDER_OF, parse_size
+from bench.sim.backend import model_parameters
 from bench.sim.model import PLATFORM_VM_TYPE
 
 ENGINES = ("c", "python")
@@ -77,23 +77,7 @@ class CoreTarget:
         self._ffi, self._lib = mod.ffi, mod.lib
         self.layout, self.strategy, self.params = layout, strategy, params
         self.profile = params.get("_profile") or load_profile(params.get("profile"))
-        # the same validation, in the same order, as SimTarget
-        order = ORDER_OF.get(layout.gmem_page_size)
-        if order is None:
-            raise InputError(f"gmem_page_size {layout.gmem_page_size} is not 4K, 2M or 1G")
-        guest = layout.guest_size
-        default_host = max(16 * GiB, (2 * guest + 2 * GiB + GiB - 1) // GiB * GiB)
-        host_bytes = parse_size(params.get("host_memory", default_host), "host_memory")
-        if host_bytes % PAGE_SIZE:
-            raise InputError(f"host_memory {host_bytes} is not a multiple of 4096")
-        if order == 18 and host_bytes < GiB:
-            raise InputError("host_memory is smaller than one 1G folio")
-        for i, m in enumerate(layout.memslots):
-            if m.size % layout.gmem_page_size or m.size == 0:
-                raise InputError(f"memslot {i}: size {m.size} is not a positive multiple of the "
-                                 f"guest_memfd page size {layout.gmem_page_size}")
-            if m.gpa % PAGE_SIZE:
-                raise InputError(f"memslot {i}: gpa {m.gpa:#x} is not 4K aligned")
+        order, host_bytes = model_parameters(layout, params)   # as SimTarget
         total_pages = host_bytes // PAGE_SIZE
         if total_pages >= (1 << 31) - 1:
             raise InputError(f"host_memory {host_bytes} too large for the C engine (< 8 TiB)")
