@@ -157,7 +157,10 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
         wl.seed = s
         plans.append((wl, reps))
     t_start = time.time()
-    with progress(total=None, desc="gmembench", unit="op", enabled=progress_enabled) as bar:
+    # one bar over every op of every measured run, so its rate and time left cover the
+    # whole suite (repetitions of a workload have streams of the same length)
+    total = sum(len(build_ops(wl, 0)[0]) * reps * len(strategies) for wl, reps in plans)
+    with progress(total=total, desc="gmembench", unit="op", enabled=progress_enabled) as bar:
         for wl, reps in plans:
             recs = {s: [] for s in strategies}
             serieses = {s: [] for s in strategies}
@@ -176,9 +179,8 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                     bparams = dict(wl.params)
                     bparams.update(params)
                     bparams["seed"] = wl.seed
-                    bar.set_description(f"{wl.name} {sname} rep {rep + 1}/{reps}")
-                    bar.total = len(ops)
-                    bar.n = 0 if hasattr(bar, "_bar") is False else bar.n
+                    bar.set_description(f"{wl.name} {sname} "
+                                        + (f"rep {rep + 1}/{reps}" if rep >= 0 else "warm-up"))
                     target = open_target(backend, wl.layout, strategy, bparams)
                     try:
                         if rep < 0:
