@@ -103,8 +103,7 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
               params: dict | None = None, out_dir=None, quick: bool = False,
               progress_enabled: bool | None = None, profile: str | None = None,
               repetitions: int | None = None, seed: int | None = None,
-              strategy_options: dict | None = None, report: bool = True,
-              echo=print) -> Path:
+              strategy_options: dict | None = None, report: bool = True) -> Path:
     """Run and write a results directory; returns its path.  Everything is validated
     before the first op runs, and the directory appears only when complete."""
     from bench.workload import load_workload
@@ -127,7 +126,7 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
     tmp.mkdir(parents=True)
     try:
         doc = _run(loaded, strategies, backend, params, prof, quick, progress_enabled,
-                   repetitions, seed, strategy_options or {}, tmp, echo)
+                   repetitions, seed, strategy_options or {}, tmp)
         doc["run_id"] = out.name
         atomic_write_json(tmp / "results.json", doc)
         if out.exists():
@@ -147,7 +146,7 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
 
 
 def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, repetitions,
-         seed, cli_options, tmp, echo) -> dict:
+         seed, cli_options, tmp) -> dict:
     runs, samples = [], {}
     total = 0
     plans = []

@@ -269,14 +269,13 @@ def _validate(loaded, workloads, out, profile, strategies, repetitions, progress
     echo(f"validate: {len(workloads)} workloads on the host backend ...")
     t1 = time.monotonic()
     host_dir = run_suite(workloads, strategies, "host", host_params, out / "host",
-                         progress_enabled=progress_enabled, repetitions=repetitions, report=False,
-                         echo=echo)
+                         progress_enabled=progress_enabled, repetitions=repetitions, report=False)
     host_s = time.monotonic() - t1
     echo(f"validate: the same workloads on the simulator with {profile} ...")
     t2 = time.monotonic()
     sim_dir = run_suite(workloads, strategies, "sim", {}, out / "sim",
                         progress_enabled=progress_enabled, profile=profile,
-                        repetitions=repetitions, report=False, echo=echo)
+                        repetitions=repetitions, report=False)
     sim_s = time.monotonic() - t2
     host_doc, sim_doc = load_results(host_dir), load_results(sim_dir)
     rows = compare_runs(host_doc, sim_doc, load_samples(host_doc), load_samples(sim_doc), loaded)

@@ -117,8 +117,7 @@ def main(argv=None) -> int:
         ts = time.time()
         run_suite([str(frozen)], ["in-place", "dual"], backend=args.backend,
                   params={**params, **extra}, out_dir=d, quick=args.quick,
-                  progress_enabled=False, repetitions=args.repetitions, report=False,
-                  echo=lambda *a, **kw: None)
+                  progress_enabled=False, repetitions=args.repetitions, report=False)
         print(f"{label}: {time.time() - ts:.1f}s", file=sys.stderr, flush=True)
         return d
 
