@@ -99,6 +99,28 @@ def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS
     return res, series
 
 
+def repetition(backend, layout, strategy, params, ops, steps, points=SERIES_POINTS) -> dict:
+    """One repetition on a fresh target: results, series, and what the backend reports."""
+    target = open_target(backend, layout, strategy, params)
+    try:
+        t0 = time.perf_counter()
+        res, series = execute_repetition(target, ops, steps, None, points)
+        return {"res": res, "series": series, "wall_s": time.perf_counter() - t0,
+                "fidelity_steps": target.fidelity(), "breakdown": target.breakdown(),
+                "metadata": target.metadata()}
+    finally:
+        target.close()
+
+
+def repetition_in_worker(*args) -> dict:
+    """repetition() in a new process (spawned, so nothing of this one is inherited)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                             max_tasks_per_child=1) as ex:
+        return ex.submit(repetition, *args).result()
+
+
 def run_suite(workloads: list[str], strategies: list[str] | None = None, backend: str = "sim",
               params: dict | None = None, out_dir=None, quick: bool = False,
               progress_enabled: bool | None = None, profile: str | None = None,
@@ -180,29 +202,28 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                     bparams["seed"] = wl.seed
                     bar.set_description(f"{wl.name} {sname} "
                                         + (f"rep {rep + 1}/{reps}" if rep >= 0 else "warm-up"))
-                    target = open_target(backend, wl.layout, strategy, bparams)
-                    try:
-                        if rep < 0:
-                            execute_repetition(target, ops, steps)
-                            continue
-                        t0 = time.perf_counter()
-                        res, series = execute_repetition(target, ops, steps, bar,
-                                                         int(bparams.get("series_points", SERIES_POINTS)))
-                        wall = time.perf_counter() - t0
-                        rec = RepetitionRecord(ops, steps, res)
-                        rec.wall_s = wall
-                        recs[sname].append(rec)
-                        serieses[sname].append(series)
-                        samples[f"{wl.name}/{sname}/rep{rep}"] = rec.latency_ns
-                        if rep == 0:
-                            extras[sname] = {
-                                "strategy": strategy, "steps": steps,
-                                "fidelity_steps": target.fidelity(),
-                                "breakdown": target.breakdown(),
-                                "metadata": target.metadata(),
-                            }
-                    finally:
-                        target.close()
+                    points = int(bparams.get("series_points", SERIES_POINTS))
+                    if rep < 0:
+                        repetition(backend, wl.layout, strategy, bparams, ops, steps, points)
+                        continue
+                    # On real hardware each measured repetition runs in a fresh process
+                    # (pyperf's worker model): run-to-run variance lives largely in the
+                    # process (memory placement), and only per-process values show it.
+                    isolate = backend == "host" and bool(bparams.get("process_per_repetition", True))
+                    out = (repetition_in_worker if isolate else repetition)(
+                        backend, wl.layout, strategy, bparams, ops, steps, points)
+                    bar.update(len(ops))
+                    res, series = out["res"], out["series"]
+                    rec = RepetitionRecord(ops, steps, res)
+                    rec.wall_s = out["wall_s"]
+                    recs[sname].append(rec)
+                    serieses[sname].append(series)
+                    samples[f"{wl.name}/{sname}/rep{rep}"] = rec.latency_ns
+                    if rep == 0:
+                        extras[sname] = {"strategy": strategy, "steps": steps,
+                                         **{k: out[k] for k in ("fidelity_steps", "breakdown",
+                                                                "metadata")}}
+                        extras[sname]["metadata"]["process_per_repetition"] = isolate
             for sname in strategies:
                 runs.append(_run_entry(wl, sname, backend, recs[sname], serieses[sname],
                                        extras[sname], prof, quick, info))
