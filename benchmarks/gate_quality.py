@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     print("A/A |change| 95th percentile per metric (thresholds below this alarm often): "
           + ", ".join(f"{m} {100 * v:.1f}% (threshold {100 * thresholds[m]:.0f}%)"
                       for m, v in drift95.items()))
-    print(f"A/B (+{100 * args.slowdown:.0f}%) detected, disjoint pairs: "
+    print(f"A/B (+{100 * args.slowdown:.0f}%) detected, back-to-back pairs (A_i, B_i): "
           f"{rate(sum(ab_disjoint), len(ab_disjoint))}")
     print(f"A/B (+{100 * args.slowdown:.0f}%) detected, all pairs:      {rate(sum(ab_all), len(ab_all))}")
     print(f"  latency_p50 rows flagged as regression: {rate(p50_rows_flagged, p50_rows)}")
