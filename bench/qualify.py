@@ -33,7 +33,6 @@ import datetime as dt
 import fnmatch
 import math
 import re
-import sys
 import tomllib
 from pathlib import Path
 

@@ -19,8 +19,7 @@ import numpy as np
 from bench import __version__
 from bench.backend import open_target
 from bench.errors import InputError
-from bench.metrics import RepetitionRecord, aggregate, latency_stats
-from bench.ops import OP_DTYPE, CONVERSIONS
+from bench.metrics import RepetitionRecord, aggregate
 from bench.progress import progress
 from bench.results import SCHEMA, atomic_write_json, atomic_write_npz
 from bench.strategies import STRATEGIES, make_strategy

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench.errors import InputError
-from bench.ops import (KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, OP_DTYPE, STEP_ABORT_ON_FAIL,
+from bench.ops import (KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, STEP_ABORT_ON_FAIL,
                        STEP_CONVERSION, STEP_DTYPE, NO_CHECK, Obj, OpKind, Step, Via)
 
 GUEST_MEMFD_FLAG_MMAP = 1 << 0

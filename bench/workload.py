@@ -16,7 +16,6 @@ import importlib
 import math
 import os
 import re
-import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.errors import InputError
-from bench.generators import (GENERATORS, GUEST_TOUCHES, HOST_TOUCHES, TOUCHES, Param, Touch,
+from bench.generators import (GENERATORS, TOUCHES, Param, Touch,
                               check_ops, coerce_param, format_size, kind_counts, parse_size,
                               touch_stream)
 from bench.layout import GMEM_PAGE_SIZES, PLATFORMS, SHARED_BACKINGS, SHARED_PAGES, Layout, Memslot

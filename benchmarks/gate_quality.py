@@ -38,7 +38,6 @@ baseline on this machine: no threshold gives <= 5% false alarms and >= 90% detec
 """
 import argparse
 import itertools
-import json
 import shutil
 import sys
 import time

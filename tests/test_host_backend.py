@@ -378,8 +378,6 @@ def test_injected_slowdown_is_a_measured_delay_and_is_labelled(probed, strategy)
     """The gate-testing hook: slowdown=2 busy-waits inside each timed conversion step for
     as long again as the step took, so the measured time roughly doubles; touches are not
     slowed; the run says so in its metadata; values below 1 are refused."""
-    import numpy as np
-    from bench.errors import InputError
     from bench.metrics import RepetitionRecord
     ops = np.zeros(600, OP_DTYPE)
     ops["kind"][0::3] = OpKind.TO_SHARED

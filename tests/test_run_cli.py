@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from bench.cli import main
 from bench.results import load_results, load_samples

@@ -2,7 +2,6 @@
 one test per rule, through the model's ioctl-shaped methods."""
 import errno
 
-import numpy as np
 import pytest
 
 from bench.ops import KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE

@@ -303,7 +303,7 @@ class Calibrator:
 
     def thp_fault(self, kind: str) -> np.ndarray:
         """One huge-page fault: touch the first byte of each 2M of a THP/hugetlb region."""
-        lib, kvm = self.lib, self.kvm
+        lib = self.lib
         reps = self.reps_2m
         if kind == "shmem":
             self.settings.set(sysfs.THP_SHMEM_ENABLED, "advise")
@@ -398,7 +398,7 @@ class Calibrator:
     def copy_like(self, prim: int, size: str) -> np.ndarray:
         """memcpy / zero-fill of cold data: every round uses addresses not touched since the
         buffers were populated."""
-        lib, kvm = self.lib, self.kvm
+        kvm = self.kvm
         length, reps, _ = self._shape(size)
         region = 256 * M
         stride = region // reps

@@ -6,7 +6,6 @@ handlers restore, then raise KeyboardInterrupt / exit as the signal would), and 
 interpreter exit as a last resort.  Values written are recorded for the results metadata.
 """
 import atexit
-import os
 import re
 import signal
 import threading

@@ -215,7 +215,7 @@ def report_markdown(results: dict, samples: dict, summary_png: Path | None,
                     plots: dict, pyperf_files: list, outdir: Path) -> str:
     runs = results.get("runs", [])
     backends = sorted({r.get("backend", "?") for r in runs})
-    md = [f"# gmembench: in-place vs dual-backing guest_memfd conversion",
+    md = ["# gmembench: in-place vs dual-backing guest_memfd conversion",
           "",
           f"Run `{results.get('run_id', '?')}`, created {results.get('created', '?')}, "
           f"gmembench {results.get('package_version', '?')}, backend **{'/'.join(backends)}**.",
