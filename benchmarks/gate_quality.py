@@ -30,6 +30,8 @@ A/A over 28 run pairs, A/B over 64):
   latency_p50=7%, latency_p99=35%:      false alarms 2/28 (7.1%),  detected 53/64 (82.8%)
   latency_p50=8%, latency_p99=35%:      false alarms 1/28 (3.6%),  detected 47/64 (73.4%)
   back-to-back pairs (i, i+1), defaults: false alarms 1/7
+A second batch, 12 A + 12 B runs, latency_p50=7%, latency_p99=35% (17 minutes):
+  false alarms 1/66 (1.5%), back-to-back 0/11; detected 108/144 (75.0%), back-to-back 9/12
 Per-repetition spread inside a run is 2-4%; between runs minutes apart the median drifted
 by up to 6.7% (95th percentile), slowly and in the same direction for both strategies.
 That drift, not the repetitions' spread, limits a gate that compares against an old
