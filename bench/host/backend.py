@@ -687,18 +687,7 @@ class HostTarget:
         try:
             if getattr(self, "_ctx", None) is not None:
                 self._lib.gm_unpin_all(self._ctx)
-            for addr, size in reversed(self._maps):
-                try:
-                    self._kvm.munmap(addr, size)
-                except OSError:
-                    pass
-            self._maps.clear()
-            for fd in reversed(self._fds):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._fds.clear()
+            self._kvm.release(self._maps, self._fds)
         finally:
             self.settings.close()
 

@@ -168,18 +168,7 @@ class Calibrator:
         """Unmap and close what the last measurement made (the VM stays)."""
         if self.vm_fd is not None:
             self.unbind_all()
-        for addr, size in reversed(self._maps):
-            try:
-                self.kvm.munmap(addr, size)
-            except OSError:
-                pass
-        self._maps.clear()
-        for fd in reversed(self._fds):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._fds.clear()
+        self.kvm.release(self._maps, self._fds)
 
     def close(self) -> None:
         try:

@@ -127,6 +127,23 @@ def munmap(addr: int, length: int) -> None:
     _check(lib.gm_munmap(ffi.cast("void *", addr), length), "munmap")
 
 
+def release(maps: list, fds: list) -> None:
+    """Teardown: munmap every (addr, size) and close every fd, newest first, ignoring
+    errors (a half-built object still gives everything back); empties both lists."""
+    for addr, size in reversed(maps):
+        try:
+            munmap(addr, size)
+        except OSError:
+            pass
+    maps.clear()
+    for fd in reversed(fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
+
+
 def madvise(addr: int, length: int, advice: int) -> None:
     _check(lib.gm_madvise(ffi.cast("void *", addr), length, advice), "madvise")
 
