@@ -53,8 +53,9 @@ from bench.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLDS, METRICS, compare_re
 from bench.results import atomic_write_json, load_results  # noqa: E402
 
 
-def gate(a: Path, b: Path, thresholds: dict, alpha: float) -> list:
-    return compare_results(load_results(a), load_results(b), thresholds, alpha)
+def gate(a: Path, b: Path, thresholds: dict, alpha: float, metrics=METRICS) -> list:
+    return compare_results(load_results(a), load_results(b), thresholds, alpha,
+                           metrics=metrics)
 
 
 def rate(hits: int, n: int) -> str:
@@ -82,6 +83,9 @@ def main(argv=None) -> int:
                     help="backend parameter for run_suite")
     ap.add_argument("--slowdown", type=float, default=0.10, help="A/B slowdown (default 0.10)")
     ap.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
+    ap.add_argument("--metrics", type=lambda t: tuple(m.strip() for m in t.split(",")),
+                    default=METRICS, metavar="M1,M2,...",
+                    help=f"metrics the gate decides on (default: all, {','.join(METRICS)})")
     ap.add_argument("--threshold", type=float, default=None,
                     help="minimum change in %% for every metric (default: compare's defaults)")
     ap.add_argument("--metric-threshold", action="append", default=[], metavar="METRIC=PCT",
@@ -144,7 +148,7 @@ def main(argv=None) -> int:
     # A/A
     aa_all, aa_disjoint, aa_adjacent, aa_alarm_rows, drift = [], [], [], {}, {}
     for i, j in itertools.combinations(range(len(runs)), 2):
-        rows = gate(runs[i], runs[j], thresholds, args.alpha)
+        rows = gate(runs[i], runs[j], thresholds, args.alpha, args.metrics)
         rows_per_gate = len(rows)
         for r in rows:
             if np.isfinite(r.change):
@@ -162,7 +166,7 @@ def main(argv=None) -> int:
     # A/B: baseline A_i against slowed B_j
     ab_all, ab_disjoint, p50_rows_flagged, p50_rows = [], [], 0, 0
     for i, j in itertools.product(range(len(runs)), repeat=2):
-        rows = gate(runs[i], slowed[j], thresholds, args.alpha)
+        rows = gate(runs[i], slowed[j], thresholds, args.alpha, args.metrics)
         hit = any(r.verdict == "regression" for r in rows)
         ab_all.append(hit)
         if i == j:
@@ -178,6 +182,7 @@ def main(argv=None) -> int:
         "workload": args.workload, "backend": args.backend, "quick": args.quick,
         "fidelity": fid, "runs": len(runs), "repetitions": args.repetitions,
         "rows_per_gate": rows_per_gate, "alpha": args.alpha, "thresholds": thresholds,
+        "metrics": list(args.metrics),
         "slowdown": args.slowdown, "slowdown_method": "host executor busy-waits inside each timed conversion step",
         "run_time_s": round(run_time, 1), "aa_change_p95": drift95,
         "aa": {"disjoint_pairs": len(aa_disjoint), "disjoint_false_alarms": sum(aa_disjoint),
@@ -192,6 +197,7 @@ def main(argv=None) -> int:
     print(f"gate quality: {args.workload}{' (quick)' if args.quick else ''}, backend "
           f"{args.backend} ({', '.join(fid)}), {len(runs)} runs x {args.repetitions} "
           f"repetitions x 2 strategies, {rows_per_gate} rows per gate, alpha {args.alpha}")
+    print("metrics: " + ", ".join(f"{m} {100 * thresholds[m]:g}%" for m in args.metrics))
     print(f"A/A false alarms, disjoint pairs: {rate(sum(aa_disjoint), len(aa_disjoint))}")
     print(f"A/A false alarms, all pairs:      {rate(sum(aa_all), len(aa_all))}")
     print(f"A/A false alarms, back-to-back runs (i, i+1): {rate(sum(aa_adjacent), len(aa_adjacent))}")
