@@ -218,3 +218,24 @@ def test_host_run_totals_without_per_rep_values_are_not_gated(tmp_path):
     assert rows_by(compare_results(load_results(s1), load_results(s2)))[
         ("bounce/dual", "huge_splits")].verdict == "regression"
     assert gate(s1, s2) == 1
+
+
+def test_latency_min_is_opt_in_and_detects_a_uniform_slowdown(tmp_path):
+    """latency_min: each repetition's fastest conversion.  Not decided on by default; with
+    --metrics it flags a 10% uniform slowdown and stays quiet on identical code."""
+    kw = dict(reps=8, rep_sigma=0.005, sample_sigma=0.05)
+    a = make_results_dir(tmp_path / "a", seed=1, **kw)
+    a2 = make_results_dir(tmp_path / "a2", seed=2, **kw)
+    b = make_results_dir(tmp_path / "b", seed=3, latency_factor={"virtio/dual": 1.10}, **kw)
+    default = rows_by(compare_results(load_results(a), load_results(b)))
+    assert not any(m == "latency_min" for _, m in default)
+    only_min = ("latency_min",)
+    rows = rows_by(compare_results(load_results(a), load_results(b), metrics=only_min))
+    assert rows[("virtio/dual", "latency_min")].verdict == "regression"
+    assert rows[("virtio/dual", "latency_min")].change == pytest.approx(0.10, abs=0.03)
+    assert {r.verdict for k, r in rows.items() if k[0] != "virtio/dual"} <= {"no-change"}
+    same = compare_results(load_results(a), load_results(a2), metrics=only_min)
+    assert not any(r.verdict == "regression" for r in same)
+    assert gate(a, b, "--metrics", "latency_min,latency_p50") == 1
+    with pytest.raises(SystemExit):
+        gate(a, b, "--metrics", "latency_max")
