@@ -96,3 +96,12 @@ def progress(total: int | None, desc: str = "", unit: str = "it", enabled: bool 
         yield _TqdmBar(bar)
     finally:
         bar.close()
+
+
+def add_progress_arguments(parser) -> None:
+    """--progress / --no-progress (default: automatic, see progress_enabled)."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_const", const=True, default=None,
+                   help="show a progress bar even when not on a terminal")
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                   help="never show a progress bar")

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from bench.errors import InputError
 from bench.results import atomic_write_json, load_results
+from bench.progress import add_progress_arguments
 
 VERDICT_SCHEMA = "gmembench-verdict/1"
 
@@ -367,9 +368,7 @@ def add_qualify_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default results/<run-id>)")
     parser.add_argument("--verdict", metavar="FILE",
                         help="where to write verdict.json (default: inside the results dir)")
-    g = parser.add_mutually_exclusive_group()
-    g.add_argument("--progress", dest="progress", action="store_const", const=True, default=None)
-    g.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    add_progress_arguments(parser)
 
 
 def cli_qualify(args) -> int:

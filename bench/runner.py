@@ -20,7 +20,7 @@ from bench import __version__
 from bench.backend import open_target
 from bench.errors import InputError
 from bench.metrics import RepetitionRecord, aggregate
-from bench.progress import progress
+from bench.progress import add_progress_arguments, progress
 from bench.results import SCHEMA, atomic_write_json, atomic_write_npz
 from bench.strategies import STRATEGIES, make_strategy
 
@@ -334,9 +334,7 @@ def add_run_arguments(p) -> None:
     p.add_argument("--out", metavar="DIR", help="results directory (default results/<run-id>)")
     p.add_argument("--explain", action="store_true", help="print what each run's time is made of")
     p.add_argument("--no-report", action="store_true", help="skip report.md, plots and pyperf files")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--progress", dest="progress", action="store_const", const=True, default=None)
-    g.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    add_progress_arguments(p)
 
 
 def _value(v: str):

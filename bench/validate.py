@@ -32,6 +32,7 @@ import numpy as np
 from bench.errors import InputError
 from bench.ops import OpKind
 from bench.strategies import STRATEGIES
+from bench.progress import add_progress_arguments
 
 LATENCY_TOLERANCE = 0.25
 SCHEMA = "gmembench-validation/1"
@@ -316,9 +317,7 @@ def add_validate_arguments(p: argparse.ArgumentParser) -> None:
                    help="rounds per calibrated key, the first discarded (default 4)")
     p.add_argument("--out", metavar="DIR",
                    help="output directory (default results/validate-<UTC time>)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--progress", dest="progress", action="store_const", const=True, default=None)
-    g.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    add_progress_arguments(p)
 
 
 def cli_validate(args) -> int:

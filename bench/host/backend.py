@@ -316,13 +316,7 @@ class HostTarget:
         self.warmup_bytes = nbytes
         if nbytes <= 0:
             return
-        nbytes = min(nbytes, int(self.mem_available * 0.25))
-        kvm = self._kvm
-        addr = kvm.mmap(nbytes, kvm.PROT_READ | kvm.PROT_WRITE, kvm.MAP_PRIVATE | kvm.MAP_ANONYMOUS)
-        try:
-            kvm.touch_pages(addr, nbytes)
-        finally:
-            kvm.munmap(addr, nbytes)
+        self._kvm.touch_fresh_memory(min(nbytes, int(self.mem_available * 0.25)))
 
     def _map_aligned(self, size: int, prot: int, flags: int, fd: int = -1) -> int:
         """Anonymous or file mapping whose start is 2M aligned (so THP can map it by PMD)."""

@@ -92,14 +92,7 @@ class Calibrator:
         self.vm_fd = None
 
     def warm_up(self, nbytes: int) -> None:
-        if nbytes <= 0:
-            return
-        kvm = self.kvm
-        addr = kvm.mmap(nbytes, kvm.PROT_READ | kvm.PROT_WRITE, kvm.MAP_PRIVATE | kvm.MAP_ANONYMOUS)
-        try:
-            kvm.touch_pages(addr, nbytes)
-        finally:
-            kvm.munmap(addr, nbytes)
+        self.kvm.touch_fresh_memory(nbytes)
 
     def mapping(self, kind: str, size: int, huge: str = "4k") -> tuple[int, int]:
         """(fd or -1, 2M-aligned address) of a fresh object: gmem | shmem | anon | hugetlb."""

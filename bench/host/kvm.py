@@ -127,6 +127,18 @@ def munmap(addr: int, length: int) -> None:
     _check(lib.gm_munmap(ffi.cast("void *", addr), length), "munmap")
 
 
+def touch_fresh_memory(nbytes: int) -> None:
+    """Write to nbytes of fresh anonymous memory once and give it back: lazy guest-physical
+    initialisation (host-costs.md trap 1) then lands here, not in a measurement."""
+    if nbytes <= 0:
+        return
+    addr = mmap(nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    try:
+        touch_pages(addr, nbytes)
+    finally:
+        munmap(addr, nbytes)
+
+
 def release(maps: list, fds: list) -> None:
     """Teardown: munmap every (addr, size) and close every fd, newest first, ignoring
     errors (a half-built object still gives everything back); empties both lists."""
