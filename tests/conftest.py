@@ -34,7 +34,7 @@ def _installed_problem() -> str | None:
         return ("gmembench is not installed in this Python: run `pip install '.[test]'` "
                 "first (the tests run against the installed package)")
     where = Path(bench.__file__).resolve()
-    if ROOT in where.parents:
+    if where.parent == ROOT / "bench":     # (a venv inside the checkout is fine)
         return (f"bench was imported from the source tree ({where}), not from the installed "
                 f"package: install with `pip install '.[test]'` (not -e) and run "
                 f"`python -m pytest` again")

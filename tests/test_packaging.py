@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_tests_use_the_installed_package():
-    assert ROOT not in Path(bench.__file__).resolve().parents
+    assert Path(bench.__file__).resolve().parent != ROOT / "bench"
 
 
 def test_default_qualification_spec_ships_with_the_package():
