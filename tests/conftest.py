@@ -5,6 +5,7 @@ checkout's root is taken off it here, before any test imports bench, and the imp
 checked: bench from the source tree fails the whole session with what to do instead."""
 import os
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,12 @@ def _is_root(entry: str) -> bool:
 sys.path[:] = [p for p in sys.path if not _is_root(p)]
 for _name in [m for m in sys.modules if m == "bench" or m.startswith("bench.")]:
     del sys.modules[_name]       # imported from the checkout before this guard ran
+
+# `from tests.helper import ...` keeps working without the checkout's root on sys.path:
+# "tests" names this directory only (a package that cannot see ./bench)
+_tests = types.ModuleType("tests")
+_tests.__path__ = [str(ROOT / "tests")]
+sys.modules.setdefault("tests", _tests)
 
 try:
     import bench
