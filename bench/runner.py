@@ -233,6 +233,7 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                     recs[sname].append(rec)
                     serieses[sname].append(series)
                     samples[f"{wl.name}/{sname}/rep{rep}"] = rec.latency_ns
+                    samples[f"{wl.name}/{sname}/rep{rep}/direction"] = rec.direction
                     if rep == 0:
                         extras[sname] = {"strategy": strategy, "steps": steps,
                                          **{k: out[k] for k in ("fidelity_steps", "breakdown",
