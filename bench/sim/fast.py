@@ -129,6 +129,18 @@ class CoreTarget:
         return out
 
     # ---- Target interface -------------------------------------------------------------
+    @property
+    def clock_ns(self) -> int:
+        """Simulated time now (ns): ops advance it to their arrival, work adds its cost."""
+        return int(self._lib.core_clock_ns(self._c))
+
+    def set_arrivals(self, t_ns: np.ndarray) -> None:
+        """Arrival time of every op (ns, -1 = untimed) of the steps executed from now on."""
+        self._arrivals = np.ascontiguousarray(t_ns, dtype=np.int64)   # kept alive for C
+        ffi = self._ffi
+        self._lib.core_set_arrivals(self._c, ffi.cast("int64_t *", ffi.from_buffer(self._arrivals)),
+                                    len(self._arrivals))
+
     def execute(self, steps: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         if steps.dtype != STEP_DTYPE:
@@ -211,6 +223,7 @@ class CoreTarget:
                            "movable": int(cnt[lib.CORE_C_PB_MOVABLE])},
             "fragmentation": indices(self.nr_free()),
             "sim_wall_s": round(self.wall_s, 3),
+            "saturated_steps": int(lib.core_saturated(self._c)),
             "engine": "c",
         }
 
