@@ -140,12 +140,32 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
     before the first op runs, and the directory appears only when complete.
     cost_overrides: {cost key: value} replacing single values of the simulator's profile
     (bench.costs.load_profile)."""
+    from bench import output
+    from bench.params import check_params, check_run
     from bench.workload import load_workload
-    strategies = strategies or list(STRATEGIES)
+    # a strategy or workload named twice runs once (same file) or is refused (two files
+    # with one name: results, samples and plots are keyed by name)
+    strategies = list(dict.fromkeys(strategies or list(STRATEGIES)))
     for s in strategies:
         make_strategy(s)
-    loaded = [load_workload(w, quick=quick) for w in workloads]
-    params = dict(params or {})
+    loaded, by_name = [], {}
+    for w in workloads:
+        wl = load_workload(w, quick=quick)
+        first = by_name.get(wl.name)
+        if first is not None:
+            if Path(first.source).resolve() == Path(wl.source).resolve():
+                continue
+            raise InputError(f"two workloads are named {wl.name!r} ({first.source} and "
+                             f"{wl.source}): results are keyed by name; rename one "
+                             f"([workload] name)")
+        by_name[wl.name] = wl
+        loaded.append(wl)
+
+    def bad_param(key, msg):
+        raise InputError(f"--param {key}: {msg}")
+    params = check_params(dict(params or {}), backend, True, bad_param)
+    for wl in loaded:
+        check_run(wl, {**wl.params, **params}, backend)
     prof = None
     if backend == "sim":
         from bench.costs import load_profile
@@ -153,31 +173,33 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
         params["_profile"] = prof
     elif cost_overrides:
         raise InputError("--cost: cost overrides apply to the simulator only (--backend sim)")
-    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S") + f"-{backend}"
-    out = Path(out_dir) if out_dir else Path("results") / run_id
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"results directory {out} exists and is not empty")
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out, tmp = output.claim(out_dir, backend)
     try:
         doc = _run(loaded, strategies, backend, params, prof, quick, progress_enabled,
                    repetitions, seed, strategy_options or {}, tmp)
-        doc["run_id"] = out.name
-        atomic_write_json(tmp / "results.json", doc)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        output.discard(tmp)       # interrupted or failed: this run's own partial directory
         raise
+    samples = doc.pop("_samples", None)
+    doc["run_id"] = out.name
+
+    def write(d: Path) -> None:
+        if samples:
+            atomic_write_npz(d / "samples.npz", samples)
+        atomic_write_json(d / "results.json", doc)
+    out = output.finish(tmp, out, write)
     if report:
         try:
             from bench.report.report import write_report
         except ModuleNotFoundError:
             write_report = None
         if write_report:
-            write_report(out)
+            try:
+                write_report(out)
+            except OSError as e:      # the results are complete; the report can be rebuilt
+                print(f"gmembench: warning: report not written ({e.strerror or e}); the "
+                      f"results are complete in {out}: run `gmembench report {out}` later",
+                      file=sys.stderr)
     return out
 
 
@@ -203,7 +225,8 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
             extras = {}
             # On real hardware the first iteration pays lazy initialisation and page
             # reporting (host-costs.md traps 1-2): run it, discard it.
-            warmups = int(params.get("warmup_repetitions", 1 if backend == "host" else 0))
+            warmups = int({**wl.params, **params}.get("warmup_repetitions",
+                                                      1 if backend == "host" else 0))
             for rep in range(-warmups, reps):
                 ops, info = build_ops(wl, max(rep, 0))
                 for sname in strategies:
@@ -244,9 +267,8 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                                        extras[sname], prof, quick, info))
                 runs[-1]["warmup_repetitions"] = warmups
     elapsed = time.time() - t_start
-    if samples:
-        atomic_write_npz(tmp / "samples.npz", samples)
     return {
+        "_samples": samples,      # written with results.json, when the run is complete
         "schema": SCHEMA,
         "run_id": None,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -357,50 +379,27 @@ def add_run_arguments(p) -> None:
     add_progress_arguments(p)
 
 
-def _value(v: str):
-    low = v.lower()
-    if low in ("yes", "true", "on"):
-        return True
-    if low in ("no", "false", "off"):
-        return False
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v
-
-
-def _kv(items, what):
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise InputError(f"{what} {it!r}: expected KEY=VALUE")
-        k, v = it.split("=", 1)
-        out[k.strip()] = _value(v.strip())
-    return out
-
-
 def cli_run(args) -> int:
     from bench.costs import parse_cost_value
-    from bench.workload import DEFAULT_SUITE
-    params = _kv(args.param, "--param")
-    options: dict = {}
-    for k, v in _kv(args.option, "--option").items():
-        if "." not in k:
-            raise InputError(f"--option {k}: expected STRATEGY.KEY=VALUE")
-        s, key = k.split(".", 1)
-        if s not in STRATEGIES:
-            raise InputError(f"--option {k}: unknown strategy {s!r}")
-        options.setdefault(s, {})[key] = v
-    if args.repetitions is not None and args.repetitions < 1:
-        raise InputError("--repetitions must be >= 1")
+    from bench.params import MAX_REPETITIONS, MAX_SEED, check_value, cli_options, cli_params
+    from bench.workload import DEFAULT_SUITE, STRATEGY_OPTIONS
+    # every command-line value is checked here, before any workload file is read or run
+    params = cli_params(args.param, args.backend)
+    options = cli_options(args.option, STRATEGY_OPTIONS)
+    check_value("--seed", args.seed, 0, MAX_SEED)
+    check_value("--repetitions", args.repetitions, 1, MAX_REPETITIONS)
+    if args.profile is not None and args.backend != "sim":
+        raise InputError(f"--profile: a cost profile drives the simulator only; the "
+                         f"{args.backend} backend measures real costs (drop --profile)")
     costs = {}
     for it in args.cost:
         if "=" not in it:
             raise InputError(f"--cost {it!r}: expected KEY=VALUE")
         k, v = it.split("=", 1)
         costs[k.strip()] = parse_cost_value(v)
+    if costs and args.backend != "sim":
+        raise InputError("--cost: cost overrides drive the simulator only; the "
+                         f"{args.backend} backend measures real costs (drop --cost)")
     out = run_suite(args.workload or DEFAULT_SUITE, args.strategy, args.backend, params, args.out,
                     args.quick, args.progress, args.profile, args.repetitions, args.seed,
                     options, report=not args.no_report, cost_overrides=costs or None)
