@@ -9,6 +9,7 @@ import datetime as dt
 import os
 import platform
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -121,13 +122,69 @@ def repetition(backend, layout, strategy, params, ops, steps, points=SERIES_POIN
         target.close()
 
 
+def _worker_main(conn, args) -> None:
+    """A spawned repetition worker: dies with its parent (PR_SET_PDEATHSIG), restores what
+    it changed on SIGTERM/SIGHUP/SIGINT (sysfs handlers), sends back its result or error."""
+    _die_with_parent()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
+    try:
+        out = ("ok", repetition(*args))
+    except BaseException as e:     # the parent re-raises it (InputError stays one line)
+        out = ("error", e)
+    try:
+        conn.send(out)
+    except Exception as e:         # an unpicklable error: send its text
+        conn.send(("error", RuntimeError(f"{type(out[1]).__name__}: {out[1]} ({e})")))
+    finally:
+        conn.close()
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)      # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:          # the parent is already gone
+        raise SystemExit(128 + signal.SIGTERM)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def repetition_in_worker(*args) -> dict:
-    """repetition() in a new process (spawned, so nothing of this one is inherited)."""
+    """repetition() in a new process (spawned, so nothing of this one is inherited).  If
+    this process is interrupted, the worker is stopped (SIGTERM: it restores its settings)
+    and waited for, then killed; a worker that dies without an answer is an error."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                             max_tasks_per_child=1) as ex:
-        return ex.submit(repetition, *args).result()
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker_main, args=(send, args), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        while not recv.poll(0.2):
+            if not proc.is_alive() and not recv.poll(0):
+                raise RuntimeError(f"repetition worker (pid {proc.pid}) died with exit code "
+                                   f"{proc.exitcode} without a result")
+        status, value = recv.recv()
+        proc.join(10)
+    except BaseException:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        raise
+    finally:
+        recv.close()
+    if status == "error":
+        raise value
+    return value
 
 
 def run_suite(workloads: list[str], strategies: list[str] | None = None, backend: str = "sim",
@@ -175,8 +232,16 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
         raise InputError("--cost: cost overrides apply to the simulator only (--backend sim)")
     out, tmp = output.claim(out_dir, backend)
     try:
-        doc = _run(loaded, strategies, backend, params, prof, quick, progress_enabled,
-                   repetitions, seed, strategy_options or {}, tmp)
+        # a host run changes host settings and measures the host: one at a time
+        if backend == "host":
+            from bench.host.state import host_lock
+            lock = host_lock()
+        else:
+            import contextlib
+            lock = contextlib.nullcontext()
+        with lock:
+            doc = _run(loaded, strategies, backend, params, prof, quick, progress_enabled,
+                       repetitions, seed, strategy_options or {}, tmp)
     except BaseException:
         output.discard(tmp)       # interrupted or failed: this run's own partial directory
         raise
@@ -262,6 +327,11 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                                          **{k: out[k] for k in ("fidelity_steps", "breakdown",
                                                                 "metadata")}}
                         extras[sname]["metadata"]["process_per_repetition"] = isolate
+                        scale = extras[sname]["metadata"].get("scale", 1) or 1
+                        if backend == "host" and float(scale) > 1:
+                            print(f"gmembench: {wl.name} {sname}: the host memory guard scaled "
+                                  f"this run down by {scale} to fit MemAvailable (offsets and "
+                                  f"sizes divided; see the run's labels)", file=sys.stderr)
             for sname in strategies:
                 runs.append(_run_entry(wl, sname, backend, recs[sname], serieses[sname],
                                        extras[sname], prof, quick, info))
