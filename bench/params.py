@@ -343,13 +343,14 @@ def stream_budget_error(wl, n_ops: int, nbytes: int, available: int | None, done
     four steps per op: conversion, copy, punch or discard, touch) and its latency sample."""
     from bench.generators import format_size
     from bench.ops import OP_DTYPE, RESULT_DTYPE, STEP_DTYPE
+    what = "phase" if type(wl).__name__ == "_Named" else "workload"
     if n_ops > MAX_OPS:
-        return (f"workload {wl.name!r}: one repetition would hold about {n_ops:,} ops "
+        return (f"{what} {wl.name!r}: one repetition would hold about {n_ops:,} ops "
                 f"(projected from {done} of {total} streams); at most {MAX_OPS:,} are supported")
     per_op = OP_DTYPE.itemsize + 4 * (STEP_DTYPE.itemsize + RESULT_DTYPE.itemsize) + 8
     need = nbytes // OP_DTYPE.itemsize * per_op
     if available is not None and need > available:
-        return (f"workload {wl.name!r} cannot fit in memory: one repetition needs about "
+        return (f"{what} {wl.name!r} cannot fit in memory: one repetition needs about "
                 f"{format_size(need)} for {n_ops:,} ops (ops, compiled steps, results; "
                 f"projected from {done} of {total} streams) and MemAvailable is "
                 f"{format_size(available)}")

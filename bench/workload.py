@@ -18,6 +18,7 @@ import os
 import re
 import time
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,6 +242,42 @@ class _Ctx:
 # ----------------------------------------------------------------------------- model
 
 @dataclass
+class _Named:
+    name: str
+
+
+@contextmanager
+def memory_cap():
+    """While a stream is generated, the address space may grow by at most half of
+    MemAvailable (RLIMIT_AS): a stream too large for this machine is a MemoryError, turned
+    into an InputError, instead of an exhausted machine.  Yields the cap in bytes."""
+    import resource
+    from bench.params import mem_available
+    avail = mem_available()
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            vm = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmSize:"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (OSError, StopIteration, ValueError):
+        avail = None
+    if avail is None:
+        yield 0
+        return
+    cap = int(avail * 0.5)
+    limit = vm + cap
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    if soft != resource.RLIM_INFINITY and soft <= limit:
+        yield cap
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield cap
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@dataclass
 class Phase:
     """One phase of a workload: a generator with its parameters, or a trace to replay."""
     name: str
@@ -258,6 +295,16 @@ class Phase:
 
     def generate(self, layout: Layout, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
         """Ops (OP_DTYPE, in execution order) and info about the stream."""
+        with memory_cap() as cap:
+            try:
+                return self._generate(layout, rng)
+            except MemoryError:
+                raise InputError(f"phase {self.name!r}: its op stream does not fit in memory "
+                                 f"(generating it needed more than the {format_size(cap)} "
+                                 f"available; counts, sizes or the trace are too large)",
+                                 self.source, self.line) from None
+
+    def _generate(self, layout: Layout, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
         if self.trace is not None:
             from bench.trace import parse_trace
             conv, info = parse_trace(self.trace, layout, strict=self.strict, limit=self.limit,
@@ -269,14 +316,11 @@ class Phase:
             ops = touch_stream(conv, self.touch, rng)
         else:
             gen = GENERATORS[self.generator]
+            self._refuse_if_too_large(gen, layout)
             try:
                 ops, info = gen.func(layout, rng, self.params, self.touch)
             except ValueError as e:
                 raise InputError(f"phase {self.name!r} ({self.generator}): {e}", self.source, self.line)
-            except MemoryError:
-                raise InputError(f"phase {self.name!r} ({self.generator}): its op stream does "
-                                 f"not fit in memory (counts or sizes too large)",
-                                 self.source, self.line) from None
         if len(ops) and int(ops["t_ns"].min()) < -1:
             raise InputError(f"phase {self.name!r}: arrival times overflow 64-bit nanoseconds "
                              f"(a rate too low, or timestamps too large)", self.source, self.line)
@@ -288,6 +332,35 @@ class Phase:
         info = dict(info)
         info["ops"] = kind_counts(ops)
         return ops, info
+
+    PROBE_COUNT = 1000
+
+    def _refuse_if_too_large(self, gen, layout: Layout) -> None:
+        """Estimate the stream's length before generating it: generate it with every
+        count above PROBE_COUNT divided down to it, and multiply by the divisors (streams
+        grow linearly with their counts; several large counts are taken as multiplying,
+        an over-estimate).  Refuse, with the estimate, what cannot fit."""
+        from bench.params import mem_available, stream_budget_error
+        factor, probe = 1, dict(self.params)
+        for k, p in gen.params.items():
+            v = probe.get(k)
+            if p.kind in ("count", "int") and isinstance(v, int) and v > self.PROBE_COUNT:
+                f = -(-v // self.PROBE_COUNT)
+                probe[k] = max(1, v // f)
+                factor *= f
+        if factor == 1:
+            return
+        try:
+            small, _ = gen.func(layout, np.random.default_rng(0), probe, self.touch)
+        except (ValueError, MemoryError):
+            return                 # the probe itself is not a valid stream: the cap decides
+        n = len(small) * factor
+        problem = stream_budget_error(_Named(self.name), n, n * OP_DTYPE.itemsize,
+                                      mem_available(), 1, 1)
+        if problem:
+            raise InputError(problem.replace("projected from 1 of 1 streams",
+                                             f"estimated from the stream with counts / {factor}"),
+                             self.source, self.line)
 
     def describe(self) -> dict:
         d = {"name": self.name, "repeat": self.repeat, "touch": self.touch.describe()}
