@@ -22,8 +22,15 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are bad input like any other: one line, exit 2 (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="gmembench",
         description="In-place vs dual-backing guest_memfd conversion benchmarks.")
     parser.add_argument("--version", action="version", version=f"gmembench {__version__}")
