@@ -133,9 +133,14 @@ def _worker_main(conn, args) -> None:
     except BaseException as e:     # the parent re-raises it (InputError stays one line)
         out = ("error", e)
     try:
-        conn.send(out)
-    except Exception as e:         # an unpicklable error: send its text
-        conn.send(("error", RuntimeError(f"{type(out[1]).__name__}: {out[1]} ({e})")))
+        try:
+            conn.send(out)
+        except (OSError, EOFError):
+            pass                   # the parent is gone or stopped listening
+        except Exception as e:     # an unpicklable error: send its text
+            conn.send(("error", RuntimeError(f"{type(out[1]).__name__}: {out[1]} ({e})")))
+    except (OSError, EOFError):
+        pass
     finally:
         conn.close()
 
