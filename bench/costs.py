@@ -23,11 +23,16 @@ def _line_of(text: str, key: str) -> int | None:
 
 
 class CostProfile:
-    def __init__(self, name: str, source: str, path: str, raw: dict):
+    def __init__(self, name: str, source: str, path: str, raw: dict,
+                 uncertain: dict | None = None, sources: dict | None = None,
+                 overrides: dict | None = None):
         self.name = name
         self.source = source
         self.path = path
-        self.raw = raw
+        self.raw = raw                                  # values in force (overrides applied)
+        self.uncertain: dict[str, tuple] = dict(uncertain or {})
+        self.sources: dict[str, str] = dict(sources or {})
+        self.overrides: dict = dict(overrides or {})
         # name -> (fixed ns per operation, ns per 4K page)
         self.linear: dict[str, tuple[float, float]] = {}
         for key, v in raw.items():
@@ -43,7 +48,10 @@ class CostProfile:
         return fixed + per_page * pages
 
     def describe(self) -> dict:
-        return {"name": self.name, "source": self.source, "path": self.path, "costs": self.raw}
+        return {"name": self.name, "source": self.source, "path": self.path, "costs": self.raw,
+                "overrides": self.overrides,
+                "uncertain": {k: {"low": lo, "high": hi} for k, (lo, hi) in self.uncertain.items()},
+                "sources": self.sources}
 
 
 def _default_text() -> tuple[str, str]:
@@ -51,9 +59,12 @@ def _default_text() -> tuple[str, str]:
     return ref.read_text(), str(ref)
 
 
-def load_profile(path: str | Path | None = None) -> CostProfile:
+def load_profile(path: str | Path | None = None, overrides: dict | None = None) -> CostProfile:
+    """Read a profile (default: the built-in one) and replace single values with
+    `overrides` ({key: number or {4k, 2m}}; bad ones raise InputError `--cost KEY: ...`)."""
+    default_doc = tomllib.loads(_default_text()[0])
     default_text, default_path = _default_text()
-    default = tomllib.loads(default_text)["costs"]
+    default = default_doc["costs"]
     if path is None:
         text, where = default_text, default_path
     else:
@@ -92,5 +103,32 @@ def load_profile(path: str | Path | None = None) -> CostProfile:
                 raise InputError(f"cost {key!r} is negative ({x}); costs are >= 0 ns", where, line)
         if want_pair and v["2m"] < v["4k"]:
             raise InputError(f"cost {key!r}: the 2m figure is below the 4k figure", where, line)
+    costs = dict(costs)
+    for key, v in (overrides or {}).items():
+        if key not in default:
+            raise InputError(f"--cost {key}: unknown cost (expected one of: {', '.join(default)})")
+        _check_override(key, v, default[key])
+        costs[key] = v
+    unc_raw = doc.get("uncertain", default_doc.get("uncertain", {}) if path is None else {})
+    uncertain = {}
+    for key, r in unc_raw.items():
+        if key not in default or not isinstance(r, dict) or set(r) != {"low", "high"}:
+            raise InputError(f"[uncertain] {key}: expected a cost name = {{ low = V, high = V }}",
+                             where, _line_of(text, key))
+        uncertain[key] = (r["low"], r["high"])
+    sources = dict(doc.get("sources", {}))
     meta = doc.get("profile", {})
-    return CostProfile(meta.get("name", Path(where).stem), meta.get("source", ""), where, costs)
+    return CostProfile(meta.get("name", Path(where).stem), meta.get("source", ""), where, costs,
+                       uncertain, sources, overrides)
+
+
+def _check_override(key: str, v, shape) -> None:
+    import math
+    vals = list(v.values()) if isinstance(v, dict) else [v]
+    if isinstance(shape, dict) != isinstance(v, dict) or (isinstance(v, dict) and set(v) != {"4k", "2m"}):
+        raise InputError(f"--cost {key}: expected " + ("a table {4k = ns, 2m = ns}" if isinstance(shape, dict)
+                                                       else "a number of ns"))
+    for x in vals:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) \
+                or not 0 <= x <= 1e12:
+            raise InputError(f"--cost {key}: expected a finite number of ns in [0, 1e12], got {x!r}")

@@ -41,6 +41,12 @@ class RepetitionRecord:
         ok_conv = is_conv_op & ~failed
         self.latency_ns = lat[ok_conv].astype(np.int64)
         self.sizes = ops["size"][ok_conv].astype(np.int64)
+        # direction of each successful conversion (OpKind: 1 to_shared, 2 to_private)
+        self.direction = ops["kind"][ok_conv].astype(np.uint8)
+        self.failed_by_kind = {int(k): int((is_conv_op & failed & (ops["kind"] == k)).sum())
+                               for k in (OpKind.TO_SHARED, OpKind.TO_PRIVATE)}
+        self.conversions_by_kind = {int(k): int((ops["kind"] == k).sum())
+                                    for k in (OpKind.TO_SHARED, OpKind.TO_PRIVATE)}
         self.conversions = int(is_conv_op.sum())
         self.failed_conversions = int((is_conv_op & failed).sum())
         self.bytes_converted = int(self.sizes.sum())
@@ -76,7 +82,24 @@ class RepetitionRecord:
                                   "mean": float(per4k.mean()) if len(per4k) else None},
             "bytes_copied": self.bytes_copied,
             "copy_time_ns": self.copy_time_ns,
+            "directions": directions([self]),
         }
+
+
+DIRECTIONS = {"to_shared": OpKind.TO_SHARED, "to_private": OpKind.TO_PRIVATE}
+
+
+def directions(reps: list["RepetitionRecord"]) -> dict:
+    """Per conversion direction: conversions, failed ones and latency statistics."""
+    out = {}
+    for name, kind in DIRECTIONS.items():
+        lat = [r.latency_ns[r.direction == kind] for r in reps]
+        out[name] = {
+            "conversions": sum(r.conversions_by_kind[int(kind)] for r in reps),
+            "failed_conversions": sum(r.failed_by_kind[int(kind)] for r in reps),
+            "latency_ns": latency_stats(np.concatenate(lat) if lat else np.zeros(0, np.int64)),
+        }
+    return out
 
 
 def series_metrics(series: dict, guest_size: int) -> dict:
@@ -130,4 +153,5 @@ def aggregate(reps: list[RepetitionRecord], rep_series: list[dict], last_snapsho
             "unexpected_sigbus": sum(r.unexpected_sigbus for r in reps),
         },
         "errors": errors,
+        "directions": directions(reps),
     }

@@ -124,7 +124,8 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
               params: dict | None = None, out_dir=None, quick: bool = False,
               progress_enabled: bool | None = None, profile: str | None = None,
               repetitions: int | None = None, seed: int | None = None,
-              strategy_options: dict | None = None, report: bool = True) -> Path:
+              strategy_options: dict | None = None, report: bool = True,
+              cost_overrides: dict | None = None) -> Path:
     """Run and write a results directory; returns its path.  Everything is validated
     before the first op runs, and the directory appears only when complete."""
     from bench.workload import load_workload
@@ -136,7 +137,7 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
     prof = None
     if backend == "sim":
         from bench.costs import load_profile
-        prof = load_profile(profile)
+        prof = load_profile(profile, overrides=cost_overrides)
         params["_profile"] = prof
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S") + f"-{backend}"
     out = Path(out_dir) if out_dir else Path("results") / run_id
@@ -218,6 +219,7 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                     recs[sname].append(rec)
                     serieses[sname].append(series)
                     samples[f"{wl.name}/{sname}/rep{rep}"] = rec.latency_ns
+                    samples[f"{wl.name}/{sname}/rep{rep}/direction"] = rec.direction
                     if rep == 0:
                         extras[sname] = {"strategy": strategy, "steps": steps,
                                          **{k: out[k] for k in ("fidelity_steps", "breakdown",
@@ -329,6 +331,9 @@ def add_run_arguments(p) -> None:
                    help="backend parameter, e.g. host_memory=64G prefragment=0.3 (repeatable)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
                    help="strategy option, e.g. dual.copy=yes, dual.discard=no, in-place.promote=no")
+    p.add_argument("--cost", action="append", default=[], metavar="KEY=VALUE",
+                   help="replace one cost of the profile (ns), e.g. firmware_pstate_4k=500 or "
+                        "host_zap_pte=4k:1100,2m:92000 (repeatable)")
     p.add_argument("--seed", type=int, help="override the workloads' seed")
     p.add_argument("--repetitions", "-r", type=int, help="override the workloads' repetitions")
     p.add_argument("--out", metavar="DIR", help="results directory (default results/<run-id>)")
@@ -374,9 +379,17 @@ def cli_run(args) -> int:
         options.setdefault(s, {})[key] = v
     if args.repetitions is not None and args.repetitions < 1:
         raise InputError("--repetitions must be >= 1")
+    costs = {}
+    for k, v in _kv(args.cost, "--cost").items():
+        if isinstance(v, str) and ":" in v:
+            try:
+                v = {a.strip(): float(b) for a, b in (x.split(":", 1) for x in v.split(","))}
+            except ValueError:
+                raise InputError(f"--cost {k}: expected a number of ns or 4k:NS,2m:NS")
+        costs[k] = v
     out = run_suite(args.workload or DEFAULT_SUITE, args.strategy, args.backend, params, args.out,
                     args.quick, args.progress, args.profile, args.repetitions, args.seed,
-                    options, report=not args.no_report)
+                    options, report=not args.no_report, cost_overrides=costs or None)
     from bench.results import load_results
     doc = load_results(out)
     print(comparison_table(doc))
