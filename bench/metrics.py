@@ -18,6 +18,11 @@ def _errname(code: int) -> str:
     return errno_mod.errorcode.get(code, str(code))
 
 
+# the two conversion directions, named as results.json names them; the value is the OpKind
+# stored in samples.npz's "<key>/rep<N>/direction" arrays
+DIRECTIONS = {"to_shared": OpKind.TO_SHARED, "to_private": OpKind.TO_PRIVATE}
+
+
 def latency_stats(lat: np.ndarray) -> dict:
     if len(lat) == 0:
         return {k: None for k in ("p50", "p90", "p99", "max", "mean", "min", "stdev")}
@@ -40,9 +45,14 @@ class RepetitionRecord:
         failed = np.bincount(op_idx[conv_step & failed_step], minlength=n_ops) > 0
         ok_conv = is_conv_op & ~failed
         self.latency_ns = lat[ok_conv].astype(np.int64)
+        # aligned with latency_ns: which direction each successful conversion went
+        self.direction = ops["kind"][ok_conv].astype(np.uint8)
         self.sizes = ops["size"][ok_conv].astype(np.int64)
         self.conversions = int(is_conv_op.sum())
         self.failed_conversions = int((is_conv_op & failed).sum())
+        kinds = ops["kind"]
+        self.direction_counts = {d: (int((kinds == k).sum()), int(((kinds == k) & failed).sum()))
+                                 for d, k in DIRECTIONS.items()}
         self.bytes_converted = int(self.sizes.sum())
         copy = steps["code"] == Step.COPY
         self.bytes_copied = int(res["aux"][copy].sum())
@@ -76,7 +86,22 @@ class RepetitionRecord:
                                   "mean": float(per4k.mean()) if len(per4k) else None},
             "bytes_copied": self.bytes_copied,
             "copy_time_ns": self.copy_time_ns,
+            "directions": direction_stats([self]),
         }
+
+
+def direction_stats(reps: list["RepetitionRecord"]) -> dict:
+    """Per conversion direction over the given repetitions: how many conversions were asked
+    for, how many failed, and the latency of the successful ones (ns, each conversion's
+    summed step time).  Keys: "to_shared", "to_private"."""
+    out = {}
+    for d, kind in DIRECTIONS.items():
+        lat = [r.latency_ns[r.direction == kind] for r in reps]
+        out[d] = {"conversions": sum(r.direction_counts[d][0] for r in reps),
+                  "failed_conversions": sum(r.direction_counts[d][1] for r in reps),
+                  "latency_ns": latency_stats(np.concatenate(lat) if lat
+                                              else np.zeros(0, np.int64))}
+    return out
 
 
 def series_metrics(series: dict, guest_size: int) -> dict:
@@ -130,4 +155,5 @@ def aggregate(reps: list[RepetitionRecord], rep_series: list[dict], last_snapsho
             "unexpected_sigbus": sum(r.unexpected_sigbus for r in reps),
         },
         "errors": errors,
+        "directions": direction_stats(reps),
     }

@@ -29,12 +29,20 @@ results.json, schema "gmembench-results/1":
         "unusable_index": {"order9", "order18"},    # at the end of the run
         "checks": {"content_pages_checked", "content_mismatch_pages", "sigbus_expected",
                    "sigbus_seen", "unexpected_sigbus"},
-        "errors": {"<errno name>": count}
+        "errors": {"<errno name>": count},
+        "directions": {                      # the same, split by conversion direction
+          "to_shared" | "to_private": {
+            "conversions",                   # conversions of that direction asked for
+            "failed_conversions",            # of those, how many failed
+            "latency_ns": {"p50", "p90", "p99", "max", "mean", "min", "stdev"}
+          }                                  # latency of the successful ones (all null
+        }                                    # when there is none), ns per conversion
       },
       "timing": {"wall_s": [per repetition]},  # wall time, kept out of the metrics
       "warmup_repetitions": int,             # run first and discarded (host backend)
       "per_rep": [ {"latency_ns": {...}, "latency_per_4k_ns": {"p50", "mean"}, "conversions",
                     "failed_conversions", "bytes_copied", "copy_time_ns",
+                    "directions": {...},       # as in metrics, this repetition only
                     "footprint_bytes": {...}, "huge_splits", "huge_merges", "wall_s"} , ... ],
       "series": {"op_index": [...], "t_ns": [...], "footprint_bytes": [...],
                  "hugepage_coverage": [...], "huge_splits": [...]},   # repetition 0
@@ -46,7 +54,10 @@ results.json, schema "gmembench-results/1":
   ]
 }
 samples.npz: arrays named "<workload>/<strategy>/rep<N>" = int64 latency_ns of each
-conversion of repetition N (failed conversions excluded), in execution order.
+conversion of repetition N (failed conversions excluded), in execution order, and
+"<workload>/<strategy>/rep<N>/direction" = uint8 array aligned with it: the direction of
+each of those conversions (1 = to_shared, 2 = to_private: bench.ops.OpKind values).
+Results written before the direction arrays existed lack them; readers must cope.
 """
 import json
 import os
@@ -60,11 +71,26 @@ from bench.errors import InputError
 SCHEMA = "gmembench-results/1"
 
 
+def _umask() -> int:
+    # /proc says it without changing it (os.umask can only read by setting, racing threads)
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())     # mkstemp makes 0600; results follow the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
