@@ -19,12 +19,21 @@ import numpy as np
 from bench import __version__
 from bench.backend import open_target
 from bench.errors import InputError
+from bench.accounting import attribute_touches, merge_step_breakdowns
+from bench.fragmentation import fragmentation_summary
 from bench.metrics import RepetitionRecord, aggregate
 from bench.progress import add_progress_arguments, progress
+from bench.provenance import provenance
 from bench.results import SCHEMA, atomic_write_json, atomic_write_npz
 from bench.strategies import STRATEGIES, make_strategy
 
 SERIES_POINTS = 200
+SERIES_KEYS = ("t_ns", "footprint_bytes", "huge_bytes", "huge_splits", "huge_merges")
+# snapshot fields of the huge-page measures (bench/backend.py); absent on backends that
+# cannot read them
+OPTIONAL_SERIES_KEYS = ("stage2_bytes", "host_pmd_mapped_bytes", "intact_huge_folios",
+                        "huge_folios_possible", "mapping_demotions", "folio_splits",
+                        "folio_merges")
 
 
 def host_facts() -> dict:
@@ -79,9 +88,11 @@ def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS
     bounds = np.searchsorted(steps["op"], np.arange(0, n_ops + chunk, chunk))
     results = []
     snap = target.snapshot()
-    series = {"op_index": [0], "t_ns": [snap["t_ns"]], "footprint_bytes": [snap["footprint_bytes"]],
-              "huge_bytes": [snap["huge_bytes"]], "huge_splits": [snap["huge_splits"]],
-              "huge_merges": [snap["huge_merges"]]}
+    # optional snapshot fields (huge-page measures) are recorded when the backend has them
+    keys = SERIES_KEYS + tuple(k for k in OPTIONAL_SERIES_KEYS if k in snap)
+    series = {"op_index": [0]}
+    for key in keys:
+        series[key] = [snap[key]]
     for k in range(len(bounds) - 1):
         a, b = int(bounds[k]), int(bounds[k + 1])
         if a == b and k:
@@ -89,13 +100,32 @@ def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS
         results.append(target.execute(steps[a:b]))
         snap = target.snapshot()
         series["op_index"].append(min(n_ops, (k + 1) * chunk))
-        for key in ("t_ns", "footprint_bytes", "huge_bytes", "huge_splits", "huge_merges"):
-            series[key].append(snap[key])
+        for key in keys:
+            series[key].append(snap.get(key))
         if bar is not None:
             bar.update(min(n_ops, (k + 1) * chunk) - min(n_ops, k * chunk))
     series["nr_free"] = snap["nr_free"]
+    # time of each point since the repetition started (simulated clock or CLOCK_MONOTONIC)
+    series["time_ns"] = [int(t - series["t_ns"][0]) for t in series["t_ns"]]
+    series["not_measurable"] = dict(snap.get("not_measurable") or {})
+    final = getattr(target, "final_state", None)
+    series["final"] = final() if final else {"zones": {"model": list(snap["nr_free"])},
+                                             "allocatable_huge": snap.get("allocatable_huge"),
+                                             "pageblocks": snap.get("pageblocks")
+                                             or target.metadata().get("pageblocks")}
     res = np.concatenate(results) if results else np.zeros(0, dtype=target.execute(steps[:0]).dtype)
     return res, series
+
+
+def merge_breakdowns(items: list[dict]) -> dict:
+    """Primitive breakdowns of several repetitions summed, largest time first."""
+    tot: dict = {}
+    for bd in items:
+        for k, v in bd.items():
+            t = tot.setdefault(k, {"count": 0, "ns": 0})
+            t["count"] += int(v["count"])
+            t["ns"] += int(v["ns"])
+    return dict(sorted(tot.items(), key=lambda kv: -kv[1]["ns"]))
 
 
 def repetition(backend, layout, strategy, params, ops, steps, points=SERIES_POINTS) -> dict:
@@ -189,8 +219,11 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
             # On real hardware the first iteration pays lazy initialisation and page
             # reporting (host-costs.md traps 1-2): run it, discard it.
             warmups = int(params.get("warmup_repetitions", 1 if backend == "host" else 0))
+            breakdowns = {s: [] for s in strategies}
             for rep in range(-warmups, reps):
                 ops, info = build_ops(wl, max(rep, 0))
+                # which direction induced each touch: from the op stream, once per stream
+                attribution = attribute_touches(ops) if rep >= 0 else None
                 for sname in strategies:
                     opts = dict(wl.strategy_options.get(sname, {}))
                     opts.update(cli_options.get(sname, {}))
@@ -213,7 +246,8 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                         backend, wl.layout, strategy, bparams, ops, steps, points)
                     bar.update(len(ops))
                     res, series = out["res"], out["series"]
-                    rec = RepetitionRecord(ops, steps, res)
+                    rec = RepetitionRecord(ops, steps, res, attribution)
+                    breakdowns[sname].append(out["breakdown"])
                     rec.wall_s = out["wall_s"]
                     recs[sname].append(rec)
                     serieses[sname].append(series)
@@ -225,6 +259,7 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                                                                 "metadata")}}
                         extras[sname]["metadata"]["process_per_repetition"] = isolate
             for sname in strategies:
+                extras[sname]["breakdown"] = merge_breakdowns(breakdowns[sname])
                 runs.append(_run_entry(wl, sname, backend, recs[sname], serieses[sname],
                                        extras[sname], prof, quick, info))
                 runs[-1]["warmup_repetitions"] = warmups
@@ -238,6 +273,7 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
         "package_version": __version__,
         "command": ["gmembench"] + sys.argv[1:],
         "host": host_facts(),
+        "provenance": provenance(),
         "elapsed_s": round(elapsed, 3),
         "runs": runs,
     }
@@ -249,14 +285,26 @@ def _run_entry(wl, sname, backend, recs, serieses, extra, prof, quick, info) -> 
         s["hugepage_coverage"] = [h / guest for h in s["huge_bytes"]]
     metrics = aggregate(recs, serieses, [{"nr_free": s["nr_free"]} for s in serieses], guest)
     per_rep = []
+    hp = metrics["huge_pages"]
     for r, s in zip(recs, serieses):
         fp = np.asarray(s["footprint_bytes"])
         d = r.summary()
         d["footprint_bytes"] = {"peak": int(fp.max()), "mean": float(fp.mean())}
         d["huge_splits"] = int(s["huge_splits"][-1] - s["huge_splits"][0])
         d["huge_merges"] = int(s["huge_merges"][-1] - s["huge_merges"][0])
+        for c in ("mapping_demotions", "folio_splits", "folio_merges"):
+            v = s.get(c)
+            d[c] = None if hp.get(c) is None else int(v[-1] - v[0])
         d["wall_s"] = round(r.wall_s, 4)
         per_rep.append(d)
+    final = serieses[-1]["final"]
+    metrics["fragmentation"] = {
+        "zones": fragmentation_summary(final.get("zones") or {}),
+        "pageblocks": final.get("pageblocks"),
+        "allocatable_huge": final.get("allocatable_huge"),
+        "notes": final.get("notes") or {},
+    }
+    metrics["step_breakdown"] = merge_step_breakdowns([r.step_breakdown for r in recs])
     s0 = serieses[0]
     meta = extra["metadata"]
     return {
@@ -272,8 +320,9 @@ def _run_entry(wl, sname, backend, recs, serieses, extra, prof, quick, info) -> 
         "repetitions": len(recs),
         "metrics": metrics,
         "per_rep": per_rep,
-        "series": {k: s0[k] for k in ("op_index", "t_ns", "footprint_bytes", "hugepage_coverage",
-                                     "huge_splits", "huge_merges")},
+        "series": {k: s0[k] for k in ("op_index", "t_ns", "time_ns", "footprint_bytes",
+                                     "hugepage_coverage", "huge_splits", "huge_merges")
+                   + OPTIONAL_SERIES_KEYS if k in s0},
         "breakdown": extra["breakdown"],
         "phases": info,
         "trace": {k: v for k, v in info.items() if "lines" in v} or None,
