@@ -340,26 +340,109 @@ def _mib(b):
     return f"{b / (1 << 20):.0f}"
 
 
+def _ms(ns):
+    if ns is None:
+        return "-"
+    v = ns / 1e6
+    return "0" if v == 0 else f"{v:.0f}" if v >= 1000 else f"{v:.3g}" if v >= 0.01 else f"{v:.4f}"
+
+
+def _share(v):
+    return "n/m" if v is None else f"{100 * v['end']:.0f}%"
+
+
 def comparison_table(doc: dict) -> str:
-    head = (f"{'workload':<16} {'strategy':<9} {'conv':>8} {'fail':>5} {'p50us':>8} {'p99us':>8} "
-            f"{'copiedMiB':>9} {'fp.peak':>7} {'cov.end':>7} {'splits':>7}")
+    """The console headline: per workload x strategy x direction the conversions, failures,
+    latency and the time accounting (ms per repetition), then who wins and why; a second
+    table with memory and huge-page state.  '*' marks runs with emulated steps."""
+    from bench.report.headline import (DIR_LABEL, DIRS, emulated_steps, fmt_x, winner_text,
+                                       workload_headlines)
+    head = (f"{'workload':<16} {'strategy':<10} {'direction':<10} {'conv':>7} {'fail':>5} "
+            f"{'p50us':>8} {'p99us':>8} {'conv.ms':>8} {'induc.ms':>8} {'total.ms':>8}")
+    lines = [head, "-" * len(head)]
+    notes = []
+    for h in workload_headlines(doc):
+        first = True
+        for sname, r in h["runs"].items():
+            m = r["metrics"]
+            reps = max(1, r.get("repetitions") or 1)
+            mark = "*" if emulated_steps(r) else ""
+            if mark:
+                notes.append(f"* {r['key']}: emulated steps {', '.join(emulated_steps(r))}")
+            for i, d in enumerate(DIRS):
+                dd = (m.get("directions") or {}).get(d) or {}
+                lat = dd.get("latency_ns") or {}
+                lines.append(
+                    f"{(h['workload'][:16] if first else ''):<16} "
+                    f"{((sname + mark) if i == 0 else ''):<10} {DIR_LABEL[d]:<10} "
+                    f"{dd.get('conversions', 0):>7} {dd.get('failed_conversions', 0):>5} "
+                    f"{_us(lat.get('p50')):>8} {_us(lat.get('p99')):>8} "
+                    f"{_ms(dd.get('conversion_time_ns', 0) / reps):>8} "
+                    f"{_ms(dd.get('induced_time_ns', 0) / reps):>8} "
+                    f"{_ms(dd.get('total_time_ns', 0) / reps):>8}")
+                first = False
+            fc, fa, errs = h["failures"][sname]
+            if fc or fa or errs:
+                lines.append(f"{'':16} !! {sname}: {fc} failed conversion(s), {fa} failed "
+                             f"access(es): {errs or 'no errno recorded'}")
+        rt = h["ratios"]
+        if rt:
+            tot, conv = rt[("all", "total")][0], rt[("all", "conversion")][0]
+            per_dir = ", ".join(f"{DIR_LABEL[d]} {fmt_x(rt[(d, 'total')][0])}" for d in DIRS)
+            lines.append(f"{'':16} => total time: {winner_text(tot)} (dual/in-place "
+                         f"{fmt_x(tot)}; {per_dir}); conversion only: {winner_text(conv)}")
+            if h["top"]:
+                lines.append(f"{'':16}    most of the difference (dual - in-place, per run): "
+                             + ", ".join(f"{k} {v / 1e6:+.3g} ms" for k, v in h["top"]))
+    lines.append("")
+    lines.append("conv/induc/total.ms: time per repetition spent in conversions / in the "
+                 "accesses they caused later / both (bench/accounting.py)")
+    lines += sorted(set(notes))
+    return "\n".join(lines) + "\n\n" + memory_table(doc)
+
+
+def memory_table(doc: dict) -> str:
+    """Footprint, the three huge-page measures (end of run; n/m: not measurable on this
+    backend), mapping demotions vs physical splits/merges, unusable index at 2M."""
+    head = (f"{'workload':<16} {'strategy':<9} {'fp.peak':>7} {'s2.huge':>7} {'pmd.map':>7} "
+            f"{'intact':>7} {'demote':>7} {'splits':>7} {'merges':>7} {'unus.o9':>7}")
     lines = [head, "-" * len(head)]
     for r in doc["runs"]:
         m = r["metrics"]
+        hp = m.get("huge_pages") or {}
+
+        def cnt(k):
+            return "n/m" if hp.get(k) is None else f"{hp[k]:.0f}"
         lines.append(
-            f"{r['workload'][:16]:<16} {r['strategy']:<9} {m['conversions']:>8} {m['failed_conversions']:>5} "
-            f"{_us(m['latency_ns']['p50']):>8} {_us(m['latency_ns']['p99']):>8} "
-            f"{_mib(m['bytes_copied']):>9} {m['footprint_ratio']['peak']:>7.3f} "
-            f"{m['hugepage_coverage']['end']:>7.3f} {m['huge_splits']:>7}")
+            f"{r['workload'][:16]:<16} {r['strategy']:<9} {m['footprint_ratio']['peak']:>7.3f} "
+            f"{_share(hp.get('stage2_huge_share')):>7} {_share(hp.get('host_pmd_mapped_share')):>7} "
+            f"{_share(hp.get('intact_huge_folio_share')):>7} {cnt('mapping_demotions'):>7} "
+            f"{cnt('folio_splits'):>7} {cnt('folio_merges'):>7} "
+            f"{m['unusable_index']['order9']:>7.3f}")
+    lines.append("fp.peak: host memory / guest memory; s2.huge: guest memory mapped huge in "
+                 "stage 2; pmd.map: shared memory PMD-mapped by the host; intact: intact huge "
+                 "folios (all at the end of the run); demote/splits/merges: per repetition")
     return "\n".join(lines)
 
 
 def explain_table(doc: dict) -> str:
+    """What each run's time is made of, over all repetitions: by step (operations and 4K
+    pages) per direction and conversion/induced, then by cost-model primitive."""
     out = []
     for r in doc["runs"]:
+        reps = r.get("repetitions") or 1
+        out.append(f"\n{r['key']} ({r['fidelity']}), all {reps} repetition(s)")
+        sb = (r["metrics"].get("step_breakdown") or {})
+        out.append(f"  {'direction':<11} {'part':<10} {'step':<15} {'steps (ops)':>11} "
+                   f"{'4K pages':>11} {'total ms':>10}")
+        for d, parts in sb.items():
+            for part, steps in parts.items():
+                for k, v in sorted(steps.items(), key=lambda kv: -kv[1]["ns"]):
+                    out.append(f"  {d:<11} {part:<10} {k:<15} {v['steps']:>11} {v['pages']:>11} "
+                               f"{v['ns'] / 1e6:>10.2f}")
         total = sum(v["ns"] for v in r["breakdown"].values()) or 1
-        out.append(f"\n{r['key']} ({r['fidelity']}): where the time went")
-        out.append(f"  {'primitive':<22} {'count':>10} {'total ms':>10} {'share':>6}")
+        out.append(f"  {'primitive':<22} {'count':>10} {'total ms':>10} {'share':>6}   "
+                   "(count: calls; per-page primitives count 4K pages)")
         for k, v in r["breakdown"].items():
             out.append(f"  {k:<22} {v['count']:>10} {v['ns'] / 1e6:>10.2f} {100 * v['ns'] / total:>5.1f}%")
     return "\n".join(out)

@@ -143,10 +143,19 @@ def summary_rows(results: dict) -> list[dict]:
 
 
 def _wrap(text: str) -> list[str]:
-    return textwrap.wrap(text, WIDTH, break_long_words=True, break_on_hyphens=False) or [""]
+    lead = len(text) - len(text.lstrip(" "))
+    return textwrap.wrap(text, WIDTH, break_long_words=True, break_on_hyphens=False,
+                         subsequent_indent=" " * (lead + 2 if lead else 0)) or [""]
+
+
+def _dir_short(d: str) -> str:
+    return {"to_shared": "to-sh", "to_private": "to-pr", "all": "both"}[d]
 
 
 def summary_text(results: dict) -> str:
+    """At most 72 columns: per workload who wins on total time and on conversion time, by
+    how much, per direction, the primitives behind the difference, failures, memory."""
+    from bench.report.headline import DIRS, emulated_steps, winner_text, workload_headlines
     runs = results.get("runs", [])
     backends = sorted({r.get("backend", "?") for r in runs})
     reps = sorted({r.get("repetitions") for r in runs if r.get("repetitions")})
@@ -162,31 +171,61 @@ def summary_text(results: dict) -> str:
     for s in fidelity_notes_short(results):
         lines += _wrap("NOTE: " + s)
     lines.append("")
-    head = f"{'':2}{'strategy':<12}{'p50':>8}{'p99':>8}{'copied':>9}{'fp/guest':>10}{'huge end':>10}"
-    lines.append(head)
-    lines.append("-" * len(head))
-    for row in summary_rows(results):
-        fids = sorted({r.get("fidelity", "?") for r in row["runs"]})
-        lines += _wrap(f"{row['workload']} ({', '.join(fids)})")
-        for r in row["runs"]:
-            lines.append(f"{'':2}{r['strategy'][:12]:<12}"
-                         f"{fmt_ns(_m(r, 'latency_ns', 'p50')):>8}"
-                         f"{fmt_ns(_m(r, 'latency_ns', 'p99')):>8}"
-                         f"{fmt_bytes(_m(r, 'bytes_copied')):>9}"
-                         f"{fmt_ratio(_m(r, 'footprint_ratio', 'peak')):>10}"
-                         f"{fmt_pct(_m(r, 'hugepage_coverage', 'end')):>10}")
-            failed = _m(r, "failed_conversions", default=0)
-            if failed:
-                lines.append(f"{'':4}{failed} failed conversion(s): {_errors(r)}"[:WIDTH])
-        rt = row["ratios"]
+    head = (f"{'':2}{'strategy':<10}{'dir':<6}{'conv':>9}{'induced':>9}{'total':>9}"
+            f"{'p50':>8}{'p99':>8}{'fail':>6}")
+    for h in workload_headlines(results):
+        fids = sorted({r.get("fidelity", "?") for r in h["runs"].values()})
+        lines += _wrap(f"{h['workload']} ({', '.join(fids)})")
+        rt = h["ratios"]
         if rt:
-            lines.append(f"{'':2}{'dual/in-pl.':<12}{fmt_ratio(rt.get('p50')):>8}"
-                         f"{fmt_ratio(rt.get('p99')):>8}{'':>9}{fmt_ratio(rt.get('fp')):>10}")
-    lines.append("")
-    lines += _wrap("p50/p99: conversion latency; copied: bytes copied per run (all "
-                   "repetitions); fp/guest: peak host footprint / guest memory; huge end: "
-                   "guest memory on huge pages at the end; dual/in-pl.: ratio of dual to "
-                   "in-place (>1: in-place better).")
+            tot, conv = rt[("all", "total")], rt[("all", "conversion")]
+            lines += _wrap(f"  TOTAL TIME: {winner_text(tot[0])} (dual/in-place "
+                           f"{fmt_ratio(tot[0])}); conversion only: {winner_text(conv[0])} "
+                           f"({fmt_ratio(conv[0])})", )
+        lines.append(head)
+        for sname, r in h["runs"].items():
+            m = r.get("metrics") or {}
+            n = max(1, r.get("repetitions") or 1)
+            mark = "*" if emulated_steps(r) else ""
+            for i, d in enumerate(DIRS):
+                dd = (m.get("directions") or {}).get(d) or {}
+                lat = dd.get("latency_ns") or {}
+                lines.append(f"{'':2}{((sname + mark)[:10] if i == 0 else ''):<10}"
+                             f"{_dir_short(d):<6}"
+                             f"{fmt_ns(dd.get('conversion_time_ns', 0) / n):>9}"
+                             f"{fmt_ns(dd.get('induced_time_ns', 0) / n):>9}"
+                             f"{fmt_ns(dd.get('total_time_ns', 0) / n):>9}"
+                             f"{fmt_ns(lat.get('p50')):>8}{fmt_ns(lat.get('p99')):>8}"
+                             f"{dd.get('failed_conversions', 0):>6}")
+            fc, fa, errs = h["failures"][sname]
+            if fc or fa or errs:
+                lines += _wrap(f"    FAILURES {sname}: {fc} conversion(s), {fa} access(es) "
+                               f"failed: {errs or 'no errno recorded'}")
+        if rt:
+            lines.append(f"{'':2}{'dual/in-pl.':<10}{'':6}")
+            for d in ("all",) + DIRS:
+                lines.append(f"{'':4}{'':8}{_dir_short(d):<6}"
+                             + "".join(f"{fmt_ratio(rt[(d, p)][0]):>9}"
+                                       for p in ("conversion", "induced", "total")))
+        if h["top"]:
+            lines += _wrap("  why (dual - in-place per run): " + ", ".join(
+                f"{k} {'+' if v > 0 else '-'}{fmt_ns(abs(v))}" for k, v in h["top"]))
+        mem = []
+        for sname, r in h["runs"].items():
+            hp = _m(r, "huge_pages", default={}) or {}
+            s2 = hp.get("stage2_huge_share")
+            intact = hp.get("intact_huge_folio_share")
+            mem.append(f"{sname} fp/guest {fmt_ratio(_m(r, 'footprint_ratio', 'peak'))}, "
+                       f"stage-2 huge {fmt_pct(s2['end']) if s2 else 'n/m'}, intact huge "
+                       f"folios {fmt_pct(intact['end']) if intact else 'n/m'}")
+        lines += _wrap("  memory at end: " + "; ".join(mem))
+        lines.append("")
+    lines += _wrap("Times are per repetition. conv: time in the conversions; induced: "
+                   "time of the later accesses to the converted pages (faults, refaults, "
+                   "zeroing, firmware, the access itself); total = conv + induced. "
+                   "to-sh/to-pr: direction. dual/in-pl.: ratio of dual to in-place "
+                   "(>1: in-place better). fail: failed conversions. n/m: not measurable "
+                   "on this backend. *: emulated steps (see NOTE).")
     return "\n".join(ln.rstrip() for ln in lines) + "\n"
 
 
