@@ -195,13 +195,36 @@ class SimTarget:
 
     def snapshot(self) -> dict:
         nr_free = self.host.buddy.nr_free()
+        h = self.host
+        stage2 = {"4k": 0, "2m": 0, "1g": 0}
+        host_huge = intact = possible = 0
+        for g, s in zip(self.gmem, self.shared):
+            small, huge = g.stage2_bytes()
+            stage2["4k"] += small
+            if huge:
+                stage2["2m" if g.order == 9 else "1g"] += huge
+            host_huge += g.host_huge_mapped_bytes()
+            intact += g.intact_folios()
+            possible += g.npages >> g.order if g.order else 0
+            if s is not None:
+                host_huge += s.host_huge_mapped_bytes()
+                intact += s.intact_folios()
+                possible += len(s.chunk) if s.huge else 0
         return {
-            "footprint_bytes": self.host.footprint_pages * PAGE_SIZE,
-            "huge_bytes": min(self.host.huge_pages * PAGE_SIZE, self.layout.guest_size),
-            "huge_splits": self.host.huge_splits,
-            "huge_merges": self.host.huge_merges,
+            "footprint_bytes": h.footprint_pages * PAGE_SIZE,
+            "huge_bytes": min(h.huge_pages * PAGE_SIZE, self.layout.guest_size),
+            "huge_splits": h.huge_splits,
+            "huge_merges": h.huge_merges,
             "nr_free": nr_free,
             "t_ns": int(self.ledger.clock_ns),
+            "stage2_bytes": stage2,
+            "host_pmd_mapped_bytes": host_huge,
+            "intact_huge_folios": intact,
+            "huge_folios_possible": possible,
+            "mapping_demotions": h.mapping_demotions,
+            "folio_splits": h.folio_splits,
+            "folio_merges": h.folio_merges,
+            "allocatable_huge": h.buddy.allocatable_huge(),
         }
 
     def fidelity(self) -> dict[str, str]:

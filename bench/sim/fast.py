@@ -154,6 +154,24 @@ class CoreTarget:
             "huge_merges": int(cnt[lib.CORE_C_HUGE_MERGES]),
             "nr_free": self.nr_free(),
             "t_ns": int(lib.core_clock_ns(self._c)),
+            **self._huge_stats(),
+        }
+
+    def _huge_stats(self) -> dict:
+        lib, ffi = self._lib, self._ffi
+        h = np.zeros(lib.CORE_H_COUNT, np.int64)
+        lib.core_huge_stats(self._c, ffi.cast("int64_t *", ffi.from_buffer(h)))
+        return {
+            "stage2_bytes": {"4k": int(h[lib.CORE_H_S2_4K]), "2m": int(h[lib.CORE_H_S2_2M]),
+                             "1g": int(h[lib.CORE_H_S2_1G])},
+            "host_pmd_mapped_bytes": int(h[lib.CORE_H_HOST_HUGE]),
+            "intact_huge_folios": int(h[lib.CORE_H_INTACT]),
+            "huge_folios_possible": int(h[lib.CORE_H_POSSIBLE]),
+            "mapping_demotions": int(h[lib.CORE_H_DEMOTIONS]),
+            "folio_splits": int(h[lib.CORE_H_SPLITS]),
+            "folio_merges": int(h[lib.CORE_H_MERGES]),
+            "allocatable_huge": {"2m": int(h[lib.CORE_H_ALLOC_2M]),
+                                 "1g": int(h[lib.CORE_H_ALLOC_1G])},
         }
 
     def nr_free(self) -> list[int]:
