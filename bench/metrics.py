@@ -246,7 +246,14 @@ def huge_page_measures(rep_series: list[dict], guest_size: int) -> dict:
     "folio_merges": mean per repetition or None, "not_measurable": {measure: why}}.
     A measure the backend cannot read is None and named in not_measurable - never 0."""
     out: dict = {"not_measurable": {}}
+    poss = [s.get("huge_folios_possible") for s in rep_series]
+    no_huge = bool(poss) and all(p and not any(p) for p in poss)
     for m in HUGE_MEASURES:
+        if m == "intact_huge_folio_share" and no_huge:
+            out[m] = None
+            out["not_measurable"][m] = ("not applicable: no memory object of this layout "
+                                        "has a huge folio size")
+            continue
         per = [_share_series(s, m, guest_size) for s in rep_series]
         if not per or any(p is None for p in per):
             out[m] = None

@@ -347,8 +347,10 @@ def _ms(ns):
     return "0" if v == 0 else f"{v:.0f}" if v >= 1000 else f"{v:.3g}" if v >= 0.01 else f"{v:.4f}"
 
 
-def _share(v):
-    return "n/m" if v is None else f"{100 * v['end']:.0f}%"
+def _share(v, why=""):
+    if v is None:
+        return "n/a" if why.startswith("not applicable") else "n/m"
+    return f"{100 * v['end']:.0f}%"
 
 
 def comparison_table(doc: dict) -> str:
@@ -410,18 +412,21 @@ def memory_table(doc: dict) -> str:
     for r in doc["runs"]:
         m = r["metrics"]
         hp = m.get("huge_pages") or {}
+        nm = hp.get("not_measurable") or {}
 
         def cnt(k):
             return "n/m" if hp.get(k) is None else f"{hp[k]:.0f}"
         lines.append(
             f"{r['workload'][:16]:<16} {r['strategy']:<9} {m['footprint_ratio']['peak']:>7.3f} "
             f"{_share(hp.get('stage2_huge_share')):>7} {_share(hp.get('host_pmd_mapped_share')):>7} "
-            f"{_share(hp.get('intact_huge_folio_share')):>7} {cnt('mapping_demotions'):>7} "
+            f"{_share(hp.get('intact_huge_folio_share'), nm.get('intact_huge_folio_share', '')):>7} "
+            f"{cnt('mapping_demotions'):>7} "
             f"{cnt('folio_splits'):>7} {cnt('folio_merges'):>7} "
             f"{m['unusable_index']['order9']:>7.3f}")
     lines.append("fp.peak: host memory / guest memory; s2.huge: guest memory mapped huge in "
                  "stage 2; pmd.map: shared memory PMD-mapped by the host; intact: intact huge "
-                 "folios (all at the end of the run); demote/splits/merges: per repetition")
+                 "folios (all at the end of the run); demote/splits/merges: per repetition; n/m: not "
+                 "measurable on this backend, n/a: no huge folio size in this layout")
     return "\n".join(lines)
 
 
