@@ -687,6 +687,13 @@ def _packaged_dir() -> Path | None:
     return src if src.is_dir() else None
 
 
+def packaged_file(name: str) -> Path:
+    """A file shipped with the package's workloads (e.g. qualify-default.toml); the path
+    is returned even when missing so the caller's 'not found' names it."""
+    pkg = _packaged_dir()
+    return (pkg or Path("workloads")) / name
+
+
 def workload_dirs() -> list[Path]:
     """Where workload names are looked up, first match wins: each entry of
     $GMEMBENCH_WORKLOADS (os.pathsep separated), ./workloads, then the packaged copy."""
