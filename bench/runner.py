@@ -448,7 +448,8 @@ def explain_table(doc: dict) -> str:
     out = []
     for r in doc["runs"]:
         reps = r.get("repetitions") or 1
-        out.append(f"\n{r['key']} ({r['fidelity']}), all {reps} repetition(s)")
+        out.append(f"\n{r['key']} ({r['fidelity']}): where the time went, all {reps} "
+                   "repetition(s)")
         sb = (r["metrics"].get("step_breakdown") or {})
         out.append(f"  {'direction':<11} {'part':<10} {'step':<15} {'steps (ops)':>11} "
                    f"{'4K pages':>11} {'total ms':>10}")

@@ -80,7 +80,7 @@ def emulated_steps(run: dict) -> list[str]:
     """Steps of a run that did not run as the real kernel interface (host backend)."""
     if run.get("backend") == "sim":
         return []
-    return sorted(k for k, v in (run.get("fidelity_steps") or {}).items() if v != "native")
+    return sorted(k for k, v in (run.get("fidelity_steps") or {}).items() if v == "emulated")
 
 
 def workload_headlines(results: dict) -> list[dict]:

@@ -121,7 +121,7 @@ def emulated_mark(run: dict) -> str:
     """' [emulated: STEP, ...]' for host runs with steps that were not native."""
     if run.get("backend") == "sim":
         return ""
-    em = sorted(k for k, v in (run.get("fidelity_steps") or {}).items() if v != "native")
+    em = sorted(k for k, v in (run.get("fidelity_steps") or {}).items() if v == "emulated")
     return f" [emulated: {', '.join(em)}]" if em else ""
 
 
