@@ -551,12 +551,14 @@ def report_markdown(results: dict, samples: dict, summary_png: Path | None,
                for key in slowed]
         md += [""]
     md += ["### pyperf", "",
-           f"{len(pyperf_files)} files in `pyperf/`, one per workload x strategy x metric, "
-           "one pyperf run per repetition; host facts pyperf does not collect (THP, hugetlb, "
-           "KVM) are in each run's metadata. Examples:", "", "```",
-           "python -m pyperf stats pyperf/<workload>--dual--latency.json",
-           "python -m pyperf hist pyperf/<workload>--in-place--latency.json",
-           "python -m pyperf compare_to OLD/pyperf/X.json NEW/pyperf/X.json", "```", "",
+           f"{len(pyperf_files)} suite files in `pyperf/`, one per strategy, with benchmark "
+           "names free of the strategy (`<workload>/<metric>`: latency, latency per "
+           "direction, total/conversion/induced time per repetition, latency per 4K, "
+           "footprint), one pyperf run per repetition; the metadata says whether values were "
+           "subsampled, and carries the host facts pyperf does not collect (THP, hugetlb, "
+           "KVM). Compare the strategies, with the geometric mean:", "", "```",
+           "python -m pyperf compare_to pyperf/in-place.json pyperf/dual.json --table",
+           "python -m pyperf stats pyperf/dual.json", "```", "",
            "For a CI regression gate use `gmembench compare BASE CUR` (per-repetition "
            "statistics, exit 1 on regression), not `pyperf compare_to`.", ""]
     return "\n".join(md)
