@@ -487,20 +487,56 @@ def plot_summary(results: dict, samples: dict, path: Path,
     return _save(fig, path)
 
 
-def write_plots(results: dict, samples: dict, outdir,
-                skipped: list | None = None) -> tuple[Path | None, dict[str, list[Path]]]:
-    """All figures into outdir; returns (summary figure or None, {workload: [paths]}).
-    Figures not drawn are appended to `skipped` as {"workload", "figure", "why"}."""
+def _plot_job(fn, *args):
+    """Run one plot function with its own skip list: (what it wrote, what it skipped).
+    Jobs may run in another process, so skips travel back in the return value."""
+    skipped: list = []
+    return fn(*args, skipped=skipped), skipped
+
+
+def figure_jobs(results: dict, samples: dict, outdir) -> list[tuple]:
+    """Every figure as an independent job (workload or None for the summary, job function,
+    its arguments); a job returns (path, list of paths or None; skipped figures).
+    write_plots runs them in order; the report (bench/report/report.py) renders them in
+    parallel."""
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, list[Path]] = {}
-    summary = plot_summary(results, samples, outdir / "summary.png", skipped)
+    jobs = [(None, _plot_job, (plot_summary, results, samples, outdir / "summary.png"))]
     for w, runs in runs_by_workload(results).items():
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in w)
-        paths = [plot_time_accounting(w, runs, outdir / f"{safe}-time.png", skipped),
-                 plot_latency_cdf(w, runs, samples, outdir / f"{safe}-latency-cdf.png", skipped),
-                 plot_footprint(w, runs, outdir / f"{safe}-footprint.png", skipped),
-                 *plot_huge_pages(w, runs, outdir, safe, skipped),
-                 plot_copy_share(w, runs, samples, outdir / f"{safe}-copy-share.png", skipped)]
-        written[w] = [q for q in paths if q]
+        jobs += [(w, _plot_job, (plot_time_accounting, w, runs, outdir / f"{safe}-time.png")),
+                 (w, _plot_job, (plot_latency_cdf, w, runs, samples,
+                                 outdir / f"{safe}-latency-cdf.png")),
+                 (w, _plot_job, (plot_footprint, w, runs, outdir / f"{safe}-footprint.png")),
+                 (w, _plot_job, (plot_huge_pages, w, runs, outdir, safe)),
+                 (w, _plot_job, (plot_copy_share, w, runs, samples,
+                                 outdir / f"{safe}-copy-share.png"))]
+    return jobs
+
+
+def collect_figures(jobs: list[tuple], outputs: list, skipped: list | None = None
+                    ) -> tuple[Path | None, dict[str, list[Path]]]:
+    """(summary figure or None, {workload: [paths written]}) from figure_jobs' jobs and
+    what each returned, in the same order; skipped figures are appended to `skipped`."""
+    summary, written = None, {}
+    for (workload, _, _), out in zip(jobs, outputs):
+        path, sk = out if isinstance(out, tuple) else (out, [])
+        if skipped is not None:
+            skipped.extend(sk)
+        if workload is None:
+            summary = path
+            continue
+        written.setdefault(workload, [])
+        for p in (path if isinstance(path, list) else [path]):
+            if p:
+                written[workload].append(p)
     return summary, written
+
+
+def write_plots(results: dict, samples: dict, outdir,
+                skipped: list | None = None) -> tuple[Path | None, dict[str, list[Path]]]:
+    """All figures into outdir, in this process; returns (summary figure or None,
+    {workload: [paths]}).  Figures not drawn are appended to `skipped` as {"workload",
+    "figure", "why"}."""
+    Path(outdir).mkdir(parents=True, exist_ok=True)
+    jobs = figure_jobs(results, samples, outdir)
+    return collect_figures(jobs, [fn(*args) for _, fn, args in jobs], skipped)
