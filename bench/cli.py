@@ -19,6 +19,8 @@ COMMANDS = {
     "compare": ("bench.compare", "regression gate: compare two results dirs (exit 1 on regression)"),
     "qualify": ("bench.qualify", "hardware qualification: run a spec, pass/fail per check"),
     "restore": ("bench.host.state", "restore host settings a run that did not finish left changed"),
+    "sweep": ("bench.sweep.cli", "run a sweep file on Dask: tidy table, conclusions, sensitivity, plots"),
+    "table": ("bench.runtable", "N results dirs side by side: mean, spread, CV, change vs the first"),
 }
 
 

@@ -87,6 +87,8 @@ PARAMS: dict[str, Spec] = {
                          backends=("host",), low=0, high=MAX_ADDRESS),
     "overhead_reps": Spec("int", "NOP steps timed for the harness overhead (20001)",
                           backends=("host",), low=2, high=10_000_000),
+    "overhead_pairs": Spec("int", "batch pairs (harness, bare) timed for the harness overhead "
+                           "(10)", backends=("host",), low=1, high=10_000),
     "kpageflags": Spec("bool", "count intact huge folios from pagemap + kpageflags (yes)",
                        backends=("host",)),
     "snapshot_detail": Spec("bool", "also read /proc/self/smaps in every snapshot (no)",

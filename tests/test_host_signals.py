@@ -42,7 +42,8 @@ size = "64M"
 generator = "dma-churn"
 buffers = 3000
 """
-FAST = ["-r", "1", "-p", "warmup_bytes=0", "-p", "overhead_reps=2", "-p", "series_points=4",
+FAST = ["-r", "1", "-p", "warmup_bytes=0", "-p", "overhead_reps=2", "-p", "overhead_pairs=1",
+        "-p", "series_points=4",
         "--no-progress", "--no-report"]
 
 
