@@ -89,9 +89,27 @@ def _touch_templates(shared_obj: Obj) -> dict:
     }
 
 
+HUGE_MODES = ("split", "demote")
+
+
 @dataclass
 class InPlace(Strategy):
     name: str = "in-place"
+
+    def huge_mode(self) -> str:
+        """What a partial conversion does to a huge guest_memfd folio: "split" it into 4K
+        folios and merge it back once all private (the HugeTLB guest_memfd series), or
+        "demote" only its mappings, the folio staying whole."""
+        mode = self.options.get("huge", "split")
+        if mode not in HUGE_MODES:
+            raise InputError(f"in-place option huge={mode!r}: expected one of "
+                             f"{', '.join(HUGE_MODES)}")
+        return mode
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d["options"].setdefault("huge", self.huge_mode())
+        return d
 
     def gmem_flags(self, layout) -> int:
         return GUEST_MEMFD_FLAG_MMAP | (GUEST_MEMFD_FLAG_INIT_SHARED if layout.init_shared else 0)

@@ -56,6 +56,11 @@ def model_parameters(layout, params: dict) -> tuple[int, int]:
     return order, host_bytes
 
 
+def huge_mode(strategy) -> str:
+    """in-place.huge: "split" (the HugeTLB guest_memfd design, default) or "demote"."""
+    return strategy.huge_mode() if hasattr(strategy, "huge_mode") else "split"
+
+
 class SimTarget:
     backend = "sim"
 
@@ -77,7 +82,8 @@ class SimTarget:
         self.shared: list[SharedBacking | None] = []
         try:
             for m in layout.memslots:
-                g = GuestMemfd(self.host, self.vm, m.size, flags, order, layout.platform, promote)
+                g = GuestMemfd(self.host, self.vm, m.size, flags, order, layout.platform, promote,
+                               huge_mode(strategy))
                 self.vm.add_slot(g, initial)
                 if not in_place:
                     g.attr_view = self.vm.slot_attrs[-1]
@@ -224,7 +230,7 @@ class SimTarget:
             "mapping_demotions": h.mapping_demotions,
             "folio_splits": h.folio_splits,
             "folio_merges": h.folio_merges,
-            "allocatable_huge": h.buddy.allocatable_huge(),
+            "allocatable_huge": h.buddy.allocatable_huge(h.pool_blocks()),
         }
 
     def fidelity(self) -> dict[str, str]:
@@ -244,6 +250,7 @@ class SimTarget:
                 "vm_type": self.vm.vm_type,
                 "gmem_folio_order": self.gmem[0].order if self.gmem else 0,
                 "promote": self.gmem[0].promote if self.gmem else None,
+                "huge": huge_mode(self.strategy),
             },
             "huge_fallbacks": self.host.huge_fallbacks,
             "pageblocks": b.pageblock_counts(),

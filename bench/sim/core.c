@@ -40,6 +40,7 @@
 #define INTACT 1
 #define SPLIT 2
 #define DEFERRED 3
+#define FALLBACK 4      /* gmem folio held as 4K pages from the buddy allocator */
 #define GARBAGE 0xDEADBEEFu
 #define NO_CHECK 0xFFFFFFFFull
 #define SIGBUS_STATUS 1000
@@ -75,7 +76,9 @@ enum {
     K_FAULT_ANON, K_FAULT_THP_ANON, K_FAULT_THP_SHMEM, K_FAULT_GMEM_2M, K_FAULT_1G,
     K_REFAULT_GMEM, K_PUNCH_GMEM_UNMAPPED, K_PUNCH_GMEM_MAPPED, K_PUNCH_SHMEM_UNMAPPED,
     K_PUNCH_SHMEM_MAPPED, K_DISCARD_ANON, K_THP_SPLIT_SHMEM, K_THP_SPLIT_ANON, K_FOLIO_SPLIT,
-    K_MEMCPY, K_ZERO_FILL, K_TOUCH_PAGE, K_FIRMWARE_PSTATE_4K, K_PUNCH_GMEM_EMPTY, NKEYS
+    K_MEMCPY, K_ZERO_FILL, K_TOUCH_PAGE, K_FIRMWARE_PSTATE_4K, K_PUNCH_GMEM_EMPTY,
+    K_FOLIO_MERGE, K_HUGETLB_VMEMMAP_RESTORE, K_HUGETLB_VMEMMAP_OPTIMIZE,
+    NKEYS
 };
 static const char *const key_names[NKEYS] = {
     "ioctl_entry", "attr_update", "refcount_scan_folio", "lru_drain", "host_zap_pte",
@@ -84,6 +87,7 @@ static const char *const key_names[NKEYS] = {
     "refault_gmem", "punch_gmem_unmapped", "punch_gmem_mapped", "punch_shmem_unmapped",
     "punch_shmem_mapped", "discard_anon", "thp_split_shmem", "thp_split_anon", "folio_split",
     "memcpy", "zero_fill", "touch_page", "firmware_pstate_4k", "punch_gmem_empty",
+    "folio_merge", "hugetlb_vmemmap_restore", "hugetlb_vmemmap_optimize",
 };
 
 typedef struct __attribute__((packed)) {
@@ -145,6 +149,7 @@ typedef struct {            /* ranges.py AttrRanges: uniform chunks, or bytes pe
 typedef struct {
     int64_t size, npages, fpages, nfolios;
     int flags, order, platform, promote;
+    int split_on_share;     /* in-place.huge=split: GuestMemfd.split_on_share */
     int32_t *page_pfn;      /* pfn + 1 */
     uint8_t *pflags;
     uint32_t *data;
@@ -185,6 +190,8 @@ struct core {
     double step_ns, clock_ns;
     int64_t footprint, huge_pages, huge_splits, huge_merges, huge_fallbacks, pinned_by_aging;
     int64_t mapping_demotions, folio_splits, folio_merges;    /* snapshot counters */
+    int32_t *pool[2];       /* Host.hugetlb_pool: free hugetlb pages, [0] 2M, [1] 1G */
+    int64_t npool[2], cap_pool[2];
     int vm_type, in_place;
     slot_t *slots;
     int nslots;
@@ -879,6 +886,28 @@ static int64_t host_alloc_huge(core_t *c, int order, int movable)    /* alloc_hu
     return -1;
 }
 
+static int64_t host_alloc_hugetlb(core_t *c, int order, int *pooled)   /* alloc_hugetlb */
+{
+    int i = order == 9 ? 0 : 1;
+    if (c->npool[i]) {
+        *pooled = 1;
+        return c->pool[i][--c->npool[i]];
+    }
+    *pooled = 0;
+    return host_alloc_huge(c, order, 0);
+}
+
+static void host_free_hugetlb(core_t *c, int64_t pfn, int order)      /* free_hugetlb */
+{
+    int i = order == 9 ? 0 : 1;
+    if (c->npool[i] == c->cap_pool[i]) {
+        c->cap_pool[i] = c->cap_pool[i] ? 2 * c->cap_pool[i] : 64;
+        c->pool[i] = realloc(c->pool[i], (size_t)c->cap_pool[i] * sizeof(int32_t));
+        if (!c->pool[i]) abort();
+    }
+    c->pool[i][c->npool[i]++] = (int32_t)pfn;
+}
+
 /* alloc_pages: n pfns into c->apfn; OutOfMemory unwinds to the step */
 static int32_t *host_alloc_pages(core_t *c, int64_t n, int movable)
 {
@@ -1027,7 +1056,10 @@ static int64_t collect_missing(core_t *c, const int32_t *page_pfn, int64_t a, in
     return n;
 }
 
-static int64_t gmem_populate(core_t *c, gmem_t *g, int64_t p0, int64_t p1)   /* populate */
+static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f);
+
+/* populate; view: the slot's attributes (only read with split_on_share, i.e. in-place) */
+static int64_t gmem_populate(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int64_t p1)
 {
     if (!g->order) {
         int64_t n = collect_missing(c, g->page_pfn, p0, p1);
@@ -1040,20 +1072,23 @@ static int64_t gmem_populate(core_t *c, gmem_t *g, int64_t p0, int64_t p1)   /* 
         if (g->fstate[f] == INTACT) continue;
         int64_t a = p0 > f * fp ? p0 : f * fp, b = p1 < (f + 1) * fp ? p1 : (f + 1) * fp;
         if (g->fstate[f] == ABSENT) {
-            int64_t pfn = host_alloc_huge(c, o, 0);
+            int pooled;
+            int64_t pfn = host_alloc_hugetlb(c, o, &pooled);
             if (pfn >= 0) {
                 g->fstate[f] = INTACT;
                 g->fpfn[f] = (int32_t)pfn;
                 g->present += fp;
-                c->footprint += fp;
+                if (!pooled) c->footprint += fp;
                 c->huge_pages += fp;
                 led_op(c, o == 9 ? K_FAULT_GMEM_2M : K_FAULT_1G, 1);
                 led_each(c, K_FIRMWARE_PSTATE_4K, fp);
                 lru_push(g, f);
                 faulted += fp;
+                if (g->split_on_share && !attrs_is_uniform(view, f * fp, (f + 1) * fp, PRIVATE))
+                    gmem_split_folio(c, g, f);
                 continue;
             }
-            g->fstate[f] = SPLIT;
+            g->fstate[f] = FALLBACK;
         }
         int64_t n = collect_missing(c, g->page_pfn, a, b);
         if (n) {
@@ -1095,10 +1130,34 @@ static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f)        /* _split_f
     g->fstate[f] = SPLIT;
     if (!(g->fbits[f] & FB_DEMOTED))      /* a demoted mapping already counted this folio */
         c->huge_splits++;
-    g->fbits[f] &= ~FB_DEMOTED;
+    g->fbits[f] |= FB_DEMOTED;            /* its mappings can only be 4K now */
     c->huge_pages -= fp;
     c->folio_splits++;
     led_op(c, K_FOLIO_SPLIT, 1);
+    led_op(c, K_HUGETLB_VMEMMAP_RESTORE, fp);
+}
+
+static void gmem_merge_folio(core_t *c, gmem_t *g, int64_t f)        /* _merge_folio */
+{
+    int64_t fp = g->fpages;
+    memset(g->page_pfn + f * fp, 0, (size_t)fp * sizeof(int32_t));
+    g->fstate[f] = INTACT;
+    c->huge_pages += fp;
+    c->folio_merges++;
+    led_op(c, K_FOLIO_MERGE, 1);
+    led_op(c, K_HUGETLB_VMEMMAP_OPTIMIZE, fp);
+}
+
+static void gmem_restructure(core_t *c, gmem_t *g, const attrs_t *a, int64_t p0, int64_t p1,
+                             int split)                                /* _restructure */
+{
+    int o = g->order;
+    int64_t fp = g->fpages, f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
+    for (int64_t f = f0; f < f1; f++) {
+        if (g->fstate[f] != (split ? INTACT : SPLIT)) continue;
+        if (split) gmem_split_folio(c, g, f);
+        else if (attrs_is_uniform(a, f * fp, (f + 1) * fp, PRIVATE)) gmem_merge_folio(c, g, f);
+    }
 }
 
 static void gmem_demote(core_t *c, gmem_t *g, int64_t f)            /* _demote */
@@ -1264,6 +1323,7 @@ static int gmem_set_attrs2(core_t *c, slot_t *s, uint64_t offset, uint64_t size,
     if (!(v & PRIVATE)) gmem_arch_invalidate(c, g, p0, p1);
     attrs_set(&s->attrs, p0, p1, v);
     led_op(c, K_ATTR_UPDATE, 1);
+    if (g->split_on_share) gmem_restructure(c, g, &s->attrs, p0, p1, !(v & PRIVATE));
     return 0;
 }
 
@@ -1298,32 +1358,38 @@ static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* 
     int64_t fp = g->fpages;
     int mapped = gmem_zap_host(c, g, p0, p1, 0) > 0;
     gmem_zap_stage2(c, g, p0, p1);
-    int64_t freed = 0;
+    int64_t freed = 0, zeroed = 0, pooled = 0;
     if (o) {
+        /* kvm_gmem_truncate_inode_range: whole huge pages go back to the hugetlb pool (a
+           split one merged first), a partly covered one is only zeroed */
         int64_t f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
         for (int64_t f = f0; f < f1; f++) {
-            if (!g->fstate[f]) continue;
+            int state = g->fstate[f];
+            if (!state) continue;
             int64_t a = f * fp, b = (f + 1) * fp;
-            if (g->fstate[f] == INTACT) {
-                if (p0 <= a && b <= p1) {
-                    buddy_free(&c->b, g->fpfn[f], o);
-                    g->fstate[f] = ABSENT;
-                    c->huge_pages -= fp;
-                    freed += fp;
-                    continue;
-                }
-                gmem_split_folio(c, g, f);
-            }
             int64_t a2 = a > p0 ? a : p0, b2 = b < p1 ? b : p1;
-            freed += free_4k(c, g->page_pfn, a2, b2);
-            if (!any_pfn(g->page_pfn, a, b)) g->fstate[f] = ABSENT;
+            if (state == FALLBACK) {
+                freed += free_4k(c, g->page_pfn, a2, b2);
+                if (!any_pfn(g->page_pfn, a, b)) g->fstate[f] = ABSENT;
+            } else if (p0 <= a && b <= p1) {
+                if (state == SPLIT) gmem_merge_folio(c, g, f);
+                host_free_hugetlb(c, g->fpfn[f], o);
+                g->fstate[f] = ABSENT;
+                g->fbits[f] &= ~FB_DEMOTED;
+                c->huge_pages -= fp;
+                pooled += fp;
+            } else {
+                zeroed += b2 - a2;
+            }
         }
     } else {
         freed = free_4k(c, g->page_pfn, p0, p1);
     }
-    g->present -= freed;
+    g->present -= freed + pooled;
     c->footprint -= freed;
     memset(g->data + p0, 0, (size_t)(p1 - p0) * sizeof(uint32_t));
+    if (zeroed) led_op(c, K_ZERO_FILL, zeroed);
+    freed += pooled;
     /* the kernel walks the whole range; each freed page adds what the populated-range
        figures add on top of that walk */
     led_op(c, K_PUNCH_GMEM_EMPTY, p1 - p0);
@@ -1344,7 +1410,7 @@ static int gmem_access(core_t *c, slot_t *s, int64_t p0, int64_t p1, int guest, 
     } else if (!attrs_is_uniform(&s->attrs, p0, p1, PRIVATE)) {
         return EFAULT;
     }
-    gmem_populate(c, g, p0, p1);
+    gmem_populate(c, g, &s->attrs, p0, p1);
     gmem_map(c, g, &s->attrs, p0, p1, guest, guest ? PRIVATE : SHARED_ATTR);
     *mism = touch(c, g->data, p0, p1, write, token);
     return 0;
@@ -1604,6 +1670,12 @@ int64_t core_prefragment(core_t *c, const int64_t *chosen, const int64_t *offset
     return pinned;
 }
 
+void core_set_split_on_share(core_t *c, int slot, int on)
+{
+    gmem_t *g = &c->slots[slot].g;
+    g->split_on_share = on && c->in_place && g->order > 0;
+}
+
 void core_set_vm(core_t *c, int vm_type, int in_place)
 {
     c->vm_type = vm_type;
@@ -1775,7 +1847,7 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
                 } else {
                     np = p0 < p1 ? shared_count_present(s->s, p0, p1) : 0;
                     if (np) {
-                        gmem_populate(c, &s->g, p0, p1);
+                        gmem_populate(c, &s->g, &s->attrs, p0, p1);
                         memcpy(s->g.data + p0, s->s->data + p0, (size_t)(p1 - p0) * 4);
                         led_op(c, K_MEMCPY, np);
                     }
@@ -1797,7 +1869,7 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
             case 9: {
                 int delta = st.code == 8 ? 1 : -1;
                 if (st.obj == 0) {
-                    if (delta > 0) gmem_populate(c, &s->g, p0, p1);
+                    if (delta > 0) gmem_populate(c, &s->g, &s->attrs, p0, p1);
                     status = pin_pages(s->g.pins, &s->g.npinned, p0, p1, delta);
                 } else {
                     status = pin_pages(s->s->pins, NULL, p0, p1, delta);
@@ -1845,11 +1917,21 @@ static int64_t count_flag(const uint8_t *fl, int64_t n, uint8_t bit)
 
 /* 2M / 1G aligned ranges of host memory without an unmovable page in use
  * (Host.buddy.allocatable_huge) */
-static void allocatable_huge(const buddy_t *b, int64_t *out2m, int64_t *out1g)
+static void allocatable_huge(const core_t *c, int64_t *out2m, int64_t *out1g)
 {
+    const buddy_t *b = &c->b;
     int64_t n2 = b->total >> 9, free2 = 0, free1 = 0, run = 0;
+    uint8_t *pool = NULL;                  /* 2M ranges held by a free hugetlb pool page */
+    if (c->npool[0] || c->npool[1]) {
+        pool = xcalloc((size_t)n2 + 1, 1);
+        for (int k = 0; k < 2; k++)
+            for (int64_t j = 0; j < c->npool[k]; j++) {
+                int64_t a = c->pool[k][j] >> 9, n = k ? 512 : 1;
+                memset(pool + a, 1, (size_t)(a + n <= n2 ? n : n2 - a));
+            }
+    }
     for (int64_t i = 0; i < n2; i++) {
-        int ok = memchr(b->state + (i << 9), ST_USED_UNMOVABLE, 512) == NULL;
+        int ok = (pool && pool[i]) || memchr(b->state + (i << 9), ST_USED_UNMOVABLE, 512) == NULL;
         free2 += ok;
         run = ok ? run + 1 : 0;
         if ((i & 511) == 511) {         /* the last 2M range of a 1G range */
@@ -1857,6 +1939,7 @@ static void allocatable_huge(const buddy_t *b, int64_t *out2m, int64_t *out1g)
             run = 0;
         }
     }
+    free(pool);
     *out2m = free2;
     *out1g = free1;
 }
@@ -1893,7 +1976,7 @@ void core_huge_stats(core_t *c, int64_t *out)                  /* SimTarget.snap
     out[CORE_H_DEMOTIONS] = c->mapping_demotions;
     out[CORE_H_SPLITS] = c->folio_splits;
     out[CORE_H_MERGES] = c->folio_merges;
-    allocatable_huge(&c->b, &out[CORE_H_ALLOC_2M], &out[CORE_H_ALLOC_1G]);
+    allocatable_huge(c, &out[CORE_H_ALLOC_2M], &out[CORE_H_ALLOC_1G]);
 }
 
 void core_ledger(core_t *c, int64_t *count, double *ns, int64_t *first)
@@ -2010,6 +2093,7 @@ void core_free(core_t *c)
     }
     free(c->slots);
     free(c->shrinkers);
+    free(c->pool[0]); free(c->pool[1]);
     free(c->miss); free(c->apfn); free(c->fpfn); free(c->sortbuf);
     buddy_destroy(&c->b);
     free(c);
