@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench.errors import InputError
-from bench.ops import (KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, STEP_ABORT_ON_FAIL,
-                       STEP_CONVERSION, STEP_DTYPE, NO_CHECK, Obj, OpKind, Step, Via)
+from bench.ops import (KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, MAX_HOST_PROCS,
+                       STEP_ABORT_ON_FAIL, STEP_CONVERSION, STEP_DTYPE, NO_CHECK, Obj, OpKind,
+                       Step, Via)
 
 GUEST_MEMFD_FLAG_MMAP = 1 << 0
 GUEST_MEMFD_FLAG_INIT_SHARED = 1 << 1
@@ -51,6 +52,11 @@ class Strategy:
         if unknown.any():
             i = int(np.flatnonzero(unknown)[0])
             raise InputError(f"op {i}: kind {int(ops['kind'][i])} is not supported by {self.name}")
+        bad_proc = ops["proc"] >= MAX_HOST_PROCS
+        if bad_proc.any():
+            i = int(np.flatnonzero(bad_proc)[0])
+            raise InputError(f"op {i}: host process {int(ops['proc'][i])} out of range "
+                             f"(0..{MAX_HOST_PROCS - 1})")
         out = np.zeros(int(counts.sum()), dtype=STEP_DTYPE)
         op_index = np.repeat(np.arange(len(ops), dtype=np.uint32), counts)
         first = np.concatenate(([0], np.cumsum(counts)[:-1])) if len(ops) else counts
@@ -60,6 +66,7 @@ class Strategy:
         out["slot"] = src["slot"]
         out["offset"] = src["offset"]
         out["size"] = src["size"]
+        out["proc"] = src["proc"]
         for kind, steps in tmpl.items():
             is_kind = src["kind"] == kind
             for j, (code, obj, via, flags, arg) in enumerate(steps):
@@ -81,9 +88,14 @@ def _touch_templates(shared_obj: Obj) -> dict:
         OpKind.SHARED_READ: [(Step.READ, shared_obj, Via.HOST, 0, TOKEN)],
         OpKind.PRIVATE_WRITE: [(Step.WRITE, Obj.GMEM, Via.GUEST, 0, TOKEN)],
         OpKind.PRIVATE_READ: [(Step.READ, Obj.GMEM, Via.GUEST, 0, TOKEN)],
-        # The host touches private memory through the guest_memfd: in-place maps it and
-        # must SIGBUS; dual's guest_memfd has no MMAP flag, so the host cannot map it at all.
-        OpKind.SHARED_PROBE: [(Step.READ, Obj.GMEM, Via.HOST, 0, NO_CHECK)],
+        # The host touches a GPA that is private through the memory it maps for it: in-place
+        # maps the guest_memfd itself and must SIGBUS; dual's VMM reaches the shared backing
+        # (its guest_memfd has no MMAP flag), where the touch silently allocates a zero page.
+        OpKind.SHARED_PROBE: [(Step.READ, shared_obj, Via.HOST, 0, NO_CHECK)],
+        # The guest's shared accesses reach the page the host sees: the guest_memfd page
+        # (in-place, as on SW_PROTECTED VMs) or the shared backing's page (dual).
+        OpKind.GUEST_SHARED_WRITE: [(Step.WRITE, shared_obj, Via.GUEST_SHARED, 0, TOKEN)],
+        OpKind.GUEST_SHARED_READ: [(Step.READ, shared_obj, Via.GUEST_SHARED, 0, TOKEN)],
         OpKind.PIN: [(Step.PIN, shared_obj, Via.HOST, 0, 0)],
         OpKind.UNPIN: [(Step.UNPIN, shared_obj, Via.HOST, 0, 0)],
     }

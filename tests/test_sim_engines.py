@@ -18,13 +18,14 @@ from bench.strategies import make_strategy
 
 pytestmark = pytest.mark.skipif(not core_available(), reason="the C core cannot be built here")
 
+HOST_KINDS = (OpKind.SHARED_WRITE, OpKind.SHARED_READ, OpKind.SHARED_PROBE)
 MiB = 1 << 20
 GiB = 1 << 30
 K4 = 4096
 SIZES = [1, 2, 3, 16, 511, 512, 513, 1024]
 KINDS = [OpKind.TO_SHARED, OpKind.TO_PRIVATE, OpKind.SHARED_WRITE, OpKind.SHARED_READ,
          OpKind.PRIVATE_WRITE, OpKind.PRIVATE_READ, OpKind.SHARED_PROBE, OpKind.PIN,
-         OpKind.UNPIN]
+         OpKind.UNPIN, OpKind.GUEST_SHARED_WRITE, OpKind.GUEST_SHARED_READ]
 
 
 def open_both(layout, strategy, params):
@@ -113,7 +114,8 @@ def scenario(draw):
                 size = 0
             elif bad == "unaligned":
                 offset, size = offset + K4 // 2, size - K4
-        ops[i] = (-1, kind, s, offset, size, token)
+        proc = draw(st.sampled_from([0, 0, 0, 1, 3])) if kind in HOST_KINDS else 0
+        ops[i] = (-1, kind, s, offset, size, token, proc)
     cuts = draw(st.lists(st.integers(1, 3 * nops), max_size=4))
     return layout, make_strategy(name, options), params, ops, cuts
 
@@ -132,10 +134,11 @@ def test_c_engine_equals_python_reference(sc):
 
 # ---- conformance scenarios, as steps ---------------------------------------------------------
 def steps_of(*rows):
-    """rows: (code, obj, via, flags, op, offset, size, arg)"""
+    """rows: (code, obj, via, flags, op, offset, size, arg[, host process])"""
     out = np.zeros(len(rows), STEP_DTYPE)
-    for i, (code, obj, via, flags, op, offset, size, arg) in enumerate(rows):
-        out[i] = (code, obj, via, flags, 0, op, offset, size, arg)
+    for i, row in enumerate(rows):
+        code, obj, via, flags, op, offset, size, arg = row[:8]
+        out[i] = (code, obj, via, flags, 0, op, offset, size, arg, row[8] if len(row) > 8 else 0)
     return out
 
 

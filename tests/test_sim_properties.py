@@ -59,7 +59,7 @@ def test_invariants(layout_kw, strategy, raw):
     ops = np.zeros(len(raw), OP_DTYPE)
     for i, (kind, page, npages, token) in enumerate(raw):
         npages = min(npages, NPAGES - page)
-        ops[i] = (-1, kind, 0, page * 4096, npages * 4096, token)
+        ops[i] = (-1, kind, 0, page * 4096, npages * 4096, token, 0)
     strat = make_strategy(strategy)
     steps = strat.compile(ops, layout)
     target = open_target("sim", layout, strat, {"host_memory": "64M", "engine": "python"})

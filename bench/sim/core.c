@@ -63,12 +63,17 @@
 #define KMAX 10
 
 /* per-page flags of a guest_memfd / shared backing page */
-#define PF_HOST 1      /* host process 0 maps it (PTE level) */
+#define PF_HOST 1      /* host process 0 maps it (PTE level); processes 1..3: pf_host() */
 #define PF_S2 2        /* guest stage-2 maps it at 4K */
 /* per-folio bits */
 #define FB_HOST_PMD 1
 #define FB_S2_HUGE 2
 #define FB_DEMOTED 4
+#define MAX_PROCS 4    /* bench.ops.MAX_HOST_PROCS */
+#define PF_HOST_ALL (1 | 4 | 8 | 16)
+#define FB_PMD_ALL (1 | 8 | 16 | 32)
+static inline uint8_t pf_host(int proc) { return proc ? (uint8_t)(4 << (proc - 1)) : PF_HOST; }
+static inline uint8_t fb_pmd(int proc) { return proc ? (uint8_t)(8 << (proc - 1)) : FB_HOST_PMD; }
 
 enum {
     K_IOCTL_ENTRY, K_ATTR_UPDATE, K_REFCOUNT_SCAN_FOLIO, K_LRU_DRAIN, K_HOST_ZAP_PTE,
@@ -78,6 +83,7 @@ enum {
     K_PUNCH_SHMEM_MAPPED, K_DISCARD_ANON, K_THP_SPLIT_SHMEM, K_THP_SPLIT_ANON, K_FOLIO_SPLIT,
     K_MEMCPY, K_ZERO_FILL, K_TOUCH_PAGE, K_FIRMWARE_PSTATE_4K, K_PUNCH_GMEM_EMPTY,
     K_FOLIO_MERGE, K_HUGETLB_VMEMMAP_RESTORE, K_HUGETLB_VMEMMAP_OPTIMIZE,
+    K_MADVISE_DONTNEED_UNMAPPED,
     NKEYS
 };
 static const char *const key_names[NKEYS] = {
@@ -88,6 +94,7 @@ static const char *const key_names[NKEYS] = {
     "punch_shmem_mapped", "discard_anon", "thp_split_shmem", "thp_split_anon", "folio_split",
     "memcpy", "zero_fill", "touch_page", "firmware_pstate_4k", "punch_gmem_empty",
     "folio_merge", "hugetlb_vmemmap_restore", "hugetlb_vmemmap_optimize",
+    "madvise_dontneed_unmapped",
 };
 
 typedef struct __attribute__((packed)) {
@@ -95,6 +102,7 @@ typedef struct __attribute__((packed)) {
     uint16_t slot;
     uint32_t op;
     uint64_t offset, size, arg;
+    uint8_t proc;
 } step_t;
 
 typedef struct __attribute__((packed)) {
@@ -190,6 +198,7 @@ struct core {
     double step_ns, clock_ns;
     int64_t footprint, huge_pages, huge_splits, huge_merges, huge_fallbacks, pinned_by_aging;
     int64_t mapping_demotions, folio_splits, folio_merges;    /* snapshot counters */
+    int64_t private_host_touch_pages;
     int32_t *pool[2];       /* Host.hugetlb_pool: free hugetlb pages, [0] 2M, [1] 1G */
     int64_t npool[2], cap_pool[2];
     int vm_type, in_place;
@@ -1173,25 +1182,33 @@ static void set_flag_range(uint8_t *fl, int64_t a, int64_t b, uint8_t bit)
     for (int64_t p = a; p < b; p++) fl[p] |= bit;
 }
 
+/* zap_host: every process's PTEs and PMDs (unmap_mapping_range) */
 static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int charge)
 {
-    int64_t n = clear_flag_count(g->pflags, p0, p1, PF_HOST);
+    int64_t n = 0;
+    for (int q = 0; q < MAX_PROCS; q++) n += clear_flag_count(g->pflags, p0, p1, pf_host(q));
     if (n && charge) led_op(c, K_HOST_ZAP_PTE, n);
     if (g->order) {
         int o = g->order;
         int64_t fp = g->fpages, f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
         for (int64_t f = f0; f < f1; f++) {
-            if (!(g->fbits[f] & FB_HOST_PMD)) continue;
+            uint8_t pm = g->fbits[f] & FB_PMD_ALL;
+            if (!pm) continue;
+            int k = __builtin_popcount(pm);
             int64_t a = f * fp, b = (f + 1) * fp;
             if (a < p0 || b > p1) {
-                if (a < p0) set_flag_range(g->pflags, a, p0, PF_HOST);
-                if (b > p1) set_flag_range(g->pflags, p1, b, PF_HOST);
+                for (int q = 0; q < MAX_PROCS; q++) {
+                    if (!(pm & fb_pmd(q))) continue;
+                    if (a < p0) set_flag_range(g->pflags, a, p0, pf_host(q));
+                    if (b > p1) set_flag_range(g->pflags, p1, b, pf_host(q));
+                }
                 gmem_demote(c, g, f);
-                c->mapping_demotions++;
+                c->mapping_demotions += k;
             }
-            g->fbits[f] &= ~FB_HOST_PMD;
-            n++;
-            if (charge) led_op(c, K_HOST_ZAP_PMD, 1);
+            n += k;
+            if (charge)
+                for (int i = 0; i < k; i++) led_op(c, K_HOST_ZAP_PMD, 1);
+            g->fbits[f] &= ~FB_PMD_ALL;
         }
     }
     return n;
@@ -1220,12 +1237,12 @@ static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
 }
 
 static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int64_t p1,
-                     int guest, int state)                             /* _map */
+                     int guest, int proc, int state)                   /* _map */
 {
-    uint8_t pte = guest ? PF_S2 : PF_HOST;
+    uint8_t pte = guest ? PF_S2 : pf_host(proc);
     int64_t n = 0;
     if (g->order) {
-        uint8_t pmd = guest ? FB_S2_HUGE : FB_HOST_PMD;
+        uint8_t pmd = guest ? FB_S2_HUGE : fb_pmd(proc);
         int o = g->order;
         int64_t fp = g->fpages, f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
         for (int64_t f = f0; f < f1; f++) {
@@ -1399,19 +1416,23 @@ static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* 
 }
 
 /* access: status (0, SIGBUS_STATUS or errno), *mism */
-static int gmem_access(core_t *c, slot_t *s, int64_t p0, int64_t p1, int guest, int write,
-                       uint64_t token, int64_t *mism)
+/* access: guest 0 = host process proc, 1 = guest private access, 2 = guest shared access */
+static int gmem_access(core_t *c, slot_t *s, int64_t p0, int64_t p1, int guest, int proc,
+                       int write, uint64_t token, int64_t *mism)
 {
     gmem_t *g = &s->g;
     if (p1 > g->npages) return guest ? EFAULT : SIGBUS_STATUS;
+    int want = guest == 1 ? PRIVATE : SHARED_ATTR;
     if (!guest) {
         if (!(g->flags & GMEM_FLAG_MMAP)) return SIGBUS_STATUS;
         if (!attrs_is_uniform(&s->attrs, p0, p1, SHARED_ATTR)) return SIGBUS_STATUS;
-    } else if (!attrs_is_uniform(&s->attrs, p0, p1, PRIVATE)) {
+    } else if (guest == 2 && !c->in_place) {
+        return EFAULT;
+    } else if (!attrs_is_uniform(&s->attrs, p0, p1, want)) {
         return EFAULT;
     }
     gmem_populate(c, g, &s->attrs, p0, p1);
-    gmem_map(c, g, &s->attrs, p0, p1, guest, guest ? PRIVATE : SHARED_ATTR);
+    gmem_map(c, g, &s->attrs, p0, p1, guest != 0, guest ? 0 : proc, want);
     *mism = touch(c, g->data, p0, p1, write, token);
     return 0;
 }
@@ -1491,12 +1512,39 @@ static int64_t shared_count_present(const shared_t *s, int64_t p0, int64_t p1)
     return n;
 }
 
-static int64_t shared_access(core_t *c, shared_t *s, int64_t p0, int64_t p1, int write, uint64_t token)
+/* access by host process proc: status; *mism */
+static int shared_access(core_t *c, shared_t *s, int64_t p0, int64_t p1, int proc, int write,
+                         uint64_t token, int64_t *mism)
+{
+    if (proc && s->kind == 0) return EFAULT;     /* anonymous memory: the VMM's only */
+    shared_populate(c, s, p0, p1);
+    uint8_t bit = (uint8_t)(1 << proc);
+    for (int64_t p = p0; p < p1; p++) s->host_map[p] |= bit;
+    *mism = touch(c, s->data, p0, p1, write, token);
+    return 0;
+}
+
+static int64_t shared_guest_access(core_t *c, shared_t *s, gmem_t *g, int64_t p0, int64_t p1,
+                                   int write, uint64_t token)            /* guest_access */
 {
     shared_populate(c, s, p0, p1);
-    for (int64_t p = p0; p < p1; p++)
-        if (!s->host_map[p]) s->host_map[p] = 1;
+    for (int64_t p = p0; p < p1; p++) g->pflags[p] |= PF_S2;
     return touch(c, s->data, p0, p1, write, token);
+}
+
+static int64_t attrs_count(const attrs_t *a, int64_t start, int64_t end, int v)
+{
+    int64_t n = 0;
+    for (int64_t c0 = start >> CHUNK_SHIFT; c0 <= (end - 1) >> CHUNK_SHIFT; c0++) {
+        int64_t base = c0 << CHUNK_SHIFT;
+        int64_t s = start > base ? start - base : 0, e = end < base + CHUNK ? end - base : CHUNK;
+        if (a->uni[c0] != MIXED) {
+            if (a->uni[c0] == v) n += e - s;
+            continue;
+        }
+        for (int64_t i = s; i < e; i++) n += a->page[base + i] == v;
+    }
+    return n;
 }
 
 static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* discard */
@@ -1568,7 +1616,10 @@ static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* d
     c->footprint -= freed;
     memset(s->data + p0, 0, (size_t)(p1 - p0) * sizeof(uint32_t));
     if (s->kind == 0) led_op(c, K_DISCARD_ANON, freed > 1 ? freed : 1);
-    else led_op(c, mapped ? K_PUNCH_SHMEM_MAPPED : K_PUNCH_SHMEM_UNMAPPED, freed);
+    else {
+        led_op(c, mapped ? K_PUNCH_SHMEM_MAPPED : K_PUNCH_SHMEM_UNMAPPED, freed);
+        led_op(c, K_MADVISE_DONTNEED_UNMAPPED, p1 - p0);   /* then madvise(MADV_DONTNEED) */
+    }
     return 0;
 }
 
@@ -1756,6 +1807,10 @@ static int validate_step(core_t *c, int64_t i, const step_t *sp)
         fail(c, "step %lld: unknown step code %u", (long long)i, st.code);
         return -1;
     }
+    if (st.proc >= MAX_PROCS || st.via > 2) {
+        fail(c, "step %lld: process %u / via %u out of range", (long long)i, st.proc, st.via);
+        return -1;
+    }
     if (st.code != 0 && st.slot >= c->nslots) {
         fail(c, "step %lld: slot %u out of range", (long long)i, st.slot);
         return -1;
@@ -1858,10 +1913,18 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
             case 6:
             case 7: {
                 int write = st.code == 6;
-                if (st.obj == 1) {
-                    aux = shared_access(c, s->s, p0, p1, write, st.arg);
+                if (st.obj == 1) {              /* SimTarget._access_shared */
+                    if (st.via == 1) {
+                        status = EFAULT;
+                    } else if (st.via == 2) {
+                        if (!attrs_is_uniform(&s->attrs, p0, p1, SHARED_ATTR)) status = EFAULT;
+                        else aux = shared_guest_access(c, s->s, &s->g, p0, p1, write, st.arg);
+                    } else {
+                        status = shared_access(c, s->s, p0, p1, st.proc, write, st.arg, &aux);
+                        if (!status) c->private_host_touch_pages += attrs_count(&s->attrs, p0, p1, PRIVATE);
+                    }
                 } else {
-                    status = gmem_access(c, s, p0, p1, st.via == 1, write, st.arg, &aux);
+                    status = gmem_access(c, s, p0, p1, st.via, st.proc, write, st.arg, &aux);
                 }
                 break;
             }
@@ -1955,7 +2018,7 @@ void core_huge_stats(core_t *c, int64_t *out)                  /* SimTarget.snap
             int64_t bytes = g->fpages * (int64_t)PAGE_SIZE;
             out[g->order == 9 ? CORE_H_S2_2M : CORE_H_S2_1G] +=
                 count_flag(g->fbits, g->nfolios, FB_S2_HUGE) * bytes;
-            out[CORE_H_HOST_HUGE] += count_flag(g->fbits, g->nfolios, FB_HOST_PMD) * bytes;
+            out[CORE_H_HOST_HUGE] += count_flag(g->fbits, g->nfolios, FB_PMD_ALL) * bytes;
             for (int64_t f = 0; f < g->nfolios; f++) out[CORE_H_INTACT] += g->fstate[f] == INTACT;
             out[CORE_H_POSSIBLE] += g->nfolios;
         }
@@ -1972,10 +2035,24 @@ void core_huge_stats(core_t *c, int64_t *out)                  /* SimTarget.snap
             }
             out[CORE_H_POSSIBLE] += s->nchunks;
         }
+        if (s) {                            /* SharedBacking.present_at(VM attrs, PRIVATE) */
+            const attrs_t *a = &c->slots[i].attrs;
+            for (int64_t ch = 0; ch < a->nchunks; ch++) {
+                int64_t p0 = ch << CHUNK_SHIFT, p1 = p0 + chunk_len(a, ch);
+                if (a->uni[ch] == PRIVATE) {
+                    out[CORE_H_STALE] += shared_count_present(s, p0, p1) * (int64_t)PAGE_SIZE;
+                } else if (a->uni[ch] == MIXED) {
+                    for (int64_t p = p0; p < p1; p++)
+                        if (a->page[p] == PRIVATE && shared_present(s, p))
+                            out[CORE_H_STALE] += PAGE_SIZE;
+                }
+            }
+        }
     }
     out[CORE_H_DEMOTIONS] = c->mapping_demotions;
     out[CORE_H_SPLITS] = c->folio_splits;
     out[CORE_H_MERGES] = c->folio_merges;
+    out[CORE_H_PRIVATE_TOUCHES] = c->private_host_touch_pages;
     allocatable_huge(c, &out[CORE_H_ALLOC_2M], &out[CORE_H_ALLOC_1G]);
 }
 

@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 /* cdef-begin */
-#define CORE_STEP_SIZE 34
+#define CORE_STEP_SIZE 35
 #define CORE_RESULT_SIZE 20
 #define CORE_MAX_ORDER 18
 /* core_counters() layout */
@@ -36,7 +36,9 @@
 #define CORE_H_MERGES 8
 #define CORE_H_ALLOC_2M 9
 #define CORE_H_ALLOC_1G 10
-#define CORE_H_COUNT 11
+#define CORE_H_PRIVATE_TOUCHES 11
+#define CORE_H_STALE 12
+#define CORE_H_COUNT 13
 
 typedef struct core core_t;
 

@@ -176,6 +176,8 @@ class CoreTarget:
             "folio_merges": int(h[lib.CORE_H_MERGES]),
             "allocatable_huge": {"2m": int(h[lib.CORE_H_ALLOC_2M]),
                                  "1g": int(h[lib.CORE_H_ALLOC_1G])},
+            "private_host_touch_pages": int(h[lib.CORE_H_PRIVATE_TOUCHES]),
+            "shared_at_private_bytes": int(h[lib.CORE_H_STALE]),
         }
 
     def nr_free(self) -> list[int]:

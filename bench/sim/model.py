@@ -36,6 +36,7 @@ ABSENT, INTACT, SPLIT, DEFERRED = 0, 1, 2, 3   # state of a huge folio / huge sh
 # FALLBACK: no huge page was free at fault time, its pages are 4K pages from the buddy allocator
 FALLBACK = 4
 U64 = (1 << 64) - 1
+POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.int64)   # host PTEs per page
 
 
 class Ledger:
@@ -104,6 +105,7 @@ class Host:
         self.mapping_demotions = 0
         self.folio_splits = 0
         self.folio_merges = 0
+        self.private_host_touch_pages = 0   # dual: host touches of private GPAs (zero pages)
         self.shrinkers = []           # callables freeing memory under pressure (deferred split)
         # hugetlb pages that huge guest_memfd folios returned (free_huge_folio enqueues them
         # on the hstate's free list): reused by the next huge fault, never given back to the
@@ -337,9 +339,10 @@ class GuestMemfd:
             self.host.huge_splits += 1
 
     def zap_host(self, p0: int, p1: int, charge: bool = True) -> int:
-        """Unmap [p0, p1) from every host process; returns PTEs + PMDs zapped."""
+        """Unmap [p0, p1) from every host process (unmap_mapping_range on the file's
+        mapping reaches every process that maps it); returns PTEs + PMDs zapped."""
         hm = self.host_map[p0:p1]
-        n = int(np.count_nonzero(hm))
+        n = int(POPCOUNT[hm].sum())
         if n:
             hm[:] = 0
             if charge:
@@ -356,10 +359,11 @@ class GuestMemfd:
                     self.host_map[p1:b] |= pmd[k] if b > p1 else 0
                     self._demote(f)
                     self.host.mapping_demotions += int(pmd[k]).bit_count()
-                pmd[k] = 0
-                n += 1
+                n += int(pmd[k]).bit_count()
                 if charge:
-                    self.ledger.op("host_zap_pmd")
+                    for _ in range(int(pmd[k]).bit_count()):
+                        self.ledger.op("host_zap_pmd")
+                pmd[k] = 0
         return n
 
     def zap_stage2(self, p0: int, p1: int) -> None:
@@ -563,20 +567,28 @@ class GuestMemfd:
         return free_pages(self.host, self.page_pfn, a, b)
 
     # ---- accesses -----------------------------------------------------------------------
-    def access(self, p0: int, p1: int, guest: bool, write: bool, token: int, proc: int = 0):
-        """A host (guest=False) or guest access to every page of [p0, p1).
-        Returns (status, mismatching pages): status 0, SIGBUS, or an errno."""
+    def access(self, p0: int, p1: int, guest: bool, write: bool, token: int, proc: int = 0,
+               shared: bool = False):
+        """A host (guest=False; host process `proc`) or guest access to every page of
+        [p0, p1); a guest access is private, or shared (`shared`: through a shared mapping
+        of the guest's page tables).  Returns (status, mismatching pages): status 0, SIGBUS,
+        or an errno."""
         if p1 > self.npages:
             return (errno.EFAULT if guest else SIGBUS), 0
+        want = PRIVATE if guest and not shared else SHARED
         if not guest:
             if not self.flags & GUEST_MEMFD_FLAG_MMAP:
                 return SIGBUS, 0                       # the host cannot map it at all
             if not self.attr_view.is_uniform(p0, p1, SHARED):
-                return SIGBUS, 0
-        elif not self.attr_view.is_uniform(p0, p1, PRIVATE):
+                return SIGBUS, 0                       # kvm_gmem_fault_user_mapping
+        elif shared and not self.vm.in_place:
+            return errno.EFAULT, 0                     # dual: shared GPAs map the shared backing
+        elif not self.attr_view.is_uniform(p0, p1, want):
             return errno.EFAULT, 0                     # KVM_EXIT_MEMORY_FAULT
         self.populate(p0, p1)
-        self._map(p0, p1, guest, proc, PRIVATE if guest else SHARED)
+        # in-place: a shared page is mapped in stage 2 like a private one, from the same
+        # guest_memfd folio (kvm_gmem_get_pfn serves both states)
+        self._map(p0, p1, guest, 0 if guest else proc, want)
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
     # ---- snapshot measures ---------------------------------------------------------------
@@ -710,16 +722,25 @@ class SharedBacking:
         return mask
 
     def access(self, p0: int, p1: int, write: bool, token: int, proc: int = 0):
+        """A host access by process `proc`.  Only the VMM maps anonymous memory (another
+        process cannot map it, and QEMU marks guest RAM MADV_DONTFORK); a memfd can be
+        mapped by any process it is passed to."""
+        if proc and self.kind == "anon":
+            return errno.EFAULT, 0
         self.populate(p0, p1)
-        seg = self.host_map[p0:p1]
-        need = seg == 0
-        n = int(np.count_nonzero(need))
-        if n:
-            seg[need] = 1 << proc
+        self.host_map[p0:p1] |= np.uint8(1 << proc)
+        return 0, touch(self.data, self.ledger, p0, p1, write, token)
+
+    def guest_access(self, p0: int, p1: int, write: bool, token: int, s2_map: np.ndarray):
+        """A guest access to shared GPAs under dual backing: KVM maps the shared backing's
+        page (through the memslot's userspace address) into stage 2 at 4K."""
+        self.populate(p0, p1)
+        s2_map[p0:p1] = 1
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
     def discard(self, p0: int, p1: int) -> int:
-        """QEMU's ram_block_discard_range: MADV_DONTNEED (anon) / PUNCH_HOLE (memfd)."""
+        """QEMU's ram_block_discard_range: MADV_DONTNEED (anon) / PUNCH_HOLE then
+        MADV_DONTNEED (memfd)."""
         if self.page == "hugetlb":
             return 0      # never reached from the strategy; hugetlb stays preallocated
         mapped = bool(self.host_map[p0:p1].any())
@@ -776,6 +797,11 @@ class SharedBacking:
             self.ledger.op("discard_anon", max(freed, 1))
         else:
             self.ledger.op("punch_shmem_mapped" if mapped else "punch_shmem_unmapped", freed)
+            # ram_block_discard_range (QEMU system/physmem.c) follows the punch with
+            # madvise(MADV_DONTNEED) whenever the block's page size is the host's (memfd with
+            # 4K pages or THP; not hugetlbfs): it walks the range, whose PTEs the punch's
+            # unmap_mapping_range has already zapped
+            self.ledger.op("madvise_dontneed_unmapped", p1 - p0)
         return 0
 
     def _free_4k(self, a: int, b: int) -> int:
@@ -784,6 +810,12 @@ class SharedBacking:
     # ---- snapshot measures ---------------------------------------------------------------
     def intact_folios(self) -> int:
         return int(np.count_nonzero(self.chunk == INTACT)) if self.huge else 0
+
+    def present_at(self, attrs: AttrRanges, value: int) -> int:
+        """Pages held at GPAs whose attribute is `value` (PRIVATE: memory the shared
+        backing holds for private GPAs - leaked by host touches, or kept by discard=false)."""
+        return sum(int(np.count_nonzero(self.present_in(a, b)))
+                   for a, b, v in attrs.segments() if v == value)
 
     def host_huge_mapped_bytes(self) -> int:
         """An intact THP / hugetlb page that the host touched is mapped by one PMD
