@@ -46,6 +46,7 @@
 #define SIGBUS_STATUS 1000
 #define SKIPPED 1001
 #define LRU_BATCH 15
+#define STEP_NS_MAX 1e12    /* a step's charge saturates here (SimTarget.STEP_NS_MAX) */
 #define PLATFORM_PRESERVE 0
 #define PLATFORM_ZERO 1
 #define VM_TYPE_DEFAULT 0
@@ -196,6 +197,8 @@ struct core {
     int64_t lcount[NKEYS], lfirst[NKEYS], lseq;
     double lns[NKEYS];
     double step_ns, clock_ns;
+    const int64_t *arrival;  /* per op: arrival time (ns) or -1; owned by the caller */
+    int64_t narrival, last_op, saturated;
     int64_t footprint, huge_pages, huge_splits, huge_merges, huge_fallbacks, pinned_by_aging;
     int64_t mapping_demotions, folio_splits, folio_merges;    /* snapshot counters */
     int64_t private_host_touch_pages;
@@ -1684,6 +1687,7 @@ core_t *core_new(int64_t total_pages, const double *fixed, const double *per_pag
     memcpy(c->fixed, fixed, sizeof(c->fixed));
     memcpy(c->per_page, per_page, sizeof(c->per_page));
     for (int k = 0; k < NKEYS; k++) c->lfirst[k] = -1;
+    c->last_op = -1;
     buddy_init(&c->b, total_pages);
     c->vm_type = 1;
     return c;
@@ -1853,6 +1857,12 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
     for (int64_t i = 0; i < n; i++) {
         const step_t st = steps[i];
         result_t *r = &res[i];
+        if ((int64_t)st.op != c->last_op) {      /* SimTarget.execute: an op arrives */
+            c->last_op = st.op;
+            if ((int64_t)st.op < c->narrival && c->arrival[st.op] >= 0
+                && (double)c->arrival[st.op] > c->clock_ns)
+                c->clock_ns = (double)c->arrival[st.op];   /* idle until then: not billed */
+        }
         if ((int64_t)st.op == failed_op) {
             r->status = SKIPPED;
             r->ns = 0;
@@ -1943,6 +1953,11 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
         }
         c->in_step = 0;
         r->status = status;
+        if (c->step_ns > STEP_NS_MAX) {            /* bounded: sums stay far from int64 */
+            c->clock_ns -= c->step_ns - STEP_NS_MAX;
+            c->step_ns = STEP_NS_MAX;
+            c->saturated++;
+        }
         r->ns = (int64_t)nearbyint(c->step_ns);
         r->aux = aux;
         if (status && (st.flags & 2)) failed_op = st.op;
@@ -1970,6 +1985,15 @@ void core_counters(core_t *c, int64_t *out)
 }
 
 double core_clock_ns(core_t *c) { return c->clock_ns; }
+
+void core_set_arrivals(core_t *c, const int64_t *t_ns, int64_t n)
+{
+    c->arrival = t_ns;
+    c->narrival = n;
+    c->last_op = -1;
+}
+
+int64_t core_saturated(core_t *c) { return c->saturated; }
 
 static int64_t count_flag(const uint8_t *fl, int64_t n, uint8_t bit)
 {

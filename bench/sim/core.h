@@ -63,6 +63,12 @@ int core_execute(core_t *c, const void *steps, int64_t n, void *results);
 const char *core_error(core_t *c);
 void core_counters(core_t *c, int64_t *out);
 double core_clock_ns(core_t *c);
+/* per op arrival times (ns, -1 = untimed), indexed by step.op; the array must outlive the
+ * steps executed with it.  An op advances the clock to its arrival (idle gaps not billed). */
+void core_set_arrivals(core_t *c, const int64_t *t_ns, int64_t n);
+/* steps whose charge reached the 1e12 ns bound and was cut there */
+int64_t core_saturated(core_t *c);
+
 void core_huge_stats(core_t *c, int64_t *out);
 /* per key: count, ns total, order of first charge (-1: never charged) */
 void core_ledger(core_t *c, int64_t *count, double *ns, int64_t *first);

@@ -32,17 +32,17 @@ def _core():
 
 
 def core_available() -> bool:
-    """True when the C core is importable (building it in place first if needed)."""
+    """True when the C core (compiled at install) is importable."""
     try:
         _core()
         return True
-    except Exception:   # no compiler, no cffi: the Python engine still works
+    except ImportError:   # installed without a compiler: the Python engine still works
         return False
 
 
 def make_sim_target(layout, strategy, params: dict | None = None):
     """The simulator target for params["engine"]: "c" (CoreTarget, the default, falling back
-    to SimTarget when the C core cannot be built) or "python" (SimTarget)."""
+    to SimTarget when the package was installed without it) or "python" (SimTarget)."""
     params = dict(params or {})
     engine = params.get("engine", "c")
     if engine not in ENGINES:
@@ -133,6 +133,18 @@ class CoreTarget:
         return out
 
     # ---- Target interface -------------------------------------------------------------
+    @property
+    def clock_ns(self) -> int:
+        """Simulated time now (ns): ops advance it to their arrival, work adds its cost."""
+        return int(self._lib.core_clock_ns(self._c))
+
+    def set_arrivals(self, t_ns: np.ndarray) -> None:
+        """Arrival time of every op (ns, -1 = untimed) of the steps executed from now on."""
+        self._arrivals = np.ascontiguousarray(t_ns, dtype=np.int64)   # kept alive for C
+        ffi = self._ffi
+        self._lib.core_set_arrivals(self._c, ffi.cast("int64_t *", ffi.from_buffer(self._arrivals)),
+                                    len(self._arrivals))
+
     def execute(self, steps: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         if steps.dtype != STEP_DTYPE:
@@ -218,6 +230,7 @@ class CoreTarget:
                            "movable": int(cnt[lib.CORE_C_PB_MOVABLE])},
             "fragmentation": indices(self.nr_free()),
             "sim_wall_s": round(self.wall_s, 3),
+            "saturated_steps": int(lib.core_saturated(self._c)),
             "engine": "c",
         }
 
