@@ -48,6 +48,8 @@ def counted_pages(target) -> int:
                 seg = s.page_pfn[c * 512:(c + 1) * 512]
                 own = seg == np.arange(base + 1, base + 513)
                 n += 512 - int(np.count_nonzero(own))   # the THP whole, its own pages once
+    # free hugetlb pages that guest_memfd folios returned stay held for the guest
+    n += sum(len(pool) << order for order, pool in target.host.hugetlb_pool.items())
     return n
 
 
