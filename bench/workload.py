@@ -31,6 +31,7 @@ from bench.generators import (GENERATORS, TOUCHES, Param, Touch,
 from bench.layout import GMEM_PAGE_SIZES, PLATFORMS, SHARED_BACKINGS, SHARED_PAGES, Layout, Memslot
 from bench.ops import OP_DTYPE, PAGE_SIZE
 from bench.params import MAX_ADDRESS, MAX_REPETITIONS, MAX_SEED
+from bench.strategies import HUGE_MODES
 
 # What plain `gmembench run` runs: the three (SWIOTLB boot, 4K DMA churn on 2M
 # folios, bulk 4 GiB round trips) plus the two that show what they cannot: copy overhead
@@ -45,7 +46,7 @@ QUICK_MAX_REPETITIONS = 3
 # Strategy options a workload may set; bench/strategies.py reads them.
 STRATEGY_OPTIONS = {
     "dual": {"copy": ("auto", True, False), "discard": (True, False)},
-    "in-place": {"promote": (True, False)},
+    "in-place": {"promote": (True, False), "huge": HUGE_MODES},
 }
 
 WORKLOAD_KEYS = {"name", "description", "repetitions", "seed"}

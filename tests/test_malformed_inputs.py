@@ -425,3 +425,57 @@ def test_cost_profile_value(value):
         prof = Path(d) / "prof.toml"
         prof.write_text(bad)
         outcome("cost profile value", ["--profile", str(prof), "-w", "dma-churn"], "prof.toml:")
+
+
+# ---- `gmembench compare` inputs (validated by bench/compare.py, the "gate" helper's part) --------
+
+def _compare_validated() -> bool:
+    """HOOK: bench.compare sets INPUTS_VALIDATED = True once it refuses every malformed
+    input with exit 2 (issue 11, "The CI gate never lies"); until then this test skips."""
+    from bench import compare
+    return bool(getattr(compare, "INPUTS_VALIDATED", False))
+
+
+@SETTINGS
+@given(corrupt=st.sampled_from(["truncate-json", "per_rep-type", "latency-nan", "no-runs",
+                                "truncate-npz"]),
+       cut=st.integers(1, 200))
+def test_compare_inputs(corrupt, cut):
+    if not _compare_validated():
+        pytest.skip("bench.compare does not declare INPUTS_VALIDATED yet (gate's part of issue 11)")
+    import shutil
+    with tempfile.TemporaryDirectory() as d:
+        base = Path(d) / "base"
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            assert main(["run", "--no-progress", "--no-report", "-w", "dma-churn", "--quick",
+                         "-r", "1", "--out", str(base)]) == 0
+        cur = Path(d) / "cur"
+        shutil.copytree(base, cur)
+        doc = json.loads((cur / "results.json").read_text())
+        if corrupt == "truncate-json":
+            (cur / "results.json").write_text(json.dumps(doc)[:cut])
+        elif corrupt == "truncate-npz":
+            data = (cur / "samples.npz").read_bytes()
+            (cur / "samples.npz").write_bytes(data[:cut])
+        else:
+            if corrupt == "per_rep-type":
+                doc["runs"][0]["per_rep"] = "x" * cut
+            elif corrupt == "latency-nan":
+                doc["runs"][0]["metrics"]["latency_ns"]["p50"] = float("nan")
+            else:
+                doc["runs"] = []
+            (cur / "results.json").write_text(json.dumps(doc))
+        tally = TALLY.setdefault("compare input", {"tried": 0, "clear error": 0, "traceback": 0,
+                                                   "silently accepted": 0})
+        tally["tried"] += 1
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                rc = main(["compare", str(base), str(cur)])
+        except Exception as e:
+            tally["traceback"] += 1
+            raise AssertionError(f"compare {corrupt}: {type(e).__name__}: {e}")
+        if rc == 0:
+            tally["silently accepted"] += 1
+        assert rc == 2 and len(err.getvalue().strip().splitlines()) == 1, (rc, err.getvalue())
+        tally["clear error"] += 1

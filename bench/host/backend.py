@@ -199,6 +199,11 @@ class HostTarget:
         self.strategy = strategy
         self.params = dict(params or {})
         self.settings = sysfs.Settings()
+        # the host is measured and its settings changed: one gmembench at a time
+        # (re-entrant; a run's spawned workers work under their parent's lock)
+        from bench.host.state import host_lock
+        self._host = host_lock()
+        self._host.__enter__()
         self._fds: list[int] = []
         self._maps: list[tuple[int, int]] = []      # (addr, length) to munmap
         self._slots_meta: list[dict] = []
@@ -712,7 +717,12 @@ class HostTarget:
                 self._lib.gm_unpin_all(self._ctx)
             self._kvm.release(self._maps, self._fds)
         finally:
-            self.settings.close()
+            try:
+                self.settings.close()
+            finally:
+                host, self._host = getattr(self, "_host", None), None
+                if host is not None:
+                    host.__exit__(None, None, None)
 
     def __enter__(self):
         return self

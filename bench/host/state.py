@@ -186,7 +186,7 @@ def host_lock(timeout: float | None = None, echo=None):
             try:
                 yield
             finally:
-                _held -= 1
+                _held = max(0, _held - 1)
             return
         if timeout is None:
             timeout = float(os.environ.get("GMEMBENCH_LOCK_TIMEOUT", "600"))
