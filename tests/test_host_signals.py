@@ -7,6 +7,7 @@ and says so.  Two host runs started together take turns (host lock) and leave th
 as it was.  shmem_enabled is set to "never" first, so the memfd-THP workload must change
 it (to "advise") - that is the setting whose restoration is checked.
 """
+import json
 import os
 import signal
 import subprocess
@@ -87,6 +88,14 @@ def alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
+def journalled_by(pid: int) -> bool:
+    try:
+        doc = json.loads(journal_path().read_text())
+    except (OSError, ValueError):
+        return False
+    return doc.get("pid") == pid and SHMEM in doc.get("settings", {})
+
+
 def wait_for(proc, phase: str, timeout: float = 90) -> list[int]:
     """Until the run is in `phase`: warm-up (settings changed in the parent, no worker yet)
     or worker (a spawned repetition worker exists and the setting is changed)."""
@@ -95,7 +104,8 @@ def wait_for(proc, phase: str, timeout: float = 90) -> list[int]:
         if proc.poll() is not None:
             pytest.fail(f"run ended before {phase}: {proc.stderr.read()}")
         kids = [k for k in children(proc.pid) if alive(k)]
-        changed = sysfs.read_setting(SHMEM) == "advise"
+        # changed by this run: its journal names it (not another process on this machine)
+        changed = sysfs.read_setting(SHMEM) == "advise" and journalled_by(proc.pid)
         if changed and (phase == "warmup") == (not kids):
             return kids
         time.sleep(0.005)

@@ -117,3 +117,31 @@ def test_trace_lines_that_are_not_events_are_unparsable(tmp_path):
     assert [e["line"] for e in info["unparsable_examples"]] == [1, 4, 5, 6]
     assert info["unparsable_examples"][-1]["why"] == "truncated line"
     assert info["lines"] == 6 and info["last_line_unterminated"]
+
+
+def test_memory_guard_scaling_keeps_invalid_requests_invalid():
+    """The host memory guard divides offsets and sizes; a request that fails validation at
+    full size (unaligned, size 0, past its memslot) must still fail scaled."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from bench.host.backend import HostTarget
+    from bench.layout import Layout, Memslot
+    from bench.ops import STEP_DTYPE
+    M = 1 << 20
+    t = SimpleNamespace(scale=8, layout=Layout(memslots=(Memslot(0, 256 * M, 0),)),
+                        slot_sizes=[32 * M])
+    cases = [(0, 64 * 4096), (40 * M, 4096), (4096 + 512, 4096), (8192, 4096 + 100), (4096, 0),
+             (255 * M, 2 * M), (256 * M - 4096, 8192)]
+    steps = np.zeros(len(cases), STEP_DTYPE)
+    steps["offset"] = [c[0] for c in cases]
+    steps["size"] = [c[1] for c in cases]
+
+    def valid(off, size, slot):
+        return size > 0 and off % 4096 == 0 and size % 4096 == 0 and off + size <= slot
+
+    scaled = HostTarget.scale_steps(t, steps)
+    for (off, size), s in zip(cases, scaled):
+        assert valid(off, size, 256 * M) == valid(int(s["offset"]), int(s["size"]), 32 * M), \
+            (off, size, int(s["offset"]), int(s["size"]))
