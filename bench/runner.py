@@ -136,7 +136,7 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
               progress_enabled: bool | None = None, profile: str | None = None,
               repetitions: int | None = None, seed: int | None = None,
               strategy_options: dict | None = None, report: bool = True,
-              cost_overrides: dict | None = None, jobs: int | None = None) -> Path:
+              cost_overrides: dict | None = None, jobs: int = 1) -> Path:
     """Run and write a results directory; returns its path.  Everything is validated
     before the first op runs, and the directory appears only when complete.
     cost_overrides: {cost key: value} replacing single values of the simulator's profile
@@ -182,29 +182,17 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
     return out
 
 
-def _simulator_pool(backend: str, jobs: int | None):
+def _simulator_pool(backend: str, jobs: int):
     """Worker processes for simulator repetitions, or None (run them here).  The simulator
     is deterministic and each repetition builds its own target from its arguments, so
-    where it runs changes nothing it returns; only its wall_s.  jobs: None = the CPUs this
-    process may use.  The host backend never runs repetitions side by side: they would
-    disturb each other's timings."""
-    import multiprocessing
-    if backend != "sim" or "fork" not in multiprocessing.get_all_start_methods():
-        return None
-    if jobs is None:
-        try:
-            jobs = len(os.sched_getaffinity(0))
-        except AttributeError:
-            jobs = os.cpu_count() or 1
-    if jobs <= 1:
-        return None
-    from concurrent.futures import ProcessPoolExecutor
-    # forked: workers start with numpy, the C engine and bench already imported
-    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"))
+    where it runs changes nothing it returns but its wall_s.  The host backend never runs
+    repetitions side by side: they would disturb each other's timings."""
+    from bench.parallel import fork_pool
+    return fork_pool(jobs) if backend == "sim" else None
 
 
 def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, repetitions,
-         seed, cli_options, tmp, jobs=None) -> dict:
+         seed, cli_options, tmp, jobs=1) -> dict:
     runs, samples = [], {}
     total = 0
     plans = []
@@ -423,6 +411,7 @@ def _kv(items, what):
 
 
 def cli_run(args) -> int:
+    from bench.parallel import cpus_available
     from bench.costs import parse_cost_value
     from bench.workload import DEFAULT_SUITE
     params = _kv(args.param, "--param")
@@ -447,7 +436,7 @@ def cli_run(args) -> int:
     out = run_suite(args.workload or DEFAULT_SUITE, args.strategy, args.backend, params, args.out,
                     args.quick, args.progress, args.profile, args.repetitions, args.seed,
                     options, report=not args.no_report, cost_overrides=costs or None,
-                    jobs=args.jobs)
+                    jobs=args.jobs or cpus_available())
     from bench.results import load_results
     doc = load_results(out)
     print(comparison_table(doc))
