@@ -155,3 +155,85 @@ def load_samples(results: dict) -> dict[str, np.ndarray]:
         return {}
     with np.load(f) as z:
         return {k: z[k] for k in z.files}
+
+
+# --- the JSON Schema of results.json, and the tidy export --------------------------------
+
+def results_schema() -> dict:
+    """The JSON Schema of results.json shipped with the package (bench/schemas/)."""
+    from importlib import resources
+    return json.loads((resources.files("bench") / "schemas" / "results.schema.json").read_text())
+
+
+def validate_results(doc: dict) -> None:
+    """Raise jsonschema.ValidationError when `doc` (a loaded results.json) does not follow
+    the schema.  Needs the jsonschema package (a test dependency)."""
+    import jsonschema
+    doc = {k: v for k, v in doc.items() if not k.startswith("_")}
+    jsonschema.validate(doc, results_schema())
+
+
+# metric name -> (unit, how to read it from a per-repetition dict), per direction
+_DIR_METRICS = {
+    "conversions": ("count", lambda d: d.get("conversions")),
+    "failed_conversions": ("count", lambda d: d.get("failed_conversions")),
+    "conversion_time": ("ns", lambda d: d.get("conversion_time_ns")),
+    "induced_time": ("ns", lambda d: d.get("induced_time_ns")),
+    "total_time": ("ns", lambda d: d.get("total_time_ns")),
+    **{f"latency_{q}": ("ns", (lambda q: lambda d: (d.get("latency_ns") or {}).get(q))(q))
+       for q in ("p50", "p90", "p99", "max", "mean", "min", "stdev")},
+}
+_ALL_METRICS = {
+    "conversion_time": ("ns", lambda r: (r.get("time_ns") or {}).get("conversion")),
+    "induced_time": ("ns", lambda r: (r.get("time_ns") or {}).get("induced")),
+    "total_time": ("ns", lambda r: (r.get("time_ns") or {}).get("total")),
+    "baseline_access_time": ("ns", lambda r: (r.get("time_ns") or {}).get("baseline_access")),
+    "conversions": ("count", lambda r: r.get("conversions")),
+    "failed_conversions": ("count", lambda r: r.get("failed_conversions")),
+    "failed_accesses": ("count", lambda r: r.get("failed_accesses")),
+    "bytes_copied": ("bytes", lambda r: r.get("bytes_copied")),
+    "copy_time": ("ns", lambda r: r.get("copy_time_ns")),
+    "footprint_peak": ("bytes", lambda r: (r.get("footprint_bytes") or {}).get("peak")),
+    "footprint_mean": ("bytes", lambda r: (r.get("footprint_bytes") or {}).get("mean")),
+    "mapping_demotions": ("count", lambda r: r.get("mapping_demotions")),
+    "folio_splits": ("count", lambda r: r.get("folio_splits")),
+    "folio_merges": ("count", lambda r: r.get("folio_merges")),
+}
+TIDY_COLUMNS = ("workload", "strategy", "direction", "metric", "repetition", "value", "unit",
+                "backend", "fidelity")
+
+
+def tidy_rows(doc: dict) -> list[dict]:
+    """One row per workload x strategy x direction x metric x repetition (direction "all"
+    for metrics of the whole repetition), with its unit, backend and fidelity: the long
+    ("tidy") form that pandas, R and spreadsheets pivot.  Values missing from a
+    repetition (not measurable on its backend) are left out, never written as 0."""
+    rows = []
+    for run in doc.get("runs", []):
+        base = {"workload": run.get("workload"), "strategy": run.get("strategy"),
+                "backend": run.get("backend"), "fidelity": run.get("fidelity")}
+        for i, rep in enumerate(run.get("per_rep") or []):
+            for d, dd in (rep.get("directions") or {}).items():
+                for name, (unit, get) in _DIR_METRICS.items():
+                    v = get(dd)
+                    if v is not None:
+                        rows.append({**base, "direction": d, "metric": name, "repetition": i,
+                                     "value": v, "unit": unit})
+            for name, (unit, get) in _ALL_METRICS.items():
+                v = get(rep)
+                if v is not None:
+                    rows.append({**base, "direction": "all", "metric": name, "repetition": i,
+                                 "value": v, "unit": unit})
+    return [{k: r[k] for k in TIDY_COLUMNS} for r in rows]
+
+
+def write_tidy_csv(doc: dict, path) -> Path:
+    """tidy_rows(doc) as CSV (header TIDY_COLUMNS), written atomically."""
+    import csv
+    import io
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=TIDY_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(tidy_rows(doc))
+    atomic_write_text(Path(path), buf.getvalue())
+    return Path(path)

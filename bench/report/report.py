@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.errors import InputError
 from bench.report.plots import collect_figures, copy_share, figure_jobs, runs_by_workload
 from bench.report.pyperf_export import write_pyperf
-from bench.results import atomic_write_text, load_results, load_samples
+from bench.results import atomic_write_text, load_results, load_samples, write_tidy_csv
 
 WIDTH = 72
 
@@ -641,6 +641,7 @@ def write_report(results_dir, jobs: int | None = None, timings: dict | None = No
         t = time.perf_counter()
         pyperf_files = write_pyperf(results, outdir / "pyperf")
         atomic_write_text(outdir / "summary.txt", summary_text(results))
+        write_tidy_csv(results, outdir / "results.csv")
         t_side = time.perf_counter() - t
         summary_png, plots = collect_figures(fig_jobs, figures.paths(), skipped)
     finally:
