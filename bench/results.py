@@ -7,6 +7,8 @@ results.json, schema "gmembench-results/1":
   "schema": "gmembench-results/1",
   "run_id": str, "created": ISO-8601 UTC, "package_version": str, "command": [argv...],
   "host": {"hostname", "kernel", "cpu", "page_size", "thp": {...}, "hugetlb": {...}, ...},
+  "provenance": {"suite_version", "git": {"commit", "dirty"} | unknown, "kernel_release",
+                 "kernel_cmdline", "kernel_config": {"source", "options"}, "microcode"},
   "runs": [                                  # one per (workload, strategy)
     {
       "key": "<workload>/<strategy>",
@@ -25,8 +27,24 @@ results.json, schema "gmembench-results/1":
         "touch_ns": {"total", "p50"},          # time spent by touch steps (faults, reads, writes)
         "footprint_bytes": {"peak", "mean"}, "footprint_ratio": {"peak", "mean"},
         "hugepage_coverage": {"start", "end", "min"},
-        "huge_splits", "huge_merges",
-        "unusable_index": {"order9", "order18"},    # at the end of the run
+        "huge_splits", "huge_merges",           # kept for compare; see huge_pages
+        "unusable_index": {"order9", "order10"},    # end of run, kernel orders only
+        "failed_accesses",                     # touch steps that failed (ENOMEM at a fault...)
+        "directions": {"to_shared"|"to_private": {
+            "conversions", "failed_conversions", "latency_ns": {...},
+            "conversion_time_ns", "induced_time_ns", "total_time_ns", "induced_ops",
+            "bytes_converted", "per_conversion_ns": {"conversion", "induced", "total"},
+            "per_gib_ns": {...}}},             # time accounting: bench/accounting.py
+        "time_ns": {"conversion", "induced", "total", "baseline_access"},
+        "huge_pages": {"stage2_huge_share", "host_pmd_mapped_share",
+                       "intact_huge_folio_share": {"start", "end", "min"} | null,
+                       "mapping_demotions", "folio_splits", "folio_merges": per rep | null,
+                       "not_measurable": {measure: why}},
+        "fragmentation": {"zones": {zone: {"nr_free", "unusable_index": {"order0".."order10"},
+                                           "fragmentation_index": {...: value | null}}},
+                          "pageblocks", "allocatable_huge": {"2m", "1g"} | null, "notes"},
+        "step_breakdown": {direction: {"conversion"|"induced"|"access": {STEP: {"steps",
+                           "pages", "ns"}}}},  # all repetitions
         "checks": {"content_pages_checked", "content_mismatch_pages", "sigbus_expected",
                    "sigbus_seen", "unexpected_sigbus"},
         "errors": {"<errno name>": count},
@@ -43,10 +61,12 @@ results.json, schema "gmembench-results/1":
       "per_rep": [ {"latency_ns": {...}, "latency_per_4k_ns": {"p50", "mean"}, "conversions",
                     "failed_conversions", "bytes_copied", "copy_time_ns",
                     "directions": {...},       # as in metrics, this repetition only
-                    "footprint_bytes": {...}, "huge_splits", "huge_merges", "wall_s"} , ... ],
+                    "footprint_bytes": {...}, "huge_splits", "huge_merges", "directions",
+                    "time_ns", "errors", "failed_accesses", "mapping_demotions",
+                    "folio_splits", "folio_merges", "wall_s"} , ... ],
       "series": {"op_index": [...], "t_ns": [...], "footprint_bytes": [...],
                  "hugepage_coverage": [...], "huge_splits": [...]},   # repetition 0
-      "breakdown": {primitive: {"count": n, "ns": total}},
+      "breakdown": {primitive: {"count": n, "ns": total}},   # all repetitions
       "phases": {phase: what its generator reported},
       "trace": {phase: replay counts} | null, # trace replay phases only
       "metadata": {...}                       # backend metadata (harness overhead, scale...)

@@ -295,7 +295,8 @@ def test_default_qualification_on_this_kernel_is_not_qualified_where_emulated(tm
     spec = tmp_path / "q.toml"
     spec.write_text('[qualify]\nbackend = "host"\nworkloads = ["dma-churn"]\nquick = true\n'
                     'repetitions = 1\nstrategies = ["in-place"]\n'
-                    'params = { warmup_repetitions = 0, series_points = 4 }\n\n'
+                    'params = { warmup_repetitions = 0, series_points = 4, '
+                    'folio_fallback = "yes" }\n\n'
                     '[[check]]\nmetric = "failed_conversions"\nmax = 0\n')
     assert main(["qualify", str(spec), "--out", str(tmp_path / "r"), "--no-progress"]) == 1
     assert "NOT QUALIFIED" in capsys.readouterr().out
