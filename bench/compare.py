@@ -36,8 +36,9 @@ Method
    and huge_splits come from per_rep.  All metrics are "lower is better".
 
 3. Outlying repetitions.  On each side, separately and by the same rule, a repetition whose
-   value lies more than OUTLIER_MADS (3.5) scaled MADs from that side's median is set aside,
-   the farthest first and at most a quarter of the side's repetitions; the MAD is floored at
+   value lies more than OUTLIER_MADS (2.5) scaled MADs (1.4826 x MAD, the normal-consistent
+   scale) from that side's median is set aside, the farthest first and at most a quarter of
+   the side's repetitions (2.5 is Leys et al.'s (2013) "moderately conservative" cut-off); the MAD is floored at
    OUTLIER_FLOOR (0.5%) of the median so that a side whose values mostly tie does not set
    aside every other value.  A repetition hit by other load (a slow one) then does not blind
    the test.  The rule is symmetric (fast outliers go too), it is applied to BASE and CUR
@@ -135,7 +136,7 @@ MAX_THRESHOLD = 1.0          # a threshold of 100% or more could not fail on a d
 POWER = 0.8
 RANK_EFFICIENCY = 3 / math.pi
 PERMUTATIONS = 20_000
-OUTLIER_MADS = 3.5
+OUTLIER_MADS = 2.5
 OUTLIER_FLOOR = 0.005
 OUTLIER_RULE = (f"per side, values more than {OUTLIER_MADS:g} scaled MADs (1.4826 x MAD, "
                 f"at least {100 * OUTLIER_FLOOR:g}% of the median) from that side's median "
@@ -263,8 +264,8 @@ def _validate_rep(r, at: str, bad) -> None:
         bad(f"{at}.failed_conversions", "at most conversions", r["failed_conversions"])
     fp = r.get("footprint_bytes")
     if fp is not None:
-        if not isinstance(fp, dict) or not (_is_num(fp.get("peak")) and fp["peak"] >= 0):
-            bad(f"{at}.footprint_bytes.peak", "a finite number >= 0",
+        if not isinstance(fp, dict) or not _is_count(fp.get("peak")):
+            bad(f"{at}.footprint_bytes.peak", "a byte count (integer >= 0)",
                 fp.get("peak") if isinstance(fp, dict) else fp)
     _validate_latency(r.get("latency_ns"), f"{at}.latency_ns", bad)
     dirs = r.get("directions")
@@ -814,6 +815,20 @@ def _json_row(r: Row) -> dict:
 
 
 def cli_compare(args) -> int:
+    """The gate.  Whatever goes wrong, it never exits 1 (= regression) for it: bad input
+    is an InputError (exit 2 via the CLI), anything unforeseen is reported in one line
+    and exits 2 too."""
+    try:
+        return _cli_compare(args)
+    except (InputError, KeyboardInterrupt):
+        raise
+    except Exception as e:     # a bug or an input no check foresaw: still not a verdict
+        print(f"gmembench compare: error, nothing judged: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _cli_compare(args) -> int:
     thresholds, alpha, metrics, budget = _options(args)
     if args.json:
         _check_json_path(args.json)

@@ -19,14 +19,19 @@ def make_results_dir(path, *, workloads=("bounce", "virtio"), strategies=("in-pl
                      reps=5, n=400, backend="host", seed=1, rep_sigma=0.02, sample_sigma=0.3,
                      latency_factor=None, footprint_factor=None, copied_factor=None,
                      host=None, scale=1.0, quick=False, cost_profile="default",
-                     deterministic=False) -> Path:
+                     deterministic=False, directions=False,
+                     direction_factor=None) -> Path:
     """Write results.json + samples.npz under path and return path.
 
     latency_factor / footprint_factor / copied_factor: {key: multiplier} applied to the
     run with that key ("<workload>/<strategy>"), to plant a known regression.
     rep_sigma: per-repetition (process) noise; sample_sigma: per-conversion noise.
     deterministic: every repetition produces the same samples (what the simulator does).
+    directions: conversions alternate to_shared / to_private, to_private ones 1.5x slower
+    (times direction_factor[key]); samples.npz gets the direction arrays and per_rep the
+    per-direction statistics.
     """
+    direction_factor = direction_factor or {}
     path = Path(path)
     rng = np.random.default_rng(seed)
     latency_factor = latency_factor or {}
@@ -49,6 +54,12 @@ def make_results_dir(path, *, workloads=("bounce", "virtio"), strategies=("in-pl
                     shift = np.exp(rng.normal(0, rep_sigma))
                     lat = (base * shift * rng.lognormal(0, sample_sigma, n)).astype(np.int64)
                 arrays[f"{key}/rep{r}"] = lat
+                # alternate directions; to_private conversions cost 1.5x (a known split)
+                dirs = np.where(np.arange(n) % 2 == 0, 1, 2).astype(np.uint8)
+                if directions:
+                    lat[dirs == 2] = (lat[dirs == 2] * 1.5 * direction_factor.get(key, 1.0)
+                                      ).astype(np.int64)
+                    arrays[f"{key}/rep{r}/direction"] = dirs
                 all_lat.append(lat)
                 fp = int(fp_peak * (1 if deterministic else 1 + rng.normal(0, 0.002)))
                 per_rep.append({
@@ -60,6 +71,11 @@ def make_results_dir(path, *, workloads=("bounce", "virtio"), strategies=("in-pl
                     "copy_time_ns": int(copied / 4096 * 300),
                     "footprint_bytes": {"peak": fp, "mean": int(fp * 0.9)},
                     "wall_s": float(lat.sum() / 1e9)})
+                if directions:
+                    per_rep[-1]["directions"] = {
+                        d: {"conversions": int((dirs == k).sum()), "failed_conversions": 0,
+                            "latency_ns": _lat_stats(lat[dirs == k])}
+                        for d, k in (("to_shared", 1), ("to_private", 2))}
             pooled = np.concatenate(all_lat)
             steps = np.arange(50)
             cov_end = 0.9 if s == "in-place" else 0.4
