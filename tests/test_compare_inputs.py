@@ -191,7 +191,8 @@ def test_bad_samples_arrays_are_exit_2(valid, capsys, side, what, rep, direction
     + [["--metrics", v] for v in ("", "latency_max", "latency_p50,latency_p50", ",")]
     + [["--rerun-budget", v] for v in ("-1", "x", "1000", "1.5")]))
 def test_bad_options_are_exit_2_before_anything_is_read(valid, capsys, opt):
-    assert_clear_error(*judge(valid, valid, *opt, capsys=capsys))
+    # OPT=VALUE: argparse itself would take "-inf" for an option
+    assert_clear_error(*judge(valid, valid, f"{opt[0]}={opt[1]}", capsys=capsys))
 
 
 @pytest.mark.parametrize("where", ["dir", "missing-parent", "under-a-file", "readonly-dir"])
