@@ -24,6 +24,19 @@ class Target(Protocol):
         huge_merges       huge folios (re)formed so far (cumulative)
         nr_free           list of free block counts per order, as in /proc/buddyinfo
         t_ns              clock of the snapshot (model time or CLOCK_MONOTONIC)
+        The simulator adds (the host backend what it can read from the kernel):
+        stage2_bytes      {"4k", "2m", "1g"}: guest memory mapped in stage 2 by leaf size
+                          (as KVM's pages_4k / pages_2m / pages_1g count it)
+        host_pmd_mapped_bytes  shared memory a host process maps with one huge entry
+                          (PMD; PUD for 1G folios)
+        intact_huge_folios     physically intact huge folios (guest_memfd + shared backing)
+        huge_folios_possible   huge folios the guest memory objects could hold at their
+                          folio size (guest_memfd + a THP/hugetlb shared backing)
+        mapping_demotions huge mappings (stage-2 leaf or a process's PMD) split to 4K
+        folio_splits      huge folios split into 4K folios (physically)
+        folio_merges      4K folios merged back into a huge folio
+                          (the last three cumulative)
+        allocatable_huge  {"2m", "1g"}: aligned host ranges with no unmovable page in use
         """
 
     def fidelity(self) -> dict[str, str]:

@@ -78,8 +78,17 @@ def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS
     chunk = max(1, -(-n_ops // max(1, points)))
     bounds = np.searchsorted(steps["op"], np.arange(0, n_ops + chunk, chunk))
     results = []
+    if hasattr(target, "set_arrivals"):      # the simulator: ops arrive at their t_ns
+        target.set_arrivals(ops["t_ns"])
+    t0 = time.monotonic_ns()
+
+    def now() -> int:
+        # simulated time on the simulator, measured time since the start on the host
+        return int(target.clock_ns) if hasattr(target, "clock_ns") else time.monotonic_ns() - t0
+
     snap = target.snapshot()
-    series = {"op_index": [0], "t_ns": [snap["t_ns"]], "footprint_bytes": [snap["footprint_bytes"]],
+    series = {"op_index": [0], "t_ns": [snap["t_ns"]], "time_ns": [now()],
+              "footprint_bytes": [snap["footprint_bytes"]],
               "huge_bytes": [snap["huge_bytes"]], "huge_splits": [snap["huge_splits"]],
               "huge_merges": [snap["huge_merges"]]}
     for k in range(len(bounds) - 1):
@@ -91,6 +100,7 @@ def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS
         series["op_index"].append(min(n_ops, (k + 1) * chunk))
         for key in ("t_ns", "footprint_bytes", "huge_bytes", "huge_splits", "huge_merges"):
             series[key].append(snap[key])
+        series["time_ns"].append(now())
         if bar is not None:
             bar.update(min(n_ops, (k + 1) * chunk) - min(n_ops, k * chunk))
     series["nr_free"] = snap["nr_free"]
@@ -124,9 +134,12 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
               params: dict | None = None, out_dir=None, quick: bool = False,
               progress_enabled: bool | None = None, profile: str | None = None,
               repetitions: int | None = None, seed: int | None = None,
-              strategy_options: dict | None = None, report: bool = True) -> Path:
+              strategy_options: dict | None = None, report: bool = True,
+              cost_overrides: dict | None = None) -> Path:
     """Run and write a results directory; returns its path.  Everything is validated
-    before the first op runs, and the directory appears only when complete."""
+    before the first op runs, and the directory appears only when complete.
+    cost_overrides: {cost key: value} replacing single values of the simulator's profile
+    (bench.costs.load_profile)."""
     from bench.workload import load_workload
     strategies = strategies or list(STRATEGIES)
     for s in strategies:
@@ -136,8 +149,10 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
     prof = None
     if backend == "sim":
         from bench.costs import load_profile
-        prof = load_profile(profile)
+        prof = load_profile(profile, cost_overrides)
         params["_profile"] = prof
+    elif cost_overrides:
+        raise InputError("--cost: cost overrides apply to the simulator only (--backend sim)")
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S") + f"-{backend}"
     out = Path(out_dir) if out_dir else Path("results") / run_id
     if out.exists() and any(out.iterdir()):
@@ -272,7 +287,7 @@ def _run_entry(wl, sname, backend, recs, serieses, extra, prof, quick, info) -> 
         "repetitions": len(recs),
         "metrics": metrics,
         "per_rep": per_rep,
-        "series": {k: s0[k] for k in ("op_index", "t_ns", "footprint_bytes", "hugepage_coverage",
+        "series": {k: s0[k] for k in ("op_index", "t_ns", "time_ns", "footprint_bytes", "hugepage_coverage",
                                      "huge_splits", "huge_merges")},
         "breakdown": extra["breakdown"],
         "phases": info,
@@ -326,6 +341,10 @@ def add_run_arguments(p) -> None:
                    help="sim: the simulator (default); host: this machine's kernel")
     p.add_argument("--quick", action="store_true", help="scaled-down variant of each workload (same shape)")
     p.add_argument("--profile", metavar="FILE", help="cost profile TOML for the simulator (default: built in)")
+    p.add_argument("--cost", action="append", default=[], metavar="KEY=VALUE",
+                   help="replace one cost of the simulator's profile: ns, {4k = ns, 2m = ns}, "
+                        "KEY.4k=ns, or low / high (the end of the key's documented range); "
+                        "repeatable")
     p.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
                    help="backend parameter, e.g. host_memory=64G prefragment=0.3 (repeatable)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
@@ -363,6 +382,7 @@ def _kv(items, what):
 
 
 def cli_run(args) -> int:
+    from bench.costs import parse_cost_value
     from bench.workload import DEFAULT_SUITE
     params = _kv(args.param, "--param")
     options: dict = {}
@@ -375,9 +395,15 @@ def cli_run(args) -> int:
         options.setdefault(s, {})[key] = v
     if args.repetitions is not None and args.repetitions < 1:
         raise InputError("--repetitions must be >= 1")
+    costs = {}
+    for it in args.cost:
+        if "=" not in it:
+            raise InputError(f"--cost {it!r}: expected KEY=VALUE")
+        k, v = it.split("=", 1)
+        costs[k.strip()] = parse_cost_value(v)
     out = run_suite(args.workload or DEFAULT_SUITE, args.strategy, args.backend, params, args.out,
                     args.quick, args.progress, args.profile, args.repetitions, args.seed,
-                    options, report=not args.no_report)
+                    options, report=not args.no_report, cost_overrides=costs or None)
     from bench.results import load_results
     doc = load_results(out)
     print(comparison_table(doc))

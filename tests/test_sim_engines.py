@@ -125,7 +125,12 @@ def test_c_engine_equals_python_reference(sc):
     if targets is None:
         return
     py, c = targets
+    # every third op carries an arrival time (some in the past, some in the future)
+    t = np.where(np.arange(len(ops)) % 3 == 0, np.arange(len(ops)) * 40_000, -1)
+    py.set_arrivals(t)
+    c.set_arrivals(t)
     run_equal(py, c, strategy.compile(ops, layout), cuts)
+    assert py.clock_ns == c.clock_ns
 
 
 # ---- conformance scenarios, as steps ---------------------------------------------------------
@@ -499,3 +504,29 @@ def test_steps_the_c_engine_refuses(row, message):
     with pytest.raises(ValueError, match="slot 1 out of range|unknown step code"):
         c.execute(steps)
     assert c.snapshot() == py.snapshot(), "the refused step changed nothing"
+
+
+def test_arrival_times_advance_the_clock_without_billing_idle_time():
+    py, c = both("in-place", init_shared=True)
+    steps = steps_of((A2, G, H, 1, 0, 0, K4, PRIVATE), (A2, G, H, 1, 1, 0, K4, 0),
+                     (A2, G, H, 1, 2, 0, K4, PRIVATE), (A2, G, H, 1, 3, 0, K4, 0))
+    arrivals = np.array([0, 5_000_000, -1, 9_000_000], np.int64)   # op 2 is untimed
+    for t in (py, c):
+        t.set_arrivals(arrivals)
+    res = run_equal(py, c, steps, cuts=[2])
+    assert py.clock_ns == c.clock_ns
+    # the clock jumped to the last op's arrival and then added its work; the idle gaps are
+    # in the clock, not in any step's charge
+    assert c.clock_ns == 9_000_000 + int(res["ns"][3])
+    assert sum(v["ns"] for v in c.breakdown().values()) == int(res["ns"].sum())
+
+
+def test_a_huge_charge_saturates_instead_of_overflowing():
+    from bench.costs import load_profile
+    prof = load_profile(overrides={"touch_page": {"4k": 1e12, "2m": 1e12}, "fault_gmem": 1e12
+                                   if False else {"4k": 1e12, "2m": 1e12}})
+    layout = Layout((Memslot(0, 8 * MiB),), gmem_page_size=K4, init_shared=True)
+    py, c = open_both(layout, make_strategy("in-place"), {"host_memory": "64M", "_profile": prof})
+    res = run_equal(py, c, steps_of((W, G, H, 0, 0, 0, 8 * MiB, 7)))
+    assert res["ns"][0] == 10**12 and res["ns"][0] > 0
+    assert py.metadata()["saturated_steps"] == c.metadata()["saturated_steps"] == 1

@@ -596,6 +596,13 @@ def render_profile(result: dict, name: str, source: str) -> str:
         elif key in MEANING:
             lines.append(f"# {key}: {MEANING[key]}")
         lines.append(f"{key} = {_toml_value(v)}")
+    # where each figure comes from (bench/costs.py); keys kept at the default inherit its source
+    lines += ["", "[sources]"]
+    for key in result["costs"]:
+        if key in result["measured"]:
+            lines.append(f"{key} = {_toml_value('calibrated: measured by gmembench calibrate (' + source + ')')}")
+        elif key in result["derived"]:
+            lines.append(f"{key} = {_toml_value('calibrated: ' + result['derived'][key])}")
     lines += ["", "# spread of each measured key (ns): median, p10, p90, samples", "[measured]"]
     for key, v in result["measured"].items():
         if all(k in PAIR for k in v):

@@ -19,6 +19,7 @@ from bench.sim.model import (GuestMemfd, Host, Ledger, PLATFORM_VM_TYPE, SHARED,
 
 GiB = 1 << 30
 ORDER_OF = {PAGE_SIZE: 0, 2 << 20: 9, 1 << 30: 18}
+STEP_NS_MAX = 1e12      # a step's charge saturates here (the profile's bound on one value)
 
 
 def parse_size(v, what: str) -> int:
@@ -88,6 +89,8 @@ class SimTarget:
         except OutOfMemory as e:
             raise InputError(f"host_memory {host_bytes} too small for this layout: {e}")
         self.wall_s = 0.0
+        self.saturated = 0               # steps whose charge was cut at STEP_NS_MAX
+        self._arrivals, self._last_op = [], -1
         self._dispatch = {
             Step.NOP: lambda *a: (0, 0),
             Step.GMEM_SET_ATTRS: self._set_attrs2,
@@ -166,6 +169,16 @@ class SimTarget:
         return 0
 
     # ---- Target interface -------------------------------------------------------------
+    @property
+    def clock_ns(self) -> int:
+        """Simulated time now (ns): ops advance it to their arrival, work adds its cost."""
+        return int(self.ledger.clock_ns)
+
+    def set_arrivals(self, t_ns: np.ndarray) -> None:
+        """Arrival time of every op (ns, -1 = untimed) of the steps executed from now on."""
+        self._arrivals = np.asarray(t_ns, dtype=np.int64).tolist()
+        self._last_op = -1
+
     def execute(self, steps: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         n = len(steps)
@@ -177,7 +190,13 @@ class SimTarget:
         dispatch = [self._dispatch.get(Step(c)) for c in range(max(Step) + 1)]
         ledger = self.ledger
         failed_op = -1
+        arrivals = self._arrivals
         for i, (code, slot, obj, via, off, size, arg, flags, op) in enumerate(zip(*cols)):
+            if op != self._last_op:
+                # an op arrives: the clock waits for it (idle time is not billed)
+                self._last_op = op
+                if op < len(arrivals) and arrivals[op] >= 0 and arrivals[op] > ledger.clock_ns:
+                    ledger.clock_ns = float(arrivals[op])
             if op == failed_op:
                 status[i] = SKIPPED
                 continue
@@ -186,6 +205,10 @@ class SimTarget:
                 st, ax = dispatch[code](slot, obj, via, off, size, arg)
             except OutOfMemory:
                 st, ax = errno.ENOMEM, 0
+            if ledger.step_ns > STEP_NS_MAX:    # bounded, so sums stay far from int64
+                ledger.clock_ns -= ledger.step_ns - STEP_NS_MAX
+                ledger.step_ns = STEP_NS_MAX
+                self.saturated += 1
             status[i], ns[i], aux[i] = st, int(round(ledger.step_ns)), ax
             if st and flags & STEP_ABORT_ON_FAIL:
                 failed_op = op
@@ -195,13 +218,36 @@ class SimTarget:
 
     def snapshot(self) -> dict:
         nr_free = self.host.buddy.nr_free()
+        h = self.host
+        stage2 = {"4k": 0, "2m": 0, "1g": 0}
+        host_huge = intact = possible = 0
+        for g, s in zip(self.gmem, self.shared):
+            small, huge = g.stage2_bytes()
+            stage2["4k"] += small
+            if huge:
+                stage2["2m" if g.order == 9 else "1g"] += huge
+            host_huge += g.host_huge_mapped_bytes()
+            intact += g.intact_folios()
+            possible += g.npages >> g.order if g.order else 0
+            if s is not None:
+                host_huge += s.host_huge_mapped_bytes()
+                intact += s.intact_folios()
+                possible += len(s.chunk) if s.huge else 0
         return {
-            "footprint_bytes": self.host.footprint_pages * PAGE_SIZE,
-            "huge_bytes": min(self.host.huge_pages * PAGE_SIZE, self.layout.guest_size),
-            "huge_splits": self.host.huge_splits,
-            "huge_merges": self.host.huge_merges,
+            "footprint_bytes": h.footprint_pages * PAGE_SIZE,
+            "huge_bytes": min(h.huge_pages * PAGE_SIZE, self.layout.guest_size),
+            "huge_splits": h.huge_splits,
+            "huge_merges": h.huge_merges,
             "nr_free": nr_free,
             "t_ns": int(self.ledger.clock_ns),
+            "stage2_bytes": stage2,
+            "host_pmd_mapped_bytes": host_huge,
+            "intact_huge_folios": intact,
+            "huge_folios_possible": possible,
+            "mapping_demotions": h.mapping_demotions,
+            "folio_splits": h.folio_splits,
+            "folio_merges": h.folio_merges,
+            "allocatable_huge": h.buddy.allocatable_huge(),
         }
 
     def fidelity(self) -> dict[str, str]:
@@ -227,6 +273,7 @@ class SimTarget:
             "fragmentation": indices(b.nr_free()),
             "engine": "python",
             "sim_wall_s": round(self.wall_s, 3),
+            "saturated_steps": self.saturated,
         }
 
     def close(self) -> None:

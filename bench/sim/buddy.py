@@ -516,6 +516,21 @@ class BuddyAllocator:
         """Free blocks per order 0..max_order, as /proc/buddyinfo lists them."""
         return list(self._nr)
 
+    def allocatable_huge(self, also_free=()) -> dict[str, int]:
+        """After a run: how many 2M / 1G aligned ranges of memory hold no unmovable page
+        in use, i.e. could become a huge page by migrating the movable pages out
+        (alloc_contig_range / the hugetlb pool growing).  `also_free` lists (pfn, order)
+        blocks that count as free although allocated (a hugetlb pool's free pages)."""
+        unmovable = np.frombuffer(self._state, dtype=np.uint8) == _USED_UNMOVABLE
+        for pfn, o in also_free:
+            unmovable[pfn:pfn + (1 << o)] = False
+        out = {}
+        for name, order in (("2m", 9), ("1g", 18)):
+            n = self.total_pages >> order
+            blocked = unmovable[:n << order].reshape(n, 1 << order).any(axis=1)
+            out[name] = int(n - np.count_nonzero(blocked))
+        return out
+
     def pageblock_counts(self) -> dict[str, int]:
         return {"unmovable": self._labels.count(UNMOVABLE),
                 "movable": self._labels.count(MOVABLE)}

@@ -45,6 +45,7 @@
 #define SIGBUS_STATUS 1000
 #define SKIPPED 1001
 #define LRU_BATCH 15
+#define STEP_NS_MAX 1e12    /* a step's charge saturates here (SimTarget.STEP_NS_MAX) */
 #define PLATFORM_PRESERVE 0
 #define PLATFORM_ZERO 1
 #define VM_TYPE_DEFAULT 0
@@ -183,7 +184,10 @@ struct core {
     int64_t lcount[NKEYS], lfirst[NKEYS], lseq;
     double lns[NKEYS];
     double step_ns, clock_ns;
+    const int64_t *arrival;  /* per op: arrival time (ns) or -1; owned by the caller */
+    int64_t narrival, last_op, saturated;
     int64_t footprint, huge_pages, huge_splits, huge_merges, huge_fallbacks, pinned_by_aging;
+    int64_t mapping_demotions, folio_splits, folio_merges;    /* snapshot counters */
     int vm_type, in_place;
     slot_t *slots;
     int nslots;
@@ -1096,6 +1100,7 @@ static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f)        /* _split_f
         c->huge_splits++;
     g->fbits[f] &= ~FB_DEMOTED;
     c->huge_pages -= fp;
+    c->folio_splits++;
     led_op(c, K_FOLIO_SPLIT, 1);
 }
 
@@ -1126,6 +1131,7 @@ static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int c
                 if (a < p0) set_flag_range(g->pflags, a, p0, PF_HOST);
                 if (b > p1) set_flag_range(g->pflags, p1, b, PF_HOST);
                 gmem_demote(c, g, f);
+                c->mapping_demotions++;
             }
             g->fbits[f] &= ~FB_HOST_PMD;
             n++;
@@ -1149,6 +1155,7 @@ static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
                 set_flag_range(g->pflags, a, p0, PF_S2);
                 set_flag_range(g->pflags, p1, b, PF_S2);
                 gmem_demote(c, g, f);
+                c->mapping_demotions++;
             }
             g->fbits[f] &= ~FB_S2_HUGE;
             led_each(c, K_STAGE2_ZAP_HUGE, 1);
@@ -1458,6 +1465,7 @@ static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* d
                 for (int64_t i = 0; i < 512; i++) s->page_pfn[a + i] = (int32_t)(base + 1 + i);
                 c->huge_pages -= 512;
                 c->huge_splits++;
+                c->folio_splits++;
                 if (s->kind == 0) {
                     s->chunk[ch] = DEFERRED;
                     if (s->ndeferred == s->cap_deferred) {
@@ -1562,6 +1570,7 @@ core_t *core_new(int64_t total_pages, const double *fixed, const double *per_pag
     memcpy(c->fixed, fixed, sizeof(c->fixed));
     memcpy(c->per_page, per_page, sizeof(c->per_page));
     for (int k = 0; k < NKEYS; k++) c->lfirst[k] = -1;
+    c->last_op = -1;
     buddy_init(&c->b, total_pages);
     c->vm_type = 1;
     return c;
@@ -1721,6 +1730,12 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
     for (int64_t i = 0; i < n; i++) {
         const step_t st = steps[i];
         result_t *r = &res[i];
+        if ((int64_t)st.op != c->last_op) {      /* SimTarget.execute: an op arrives */
+            c->last_op = st.op;
+            if ((int64_t)st.op < c->narrival && c->arrival[st.op] >= 0
+                && (double)c->arrival[st.op] > c->clock_ns)
+                c->clock_ns = (double)c->arrival[st.op];   /* idle until then: not billed */
+        }
         if ((int64_t)st.op == failed_op) {
             r->status = SKIPPED;
             r->ns = 0;
@@ -1803,6 +1818,11 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
         }
         c->in_step = 0;
         r->status = status;
+        if (c->step_ns > STEP_NS_MAX) {            /* bounded: sums stay far from int64 */
+            c->clock_ns -= c->step_ns - STEP_NS_MAX;
+            c->step_ns = STEP_NS_MAX;
+            c->saturated++;
+        }
         r->ns = (int64_t)nearbyint(c->step_ns);
         r->aux = aux;
         if (status && (st.flags & 2)) failed_op = st.op;
@@ -1830,6 +1850,75 @@ void core_counters(core_t *c, int64_t *out)
 }
 
 double core_clock_ns(core_t *c) { return c->clock_ns; }
+
+void core_set_arrivals(core_t *c, const int64_t *t_ns, int64_t n)
+{
+    c->arrival = t_ns;
+    c->narrival = n;
+    c->last_op = -1;
+}
+
+int64_t core_saturated(core_t *c) { return c->saturated; }
+
+static int64_t count_flag(const uint8_t *fl, int64_t n, uint8_t bit)
+{
+    int64_t k = 0;
+    for (int64_t p = 0; p < n; p++) k += (fl[p] & bit) != 0;
+    return k;
+}
+
+/* 2M / 1G aligned ranges of host memory without an unmovable page in use
+ * (Host.buddy.allocatable_huge) */
+static void allocatable_huge(const buddy_t *b, int64_t *out2m, int64_t *out1g)
+{
+    int64_t n2 = b->total >> 9, free2 = 0, free1 = 0, run = 0;
+    for (int64_t i = 0; i < n2; i++) {
+        int ok = memchr(b->state + (i << 9), ST_USED_UNMOVABLE, 512) == NULL;
+        free2 += ok;
+        run = ok ? run + 1 : 0;
+        if ((i & 511) == 511) {         /* the last 2M range of a 1G range */
+            free1 += run >= 512;
+            run = 0;
+        }
+    }
+    *out2m = free2;
+    *out1g = free1;
+}
+
+void core_huge_stats(core_t *c, int64_t *out)                  /* SimTarget.snapshot */
+{
+    memset(out, 0, CORE_H_COUNT * sizeof(int64_t));
+    for (int i = 0; i < c->nslots; i++) {
+        const gmem_t *g = &c->slots[i].g;
+        const shared_t *s = c->slots[i].s;
+        out[CORE_H_S2_4K] += count_flag(g->pflags, g->npages, PF_S2) * (int64_t)PAGE_SIZE;
+        if (g->order) {
+            int64_t bytes = g->fpages * (int64_t)PAGE_SIZE;
+            out[g->order == 9 ? CORE_H_S2_2M : CORE_H_S2_1G] +=
+                count_flag(g->fbits, g->nfolios, FB_S2_HUGE) * bytes;
+            out[CORE_H_HOST_HUGE] += count_flag(g->fbits, g->nfolios, FB_HOST_PMD) * bytes;
+            for (int64_t f = 0; f < g->nfolios; f++) out[CORE_H_INTACT] += g->fstate[f] == INTACT;
+            out[CORE_H_POSSIBLE] += g->nfolios;
+        }
+        if (s && s->huge) {
+            for (int64_t ch = 0; ch < s->nchunks; ch++) {
+                if (s->chunk[ch] != INTACT) continue;
+                out[CORE_H_INTACT]++;
+                int64_t a = ch << 9, e = a + 512 < s->npages ? a + 512 : s->npages;
+                for (int64_t p = a; p < e; p++)
+                    if (s->host_map[p]) {
+                        out[CORE_H_HOST_HUGE] += 512 * (int64_t)PAGE_SIZE;
+                        break;
+                    }
+            }
+            out[CORE_H_POSSIBLE] += s->nchunks;
+        }
+    }
+    out[CORE_H_DEMOTIONS] = c->mapping_demotions;
+    out[CORE_H_SPLITS] = c->folio_splits;
+    out[CORE_H_MERGES] = c->folio_merges;
+    allocatable_huge(&c->b, &out[CORE_H_ALLOC_2M], &out[CORE_H_ALLOC_1G]);
+}
 
 void core_ledger(core_t *c, int64_t *count, double *ns, int64_t *first)
 {

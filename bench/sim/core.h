@@ -23,6 +23,20 @@
 #define CORE_C_PB_MOVABLE 9
 #define CORE_C_NR_FREE 10
 #define CORE_C_COUNT 29
+/* core_huge_stats() layout: stage-2 bytes by leaf size, host bytes mapped huge, intact huge
+ * folios, huge folios possible, cumulative demotions / splits / merges, allocatable 2M / 1G */
+#define CORE_H_S2_4K 0
+#define CORE_H_S2_2M 1
+#define CORE_H_S2_1G 2
+#define CORE_H_HOST_HUGE 3
+#define CORE_H_INTACT 4
+#define CORE_H_POSSIBLE 5
+#define CORE_H_DEMOTIONS 6
+#define CORE_H_SPLITS 7
+#define CORE_H_MERGES 8
+#define CORE_H_ALLOC_2M 9
+#define CORE_H_ALLOC_1G 10
+#define CORE_H_COUNT 11
 
 typedef struct core core_t;
 
@@ -45,6 +59,13 @@ int core_execute(core_t *c, const void *steps, int64_t n, void *results);
 const char *core_error(core_t *c);
 void core_counters(core_t *c, int64_t *out);
 double core_clock_ns(core_t *c);
+/* per op arrival times (ns, -1 = untimed), indexed by step.op; the array must outlive the
+ * steps executed with it.  An op advances the clock to its arrival (idle gaps not billed). */
+void core_set_arrivals(core_t *c, const int64_t *t_ns, int64_t n);
+/* steps whose charge reached the 1e12 ns bound and was cut there */
+int64_t core_saturated(core_t *c);
+
+void core_huge_stats(core_t *c, int64_t *out);
 /* per key: count, ns total, order of first charge (-1: never charged) */
 void core_ledger(core_t *c, int64_t *count, double *ns, int64_t *first);
 /* full consistency check of the buddy model; 0 or -1 (message in core_error()) */

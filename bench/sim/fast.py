@@ -32,17 +32,17 @@ def _core():
 
 
 def core_available() -> bool:
-    """True when the C core is importable (building it in place first if needed)."""
+    """True when the C core (compiled at install) is importable."""
     try:
         _core()
         return True
-    except Exception:   # no compiler, no cffi: the Python engine still works
+    except ImportError:   # installed without a compiler: the Python engine still works
         return False
 
 
 def make_sim_target(layout, strategy, params: dict | None = None):
     """The simulator target for params["engine"]: "c" (CoreTarget, the default, falling back
-    to SimTarget when the C core cannot be built) or "python" (SimTarget)."""
+    to SimTarget when the package was installed without it) or "python" (SimTarget)."""
     params = dict(params or {})
     engine = params.get("engine", "c")
     if engine not in ENGINES:
@@ -129,6 +129,18 @@ class CoreTarget:
         return out
 
     # ---- Target interface -------------------------------------------------------------
+    @property
+    def clock_ns(self) -> int:
+        """Simulated time now (ns): ops advance it to their arrival, work adds its cost."""
+        return int(self._lib.core_clock_ns(self._c))
+
+    def set_arrivals(self, t_ns: np.ndarray) -> None:
+        """Arrival time of every op (ns, -1 = untimed) of the steps executed from now on."""
+        self._arrivals = np.ascontiguousarray(t_ns, dtype=np.int64)   # kept alive for C
+        ffi = self._ffi
+        self._lib.core_set_arrivals(self._c, ffi.cast("int64_t *", ffi.from_buffer(self._arrivals)),
+                                    len(self._arrivals))
+
     def execute(self, steps: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         if steps.dtype != STEP_DTYPE:
@@ -154,6 +166,24 @@ class CoreTarget:
             "huge_merges": int(cnt[lib.CORE_C_HUGE_MERGES]),
             "nr_free": self.nr_free(),
             "t_ns": int(lib.core_clock_ns(self._c)),
+            **self._huge_stats(),
+        }
+
+    def _huge_stats(self) -> dict:
+        lib, ffi = self._lib, self._ffi
+        h = np.zeros(lib.CORE_H_COUNT, np.int64)
+        lib.core_huge_stats(self._c, ffi.cast("int64_t *", ffi.from_buffer(h)))
+        return {
+            "stage2_bytes": {"4k": int(h[lib.CORE_H_S2_4K]), "2m": int(h[lib.CORE_H_S2_2M]),
+                             "1g": int(h[lib.CORE_H_S2_1G])},
+            "host_pmd_mapped_bytes": int(h[lib.CORE_H_HOST_HUGE]),
+            "intact_huge_folios": int(h[lib.CORE_H_INTACT]),
+            "huge_folios_possible": int(h[lib.CORE_H_POSSIBLE]),
+            "mapping_demotions": int(h[lib.CORE_H_DEMOTIONS]),
+            "folio_splits": int(h[lib.CORE_H_SPLITS]),
+            "folio_merges": int(h[lib.CORE_H_MERGES]),
+            "allocatable_huge": {"2m": int(h[lib.CORE_H_ALLOC_2M]),
+                                 "1g": int(h[lib.CORE_H_ALLOC_1G])},
         }
 
     def nr_free(self) -> list[int]:
@@ -193,6 +223,7 @@ class CoreTarget:
                            "movable": int(cnt[lib.CORE_C_PB_MOVABLE])},
             "fragmentation": indices(self.nr_free()),
             "sim_wall_s": round(self.wall_s, 3),
+            "saturated_steps": int(lib.core_saturated(self._c)),
             "engine": "c",
         }
 

@@ -96,6 +96,11 @@ class Host:
         self.huge_splits = 0
         self.huge_merges = 0
         self.huge_fallbacks = 0       # huge faults that fell back to 4K pages
+        # snapshot counters (cumulative): a huge mapping (stage-2 leaf or a process's host
+        # PMD) split into 4K ones; a huge folio split into 4K folios; 4K folios merged back
+        self.mapping_demotions = 0
+        self.folio_splits = 0
+        self.folio_merges = 0
         self.shrinkers = []           # callables freeing memory under pressure (deferred split)
 
     def alloc_huge(self, order: int, movable: bool) -> int | None:
@@ -276,6 +281,7 @@ class GuestMemfd:
             self.host.huge_splits += 1
         self.demoted[f] = False
         self.host.huge_pages -= fp
+        self.host.folio_splits += 1
         self.ledger.op("folio_split")
 
     # ---- mappings ---------------------------------------------------------------------
@@ -303,6 +309,7 @@ class GuestMemfd:
                     self.host_map[a:p0] |= pmd[k] if a < p0 else 0
                     self.host_map[p1:b] |= pmd[k] if b > p1 else 0
                     self._demote(f)
+                    self.host.mapping_demotions += int(pmd[k]).bit_count()
                 pmd[k] = 0
                 n += 1
                 if charge:
@@ -326,6 +333,7 @@ class GuestMemfd:
                     self.s2_map[a:p0] = 1
                     self.s2_map[p1:b] = 1
                     self._demote(f)
+                    self.host.mapping_demotions += 1
                 huge[k] = 0
                 self.ledger.each("stage2_zap_huge", 1)
 
@@ -500,6 +508,22 @@ class GuestMemfd:
         self._map(p0, p1, guest, proc, PRIVATE if guest else SHARED)
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
+    # ---- snapshot measures ---------------------------------------------------------------
+    def stage2_bytes(self) -> tuple[int, int]:
+        """(bytes mapped by 4K stage-2 leaves, bytes mapped by huge leaves)."""
+        small = int(np.count_nonzero(self.s2_map)) * PAGE_SIZE
+        huge = int(np.count_nonzero(self.s2_huge)) * self.fpages * PAGE_SIZE if self.order else 0
+        return small, huge
+
+    def host_huge_mapped_bytes(self) -> int:
+        """Bytes some host process maps with one huge entry (PMD; PUD for 1G folios)."""
+        if not self.order:
+            return 0
+        return int(np.count_nonzero(self.host_pmd)) * self.fpages * PAGE_SIZE
+
+    def intact_folios(self) -> int:
+        return int(np.count_nonzero(self.folio_state == INTACT)) if self.order else 0
+
     def pin(self, p0: int, p1: int, delta: int) -> int:
         seg = self.pins[p0:p1]
         if delta < 0 and not seg.all():
@@ -646,6 +670,7 @@ class SharedBacking:
                     self.page_pfn[a:b] = np.arange(base + 1, base + 513)
                     self.host.huge_pages -= 512
                     self.host.huge_splits += 1
+                    self.host.folio_splits += 1
                     if self.kind == "anon":
                         # the PMD goes, the THP stays whole until a deferred split
                         self.chunk[c] = DEFERRED
@@ -684,6 +709,21 @@ class SharedBacking:
 
     def _free_4k(self, a: int, b: int) -> int:
         return free_pages(self.host, self.page_pfn, a, b)
+
+    # ---- snapshot measures ---------------------------------------------------------------
+    def intact_folios(self) -> int:
+        return int(np.count_nonzero(self.chunk == INTACT)) if self.huge else 0
+
+    def host_huge_mapped_bytes(self) -> int:
+        """An intact THP / hugetlb page that the host touched is mapped by one PMD
+        (do_huge_pmd_anonymous_page, shmem/hugetlb faults map the whole folio)."""
+        if not self.huge:
+            return 0
+        n = len(self.chunk)
+        mapped = np.zeros(n * 512, np.uint8)
+        mapped[:self.npages] = self.host_map
+        touched = mapped.reshape(n, 512).any(axis=1)
+        return int(np.count_nonzero(touched & (self.chunk == INTACT))) * 512 * PAGE_SIZE
 
     def deferred_split(self) -> bool:
         """The deferred-split shrinker: free the unmapped parts of partially unmapped THPs."""
