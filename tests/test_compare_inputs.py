@@ -232,7 +232,7 @@ def test_a_crash_still_exits_2_through_the_real_command(valid, tmp_path):
     bad = copy(valid)
     (bad / "results.json").write_text("[" * 100000 + "]" * 100000)
     p = subprocess.run([sys.executable, "-m", "bench", "compare", str(valid), str(bad)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, cwd=bad.parent)   # the installed bench
     assert p.returncode == 2, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
 

@@ -433,7 +433,9 @@ def test_slowdown_direction_delays_only_that_direction(probed, strategy):
                          for k in (OpKind.TO_SHARED, OpKind.TO_PRIVATE)}
         finally:
             t.close()
+    # as ratios within one target: other load on the machine moves both directions alike
+    ratio = {s: med[s][OpKind.TO_PRIVATE] / med[s][OpKind.TO_SHARED] for s in med}
+    assert ratio[2.0] > 1.5 * ratio[1.0]
     assert med[2.0][OpKind.TO_PRIVATE] > 1.6 * med[1.0][OpKind.TO_PRIVATE]
-    assert med[2.0][OpKind.TO_SHARED] < 1.35 * med[1.0][OpKind.TO_SHARED]
     with pytest.raises(InputError):
         target(probed, strategy, params={"slowdown_direction": "sideways"})
