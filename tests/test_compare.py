@@ -201,7 +201,16 @@ def test_direction_metrics_fall_back_to_per_rep_statistics(tmp_path):
 
 def test_direction_metric_missing_on_one_side_is_refused(tmp_path, capsys):
     a = make_results_dir(tmp_path / "a", seed=1, directions=True, **R8)
-    b = make_results_dir(tmp_path / "b", seed=2, **R8)          # older results: no directions
+    b = make_results_dir(tmp_path / "b", seed=2, **R8)
+
+    def older(d):                   # results from before the per-direction statistics
+        for r in d["runs"]:
+            for rep in r["per_rep"]:
+                rep.pop("directions", None)
+    _edit(b, older)
+    with np.load(b / "samples.npz") as z:
+        arrays = {k: z[k] for k in z.files if not k.endswith("/direction")}
+    np.savez_compressed(b / "samples.npz", **arrays)
     assert gate(a, b, "--metrics", "to_shared.latency_min") == 2
     assert "no value in CUR" in capsys.readouterr().err
 
