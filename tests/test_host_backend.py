@@ -86,8 +86,11 @@ def test_contents_survive_round_trip_and_private_faults(probed, strategy):
                          (OpKind.PRIVATE_READ, 4 * M, 4 * M, 7),    # 8 untouched half
                          (OpKind.SHARED_PROBE, 0, K4, NO_CHECK))    # 9 private again: fault
         assert (res["status"][steps["op"] != 1][steps["op"][steps["op"] != 1] != 9] == 0).all()
-        assert op_status(steps, res, 1) == [SIGBUS_STATUS]
-        assert op_status(steps, res, 9) == [SIGBUS_STATUS]
+        # in-place maps the guest_memfd: a host touch of a private page faults; dual's VMM
+        # reaches the shared backing instead, where the touch allocates a zero page
+        probe = [SIGBUS_STATUS] if strategy.name == "in-place" else [0]
+        assert op_status(steps, res, 1) == probe
+        assert op_status(steps, res, 9) == probe
         assert op_aux(steps, res, 3, Step.READ) == 0
         assert op_aux(steps, res, 7, Step.READ) == 0
         assert op_aux(steps, res, 8, Step.READ) == 0

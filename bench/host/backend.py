@@ -491,7 +491,8 @@ class HostTarget:
     def _mapping_points(self, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         code, obj, via = steps["code"], steps["obj"], steps["via"]
         gmem = obj == Obj.GMEM
-        guest_touch = gmem & (via == Via.GUEST) & ((code == Step.WRITE) | (code == Step.READ))
+        guest_touch = gmem & np.isin(via, (Via.GUEST, Via.GUEST_SHARED)) & \
+            ((code == Step.WRITE) | (code == Step.READ))
         dual = bool(getattr(self.strategy, "needs_shared_backing", False))
         punch = (code == Step.GMEM_PUNCH) if dual else np.zeros(len(steps), bool)
         copy_out = (code == Step.COPY) & (obj == Obj.SHARED)
@@ -570,6 +571,10 @@ class HostTarget:
         if self._closed:
             raise RuntimeError("HostTarget is closed")
         steps = self.scale_steps(np.asarray(steps, dtype=STEP_DTYPE))
+        if steps["proc"].any():
+            i = int(np.flatnonzero(steps["proc"])[0])
+            raise InputError(f"step {i}: host process {int(steps['proc'][i])}: the host backend "
+                             f"touches guest memory from the VMM process (0) only")
         res = self._run_mapping_faithful(steps)
         ran = res["status"] != SKIPPED
         codes = steps["code"][ran].astype(np.int64)

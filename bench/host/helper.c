@@ -39,6 +39,7 @@ struct gm_step {
     uint16_t slot;
     uint32_t op;
     uint64_t offset, size, arg;
+    uint8_t proc;          /* host process: only 0 (this process, the VMM) reaches here */
 } __attribute__((packed));
 
 struct gm_result {

@@ -5,7 +5,7 @@
 #include <stdint.h>
 
 /* cdef-begin */
-#define GM_STEP_SIZE 34
+#define GM_STEP_SIZE 35
 #define GM_RESULT_SIZE 20
 #define GM_MAX_PINS 64
 
