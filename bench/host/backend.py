@@ -34,6 +34,9 @@ from bench.ops import (PAGE_SIZE, RESULT_DTYPE, SIZE_2M, STEP_ABORT_ON_FAIL, STE
 from bench.host import sysfs
 
 GUARD_SHARE = 0.5
+# param slowdown_direction (regression-gate testing): which conversions the injected
+# slowdown delays -> the C executor's slowdown_dirs bits (bit 0 to-shared, bit 1 to-private)
+SLOWDOWN_DIRECTIONS = {"both": 3, "to_shared": 1, "to_private": 2}
 MAX_SCALE = 1024
 WARMUP_BYTES = 1 << 30
 PLATFORM_CODES = {"preserve": 0, "zero": 1, "destroy": 2}
@@ -202,6 +205,10 @@ class HostTarget:
         self.layout = layout
         self.strategy = strategy
         self.params = dict(params or {})
+        self.slowdown_direction = str(self.params.get("slowdown_direction", "both"))
+        if self.slowdown_direction not in SLOWDOWN_DIRECTIONS:
+            raise InputError(f"--param slowdown_direction: expected one of "
+                             f"{', '.join(SLOWDOWN_DIRECTIONS)}, got {self.slowdown_direction!r}")
         self.settings = sysfs.Settings()
         self._fds: list[int] = []
         self._maps: list[tuple[int, int]] = []      # (addr, length) to munmap
@@ -291,6 +298,7 @@ class HostTarget:
         if slowdown < 1.0:
             raise InputError(f"slowdown must be >= 1.0, got {slowdown}")
         ctx.slowdown_permille = int(round((slowdown - 1.0) * 1000))
+        ctx.slowdown_dirs = SLOWDOWN_DIRECTIONS[self.slowdown_direction]
         self._ctx = ctx
         self.harness = self._measure_overhead(
             max(2, _param_number(self.params, "overhead_reps", 20001, int)))
@@ -741,6 +749,8 @@ class HostTarget:
             "scale": self.scale,
             # > 1 only when a regression gate is being tested: a delay was injected
             "slowdown": float(self.params.get("slowdown", 1.0)),
+            # which conversions carry the delay: both, to_shared or to_private
+            "slowdown_direction": self.slowdown_direction,
             "guard_share": _param_number(self.params, "guard_share", GUARD_SHARE),
             "mem_available_bytes": self.mem_available,
             "warmup_bytes": self.warmup_bytes,

@@ -544,13 +544,15 @@ def report_markdown(results: dict, samples: dict, summary_png: Path | None,
                           for r in runs]), ""]
     emulation = [(r["key"], note) for r in runs
                  for note in (r.get("metadata") or {}).get("emulation") or []]
-    slowed = [r["key"] for r in runs if (r.get("metadata") or {}).get("slowdown", 1.0) != 1.0]
+    slowed = [(r["key"], (r.get("metadata") or {}).get("slowdown_direction", "both"))
+              for r in runs if (r.get("metadata") or {}).get("slowdown", 1.0) != 1.0]
     if emulation or slowed:
         md += ["### What the host backend emulated or changed", ""]
         md += [f"- {key}: {note}" for key, note in emulation]
-        md += [f"- **{key}: a delay was injected into every conversion step (slowdown "
+        md += [f"- **{key}: a delay was injected into every conversion step"
+               f"{'' if d == 'both' else f' of the {d} conversions'} (slowdown "
                f"parameter, for testing a regression gate): not a measurement of the kernel**"
-               for key in slowed]
+               for key, d in slowed]
         md += [""]
     md += ["### pyperf", "",
            f"{len(pyperf_files)} suite files in `pyperf/`, one per strategy, with benchmark "
