@@ -89,6 +89,8 @@ PARAMS: dict[str, Spec] = {
                           backends=("host",), low=2, high=10_000_000),
     "overhead_pairs": Spec("int", "batch pairs (harness, bare) timed for the harness overhead "
                            "(10)", backends=("host",), low=1, high=10_000),
+    "folio_fallback": Spec("bool", "run a 2M/1G guest_memfd workload on this kernel's 4K folios, "
+                           "labelled (no)", backends=("host",)),
     "kpageflags": Spec("bool", "count intact huge folios from pagemap + kpageflags (yes)",
                        backends=("host",)),
     "snapshot_detail": Spec("bool", "also read /proc/self/smaps in every snapshot (no)",
