@@ -97,6 +97,12 @@ PARAMS: dict[str, Spec] = {
                             backends=("host",)),
     "slowdown": Spec("float", "gate testing: a real delay inside each timed conversion step, "
                      "as a factor (1.0 = none)", backends=("host",), low=1.0, high=100.0),
+    "slowdown_direction": Spec("choice", "gate testing: which conversions the slowdown delays "
+                               "(both)", backends=("host",),
+                               choices=("both", "to_shared", "to_private")),
+    "allocatable_probe": Spec("bool", "after the run, grow the hugetlb pools to count the 2M / 1G "
+                              "pages still allocatable, then restore them (yes)",
+                              backends=("host",)),
     # set by the runner, never by a user
     "seed": Spec("int", "the workload's seed", low=0, high=MAX_SEED, internal=True),
 }
