@@ -36,6 +36,7 @@ class Spec:
     low: float | None = None           # inclusive bounds (low_open: exclusive low)
     high: float | None = None
     low_open: bool = False
+    high_open: bool = False
     choices: tuple = ()
     internal: bool = False             # set by code, never by a user
 
@@ -47,7 +48,7 @@ class Spec:
             return "one of " + ", ".join(map(str, self.choices))
         what = {"size": "a size like 4K, 64M, 16G", "int": "an integer", "float": "a number"}[k]
         lo = ("> " if self.low_open else ">= ") + _num(self.low, k) if self.low is not None else ""
-        hi = "<= " + _num(self.high, k) if self.high is not None else ""
+        hi = ("< " if self.high_open else "<= ") + _num(self.high, k) if self.high is not None else ""
         bounds = " and ".join(b for b in (lo, hi) if b)
         return what + (f" {bounds}" if bounds else "")
 
@@ -71,8 +72,9 @@ PARAMS: dict[str, Spec] = {
                                    "(yes)", backends=("host",)),
     # the simulator
     "host_memory": Spec("size", "simulated host memory (default 2 x guest + 2 GiB, at least "
-                        "16 GiB); at least the guest's size", backends=("sim",),
-                        low=16 * MiB, high=MAX_ADDRESS),
+                        "16 GiB); less than the guest makes allocations fail, which the "
+                        "results count", backends=("sim",),
+                        low=2 * MiB, high=MAX_ADDRESS, high_open=True),
     "prefragment": Spec("float", "share of 2M pageblocks holding a pinned unmovable page",
                         backends=("sim",), low=0.0, high=1.0),
     "engine": Spec("choice", "simulator engine (c)", backends=("sim",), choices=("c", "python")),
@@ -80,11 +82,11 @@ PARAMS: dict[str, Spec] = {
     "guard_share": Spec("float", "share of MemAvailable a host run may use (0.5)",
                         backends=("host",), low=0.0, low_open=True, high=1.0),
     "mem_available": Spec("size", "the MemAvailable figure the memory guard uses (now)",
-                          backends=("host",), low=64 * MiB, high=MAX_ADDRESS),
+                          backends=("host",), low=64 * MiB, high=MAX_ADDRESS, high_open=True),
     "max_scale": Spec("int", "largest down-scaling the memory guard may apply (1024)",
                       backends=("host",), low=1, high=1 << 20),
     "warmup_bytes": Spec("size", "anonymous memory touched before measuring (1 GiB)",
-                         backends=("host",), low=0, high=MAX_ADDRESS),
+                         backends=("host",), low=0, high=MAX_ADDRESS, high_open=True),
     "overhead_reps": Spec("int", "NOP steps timed for the harness overhead (20001)",
                           backends=("host",), low=2, high=10_000_000),
     "overhead_pairs": Spec("int", "batch pairs (harness, bare) timed for the harness overhead "
@@ -180,7 +182,7 @@ def coerce(spec: Spec, value: Any, text: bool) -> Any:
         raise AssertionError(k)
     if spec.low is not None and (v < spec.low or (spec.low_open and v == spec.low)):
         raise bad
-    if spec.high is not None and v > spec.high:
+    if spec.high is not None and (v > spec.high or (spec.high_open and v == spec.high)):
         raise bad
     return v
 
@@ -329,10 +331,6 @@ def check_run(wl, params: dict, backend: str, available: int | None = None) -> N
     guest = wl.layout.guest_size
     if backend == "sim":
         host = params.get("host_memory")
-        if host is not None and host < guest:
-            raise InputError(f"host_memory {format_size(host)} is smaller than workload "
-                             f"{wl.name!r}'s guest memory ({format_size(guest)}): the simulated "
-                             f"host must hold the whole guest (expected >= {format_size(guest)})")
         host = host if host is not None else sim_default_host_memory(guest)
         est = sim_state_estimate(guest, host, params.get("engine", "c"))
         available = mem_available() if available is None else available

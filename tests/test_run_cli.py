@@ -137,7 +137,7 @@ def test_folio_order_the_host_cannot_provide_is_exit_2(tmp_path, capsys):
     wl = tmp_path / "big.toml"
     wl.write_text(SMALL.format(page="1g").replace('size = "64M"', 'size = "1G"'))
     _fails_cleanly(tmp_path, capsys, ["-w", str(wl), "-p", "host_memory=512M"],
-                   "host_memory 512 MiB is smaller than")
+                   "smaller than one 1G folio")
 
 
 def test_host_memory_too_small_is_exit_2(tmp_path, capsys):
