@@ -124,6 +124,29 @@ def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS
     return res, series
 
 
+def steps_used(steps: np.ndarray, probes: bool) -> list[str]:
+    """The fidelity keys (bench/host/probe.py) of the steps a run executed: the step name,
+    "/guest" for guest accesses, and "host-access-fault" when the host probed private
+    pages, so labels name only what actually ran."""
+    from bench.ops import Step, Via
+    used = set()
+    for code, via in {(int(c), int(v)) for c, v in zip(steps["code"], steps["via"])}:
+        name = Step(code).name
+        if via == Via.GUEST and code in (Step.READ, Step.WRITE):
+            name += "/guest"
+        used.add(name)
+    if probes:
+        used.add("host-access-fault")
+    return sorted(used)
+
+
+def recs_ops_probe(wl) -> bool:
+    """Whether the workload's first repetition probes private pages from the host."""
+    from bench.ops import OpKind
+    ops, _ = build_ops(wl, 0)
+    return bool((ops["kind"] == OpKind.SHARED_PROBE).any())
+
+
 def merge_breakdowns(items: list[dict]) -> dict:
     """Primitive breakdowns of several repetitions summed, largest time first."""
     tot: dict = {}
@@ -332,6 +355,7 @@ def _run_entry(wl, sname, backend, recs, serieses, extra, prof, quick, info) -> 
         "backend": backend,
         "fidelity": "simulated" if backend == "sim" else fidelity_label(extra["fidelity_steps"], extra["steps"]),
         "fidelity_steps": extra["fidelity_steps"],
+        "steps_used": steps_used(extra["steps"], recs_ops_probe(wl)),
         "layout": wl.layout.to_dict(), "params": {k: v for k, v in wl.params.items()},
         "seed": wl.seed, "scale": float(meta.get("scale", wl.scale)), "quick": quick,
         "cost_profile": prof.describe() if prof else None,

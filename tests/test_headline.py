@@ -342,3 +342,13 @@ def test_attribution_equals_a_page_by_page_reading_of_the_rule():
                 shared[sl] |= pages
             elif k == P:
                 private[sl] |= pages
+
+
+def test_emulation_marks_name_only_what_ran():
+    from bench.report.headline import emulated_steps
+    run = {"backend": "host", "steps_used": ["VM_SET_ATTRS", "WRITE"],
+           "fidelity_steps": {"VM_SET_ATTRS": "emulated", "COPY": "emulated",
+                              "WRITE": "native", "gmem_huge_folios": "emulated"}}
+    # COPY never ran; gmem_huge_folios is a fact about the run, not a step
+    assert emulated_steps(run) == ["VM_SET_ATTRS", "gmem_huge_folios"]
+    assert emulated_steps({**run, "backend": "sim"}) == []
