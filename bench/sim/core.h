@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 /* cdef-begin */
-#define CORE_STEP_SIZE 34
+#define CORE_STEP_SIZE 35
 #define CORE_RESULT_SIZE 20
 #define CORE_MAX_ORDER 18
 /* core_counters() layout */
@@ -36,7 +36,9 @@
 #define CORE_H_MERGES 8
 #define CORE_H_ALLOC_2M 9
 #define CORE_H_ALLOC_1G 10
-#define CORE_H_COUNT 11
+#define CORE_H_PRIVATE_TOUCHES 11
+#define CORE_H_STALE 12
+#define CORE_H_COUNT 13
 
 typedef struct core core_t;
 
@@ -48,6 +50,8 @@ void core_free(core_t *c);
 /* buddy prefragment with the rng draws made in Python: pageblocks (sorted) and offsets */
 int64_t core_prefragment(core_t *c, const int64_t *chosen, const int64_t *offsets, int64_t k);
 void core_set_vm(core_t *c, int vm_type, int in_place);
+/* in-place.huge=split for a slot added before (core_add_slot) */
+void core_set_split_on_share(core_t *c, int slot, int on);
 /* shared_kind: -1 none, 0 anon, 1 memfd; shared_page: 0 4k, 1 thp, 2 hugetlb.
  * Returns 0, or -1 when the hugetlb pool does not fit (nothing to undo: the target is
  * unusable). */
