@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     if not argv:
-        argv = ["run"]          # the main job on its embedded default
+        # no subcommand: say what there is to do (exit 2, as for any incomplete command
+        # line), never start a run the user did not ask for
+        parser.print_help(sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "_func", None):
         parser.print_help()

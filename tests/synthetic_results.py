@@ -122,7 +122,8 @@ def make_results_dir(path, *, workloads=("bounce", "virtio"), strategies=("in-pl
             })
     results = {"schema": SCHEMA, "run_id": path.name, "created": "2026-11-26T17:00:00Z",
                "package_version": "0.1.0", "command": ["gmembench", "run"],
-               "host": dict(host or HOST), "runs": runs}
+               "host": dict(host or HOST), "runs": runs,
+               "synthetic": True}       # hand-written, not produced by gmembench
     atomic_write_json(path / "results.json", results)
     atomic_write_npz(path / "samples.npz", arrays)
     return path

@@ -333,8 +333,11 @@ def test_failed_setup_restores_settings_and_closes_fds(probed, monkeypatch):
     assert set(os.listdir("/proc/self/fd")) <= fds_before
 
 
-def test_huge_gmem_request_is_labelled(probed):
-    t, _ = target(probed, InPlace(), gmem_page_size=2 * M)
+def test_huge_gmem_request_exits_2_unless_the_fallback_is_allowed_then_labelled(probed):
+    from bench.errors import InputError
+    with pytest.raises(InputError, match="folio_fallback=yes"):
+        target(probed, InPlace(), gmem_page_size=2 * M)
+    t, _ = target(probed, InPlace(), gmem_page_size=2 * M, params={"folio_fallback": "yes"})
     try:
         assert t.fidelity()["gmem_huge_folios"] == "unavailable"
         assert any("4K only" in e for e in t.metadata()["emulation"])
