@@ -81,16 +81,30 @@ def attribute_touches(ops: np.ndarray) -> np.ndarray:
             end = int(max((ops["offset"][c] + ops["size"][c]).max(),
                           (ops["offset"][t] + ops["size"][t]).max())) // unit
             # first[p] = index of the first op that converted page p to this state
-            first = np.full(end, _NEVER, dtype=np.int64)
+            # (+1: a sentinel so that every range end is a valid reduceat index)
+            first = np.full(end + 1, _NEVER, dtype=np.int64)
             a = (ops["offset"][c] // unit).astype(np.int64)
             b = ((ops["offset"][c] + ops["size"][c]) // unit).astype(np.int64)
-            for i in range(len(c) - 1, -1, -1):      # earliest wins: paint latest first
+            # a range converted many times only needs its first conversion
+            key = a * (end + 1) + b
+            _, keep = np.unique(key, return_index=True)      # first occurrence = earliest
+            order = keep[np.argsort(-c[keep])]               # latest first: earliest wins
+            for i in order:
                 first[a[i]:b[i]] = c[i]
             ta = (ops["offset"][t] // unit).astype(np.int64)
             tb = ((ops["offset"][t] + ops["size"][t]) // unit).astype(np.int64)
-            for j in range(len(t)):
-                if tb[j] > ta[j] and first[ta[j]:tb[j]].min() < t[j]:
-                    out[t[j]] = label
+            # min of first[ta:tb] once per distinct touched range
+            ukey, inv = np.unique(ta * (end + 1) + tb, return_inverse=True)
+            ua, ub = ukey // (end + 1), ukey % (end + 1)
+            # reduceat over (start, end) pairs: sorted by start, the gaps between pairs
+            # add up to at most the array once (unique keys sort by start already)
+            nonempty = ub > ua
+            umin = np.full(len(ua), _NEVER, dtype=np.int64)
+            if nonempty.any():
+                pairs = np.stack([ua[nonempty], ub[nonempty]], axis=1).ravel()
+                umin[nonempty] = np.minimum.reduceat(first, pairs)[::2]
+            hit = t[umin[inv.ravel()] < t]
+            out[hit] = label
     return out
 
 

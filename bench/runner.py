@@ -5,6 +5,7 @@ Both strategies of a repetition replay the same op array (generated once from th
 workload's seed), and repetitions interleave the strategies (A B A B ...) so that slow
 drifts of a real host hit both alike.
 """
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -124,6 +125,29 @@ def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS
     return res, series
 
 
+def steps_used(steps: np.ndarray, probes: bool) -> list[str]:
+    """The fidelity keys (bench/host/probe.py) of the steps a run executed: the step name,
+    "/guest" for guest accesses, and "host-access-fault" when the host probed private
+    pages, so labels name only what actually ran."""
+    from bench.ops import Step, Via
+    used = set()
+    for code, via in {(int(c), int(v)) for c, v in zip(steps["code"], steps["via"])}:
+        name = Step(code).name
+        if via == Via.GUEST and code in (Step.READ, Step.WRITE):
+            name += "/guest"
+        used.add(name)
+    if probes:
+        used.add("host-access-fault")
+    return sorted(used)
+
+
+def recs_ops_probe(wl) -> bool:
+    """Whether the workload's first repetition probes private pages from the host."""
+    from bench.ops import OpKind
+    ops, _ = build_ops(wl, 0)
+    return bool((ops["kind"] == OpKind.SHARED_PROBE).any())
+
+
 def merge_breakdowns(items: list[dict]) -> dict:
     """Primitive breakdowns of several repetitions summed, largest time first."""
     tot: dict = {}
@@ -162,7 +186,7 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
               progress_enabled: bool | None = None, profile: str | None = None,
               repetitions: int | None = None, seed: int | None = None,
               strategy_options: dict | None = None, report: bool = True,
-              cost_overrides: dict | None = None) -> Path:
+              cost_overrides: dict | None = None, jobs: int = 1) -> Path:
     """Run and write a results directory; returns its path.  Everything is validated
     before the first op runs, and the directory appears only when complete.
     cost_overrides: {cost key: value} replacing single values of the simulator's profile
@@ -189,7 +213,7 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
     tmp.mkdir(parents=True)
     try:
         doc = _run(loaded, strategies, backend, params, prof, quick, progress_enabled,
-                   repetitions, seed, strategy_options or {}, tmp)
+                   repetitions, seed, strategy_options or {}, tmp, jobs)
         doc["run_id"] = out.name
         atomic_write_json(tmp / "results.json", doc)
         if out.exists():
@@ -204,12 +228,21 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
         except ModuleNotFoundError:
             write_report = None
         if write_report:
-            write_report(out)
+            write_report(out, jobs=jobs)
     return out
 
 
+def _simulator_pool(backend: str, jobs: int):
+    """Worker processes for simulator repetitions, or None (run them here).  The simulator
+    is deterministic and each repetition builds its own target from its arguments, so
+    where it runs changes nothing it returns but its wall_s.  The host backend never runs
+    repetitions side by side: they would disturb each other's timings."""
+    from bench.parallel import fork_pool
+    return fork_pool(jobs) if backend == "sim" else None
+
+
 def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, repetitions,
-         seed, cli_options, tmp) -> dict:
+         seed, cli_options, tmp, jobs=1) -> dict:
     runs, samples = [], {}
     total = 0
     plans = []
@@ -221,9 +254,12 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
     t_start = time.time()
     # one bar over every op of every measured run, so its rate and time left cover the
     # whole suite (repetitions of a workload have streams of the same length)
-    total = sum(len(build_ops(wl, 0)[0]) * reps * len(strategies) for wl, reps in plans)
-    with progress(total=total, desc="gmembench", unit="op", enabled=progress_enabled) as bar:
-        for wl, reps in plans:
+    first_ops = [build_ops(wl, 0) for wl, _ in plans]       # reused by repetition 0
+    total = sum(len(o[0]) * reps * len(strategies) for o, (wl, reps) in zip(first_ops, plans))
+    pool = _simulator_pool(backend, jobs)
+    with pool or contextlib.nullcontext(), \
+            progress(total=total, desc="gmembench", unit="op", enabled=progress_enabled) as bar:
+        for (wl, reps), ops0 in zip(plans, first_ops):
             recs = {s: [] for s in strategies}
             serieses = {s: [] for s in strategies}
             info = {}
@@ -232,8 +268,27 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
             # reporting (host-costs.md traps 1-2): run it, discard it.
             warmups = int(params.get("warmup_repetitions", 1 if backend == "host" else 0))
             breakdowns = {s: [] for s in strategies}
+            pending = []      # parallel simulator repetitions, collected in order
+
+            def finish(rep, sname, strategy, ops, steps, isolate, attribution, out):
+                bar.update(len(ops))
+                res, series = out["res"], out["series"]
+                rec = RepetitionRecord(ops, steps, res, attribution)
+                breakdowns[sname].append(out["breakdown"])
+                rec.wall_s = out["wall_s"]
+                recs[sname].append(rec)
+                serieses[sname].append(series)
+                samples[f"{wl.name}/{sname}/rep{rep}"] = rec.latency_ns
+                samples[f"{wl.name}/{sname}/rep{rep}/direction"] = rec.direction
+                if rep == 0:
+                    extras[sname] = {"strategy": strategy, "steps": steps,
+                                     **{k: out[k] for k in ("fidelity_steps", "breakdown",
+                                                            "metadata")}}
+                    extras[sname]["metadata"]["process_per_repetition"] = isolate
+
             for rep in range(-warmups, reps):
-                ops, info = build_ops(wl, max(rep, 0))
+                ops, info = build_ops(wl, max(rep, 0)) if rep or ops0 is None else ops0
+                ops0 = None
                 # which direction induced each touch: from the op stream, once per stream
                 attribution = attribute_touches(ops) if rep >= 0 else None
                 for sname in strategies:
@@ -250,26 +305,19 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                     if rep < 0:
                         repetition(backend, wl.layout, strategy, bparams, ops, steps, points)
                         continue
+                    args = (backend, wl.layout, strategy, bparams, ops, steps, points)
+                    if pool is not None:
+                        pending.append(((rep, sname, strategy, ops, steps, False, attribution),
+                                        pool.submit(repetition, *args)))
+                        continue
                     # On real hardware each measured repetition runs in a fresh process
                     # (pyperf's worker model): run-to-run variance lives largely in the
                     # process (memory placement), and only per-process values show it.
                     isolate = backend == "host" and bool(bparams.get("process_per_repetition", True))
-                    out = (repetition_in_worker if isolate else repetition)(
-                        backend, wl.layout, strategy, bparams, ops, steps, points)
-                    bar.update(len(ops))
-                    res, series = out["res"], out["series"]
-                    rec = RepetitionRecord(ops, steps, res, attribution)
-                    breakdowns[sname].append(out["breakdown"])
-                    rec.wall_s = out["wall_s"]
-                    recs[sname].append(rec)
-                    serieses[sname].append(series)
-                    samples[f"{wl.name}/{sname}/rep{rep}"] = rec.latency_ns
-                    samples[f"{wl.name}/{sname}/rep{rep}/direction"] = rec.direction
-                    if rep == 0:
-                        extras[sname] = {"strategy": strategy, "steps": steps,
-                                         **{k: out[k] for k in ("fidelity_steps", "breakdown",
-                                                                "metadata")}}
-                        extras[sname]["metadata"]["process_per_repetition"] = isolate
+                    finish(rep, sname, strategy, ops, steps, isolate, attribution,
+                           (repetition_in_worker if isolate else repetition)(*args))
+            for fin_args, fut in pending:
+                finish(*fin_args, fut.result())
             for sname in strategies:
                 extras[sname]["breakdown"] = merge_breakdowns(breakdowns[sname])
                 runs.append(_run_entry(wl, sname, backend, recs[sname], serieses[sname],
@@ -332,6 +380,7 @@ def _run_entry(wl, sname, backend, recs, serieses, extra, prof, quick, info) -> 
         "backend": backend,
         "fidelity": "simulated" if backend == "sim" else fidelity_label(extra["fidelity_steps"], extra["steps"]),
         "fidelity_steps": extra["fidelity_steps"],
+        "steps_used": steps_used(extra["steps"], recs_ops_probe(wl)),
         "layout": wl.layout.to_dict(), "params": {k: v for k, v in wl.params.items()},
         "seed": wl.seed, "scale": float(meta.get("scale", wl.scale)), "quick": quick,
         "cost_profile": prof.describe() if prof else None,
@@ -358,13 +407,6 @@ def _mib(b):
     return f"{b / (1 << 20):.0f}"
 
 
-def _ms(ns):
-    if ns is None:
-        return "-"
-    v = ns / 1e6
-    return "0" if v == 0 else f"{v:.0f}" if v >= 1000 else f"{v:.3g}" if v >= 0.01 else f"{v:.4f}"
-
-
 def _share(v, why=""):
     if v is None:
         return "n/a" if why.startswith("not applicable") else "n/m"
@@ -377,8 +419,9 @@ def comparison_table(doc: dict) -> str:
     table with memory and huge-page state.  '*' marks runs with emulated steps."""
     from bench.report.headline import (DIR_LABEL, DIRS, emulated_steps, fmt_x, winner_text,
                                        workload_headlines)
+    from bench.report.report import fmt_ns
     head = (f"{'workload':<16} {'strategy':<10} {'direction':<10} {'conv':>7} {'fail':>5} "
-            f"{'p50us':>8} {'p99us':>8} {'conv.ms':>8} {'induc.ms':>8} {'total.ms':>8}")
+            f"{'p50':>8} {'p99':>8} {'conv/run':>9} {'induc/run':>9} {'total/run':>9}")
     lines = [head, "-" * len(head)]
     notes = []
     for h in workload_headlines(doc):
@@ -396,10 +439,10 @@ def comparison_table(doc: dict) -> str:
                     f"{(h['workload'][:16] if first else ''):<16} "
                     f"{((sname + mark) if i == 0 else ''):<10} {DIR_LABEL[d]:<10} "
                     f"{dd.get('conversions', 0):>7} {dd.get('failed_conversions', 0):>5} "
-                    f"{_us(lat.get('p50')):>8} {_us(lat.get('p99')):>8} "
-                    f"{_ms(dd.get('conversion_time_ns', 0) / reps):>8} "
-                    f"{_ms(dd.get('induced_time_ns', 0) / reps):>8} "
-                    f"{_ms(dd.get('total_time_ns', 0) / reps):>8}")
+                    f"{fmt_ns(lat.get('p50')):>8} {fmt_ns(lat.get('p99')):>8} "
+                    f"{fmt_ns(dd.get('conversion_time_ns', 0) / reps):>9} "
+                    f"{fmt_ns(dd.get('induced_time_ns', 0) / reps):>9} "
+                    f"{fmt_ns(dd.get('total_time_ns', 0) / reps):>9}")
                 first = False
             fc, fa, errs = h["failures"][sname]
             if fc or fa or errs:
@@ -413,10 +456,12 @@ def comparison_table(doc: dict) -> str:
                          f"{fmt_x(tot)}; {per_dir}); conversion only: {winner_text(conv)}")
             if h["top"]:
                 lines.append(f"{'':16}    most of the difference (dual - in-place, per run): "
-                             + ", ".join(f"{k} {v / 1e6:+.3g} ms" for k, v in h["top"]))
+                             + ", ".join(f"{k} {'+' if v > 0 else '-'}{fmt_ns(abs(v))}"
+                                         for k, v in h["top"]))
     lines.append("")
-    lines.append("conv/induc/total.ms: time per repetition spent in conversions / in the "
-                 "accesses they caused later / both (bench/accounting.py)")
+    lines.append("conv/induc/total per run: time per repetition spent in conversions / in "
+                 "the accesses they caused later / both (bench/accounting.py); p50/p99: "
+                 "conversion latency")
     lines += sorted(set(notes))
     return "\n".join(lines) + "\n\n" + memory_table(doc)
 
@@ -495,6 +540,10 @@ def add_run_arguments(p) -> None:
     p.add_argument("--out", metavar="DIR", help="results directory (default results/<run-id>)")
     p.add_argument("--explain", action="store_true", help="print what each run's time is made of")
     p.add_argument("--no-report", action="store_true", help="skip report.md, plots and pyperf files")
+    p.add_argument("--jobs", "-j", type=int, metavar="N",
+                   help="processes for simulator repetitions and report figures (default: "
+                        "the CPUs available; results do not depend on it; the host backend "
+                        "always runs one repetition at a time)")
     add_progress_arguments(p)
 
 
@@ -523,6 +572,7 @@ def _kv(items, what):
 
 
 def cli_run(args) -> int:
+    from bench.parallel import cpus_available
     from bench.costs import parse_cost_value
     from bench.workload import DEFAULT_SUITE
     params = _kv(args.param, "--param")
@@ -534,6 +584,8 @@ def cli_run(args) -> int:
         if s not in STRATEGIES:
             raise InputError(f"--option {k}: unknown strategy {s!r}")
         options.setdefault(s, {})[key] = v
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError("--jobs must be >= 1")
     if args.repetitions is not None and args.repetitions < 1:
         raise InputError("--repetitions must be >= 1")
     costs = {}
@@ -544,7 +596,8 @@ def cli_run(args) -> int:
         costs[k.strip()] = parse_cost_value(v)
     out = run_suite(args.workload or DEFAULT_SUITE, args.strategy, args.backend, params, args.out,
                     args.quick, args.progress, args.profile, args.repetitions, args.seed,
-                    options, report=not args.no_report, cost_overrides=costs or None)
+                    options, report=not args.no_report, cost_overrides=costs or None,
+                    jobs=args.jobs or cpus_available())
     from bench.results import load_results
     doc = load_results(out)
     print(comparison_table(doc))
