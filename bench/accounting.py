@@ -14,7 +14,7 @@ anything runs):
 
   A touch op is induced by the conversions that produced the state it uses, when at least
   one of its pages was converted to that state earlier in the same repetition.
-    - shared-state accesses (SHARED_WRITE, SHARED_READ) -> "to_shared";
+    - shared-state accesses (SHARED_WRITE, SHARED_READ, GUEST_SHARED_*) -> "to_shared";
     - private-state accesses (PRIVATE_WRITE, PRIVATE_READ) and host probes of private
       pages (SHARED_PROBE) -> "to_private".
   A touch op none of whose pages was converted to that state yet touches memory in its
@@ -35,7 +35,8 @@ TO_SHARED = int(OpKind.TO_SHARED)
 TO_PRIVATE = int(OpKind.TO_PRIVATE)
 OTHER = 255
 
-SHARED_STATE_TOUCH = (OpKind.SHARED_WRITE, OpKind.SHARED_READ)
+SHARED_STATE_TOUCH = (OpKind.SHARED_WRITE, OpKind.SHARED_READ, OpKind.GUEST_SHARED_WRITE,
+                      OpKind.GUEST_SHARED_READ)
 PRIVATE_STATE_TOUCH = (OpKind.PRIVATE_WRITE, OpKind.PRIVATE_READ, OpKind.SHARED_PROBE)
 _NEVER = np.iinfo(np.int64).max
 
