@@ -1,5 +1,5 @@
-"""The kernel objects the simulator models, with the semantics of the reference
-(shared/reference/guest_memfd.md) and the costs of bench/costs.py.
+"""The kernel objects the simulator models (docs/model.md: what each stands for) and the
+costs of bench/costs.py they charge.
 
 Host       physical memory (buddy allocator) and what is held for the guest
 Ledger     the cost model's charges: per primitive totals and the current step's sum
