@@ -18,6 +18,8 @@ COMMANDS = {
     "report": ("bench.report.report", "write report.md, plots and pyperf files for a results dir"),
     "compare": ("bench.compare", "regression gate: compare two results dirs (exit 1 on regression)"),
     "qualify": ("bench.qualify", "hardware qualification: run a spec, pass/fail per check"),
+    "sweep": ("bench.sweep.cli", "run a sweep file on Dask: tidy table, conclusions, sensitivity, plots"),
+    "table": ("bench.runtable", "N results dirs side by side: mean, spread, CV, change vs the first"),
 }
 
 

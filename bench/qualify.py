@@ -66,14 +66,9 @@ OPS = ("max", "min", "equals", "equals_metric")
 
 
 def default_spec_path() -> Path:
-    try:
-        import importlib.resources
-        p = Path(str(importlib.resources.files("bench.workloads_data"))) / "qualify-default.toml"
-        if p.is_file():
-            return p
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parent.parent / "workloads" / "qualify-default.toml"
+    """qualify-default.toml of the installed workloads (bench.workloads_data)."""
+    from bench.workload import packaged_file
+    return packaged_file("qualify-default.toml")
 
 
 # --- spec ------------------------------------------------------------------------------

@@ -71,11 +71,26 @@ from bench.errors import InputError
 SCHEMA = "gmembench-results/1"
 
 
+def _umask() -> int:
+    # /proc says it without changing it (os.umask can only read by setting, racing threads)
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())     # mkstemp makes 0600; results follow the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -42,37 +42,51 @@ class Strategy:
         raise NotImplementedError
 
     def compile(self, ops: np.ndarray, layout) -> np.ndarray:
-        """Vectorised: every op of a kind expands to the same step template."""
-        tmpl = self.templates(layout)
-        counts = np.zeros(len(ops), dtype=np.int64)
-        for kind, steps in tmpl.items():
-            counts[ops["kind"] == kind] = len(steps)
-        unknown = ~np.isin(ops["kind"], list(tmpl))
-        if unknown.any():
-            i = int(np.flatnonzero(unknown)[0])
-            raise InputError(f"op {i}: kind {int(ops['kind'][i])} is not supported by {self.name}")
-        out = np.zeros(int(counts.sum()), dtype=STEP_DTYPE)
-        op_index = np.repeat(np.arange(len(ops), dtype=np.uint32), counts)
-        first = np.concatenate(([0], np.cumsum(counts)[:-1])) if len(ops) else counts
-        pos = np.arange(len(out)) - np.repeat(first, counts)     # position within template
-        src = ops[op_index]
-        out["op"] = op_index
-        out["slot"] = src["slot"]
-        out["offset"] = src["offset"]
-        out["size"] = src["size"]
-        for kind, steps in tmpl.items():
-            is_kind = src["kind"] == kind
-            for j, (code, obj, via, flags, arg) in enumerate(steps):
-                m = is_kind & (pos == j)
-                out["code"][m] = code
-                out["obj"][m] = obj
-                out["via"][m] = via
-                out["flags"][m] = flags
-                out["arg"][m] = src["token"][m] if arg == TOKEN else arg
+        """Table-driven: every op of a kind expands to the same step template, so each step
+        is one row of a flat table of all templates, gathered by index."""
+        rows, is_token, length, first_row = _template_table(self.templates(layout))
+        kind = ops["kind"]
+        counts = length[kind]
+        if len(ops) and counts.min() < 0:
+            i = int(np.flatnonzero(counts < 0)[0])
+            raise InputError(f"op {i}: kind {int(kind[i])} is not supported by {self.name}")
+        ends = np.cumsum(counts)
+        n = int(ends[-1]) if len(ops) else 0
+        # table row of each step = first row of its op's template + position in the template
+        row = np.arange(n) - np.repeat(ends - counts - first_row[kind], counts)
+        out = np.take(rows, row)      # np.take: a structured fancy index is ~10x slower
+        out["op"] = np.repeat(np.arange(len(ops), dtype=np.uint32), counts)
+        out["slot"] = np.repeat(ops["slot"], counts)
+        out["offset"] = np.repeat(ops["offset"], counts)
+        out["size"] = np.repeat(ops["size"], counts)
+        tok = is_token[row]
+        if tok.any():
+            out["arg"][tok] = np.repeat(ops["token"], counts)[tok]
         return out
 
     def describe(self) -> dict:
         return {"name": self.name, "options": dict(self.options)}
+
+
+def _template_table(tmpl: dict):
+    """Flatten {OpKind: [(Step, Obj, Via, flags, arg), ...]} into one STEP_DTYPE row per
+    template step (op, slot, offset, size left 0), a mask of rows whose arg is the op's
+    token, and per op kind (0-255) its template length (-1: unsupported) and first row."""
+    rows = np.zeros(sum(len(v) for v in tmpl.values()), dtype=STEP_DTYPE)
+    is_token = np.zeros(len(rows), dtype=bool)
+    length = np.full(256, -1, dtype=np.int64)
+    first_row = np.zeros(256, dtype=np.int64)
+    r = 0
+    for kind, steps in tmpl.items():
+        length[kind], first_row[kind] = len(steps), r
+        for code, obj, via, flags, arg in steps:
+            rows[r]["code"], rows[r]["obj"], rows[r]["via"], rows[r]["flags"] = code, obj, via, flags
+            if arg == TOKEN:
+                is_token[r] = True
+            else:
+                rows[r]["arg"] = arg
+            r += 1
+    return rows, is_token, length, first_row
 
 
 def _touch_templates(shared_obj: Obj) -> dict:

@@ -571,11 +571,44 @@ def _scale_down(v: int, factor: int, align: int, minimum: int) -> int:
     return max(minimum, v // factor // align * align)
 
 
-def load_workload(name_or_path: str, quick: bool = False) -> Workload:
-    """Read a workload by name (searched in workload_dirs()) or by file path.
-    Bad input raises InputError FILE:LINE."""
+def apply_overrides(doc: dict, overrides: dict) -> None:
+    """Set dotted keys in a workload file's TOML dict before it is validated (sweeps vary
+    any key this way): "layout.gmem_page_size", "params.prefragment", "strategy.dual.copy",
+    "layout.memslot.0.size" (an index into an array of tables), "phase.churn.rate" (a phase
+    by name, or by index).  A path that leads nowhere raises InputError."""
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node = doc
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                named = [j for j, t in enumerate(node) if isinstance(t, dict) and t.get("name") == part]
+                if named:
+                    j = named[0]
+                elif part.isdigit() and int(part) < len(node):
+                    j = int(part)
+                else:
+                    raise InputError(f"override {dotted}: no entry {part!r} in {'.'.join(parts[:i])}")
+                if last:
+                    node[j] = value
+                else:
+                    node = node[j]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise InputError(f"override {dotted}: {'.'.join(parts[:i])} is not a table")
+
+
+def load_workload(name_or_path: str, quick: bool = False, overrides: dict | None = None) -> Workload:
+    """Read a workload by name (searched in workload_dirs()) or by file path, with
+    `overrides` (apply_overrides) set before validation.  Bad input raises InputError FILE:LINE."""
     path = _resolve(name_or_path)
     doc, ctx = _read(path)
+    if overrides:
+        apply_overrides(doc, overrides)
     if "workload" not in doc:
         raise InputError("not a workload file: it has no [workload] table "
                          f"(top-level tables: {', '.join(doc) or 'none'})", str(path), 1)
@@ -637,7 +670,7 @@ def load_workload(name_or_path: str, quick: bool = False) -> Workload:
         for ph in phases:
             _quick_phase(ph, layout)
     if not quick and q:
-        load_workload(str(path), quick=True)    # a mistake in [quick] is found without --quick too
+        load_workload(str(path), quick=True, overrides=overrides)    # a mistake in [quick] is found without --quick too
     return Workload(name=name, description=description, source=str(path), layout=layout,
                     phases=phases, repetitions=repetitions, seed=seed,
                     strategy_options=strategy_options, params=params, quick=quick, scale=scale)
@@ -690,6 +723,13 @@ def _packaged_dir() -> Path | None:
         pass
     src = Path(__file__).resolve().parent.parent / "workloads"   # a source checkout
     return src if src.is_dir() else None
+
+
+def packaged_file(name: str) -> Path:
+    """A file shipped with the package's workloads (e.g. qualify-default.toml); the path
+    is returned even when missing so the caller's 'not found' names it."""
+    pkg = _packaged_dir()
+    return (pkg or Path("workloads")) / name
 
 
 def workload_dirs() -> list[Path]:

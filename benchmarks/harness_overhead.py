@@ -1,74 +1,89 @@
-"""Harness overhead per timed step: NOP steps through the host backend's C batch path.
+#!/usr/bin/env python3
+"""Harness overhead per timed step: a real step through the C harness vs the same
+operation in a bare C loop with the same clock pair (issue 9, goal 6: < 50 ns).
 
-Each timed step is bracketed by two CLOCK_MONOTONIC reads in C; a NOP step's time is
-therefore exactly what the harness adds to every measured primitive.  Run as root with
-/dev/kvm to go through HostTarget.execute (the same path as real steps); otherwise the
-same C executor is called directly.
+The operation is the dual conversion's VM attribute ioctl (KVM_SET_MEMORY_ATTRIBUTES on
+the VM fd; on kernels without it the ENOTTY path is the syscall floor a run measures).
+Two step streams, each timed through HostTarget's C executor (gm_execute) and bare
+(gm_bare_vm_set_attrs), in alternating batches:
 
-    python benchmarks/harness_overhead.py [--steps N] [--batches B]
+  same     the first 4K page asked for the attribute it has: nothing changes between
+           windows but the harness's own work (what HostTarget records in each run's
+           metadata as harness_overhead_ns);
+  mixed    random 4K-2M ranges converted to shared and back: the harness's per-step
+           bookkeeping (range checks, emulated attribute bytes) varies as in a real run.
+
+Overhead = median over batch pairs of (harness - bare) per-batch trimmed mean; the NOP
+step (two clock reads back to back) is printed for reference: it is in both sides and is
+not the overhead.  Needs root and /dev/kvm (a VM fd); exits 2 without them.
+
+    python benchmarks/harness_overhead.py [--pairs 30] [--batch 2000]
 """
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.ops import RESULT_DTYPE, STEP_DTYPE  # noqa: E402
-
-
-def nop_steps(n: int) -> np.ndarray:
-    steps = np.zeros(n, dtype=STEP_DTYPE)      # code 0 = Step.NOP
-    steps["op"] = np.arange(n)
-    return steps
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=100_000, help="NOP steps per batch")
-    ap.add_argument("--batches", type=int, default=6, help="batches; the first is discarded")
-    args = ap.parse_args()
-    from bench.host import load_helper
-    load_helper()
-    target = None
-    if os.path.exists("/dev/kvm") and os.geteuid() == 0:
-        from bench.host.backend import HostTarget
-        from bench.layout import Layout, Memslot
-        from bench.strategies import InPlace
-        target = HostTarget(Layout(memslots=(Memslot(0, 2 << 20),)), InPlace(),
-                            {"warmup_bytes": 0, "overhead_reps": 1001})
-        execute, path = target.execute, "HostTarget.execute -> gm_execute"
-    else:
-        from bench.host._helper import ffi, lib
-        ctx = ffi.new("struct gm_ctx *")
-
-        def execute(steps):
-            res = np.zeros(len(steps), dtype=RESULT_DTYPE)
-            lib.gm_execute(ctx, ffi.from_buffer(steps), ffi.from_buffer(res), len(steps))
-            return res
-        path = "gm_execute directly (no /dev/kvm or not root)"
+    ap.add_argument("--pairs", type=int, default=30, help="(harness, bare) batch pairs per stream")
+    ap.add_argument("--batch", type=int, default=2000, help="steps per batch")
+    a = ap.parse_args()
+    if a.pairs < 1 or a.batch < 2:
+        print("--pairs >= 1 and --batch >= 2 expected", file=sys.stderr)
+        return 2
+    if not os.path.exists("/dev/kvm") or os.geteuid() != 0:
+        print("harness_overhead: needs root and /dev/kvm (the measured step is a KVM VM "
+              "ioctl); cannot measure here", file=sys.stderr)
+        return 2
+    from bench.host import overhead
+    from bench.host.backend import HostTarget
+    from bench.layout import Layout, Memslot
+    from bench.ops import PAGE_SIZE
+    from bench.strategies import DualBacking
+    slot = 64 << 20
+    target = HostTarget(Layout(memslots=(Memslot(0, slot),)), DualBacking(),
+                        {"warmup_bytes": 0, "overhead_pairs": 1})
     try:
-        kept, wall = [], []
-        for b in range(args.batches):
-            steps = nop_steps(args.steps)
-            t0 = time.perf_counter_ns()
-            res = execute(steps)
-            t1 = time.perf_counter_ns()
-            if b:
-                kept.append(res["ns"])
-                wall.append((t1 - t0) / args.steps)
-        ns = np.concatenate(kept).astype(np.float64)
+        load0 = os.getloadavg()
+        ffi, lib, ctx = target._ffi, target._lib, target._ctx
+        same = overhead.measure(lib, ffi, ctx, overhead.same_attr_steps(a.batch, target._attrs_bufs[0][0]), a.pairs)
+        mixed = overhead.measure(lib, ffi, ctx,
+                                 overhead.conversion_pair_steps(a.batch, slot), a.pairs)
+        nop = target.harness
+        native = target.vm_attrs_native
     finally:
-        if target is not None:
-            target.close()
-    print(f"harness overhead per timed step ({path}), {len(ns)} NOP steps "
-          f"in {args.batches - 1} batches (first discarded):")
-    print(f"  median {np.median(ns):.1f} ns   p10 {np.percentile(ns, 10):.1f}   "
-          f"p90 {np.percentile(ns, 90):.1f}   p99 {np.percentile(ns, 99):.1f}   "
-          f"max {ns.max():.0f}")
-    print(f"  whole batch incl. Python call and dispatch: {np.median(wall):.1f} ns per step")
+        target.close()
+    load1 = os.getloadavg()
+    print("harness overhead: the same VM attribute ioctl through gm_execute vs a bare C loop "
+          f"(same clock pair), {a.pairs} alternating batch pairs of {a.batch} steps "
+          f"(first step of each batch dropped)")
+    print(f"  ioctl on this kernel: {'native' if native else 'ENOTTY floor (emulated)'}; "
+          f"load average {load0[0]:.2f} -> {load1[0]:.2f}; {os.cpu_count()} CPUs; "
+          f"4K pages of {PAGE_SIZE} bytes")
+    print(f"  {'stream':<7} {'harness ns':>11} {'bare ns':>9} {'overhead ns':>12} "
+          f"{'IQR over pairs':>16} {'by medians':>11}")
+    for name, r in (("same", same), ("mixed", mixed)):
+        lo, hi = r["overhead_iqr_ns"]
+        print(f"  {name:<7} {r['harness_step_ns']:>11.1f} {r['bare_step_ns']:>9.1f} "
+              f"{r['overhead_ns']:>12.1f} {f'[{lo:.1f}, {hi:.1f}]':>16} "
+              f"{r['overhead_by_median_ns']:>11.1f}")
+    print("  harness/bare ns: median over batches of the per-batch trimmed mean (fastest 98%)"
+          " of one step's two-clock-read window; overhead: median over pairs of their "
+          "difference; by medians: the same with per-batch medians (10 ns clock ticks here)")
+    print(f"  for reference, NOP step (two clock reads, in both sides): median "
+          f"{nop['nop_median_ns']:.1f} ns, p10 {nop['nop_p10_ns']:.1f}, p90 {nop['nop_p90_ns']:.1f}")
+    worst = max(same["overhead_ns"], mixed["overhead_ns"])
+    verdict = "met" if worst < overhead.GOAL_NS else "NOT met"
+    print(f"goal < {overhead.GOAL_NS:.0f} ns: {verdict} (larger of the two streams: "
+          f"{worst:.1f} ns); each host run records the 'same' figure as harness_overhead_ns")
+    spread = np.ptp(same["pair_differences_ns"])
+    if spread > 4 * overhead.GOAL_NS:
+        print(f"warning: pair differences spread over {spread:.0f} ns: machine too noisy "
+              "to decide", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,18 +1,27 @@
 #!/usr/bin/env python3
-"""How fast and how big is the simulator at scale?  (issue 2's target)
+"""How fast and how big is the simulator at scale?  (issue 9, goals 2, 3 and 5)
 
-A 128 GiB guest with 2M guest_memfd folios: the guest first writes all of its memory
-(private), then 1,000,000 conversions of mixed sizes (4K-2M, random 4K-aligned offsets,
-random direction) run under each strategy.  Each strategy runs in its own process so its
-peak RSS is its own.  Prints wall time (op generation excluded and shown apart) and peak
-RSS per strategy.  Target on the 2-core machine: <= 15 s and <= 1.5 GiB per strategy.
+The stream: a guest with 2M guest_memfd folios first writes all of its memory (private,
+1 GiB ops), then N conversions of mixed sizes (4K-2M, random 4K-aligned offsets, random
+direction) run under each strategy.  Every run is a fresh process, so its peak RSS is its
+own; each strategy runs --runs times and the table shows the median and the range.
 
-    python benchmarks/sim_scale.py                 # the full target
-    python benchmarks/sim_scale.py --conversions 100000 --guest 16G
-    python benchmarks/sim_scale.py --engine python --conversions 50000   # the reference
+Three parts:
+  1. time per phase, wall and CPU (user+sys), median [min-max] of --runs processes;
+  2. cost per block of 100k conversions over the run (flat cost = goal 3), median over runs;
+  3. peak RSS per guest size with the same stream (--rss-guests; one process each).
+
+The engine is the C core unless --engine python; when the C core cannot be loaded the
+benchmark stops with exit 2 instead of falling back to the (~40x slower) Python reference.
+
+    python benchmarks/sim_scale.py                       # 128 GiB, 1M conversions, 3 runs
+    python benchmarks/sim_scale.py --conversions 2000000 --runs 1 --rss-guests ''  # goal 3
+    python benchmarks/sim_scale.py --rss-guests 8G,128G,1T,4T
+    python benchmarks/sim_scale.py --engine python --conversions 50000 --guest 16G
 """
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -21,6 +30,22 @@ import time
 import numpy as np
 
 GiB = 1 << 30
+MiB = 1 << 20
+BLOCK = 100_000          # conversions per block of the per-block cost figures
+
+# What each figure includes (printed under the table).
+PHASES = [
+    ("build", "generate the op stream with numpy (boot writes + conversions)"),
+    ("compile", "Strategy.compile: ops -> kernel-level steps"),
+    ("setup", "build the simulator target: host memory model, guest_memfd, memslots"),
+    ("execute", "target.execute of every step (boot writes, then the conversions in blocks "
+                "of 100k), the simulated kernel work"),
+    ("measure", "per-op latencies and counts from the results (RepetitionRecord) and one "
+                "snapshot (footprint, huge pages, free lists)"),
+    ("total", "build + compile + setup + execute + measure"),
+    ("process", "the whole worker process as its parent sees it: interpreter start, imports, "
+                "total, exit (CPU: the child's user+sys from wait4)"),
+]
 
 
 def build_ops(guest: int, conversions: int, seed: int):
@@ -42,68 +67,243 @@ def build_ops(guest: int, conversions: int, seed: int):
     return np.concatenate([boot, conv])
 
 
+class EngineMissing(Exception):
+    pass
+
+
+def make_target(engine: str, layout, strategy, params: dict):
+    """The requested engine and no other: bench.sim.fast.make_sim_target would fall back to
+    the Python reference when the C core is missing, which would make every figure ~40x
+    off without saying so."""
+    if engine == "python":
+        from bench.sim.backend import SimTarget
+        return SimTarget(layout, strategy, params)
+    try:
+        from bench.sim.build_core import ensure_built
+        ensure_built()
+        from bench.sim import _core  # noqa: F401
+    except Exception as e:
+        raise EngineMissing(f"{type(e).__name__}: {e}") from None
+    from bench.sim.fast import CoreTarget
+    return CoreTarget(layout, strategy, params)
+
+
+class Clock:
+    """Wall (perf_counter) and CPU (process_time = user + sys of this process) per phase."""
+
+    def __init__(self):
+        self.wall, self.cpu = {}, {}
+
+    def __call__(self, name, fn, *args):
+        w, c = time.perf_counter(), time.process_time()
+        out = fn(*args)
+        self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - w
+        self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c
+        return out
+
+
 def one(strategy: str, guest: int, conversions: int, seed: int, engine: str) -> dict:
-    from bench.sim.fast import make_sim_target
     from bench.layout import Layout, Memslot
     from bench.metrics import RepetitionRecord
+    from bench.ops import RESULT_DTYPE
     from bench.strategies import make_strategy
-    t0 = time.perf_counter()
-    ops = build_ops(guest, conversions, seed)
+    clock = Clock()
+    ops = clock("build", build_ops, guest, conversions, seed)
     layout = Layout((Memslot(0, guest),), gmem_page_size=2 << 20, shared_backing="anon",
                     shared_page="thp", platform="preserve")
     strat = make_strategy(strategy)
-    steps = strat.compile(ops, layout)
-    t_gen = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    target = make_sim_target(layout, strat, {"seed": seed, "engine": engine})
-    t_setup = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    res = target.execute(steps)
-    t_run = time.perf_counter() - t2
-    rec = RepetitionRecord(ops, steps, res)
-    snap = target.snapshot()
+    steps = clock("compile", strat.compile, ops, layout)
+    target = clock("setup", make_target, engine, layout, strat, {"seed": seed})
+    # block boundaries in steps: the boot writes, then every BLOCK conversions
+    boot = guest // GiB
+    op_cuts = [0, boot] + list(range(boot + BLOCK, len(ops), BLOCK)) + [len(ops)]
+    op_cuts = sorted(set(op_cuts))
+    step_cuts = np.searchsorted(steps["op"], op_cuts)
+    res = np.empty(len(steps), RESULT_DTYPE)
+    blocks = []
+    for i in range(len(step_cuts) - 1):
+        a, b = int(step_cuts[i]), int(step_cuts[i + 1])
+        before = dict(clock.wall), dict(clock.cpu)
+        res[a:b] = clock("execute", target.execute, steps[a:b])
+        blocks.append({"ops": op_cuts[i + 1] - op_cuts[i], "boot": i == 0,
+                       "wall_s": clock.wall["execute"] - before[0].get("execute", 0.0),
+                       "cpu_s": clock.cpu["execute"] - before[1].get("execute", 0.0)})
+    rec = clock("measure", RepetitionRecord, ops, steps, res)
+    snap = clock("measure", target.snapshot)
+    clock.wall["total"] = sum(clock.wall.values())
+    clock.cpu["total"] = sum(clock.cpu.values())
     return {
-        "strategy": strategy, "engine": type(target).__name__, "conversions": rec.conversions, "failed": rec.failed_conversions,
-        "gen_s": round(t_gen, 2), "setup_s": round(t_setup, 2), "run_s": round(t_run, 2),
-        "total_s": round(t_gen + t_setup + t_run, 2),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
-        "footprint_gib": round(snap["footprint_bytes"] / GiB, 2),
-        "huge_coverage": round(snap["huge_bytes"] / guest, 3),
-        "p50_us": round(float(np.median(rec.latency_ns)) / 1000, 2),
+        "strategy": strategy, "engine": engine, "target": type(target).__name__,
+        "conversions": rec.conversions, "failed": rec.failed_conversions,
+        "wall_s": clock.wall, "cpu_s": clock.cpu, "blocks": blocks,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "footprint_gib": snap["footprint_bytes"] / GiB,
+        "huge_coverage": snap["huge_bytes"] / guest,
+        "p50_us": float(np.median(rec.latency_ns)) / 1000,
     }
+
+
+def worker(strategy, guest_arg, conversions, seed, engine):
+    """Run one() in a fresh process; returns (result dict, process wall s, process CPU s)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--one", strategy, "--guest", guest_arg,
+           "--conversions", str(conversions), "--seed", str(seed), "--engine", engine]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    return proc.returncode, out, err, wall
+
+
+def run_worker(strategy, guest_arg, conversions, seed, engine):
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rc, out, err, wall = worker(strategy, guest_arg, conversions, seed, engine)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if rc == 2:
+        sys.stderr.write(err)
+        raise SystemExit(2)
+    if rc:
+        sys.stderr.write(err)
+        raise SystemExit(f"sim_scale: worker for {strategy} failed with exit {rc}")
+    r = json.loads(out)
+    if r["engine"] != engine:
+        raise SystemExit(f"sim_scale: asked for the {engine} engine, the worker ran {r['engine']}")
+    r["wall_s"]["process"] = wall
+    r["cpu_s"]["process"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return r
+
+
+def med(xs):
+    xs = sorted(xs)
+    return f"{np.median(xs):.2f} [{xs[0]:.2f}-{xs[-1]:.2f}]" if len(xs) > 1 else f"{xs[0]:.2f}"
+
+
+def mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--guest", default="128G")
+    ap.add_argument("--guest", default="128G", help="guest size of the timed runs")
     ap.add_argument("--conversions", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=3, help="processes per strategy (median)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--strategy", action="append", choices=["in-place", "dual"])
     ap.add_argument("--engine", choices=["c", "python"], default="c",
                     help="simulator engine: the C core (default) or the Python reference")
+    ap.add_argument("--rss-guests", default="8G,128G,1T",
+                    help="comma-separated guest sizes for the RSS table ('' = skip); the "
+                         "timed runs' size is taken from them, the others run once")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     from bench.sim.backend import parse_size
     guest = parse_size(a.guest, "--guest")
+    if a.runs < 1 or a.conversions < 1:
+        print("--runs and --conversions: expected a positive integer", file=sys.stderr)
+        return 2
     if a.one:
-        print(json.dumps(one(a.one, guest, a.conversions, a.seed, a.engine)))
+        try:
+            print(json.dumps(one(a.one, guest, a.conversions, a.seed, a.engine)))
+        except EngineMissing as e:
+            print(f"sim_scale: the C engine (bench.sim._core) cannot be loaded ({e}); "
+                  "install the package with a C compiler and cffi (pip install .), or pass "
+                  "--engine python to measure the reference on purpose. Not falling back.",
+                  file=sys.stderr)
+            return 2
         return 0
-    print(f"simulator scale: guest {guest / GiB:.0f} GiB, 2M folios, {a.conversions:,} conversions"
-          f" of 4K-2M at random offsets, after the guest wrote all memory ({a.engine} engine)")
-    print(f"{'strategy':<9} {'run s':>7} {'total s':>8} {'peak RSS MiB':>13} {'footprint GiB':>14}"
-          f" {'huge cov':>9} {'p50 us':>8}")
-    for s in a.strategy or ["in-place", "dual"]:
-        out = subprocess.run([sys.executable, __file__, "--one", s, "--guest", a.guest,
-                              "--conversions", str(a.conversions), "--seed", str(a.seed),
-                              "--engine", a.engine],
-                             capture_output=True, text=True)
-        if out.returncode:
-            print(out.stderr, file=sys.stderr)
-            return 1
-        r = json.loads(out.stdout)
-        print(f"{s:<9} {r['run_s']:>7} {r['total_s']:>8} {r['peak_rss_mib']:>13} "
-              f"{r['footprint_gib']:>14} {r['huge_coverage']:>9} {r['p50_us']:>8}")
-    print("target: <= 15 s per strategy (total, incl. generation), peak RSS <= 1536 MiB")
+    strategies = a.strategy or ["in-place", "dual"]
+    load0 = os.getloadavg()
+    print(f"simulator scale: guest {a.guest} ({guest / GiB:.0f} GiB), 2M folios, anon THP shared "
+          f"backing, {a.conversions:,} conversions of 4K-2M at random offsets after the guest "
+          f"wrote all memory; seed {a.seed}")
+    print(f"engine: {a.engine} ({'C core, bench/sim/core.c' if a.engine == 'c' else 'Python reference, bench/sim/model.py'})"
+          f"; {a.runs} process(es) per strategy; load average {load0[0]:.2f} {load0[1]:.2f}"
+          f" {load0[2]:.2f}; {os.cpu_count()} CPUs")
+    results = {s: [run_worker(s, a.guest, a.conversions, a.seed, a.engine) for _ in range(a.runs)]
+               for s in strategies}
+    for s in strategies:
+        names = {r["target"] for r in results[s]}
+        print(f"\n{s}: target {', '.join(sorted(names))}; conversions "
+              f"{results[s][0]['conversions']:,} ({results[s][0]['failed']:,} failed)")
+        print(f"  {'phase':<9} {'wall s, median [min-max]':>26} {'CPU s, median [min-max]':>26}")
+        for name, _ in PHASES:
+            print(f"  {name:<9} {med([r['wall_s'][name] for r in results[s]]):>26} "
+                  f"{med([r['cpu_s'][name] for r in results[s]]):>26}")
+        r0 = results[s][0]
+        print(f"  peak RSS {med([r['peak_rss_mib'] for r in results[s]])} MiB; footprint "
+              f"{r0['footprint_gib']:.2f} GiB; huge coverage {r0['huge_coverage']:.3f}; "
+              f"p50 latency (simulated) {r0['p50_us']:.2f} us")
+    print("\nwhat each figure includes (wall = perf_counter, CPU = user+sys of the process):")
+    for name, what in PHASES:
+        print(f"  {name:<9} {what}")
+    print("  peak RSS  ru_maxrss of the worker process: Python, numpy, op and step arrays, "
+          "the model's state")
+
+    print(f"\ncost per block of {BLOCK:,} conversions (execute only, us per conversion, "
+          f"wall / CPU, median of {a.runs} run(s)); the first row is the boot writes:")
+    nblocks = len(results[strategies[0]][0]["blocks"])
+    print(f"  {'block':<7} {'ops':>8} " + " ".join(f"{s + ' wall':>14} {s + ' CPU':>14}"
+                                                  for s in strategies))
+    for i in range(nblocks):
+        ops_i = results[strategies[0]][0]["blocks"][i]["ops"]
+        boot = results[strategies[0]][0]["blocks"][i]["boot"]
+        cells = []
+        for s in strategies:
+            bl = [r["blocks"][i] for r in results[s]]
+            scale = 1.0 if boot else 1e6 / ops_i
+            unit = " s" if boot else ""
+            cells.append(f"{np.median([b['wall_s'] for b in bl]) * scale:>12.2f}{unit:2}"
+                         f" {np.median([b['cpu_s'] for b in bl]) * scale:>12.2f}{unit:2}")
+        print(f"  {'boot' if boot else i:<7} {ops_i:>8} " + " ".join(cells))
+    for s in strategies:
+        bl = [b for b in results[s][0]["blocks"] if not b["boot"]]
+        if len(bl) >= 2:
+            ratios = [[b["wall_s"] / b["ops"] for b in r["blocks"] if not b["boot"]]
+                      for r in results[s]]
+            last_first = [x[-1] / x[0] for x in ratios if x[-1] and x[0]]
+            print(f"  {s}: last / first block {med(last_first)} (goal 3: <= 1.2 over 2M conversions)")
+
+    guests = [g for g in a.rss_guests.split(",") if g.strip()]
+    if guests:
+        print(f"\npeak RSS by guest size, same stream ({a.conversions:,} conversions), one "
+              "process each (the timed runs' median for their size):")
+        print(f"  {'guest':<7} " + " ".join(f"{s + ' MiB':>14} {'MiB/GiB':>8} {'wall s':>7}"
+                                           for s in strategies))
+        for g in guests:
+            size = parse_size(g.strip(), "--rss-guests")
+            cells = []
+            for s in strategies:
+                if size == guest:
+                    rs = results[s]
+                    rss = float(np.median([r["peak_rss_mib"] for r in rs]))
+                    wall = float(np.median([r["wall_s"]["process"] for r in rs]))
+                else:
+                    # the last measured MiB/GiB predicts the need; don't push a shared
+                    # machine into the OOM killer
+                    per_gib = max(r["peak_rss_mib"] for r in results[s]) / (guest / GiB)
+                    need = per_gib * size / GiB * MiB * 1.2
+                    avail = mem_available()
+                    if avail is not None and need > avail:
+                        cells.append(f"{'skipped: needs ~' + str(int(need / MiB)) + ' MiB':>31}")
+                        continue
+                    rc, out, err, wall = worker(s, g.strip(), a.conversions, a.seed, a.engine)
+                    if rc:
+                        msg = (err.strip().splitlines() or ["?"])[-1]
+                        cells.append(f"does not fit: {msg[-60:]}")
+                        continue
+                    rss = json.loads(out)["peak_rss_mib"]
+                cells.append(f"{rss:>14.0f} {rss / (size / GiB):>8.2f} {wall:>7.1f}")
+            print(f"  {g.strip():<7} " + " ".join(cells))
+    load1 = os.getloadavg()
+    print(f"\nload average at the end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    print("issue 9 targets: goal 2: 1 TiB guest <= 5 s per strategy, <= 1 GiB peak RSS; "
+          "goal 3: last/first block <= 1.2 over 2,000,000 conversions")
     return 0
 
 

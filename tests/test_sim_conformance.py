@@ -7,7 +7,7 @@ import pytest
 from bench.ops import KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE
 from bench.sim.model import (GARBAGE, GUEST_MEMFD_FLAG_INIT_SHARED as INIT_SHARED,
                              GUEST_MEMFD_FLAG_MMAP as MMAP, SIGBUS, VM_TYPE_DEFAULT)
-from tests.sim_helpers import MiB, make_gmem, make_shared
+from sim_helpers import MiB, make_gmem, make_shared
 
 K4 = 4096
 SHARED = 0

@@ -10,12 +10,9 @@ calibrate.py cost profile measured on this host (`gmembench calibrate`)
 
 
 def load_helper():
-    """The compiled helper module (bench.host._helper); a development checkout without it
-    compiles it in place first (needs cffi and a C compiler).  Raises on failure."""
-    try:
-        from bench.host import _helper
-    except ImportError:
-        from bench.host.build_helper import ensure_built
-        ensure_built()
-        from bench.host import _helper
+    """The compiled helper module (bench.host._helper, built by `pip install .`).  Raises
+    ImportError saying how to install it when missing; nothing is compiled at run time."""
+    from bench.host.build_helper import ensure_built
+    ensure_built()
+    from bench.host import _helper
     return _helper

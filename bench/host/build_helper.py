@@ -1,9 +1,8 @@
 """cffi (API mode) build of the host helper: bench/host/helper.c -> bench.host._helper.
 
-Runs at `pip install .` (setup.py cffi_modules).  For development, build in place:
-    python -c "from bench.host.build_helper import ffibuilder; ffibuilder.compile(tmpdir='.')"
-from the repository root.  Only non-variadic functions are declared: ioctl is wrapped
-(gm_ioctl_ptr / gm_ioctl_val) so no call goes through libffi's slow variadic path.
+Runs at `pip install .` (setup.py cffi_modules), never at run time.  Only non-variadic
+functions are declared: ioctl is wrapped (gm_ioctl_ptr / gm_ioctl_val) so no call goes
+through libffi's slow variadic path.
 """
 import os
 
@@ -36,28 +35,14 @@ ffibuilder.set_source(
 
 
 def ensure_built() -> bool:
-    """Import bench.host._helper, compiling it in place first if this checkout lacks it
-    (development trees and test runs from a fresh clone).  Returns True when importable."""
+    """Import bench.host._helper (compiled by `pip install .`).  Nothing is ever compiled at run
+    time: a checkout is not the installed package, and building into it would let tests
+    and runs use code that no install contains.  Raises ImportError saying what to do."""
     try:
         import bench.host._helper  # noqa: F401
-        return True
-    except ImportError:
-        pass
-    root = os.path.dirname(os.path.dirname(HERE))
-    cwd = os.getcwd()
-    try:
-        os.chdir(root)
-        ffibuilder.compile(tmpdir=".")
-    finally:
-        os.chdir(cwd)
-        for leftover in ("_helper.o", "_helper.c"):
-            try:
-                os.remove(os.path.join(HERE, leftover))
-            except OSError:
-                pass
-    import importlib
-    importlib.invalidate_caches()
-    import bench.host._helper  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"gmembench's compiled host helper (bench.host._helper) is missing: install the "
+                          f"package with `pip install .` ({e})") from e
     return True
 
 

@@ -549,6 +549,31 @@ int gm_execute(struct gm_ctx *c, const void *steps_buf, void *results_buf, int64
     return 0;
 }
 
+/* Harness baseline: the VM attribute ioctl of each VM_SET_ATTRS step exactly as
+ * step_vm_set_attrs issues it (same fd, request, argument, clock pair), in a bare loop with
+ * nothing else between the timed windows: no dispatch, range check, attribute bookkeeping
+ * or result record.  The same steps through gm_execute minus this is what the harness adds
+ * to a measured step (bench/host/overhead.py).  Returns 0, or the first error other than
+ * the ENOTTY that stands for the floor on kernels without the ioctl. */
+int gm_bare_vm_set_attrs(struct gm_ctx *c, const void *steps_buf, int64_t n, int64_t *ns_out)
+{
+    const struct gm_step *steps = steps_buf;
+    int rc = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const struct gm_step *st = &steps[i];
+        if (st->code != GM_STEP_VM_SET_ATTRS || st->slot >= c->nslots)
+            return -EINVAL;
+        struct gm_attrs a = { c->slots[st->slot].gpa + st->offset, st->size, st->arg, 0 };
+        int64_t t0 = now_ns();
+        int r = ioctl(c->vm_fd, GM_KVM_SET_MEMORY_ATTRIBUTES, &a);
+        int64_t t1 = now_ns();
+        ns_out[i] = t1 - t0;
+        if (r < 0 && !rc && !(errno == ENOTTY && !c->vm_attrs_native))
+            rc = -errno;
+    }
+    return rc;
+}
+
 /* Calibration: time `reps` back-to-back repetitions of one primitive, rep i acting at
  * a + i*stride (and b + i*stride, off + i*stride); ns_out[i] = its time.  Returns 0, the
  * first failure's -errno, or GM_SIGBUS_STATUS. */

@@ -93,6 +93,7 @@ int gm_execute(struct gm_ctx *c, const void *steps_buf, void *results_buf, int64
 int gm_touch_pages(void *p, uint64_t len, int write);
 void gm_unpin_all(struct gm_ctx *c);
 int64_t gm_mincore_count(void *addr, uint64_t len);
+int gm_bare_vm_set_attrs(struct gm_ctx *c, const void *steps_buf, int64_t n, int64_t *ns_out);
 int gm_time_prim(int prim, int fd, void *a, void *b, uint64_t off, uint64_t len, int64_t reps,
                  int64_t stride, int64_t *ns_out);
 /* cdef-end */

@@ -296,17 +296,37 @@ def plot_summary(results: dict, samples: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def write_plots(results: dict, samples: dict, outdir) -> tuple[Path | None, dict[str, list[Path]]]:
-    """All figures into outdir; returns (summary figure or None, {workload: [paths]})."""
+def figure_jobs(results: dict, samples: dict, outdir) -> list[tuple]:
+    """Every figure as an independent job (workload or None for the summary, plot function,
+    its arguments); a job returns the path it wrote or None.  write_plots runs them in
+    order; the report (bench/report/report.py) renders them in parallel."""
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, list[Path]] = {}
-    summary = plot_summary(results, samples, outdir / "summary.png")
+    jobs = [(None, plot_summary, (results, samples, outdir / "summary.png"))]
     for w, runs in runs_by_workload(results).items():
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in w)
-        paths = [plot_latency_cdf(w, runs, samples, outdir / f"{safe}-latency-cdf.png"),
-                 plot_footprint(w, runs, outdir / f"{safe}-footprint.png"),
-                 plot_coverage(w, runs, outdir / f"{safe}-hugepage-coverage.png"),
-                 plot_copy_share(w, runs, samples, outdir / f"{safe}-copy-share.png")]
-        written[w] = [q for q in paths if q]
+        jobs += [(w, plot_latency_cdf, (w, runs, samples, outdir / f"{safe}-latency-cdf.png")),
+                 (w, plot_footprint, (w, runs, outdir / f"{safe}-footprint.png")),
+                 (w, plot_coverage, (w, runs, outdir / f"{safe}-hugepage-coverage.png")),
+                 (w, plot_copy_share, (w, runs, samples, outdir / f"{safe}-copy-share.png"))]
+    return jobs
+
+
+def collect_figures(jobs: list[tuple], paths: list) -> tuple[Path | None, dict[str, list[Path]]]:
+    """(summary figure or None, {workload: [paths written]}) from figure_jobs' jobs and
+    what each returned, in the same order."""
+    summary, written = None, {}
+    for (workload, _, _), path in zip(jobs, paths):
+        if workload is None:
+            summary = path
+        else:
+            written.setdefault(workload, [])
+            if path:
+                written[workload].append(path)
     return summary, written
+
+
+def write_plots(results: dict, samples: dict, outdir) -> tuple[Path | None, dict[str, list[Path]]]:
+    """All figures into outdir; returns (summary figure or None, {workload: [paths]})."""
+    Path(outdir).mkdir(parents=True, exist_ok=True)
+    jobs = figure_jobs(results, samples, outdir)
+    return collect_figures(jobs, [fn(*args) for _, fn, args in jobs])

@@ -9,11 +9,13 @@ summary.txt a plain-text table at most 72 columns wide, to paste into a cover le
 """
 import argparse
 import math
+import os
+import time
 import textwrap
 from pathlib import Path
 
 from bench.errors import InputError
-from bench.report.plots import copy_share, runs_by_workload, write_plots
+from bench.report.plots import collect_figures, copy_share, figure_jobs, runs_by_workload
 from bench.report.pyperf_export import write_pyperf
 from bench.results import atomic_write_text, load_results, load_samples
 
@@ -323,17 +325,92 @@ def report_markdown(results: dict, samples: dict, summary_png: Path | None,
     return "\n".join(md)
 
 
-def write_report(results_dir) -> Path:
-    """Write report.md, summary.txt, plots/*.png and pyperf/*.json; return report.md."""
+# --- rendering the figures in parallel ----------------------------------------------------
+#
+# The figures are independent and take most of a report's time (matplotlib layout and PNG
+# encoding), so they render in worker processes while this one writes the pyperf files and
+# the text.  Workers are forked: they inherit matplotlib (imported, fonts loaded) and the
+# results and samples through _JOBS, so nothing but a job's index and the path it wrote
+# crosses a pipe.
+
+_JOBS: list = []
+
+
+def _render(i: int):
+    _, fn, args = _JOBS[i]
+    return fn(*args)
+
+
+def _workers(jobs: int | None) -> int:
+    if jobs is not None:
+        return max(1, int(jobs))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class _Figures:
+    """Start rendering figure jobs; .paths() waits for them, in job order."""
+
+    def __init__(self, jobs: list, workers: int):
+        import multiprocessing
+        self.jobs, self.pool, self.pending, self.workers = jobs, None, None, 1
+        if workers > 1 and len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods():
+            import matplotlib.font_manager
+            matplotlib.font_manager.fontManager   # load the font list once, before the fork
+            from concurrent.futures import ProcessPoolExecutor
+            global _JOBS
+            _JOBS = jobs
+            self.workers = min(workers, len(jobs))
+            self.pool = ProcessPoolExecutor(self.workers,
+                                            mp_context=multiprocessing.get_context("fork"))
+            self.pending = self.pool.map(_render, range(len(jobs)))
+
+    def paths(self) -> list:
+        if self.pool is None:
+            return [fn(*args) for _, fn, args in self.jobs]
+        try:
+            return list(self.pending)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        global _JOBS
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        _JOBS = []
+
+
+def write_report(results_dir, jobs: int | None = None, timings: dict | None = None) -> Path:
+    """Write report.md, summary.txt, plots/*.png and pyperf/*.json; return report.md.
+    jobs: processes rendering figures (default: the CPUs this process may run on; 1 = in
+    this process).  timings, if given, receives the wall seconds of each part."""
+    t0 = time.perf_counter()
     results = load_results(results_dir)
     outdir = Path(results["_dir"])
     samples = load_samples(results)
-    summary_png, plots = write_plots(results, samples, outdir / "plots")
-    pyperf_files = write_pyperf(results, outdir / "pyperf")
-    atomic_write_text(outdir / "summary.txt", summary_text(results))
+    (outdir / "plots").mkdir(parents=True, exist_ok=True)
+    fig_jobs = figure_jobs(results, samples, outdir / "plots")
+    t_plots = time.perf_counter()
+    figures = _Figures(fig_jobs, _workers(jobs))
+    try:
+        t = time.perf_counter()
+        pyperf_files = write_pyperf(results, outdir / "pyperf")
+        atomic_write_text(outdir / "summary.txt", summary_text(results))
+        t_side = time.perf_counter() - t
+        summary_png, plots = collect_figures(fig_jobs, figures.paths())
+    finally:
+        figures.close()
+    t_plots = time.perf_counter() - t_plots
     path = outdir / "report.md"
     atomic_write_text(path, report_markdown(results, samples, summary_png, plots,
                                             pyperf_files, outdir))
+    if timings is not None:
+        timings.update({"plots_s": t_plots, "pyperf+summary_s": t_side,
+                        "report_s": time.perf_counter() - t0,
+                        "plot_workers": figures.workers})
     return path
 
 

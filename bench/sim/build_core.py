@@ -1,10 +1,7 @@
 """cffi (API mode) build of the simulator's C core: bench/sim/core.c -> bench.sim._core.
 
-Runs at `pip install .` (setup.py cffi_modules).  For development, build in place:
-    python -c "from bench.sim.build_core import ffibuilder; ffibuilder.compile(tmpdir='.')"
-from the repository root; bench.sim.fast.make_sim_target() does that on demand
-(ensure_built) when a checkout lacks the extension.  Only non-variadic functions are
-declared.  -ffp-contract=off: step costs are float sums that must round exactly as
+Runs at `pip install .` (setup.py cffi_modules), never at run time.  Only non-variadic
+functions are declared.  -ffp-contract=off: step costs are float sums that must round exactly as
 Python's do (no fused multiply-add).
 """
 import os
@@ -38,31 +35,14 @@ ffibuilder.set_source(
 
 
 def ensure_built() -> bool:
-    """Import bench.sim._core, compiling it in place first if this checkout lacks it
-    (development trees and test runs from a fresh clone).  Returns True when importable."""
+    """Import bench.sim._core (compiled by `pip install .`).  Nothing is ever compiled at run
+    time: a checkout is not the installed package, and building into it would let tests
+    and runs use code that no install contains.  Raises ImportError saying what to do."""
     try:
         import bench.sim._core  # noqa: F401
-        return True
-    except ImportError:
-        pass
-    import warnings
-    root = os.path.dirname(os.path.dirname(HERE))
-    cwd = os.getcwd()
-    try:
-        os.chdir(root)
-        with warnings.catch_warnings():      # setuptools' notes are not the user's concern
-            warnings.simplefilter("ignore")
-            ffibuilder.compile(tmpdir=".")
-    finally:
-        os.chdir(cwd)
-        for leftover in ("_core.o", "_core.c"):
-            try:
-                os.remove(os.path.join(HERE, leftover))
-            except OSError:
-                pass
-    import importlib
-    importlib.invalidate_caches()
-    import bench.sim._core  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"gmembench's compiled simulator core (bench.sim._core) is missing: install the "
+                          f"package with `pip install .` ({e})") from e
     return True
 
 

@@ -32,17 +32,17 @@ def _core():
 
 
 def core_available() -> bool:
-    """True when the C core is importable (building it in place first if needed)."""
+    """True when the C core (compiled at install) is importable."""
     try:
         _core()
         return True
-    except Exception:   # no compiler, no cffi: the Python engine still works
+    except ImportError:   # installed without a compiler: the Python engine still works
         return False
 
 
 def make_sim_target(layout, strategy, params: dict | None = None):
     """The simulator target for params["engine"]: "c" (CoreTarget, the default, falling back
-    to SimTarget when the C core cannot be built) or "python" (SimTarget)."""
+    to SimTarget when the package was installed without it) or "python" (SimTarget)."""
     params = dict(params or {})
     engine = params.get("engine", "c")
     if engine not in ENGINES:

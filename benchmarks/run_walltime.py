@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Wall and CPU time of the default `gmembench run` (issue 9, goal 4: <= 8 s wall here).
+
+Each of --runs repetitions is a fresh process doing what `gmembench run` does - run the
+default suite on the simulator, write the results directory, write the report (report.md,
+summary.txt, plots/*.png, pyperf/*.json), print the comparison table - with a clock around
+each phase.  Printed per phase: median [min-max] of wall and of CPU (user+sys, this process
+and every child it reaped: plot workers included).
+
+    python benchmarks/run_walltime.py [--runs 5] [--python /path/to/venv/bin/python]
+    python benchmarks/run_walltime.py -- --quick --workload dma-churn   # other run arguments
+
+--python runs the workers with another interpreter (another installed version of the
+package, e.g. the previous commit's) so two versions can be compared in one sitting.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+# The worker: gmembench run's steps (bench.runner.cli_run) with clocks in between.  It uses
+# whatever version of the package the interpreter has installed.
+WORKER = r'''
+import inspect, json, os, resource, sys, time
+t_start = time.perf_counter()
+def cpu():
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+wall, cpus = {}, {}
+def phase(name, fn, *a, **k):
+    w, c = time.perf_counter(), cpu()
+    out = fn(*a, **k)
+    wall[name] = wall.get(name, 0.0) + time.perf_counter() - w
+    cpus[name] = cpus.get(name, 0.0) + cpu() - c
+    return out
+def imports():
+    global cli, runner, report, parser
+    import bench.cli as cli, bench.runner as runner, bench.report.report as report
+    parser = cli.build_parser()          # imports every subcommand's module, as gmembench does
+phase("imports", imports)
+out_dir, extra = sys.argv[1], sys.argv[2:]
+args = parser.parse_args(["run", "--out", out_dir, "--no-report", "--no-progress"] + extra)
+import contextlib, io
+def run():
+    with contextlib.redirect_stdout(io.StringIO()):
+        args._func(args)
+phase("run", run)
+out = out_dir
+timings = {}
+if "timings" in inspect.signature(report.write_report).parameters:
+    phase("report", report.write_report, out, timings=timings)
+else:
+    import bench.report.plots as plots
+    inner = report.write_plots
+    def timed(*a, **k):
+        w = time.perf_counter()
+        try:
+            return inner(*a, **k)
+        finally:
+            timings["plots_s"] = time.perf_counter() - w
+    report.write_plots = timed
+    phase("report", report.write_report, out)
+wall["plots (in report)"] = timings.get("plots_s", float("nan"))
+cpus["plots (in report)"] = float("nan")
+wall["in-process total"] = time.perf_counter() - t_start
+cpus["in-process total"] = cpu()
+print(json.dumps({"wall": wall, "cpu": cpus, "timings": timings}))
+'''
+
+PHASES = [
+    ("process", "the whole `gmembench run` process as the parent sees it: interpreter start, "
+                "imports, run, report, exit (CPU: wait4 of the process and its children)"),
+    ("imports", "importing bench.cli and building its parser (imports every subcommand's "
+                "module: numpy, matplotlib, ...)"),
+    ("run", "gmembench run --no-report: load workloads and the cost profile, generate ops, "
+            "compile, simulate every repetition of both strategies, metrics, write "
+            "results.json + samples.npz, print the comparison table"),
+    ("report", "write_report: plots/*.png, pyperf/*.json, summary.txt, report.md"),
+    ("plots (in report)", "from the first figure started to the last one written (wall "
+                          "only; overlaps the rest of the report when rendered in parallel)"),
+    ("in-process total", "imports + run + report, inside the process"),
+]
+
+
+def med(xs):
+    xs = sorted(x for x in xs if x == x)
+    if not xs:
+        return "-"
+    return f"{np.median(xs):.2f} [{xs[0]:.2f}-{xs[-1]:.2f}]" if len(xs) > 1 else f"{xs[0]:.2f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--python", default=sys.executable,
+                    help="interpreter whose installed gmembench is measured")
+    ap.add_argument("run_args", nargs="*", help="after --: extra `gmembench run` arguments")
+    a = ap.parse_args()
+    if a.runs < 1:
+        print("--runs: expected a positive integer", file=sys.stderr)
+        return 2
+    version = subprocess.run([a.python, "-c", "import bench, os; print(bench.__version__, "
+                              "os.path.dirname(bench.__file__))"],
+                             capture_output=True, text=True, cwd=tempfile.gettempdir())
+    if version.returncode:
+        print(f"run_walltime: {a.python} cannot import bench: {version.stderr.strip()}",
+              file=sys.stderr)
+        return 2
+    load0 = os.getloadavg()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="run_walltime-") as tmp:
+        for i in range(a.runs):
+            out = os.path.join(tmp, f"r{i}")
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            p = subprocess.run([a.python, "-c", WORKER, out] + a.run_args,
+                               capture_output=True, text=True, cwd=tmp)
+            wall = time.perf_counter() - t0
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if p.returncode:
+                sys.stderr.write(p.stderr)
+                print(f"run_walltime: run {i} failed (exit {p.returncode})", file=sys.stderr)
+                return 1
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            r["wall"]["process"] = wall
+            r["cpu"]["process"] = (after.ru_utime - before.ru_utime
+                                   + after.ru_stime - before.ru_stime)
+            rows.append(r)
+    load1 = os.getloadavg()
+    print(f"default `gmembench run` {' '.join(a.run_args)}: {a.runs} runs, each a fresh process; "
+          f"package {version.stdout.strip()}")
+    print(f"load average {load0[0]:.2f} -> {load1[0]:.2f} (1 min); {os.cpu_count()} CPUs")
+    print(f"  {'phase':<18} {'wall s, median [min-max]':>26} {'CPU s, median [min-max]':>26}")
+    for name, _ in PHASES:
+        print(f"  {name:<18} {med([r['wall'][name] for r in rows]):>26} "
+              f"{med([r['cpu'][name] for r in rows]):>26}")
+    extra = sorted({k for r in rows for k in r.get("timings", {})} - {"plots_s"})
+    for k in extra:
+        print(f"  {'  ' + k:<18} {med([r['timings'].get(k, float('nan')) for r in rows]):>26}")
+    print("what each figure includes (wall = perf_counter; CPU = user+sys incl. reaped children):")
+    for name, what in PHASES:
+        print(f"  {name:<18} {what}")
+    rep = np.median([r["wall"]["report"] for r in rows])
+    tot = np.median([r["wall"]["process"] for r in rows])
+    print(f"report share of the process wall: {100 * rep / tot:.0f}%; goal: process wall <= 8 s "
+          f"-> {'met' if tot <= 8 else 'NOT met'} at this load")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

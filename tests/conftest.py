@@ -1,0 +1,54 @@
+"""The tests exercise the INSTALLED package (`pip install '.[test]'`), never ./bench of the
+checkout: a checkout can hold code (or missing package data, or an uncompiled C part) that
+no install has.  `python -m pytest` puts the current directory first on sys.path, so the
+checkout's root is taken off it here, before any test imports bench, and the import is
+checked: bench from the source tree fails the whole session with what to do instead."""
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _is_root(entry: str) -> bool:
+    try:
+        return Path(entry or os.getcwd()).resolve() == ROOT
+    except OSError:
+        return False
+
+
+sys.path[:] = [p for p in sys.path if not _is_root(p)]
+for _name in [m for m in sys.modules if m == "bench" or m.startswith("bench.")]:
+    del sys.modules[_name]       # imported from the checkout before this guard ran
+
+# `from tests.helper import ...` keeps working without the checkout's root on sys.path:
+# "tests" names this directory only (a package that cannot see ./bench)
+_tests = types.ModuleType("tests")
+_tests.__path__ = [str(ROOT / "tests")]
+sys.modules.setdefault("tests", _tests)
+
+try:
+    import bench
+except ImportError:
+    bench = None
+
+
+def _installed_problem() -> str | None:
+    if bench is None:
+        return ("gmembench is not installed in this Python: run `pip install '.[test]'` "
+                "first (the tests run against the installed package)")
+    where = Path(bench.__file__).resolve()
+    if where.parent == ROOT / "bench":     # (a venv inside the checkout is fine)
+        return (f"bench was imported from the source tree ({where}), not from the installed "
+                f"package: install with `pip install '.[test]'` (not -e) and run "
+                f"`python -m pytest` again")
+    return None
+
+
+def pytest_configure(config):
+    problem = _installed_problem()
+    if problem:
+        raise pytest.UsageError(problem)
