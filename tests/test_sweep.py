@@ -53,7 +53,7 @@ name = "folio"
 values = ["4k", "2m"]
 
 [[axis]]
-key = "cost.firmware_pstate_4k"
+key = "cost.hyp_share_sw"
 name = "firmware"
 values = [0, 2000]
 """
@@ -89,7 +89,7 @@ def test_bad_spec_is_one_line_with_the_axis_line(tmp_path, capsys):
     assert sweep(str(f), "--out", str(out)) == 2
     assert "unknown key 'modus'" in capsys.readouterr().err
     # an unknown cost is reported at its axis
-    f.write_text(make(tmp_path).read_text().replace("cost.firmware_pstate_4k", "cost.no_such_cost"))
+    f.write_text(make(tmp_path).read_text().replace("cost.hyp_share_sw", "cost.no_such_cost"))
     assert sweep(str(f), "--out", str(out)) == 2
     assert "no_such_cost" in capsys.readouterr().err
 
@@ -126,7 +126,7 @@ def test_embedded_sweep_matches_single_runs(tmp_path, capsys):
     (tmp_path / "tiny4k.toml").write_text((tmp_path / "tiny.toml").read_text().replace('"2m"', '"4k"', 1))
     run_dir = tmp_path / "single"
     assert main(["run", "--no-progress", "--no-report", "-w", str(tmp_path / "tiny4k.toml"),
-                 "--cost", "firmware_pstate_4k=2000", "--out", str(run_dir)]) == 0
+                 "--cost", "hyp_share_sw=2000", "--out", str(run_dir)]) == 0
     doc = load_results(run_dir)
     checked = 0
     for run in doc["runs"]:
