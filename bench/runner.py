@@ -19,12 +19,21 @@ import numpy as np
 from bench import __version__
 from bench.backend import open_target
 from bench.errors import InputError
+from bench.accounting import attribute_touches, merge_step_breakdowns
+from bench.fragmentation import fragmentation_summary
 from bench.metrics import RepetitionRecord, aggregate
 from bench.progress import add_progress_arguments, progress
+from bench.provenance import provenance
 from bench.results import SCHEMA, atomic_write_json, atomic_write_npz
 from bench.strategies import STRATEGIES, make_strategy
 
 SERIES_POINTS = 200
+SERIES_KEYS = ("t_ns", "footprint_bytes", "huge_bytes", "huge_splits", "huge_merges")
+# snapshot fields of the huge-page measures (bench/backend.py); absent on backends that
+# cannot read them
+OPTIONAL_SERIES_KEYS = ("stage2_bytes", "host_pmd_mapped_bytes", "intact_huge_folios",
+                        "huge_folios_possible", "mapping_demotions", "folio_splits",
+                        "folio_merges")
 
 
 def host_facts() -> dict:
@@ -87,10 +96,11 @@ def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS
         return int(target.clock_ns) if hasattr(target, "clock_ns") else time.monotonic_ns() - t0
 
     snap = target.snapshot()
-    series = {"op_index": [0], "t_ns": [snap["t_ns"]], "time_ns": [now()],
-              "footprint_bytes": [snap["footprint_bytes"]],
-              "huge_bytes": [snap["huge_bytes"]], "huge_splits": [snap["huge_splits"]],
-              "huge_merges": [snap["huge_merges"]]}
+    # optional snapshot fields (huge-page measures) are recorded when the backend has them
+    keys = SERIES_KEYS + tuple(k for k in OPTIONAL_SERIES_KEYS if k in snap)
+    series = {"op_index": [0], "time_ns": [now()]}
+    for key in keys:
+        series[key] = [snap[key]]
     for k in range(len(bounds) - 1):
         a, b = int(bounds[k]), int(bounds[k + 1])
         if a == b and k:
@@ -98,14 +108,31 @@ def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS
         results.append(target.execute(steps[a:b]))
         snap = target.snapshot()
         series["op_index"].append(min(n_ops, (k + 1) * chunk))
-        for key in ("t_ns", "footprint_bytes", "huge_bytes", "huge_splits", "huge_merges"):
-            series[key].append(snap[key])
+        for key in keys:
+            series[key].append(snap.get(key))
         series["time_ns"].append(now())
         if bar is not None:
             bar.update(min(n_ops, (k + 1) * chunk) - min(n_ops, k * chunk))
     series["nr_free"] = snap["nr_free"]
+    series["not_measurable"] = dict(snap.get("not_measurable") or {})
+    final = getattr(target, "final_state", None)
+    series["final"] = final() if final else {"zones": {"model": list(snap["nr_free"])},
+                                             "allocatable_huge": snap.get("allocatable_huge"),
+                                             "pageblocks": snap.get("pageblocks")
+                                             or target.metadata().get("pageblocks")}
     res = np.concatenate(results) if results else np.zeros(0, dtype=target.execute(steps[:0]).dtype)
     return res, series
+
+
+def merge_breakdowns(items: list[dict]) -> dict:
+    """Primitive breakdowns of several repetitions summed, largest time first."""
+    tot: dict = {}
+    for bd in items:
+        for k, v in bd.items():
+            t = tot.setdefault(k, {"count": 0, "ns": 0})
+            t["count"] += int(v["count"])
+            t["ns"] += int(v["ns"])
+    return dict(sorted(tot.items(), key=lambda kv: -kv[1]["ns"]))
 
 
 def repetition(backend, layout, strategy, params, ops, steps, points=SERIES_POINTS) -> dict:
@@ -204,8 +231,11 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
             # On real hardware the first iteration pays lazy initialisation and page
             # reporting (host-costs.md traps 1-2): run it, discard it.
             warmups = int(params.get("warmup_repetitions", 1 if backend == "host" else 0))
+            breakdowns = {s: [] for s in strategies}
             for rep in range(-warmups, reps):
                 ops, info = build_ops(wl, max(rep, 0))
+                # which direction induced each touch: from the op stream, once per stream
+                attribution = attribute_touches(ops) if rep >= 0 else None
                 for sname in strategies:
                     opts = dict(wl.strategy_options.get(sname, {}))
                     opts.update(cli_options.get(sname, {}))
@@ -228,7 +258,8 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                         backend, wl.layout, strategy, bparams, ops, steps, points)
                     bar.update(len(ops))
                     res, series = out["res"], out["series"]
-                    rec = RepetitionRecord(ops, steps, res)
+                    rec = RepetitionRecord(ops, steps, res, attribution)
+                    breakdowns[sname].append(out["breakdown"])
                     rec.wall_s = out["wall_s"]
                     recs[sname].append(rec)
                     serieses[sname].append(series)
@@ -240,6 +271,7 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                                                                 "metadata")}}
                         extras[sname]["metadata"]["process_per_repetition"] = isolate
             for sname in strategies:
+                extras[sname]["breakdown"] = merge_breakdowns(breakdowns[sname])
                 runs.append(_run_entry(wl, sname, backend, recs[sname], serieses[sname],
                                        extras[sname], prof, quick, info))
                 runs[-1]["warmup_repetitions"] = warmups
@@ -253,6 +285,7 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
         "package_version": __version__,
         "command": ["gmembench"] + sys.argv[1:],
         "host": host_facts(),
+        "provenance": provenance(),
         "elapsed_s": round(elapsed, 3),
         "runs": runs,
     }
@@ -264,14 +297,26 @@ def _run_entry(wl, sname, backend, recs, serieses, extra, prof, quick, info) -> 
         s["hugepage_coverage"] = [h / guest for h in s["huge_bytes"]]
     metrics = aggregate(recs, serieses, [{"nr_free": s["nr_free"]} for s in serieses], guest)
     per_rep = []
+    hp = metrics["huge_pages"]
     for r, s in zip(recs, serieses):
         fp = np.asarray(s["footprint_bytes"])
         d = r.summary()
         d["footprint_bytes"] = {"peak": int(fp.max()), "mean": float(fp.mean())}
         d["huge_splits"] = int(s["huge_splits"][-1] - s["huge_splits"][0])
         d["huge_merges"] = int(s["huge_merges"][-1] - s["huge_merges"][0])
+        for c in ("mapping_demotions", "folio_splits", "folio_merges"):
+            v = s.get(c)
+            d[c] = None if hp.get(c) is None else int(v[-1] - v[0])
         d["wall_s"] = round(r.wall_s, 4)
         per_rep.append(d)
+    final = serieses[-1]["final"]
+    metrics["fragmentation"] = {
+        "zones": fragmentation_summary(final.get("zones") or {}),
+        "pageblocks": final.get("pageblocks"),
+        "allocatable_huge": final.get("allocatable_huge"),
+        "notes": final.get("notes") or {},
+    }
+    metrics["step_breakdown"] = merge_step_breakdowns([r.step_breakdown for r in recs])
     s0 = serieses[0]
     meta = extra["metadata"]
     return {
@@ -287,8 +332,9 @@ def _run_entry(wl, sname, backend, recs, serieses, extra, prof, quick, info) -> 
         "repetitions": len(recs),
         "metrics": metrics,
         "per_rep": per_rep,
-        "series": {k: s0[k] for k in ("op_index", "t_ns", "time_ns", "footprint_bytes", "hugepage_coverage",
-                                     "huge_splits", "huge_merges")},
+        "series": {k: s0[k] for k in ("op_index", "t_ns", "time_ns", "footprint_bytes",
+                                     "hugepage_coverage", "huge_splits", "huge_merges")
+                   + OPTIONAL_SERIES_KEYS if k in s0},
         "breakdown": extra["breakdown"],
         "phases": info,
         "trace": {k: v for k, v in info.items() if "lines" in v} or None,
@@ -306,26 +352,115 @@ def _mib(b):
     return f"{b / (1 << 20):.0f}"
 
 
+def _ms(ns):
+    if ns is None:
+        return "-"
+    v = ns / 1e6
+    return "0" if v == 0 else f"{v:.0f}" if v >= 1000 else f"{v:.3g}" if v >= 0.01 else f"{v:.4f}"
+
+
+def _share(v, why=""):
+    if v is None:
+        return "n/a" if why.startswith("not applicable") else "n/m"
+    return f"{100 * v['end']:.0f}%"
+
+
 def comparison_table(doc: dict) -> str:
-    head = (f"{'workload':<16} {'strategy':<9} {'conv':>8} {'fail':>5} {'p50us':>8} {'p99us':>8} "
-            f"{'copiedMiB':>9} {'fp.peak':>7} {'cov.end':>7} {'splits':>7}")
+    """The console headline: per workload x strategy x direction the conversions, failures,
+    latency and the time accounting (ms per repetition), then who wins and why; a second
+    table with memory and huge-page state.  '*' marks runs with emulated steps."""
+    from bench.report.headline import (DIR_LABEL, DIRS, emulated_steps, fmt_x, winner_text,
+                                       workload_headlines)
+    head = (f"{'workload':<16} {'strategy':<10} {'direction':<10} {'conv':>7} {'fail':>5} "
+            f"{'p50us':>8} {'p99us':>8} {'conv.ms':>8} {'induc.ms':>8} {'total.ms':>8}")
+    lines = [head, "-" * len(head)]
+    notes = []
+    for h in workload_headlines(doc):
+        first = True
+        for sname, r in h["runs"].items():
+            m = r["metrics"]
+            reps = max(1, r.get("repetitions") or 1)
+            mark = "*" if emulated_steps(r) else ""
+            if mark:
+                notes.append(f"* {r['key']}: emulated steps {', '.join(emulated_steps(r))}")
+            for i, d in enumerate(DIRS):
+                dd = (m.get("directions") or {}).get(d) or {}
+                lat = dd.get("latency_ns") or {}
+                lines.append(
+                    f"{(h['workload'][:16] if first else ''):<16} "
+                    f"{((sname + mark) if i == 0 else ''):<10} {DIR_LABEL[d]:<10} "
+                    f"{dd.get('conversions', 0):>7} {dd.get('failed_conversions', 0):>5} "
+                    f"{_us(lat.get('p50')):>8} {_us(lat.get('p99')):>8} "
+                    f"{_ms(dd.get('conversion_time_ns', 0) / reps):>8} "
+                    f"{_ms(dd.get('induced_time_ns', 0) / reps):>8} "
+                    f"{_ms(dd.get('total_time_ns', 0) / reps):>8}")
+                first = False
+            fc, fa, errs = h["failures"][sname]
+            if fc or fa or errs:
+                lines.append(f"{'':16} !! {sname}: {fc} failed conversion(s), {fa} failed "
+                             f"access(es): {errs or 'no errno recorded'}")
+        rt = h["ratios"]
+        if rt:
+            tot, conv = rt[("all", "total")][0], rt[("all", "conversion")][0]
+            per_dir = ", ".join(f"{DIR_LABEL[d]} {fmt_x(rt[(d, 'total')][0])}" for d in DIRS)
+            lines.append(f"{'':16} => total time: {winner_text(tot)} (dual/in-place "
+                         f"{fmt_x(tot)}; {per_dir}); conversion only: {winner_text(conv)}")
+            if h["top"]:
+                lines.append(f"{'':16}    most of the difference (dual - in-place, per run): "
+                             + ", ".join(f"{k} {v / 1e6:+.3g} ms" for k, v in h["top"]))
+    lines.append("")
+    lines.append("conv/induc/total.ms: time per repetition spent in conversions / in the "
+                 "accesses they caused later / both (bench/accounting.py)")
+    lines += sorted(set(notes))
+    return "\n".join(lines) + "\n\n" + memory_table(doc)
+
+
+def memory_table(doc: dict) -> str:
+    """Footprint, the three huge-page measures (end of run; n/m: not measurable on this
+    backend), mapping demotions vs physical splits/merges, unusable index at 2M."""
+    head = (f"{'workload':<16} {'strategy':<9} {'fp.peak':>7} {'s2.huge':>7} {'pmd.map':>7} "
+            f"{'intact':>7} {'demote':>7} {'splits':>7} {'merges':>7} {'unus.o9':>7}")
     lines = [head, "-" * len(head)]
     for r in doc["runs"]:
         m = r["metrics"]
+        hp = m.get("huge_pages") or {}
+        nm = hp.get("not_measurable") or {}
+
+        def cnt(k):
+            return "n/m" if hp.get(k) is None else f"{hp[k]:.0f}"
         lines.append(
-            f"{r['workload'][:16]:<16} {r['strategy']:<9} {m['conversions']:>8} {m['failed_conversions']:>5} "
-            f"{_us(m['latency_ns']['p50']):>8} {_us(m['latency_ns']['p99']):>8} "
-            f"{_mib(m['bytes_copied']):>9} {m['footprint_ratio']['peak']:>7.3f} "
-            f"{m['hugepage_coverage']['end']:>7.3f} {m['huge_splits']:>7}")
+            f"{r['workload'][:16]:<16} {r['strategy']:<9} {m['footprint_ratio']['peak']:>7.3f} "
+            f"{_share(hp.get('stage2_huge_share')):>7} {_share(hp.get('host_pmd_mapped_share')):>7} "
+            f"{_share(hp.get('intact_huge_folio_share'), nm.get('intact_huge_folio_share', '')):>7} "
+            f"{cnt('mapping_demotions'):>7} "
+            f"{cnt('folio_splits'):>7} {cnt('folio_merges'):>7} "
+            f"{m['unusable_index']['order9']:>7.3f}")
+    lines.append("fp.peak: host memory / guest memory; s2.huge: guest memory mapped huge in "
+                 "stage 2; pmd.map: shared memory PMD-mapped by the host; intact: intact huge "
+                 "folios (all at the end of the run); demote/splits/merges: per repetition; n/m: not "
+                 "measurable on this backend, n/a: no huge folio size in this layout")
     return "\n".join(lines)
 
 
 def explain_table(doc: dict) -> str:
+    """What each run's time is made of, over all repetitions: by step (operations and 4K
+    pages) per direction and conversion/induced, then by cost-model primitive."""
     out = []
     for r in doc["runs"]:
+        reps = r.get("repetitions") or 1
+        out.append(f"\n{r['key']} ({r['fidelity']}): where the time went, all {reps} "
+                   "repetition(s)")
+        sb = (r["metrics"].get("step_breakdown") or {})
+        out.append(f"  {'direction':<11} {'part':<10} {'step':<15} {'steps (ops)':>11} "
+                   f"{'4K pages':>11} {'total ms':>10}")
+        for d, parts in sb.items():
+            for part, steps in parts.items():
+                for k, v in sorted(steps.items(), key=lambda kv: -kv[1]["ns"]):
+                    out.append(f"  {d:<11} {part:<10} {k:<15} {v['steps']:>11} {v['pages']:>11} "
+                               f"{v['ns'] / 1e6:>10.2f}")
         total = sum(v["ns"] for v in r["breakdown"].values()) or 1
-        out.append(f"\n{r['key']} ({r['fidelity']}): where the time went")
-        out.append(f"  {'primitive':<22} {'count':>10} {'total ms':>10} {'share':>6}")
+        out.append(f"  {'primitive':<22} {'count':>10} {'total ms':>10} {'share':>6}   "
+                   "(count: calls; per-page primitives count 4K pages)")
         for k, v in r["breakdown"].items():
             out.append(f"  {k:<22} {v['count']:>10} {v['ns'] / 1e6:>10.2f} {100 * v['ns'] / total:>5.1f}%")
     return "\n".join(out)

@@ -13,6 +13,8 @@ HOST = {"hostname": "testhost", "kernel": "6.18.0-test", "cpu": "Test CPU @ 2.0G
         "kvm": {"caps": {"GUEST_MEMFD": 1, "MEMORY_ATTRIBUTES": 8, "VM_TYPES": 3}}}
 
 BASE_LATENCY_NS = {"in-place": 4000.0, "dual": 30000.0}
+# induced time = this x conversion time, per strategy (what conversions cost later)
+induced_factor = {"in-place": 3.0, "dual": 1.0}
 
 
 def make_results_dir(path, *, workloads=("bounce", "virtio"), strategies=("in-place", "dual"),
@@ -37,7 +39,7 @@ def make_results_dir(path, *, workloads=("bounce", "virtio"), strategies=("in-pl
     for wi, w in enumerate(workloads):
         for s in strategies:
             key = f"{w}/{s}"
-            per_rep, all_lat = [], []
+            per_rep, all_lat, all_dir = [], [], []
             base = BASE_LATENCY_NS[s] * (1 + 0.5 * wi) * latency_factor.get(key, 1.0)
             fp_peak = guest_bytes * (1.0 if s == "in-place" else 1.6) * footprint_factor.get(key, 1.0)
             copied = (0 if s == "in-place" else 64 << 20) * copied_factor.get(key, 1.0)
@@ -49,7 +51,11 @@ def make_results_dir(path, *, workloads=("bounce", "virtio"), strategies=("in-pl
                     shift = np.exp(rng.normal(0, rep_sigma))
                     lat = (base * shift * rng.lognormal(0, sample_sigma, n)).astype(np.int64)
                 arrays[f"{key}/rep{r}"] = lat
+                # conversions alternate to-shared / to-private (the OpKind values 1 / 2)
+                direction = (1 + np.arange(n) % 2).astype(np.uint8)
+                arrays[f"{key}/rep{r}/direction"] = direction
                 all_lat.append(lat)
+                all_dir.append(direction)
                 fp = int(fp_peak * (1 if deterministic else 1 + rng.normal(0, 0.002)))
                 per_rep.append({
                     "latency_ns": _lat_stats(lat),
@@ -59,6 +65,8 @@ def make_results_dir(path, *, workloads=("bounce", "virtio"), strategies=("in-pl
                     "bytes_copied": int(copied),
                     "copy_time_ns": int(copied / 4096 * 300),
                     "footprint_bytes": {"peak": fp, "mean": int(fp * 0.9)},
+                    "directions": _directions([lat], [direction], induced_factor[s]),
+                    "time_ns": _times([lat], [direction], induced_factor[s]),
                     "wall_s": float(lat.sum() / 1e9)})
             pooled = np.concatenate(all_lat)
             steps = np.arange(50)
@@ -80,6 +88,9 @@ def make_results_dir(path, *, workloads=("bounce", "virtio"), strategies=("in-pl
                 "checks": {"content_pages_checked": 1000, "content_mismatch_pages": 0,
                            "sigbus_expected": 10, "sigbus_seen": 10, "unexpected_sigbus": 0},
                 "errors": {},
+                "failed_accesses": 0,
+                "directions": _directions(all_lat, all_dir, induced_factor[s]),
+                "time_ns": _times(all_lat, all_dir, induced_factor[s]),
                 "wall_s": float(pooled.sum() / 1e9),
             }
             runs.append({
@@ -114,3 +125,21 @@ def _lat_stats(lat: np.ndarray) -> dict:
     return {"p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),
             "p99": float(np.percentile(lat, 99)), "max": int(lat.max()),
             "mean": float(lat.mean()), "min": int(lat.min()), "stdev": float(lat.std())}
+
+
+def _directions(lats, dirs, factor) -> dict:
+    out = {}
+    for name, kind in (("to_shared", 1), ("to_private", 2)):
+        sel = np.concatenate([a[d == kind] for a, d in zip(lats, dirs)])
+        conv = int(sel.sum())
+        ind = int(conv * factor)
+        out[name] = {"conversions": len(sel), "failed_conversions": 0,
+                     "latency_ns": _lat_stats(sel), "conversion_time_ns": conv,
+                     "induced_time_ns": ind, "total_time_ns": conv + ind}
+    return out
+
+
+def _times(lats, dirs, factor) -> dict:
+    conv = int(sum(int(a.sum()) for a in lats))
+    ind = int(sum(int(a.sum() * factor) for a in lats))
+    return {"conversion": conv, "induced": ind, "total": conv + ind, "baseline_access": 0}

@@ -52,16 +52,14 @@ def test_bad_arguments():
 
 
 def test_indices_names():
-    nr = [0] * 9 + [3] + [0] * 8 + [1]      # three 2M blocks and one 1G block
+    nr = [0] * 9 + [3] + [0] * 8 + [1]      # three 2M blocks and one 1G block (a model's list)
     got = indices(nr)
-    assert set(got) == {"order9", "order18", "frag_order9", "frag_order18"}
+    # only orders the kernel defines: the 1G block is folded into 256 order-10 blocks
+    assert set(got) == {"order9", "order10", "frag_order9", "frag_order10"}
     assert got["order9"] == 0.0
     free = 3 * 512 + 2**18
-    assert got["order18"] == pytest.approx(3 * 512 / free)
-    assert got["frag_order9"] == got["frag_order18"] == -1.0
-    assert indices([4, 0, 1]) == {"order9": 1.0, "order18": 1.0,
-                                  "frag_order9": pytest.approx(1 - (1 + 8 / 512) / 5),
-                                  "frag_order18": pytest.approx(1 - (1 + 8 / 2**18) / 5)}
+    assert got["order10"] == pytest.approx(3 * 512 / free)
+    assert got["frag_order9"] is None and got["frag_order10"] is None   # blocks are free
 
 
 # ----------------------------------------------------------------- buddyinfo

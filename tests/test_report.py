@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_results import make_results_dir  # noqa: E402
 
 from bench.report.pyperf_export import MAX_VALUES, subsample, write_pyperf  # noqa: E402
-from bench.report.report import add_report_arguments, cli_report, write_report  # noqa: E402
+from bench.report.report import add_report_arguments, cli_report, fmt_ns, write_report  # noqa: E402
 from bench.results import load_results  # noqa: E402
 
 
@@ -26,14 +26,15 @@ def test_report_md_embeds_existing_plots(reported):
     d, md_path = reported
     md = md_path.read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    # summary + 4 per workload x 2 workloads
+    # summary + 4 per workload x 2 workloads (the synthetic series have no huge-page
+    # measures: those figures are skipped, and the report says so)
     assert len(links) == 9
     for link in links:
         png = d / link
         assert png.exists() and png.stat().st_size > 10_000
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for w in ("bounce", "virtio"):
-        for kind in ("latency-cdf", "footprint", "hugepage-coverage", "copy-share"):
+        for kind in ("time", "latency-cdf", "footprint", "copy-share"):
             assert f"plots/{w}-{kind}.png" in links
 
 
@@ -53,14 +54,18 @@ def test_summary_txt_fits_72_columns_and_has_the_numbers(reported):
     assert max(len(ln) for ln in lines) <= 72
     results = load_results(d)
     run = next(r for r in results["runs"] if r["key"] == "bounce/dual")
-    p50_us = run["metrics"]["latency_ns"]["p50"] / 1000
-    dual_line = next(ln for i, ln in enumerate(lines) if ln.strip().startswith("dual ")
-                     and any("bounce" in x for x in lines[max(0, i - 3):i]))
-    assert f"{p50_us:.3g}us" in dual_line
-    assert "1.60x" in dual_line and "40%" in dual_line
     ip = next(r for r in results["runs"] if r["key"] == "bounce/in-place")
-    ratio = run["metrics"]["latency_ns"]["p50"] / ip["metrics"]["latency_ns"]["p50"]
-    assert any(ln.strip().startswith("dual/in-pl.") and f"{ratio:.2f}x" in ln for ln in lines)
+    # the dual to-shared row: per-direction p50 and the per-repetition total time
+    dd = run["metrics"]["directions"]["to_shared"]
+    dual_line = next(ln for ln in lines if ln.strip().startswith("dual") and "to-sh" in ln)
+    assert fmt_ns(dd["latency_ns"]["p50"]) in dual_line
+    assert fmt_ns(dd["total_time_ns"] / run["repetitions"]) in dual_line
+    # the verdict on total time: ratio of the medians of per-repetition totals
+    tot = np.median([r["time_ns"]["total"] for r in run["per_rep"]]) / np.median(
+        [r["time_ns"]["total"] for r in ip["per_rep"]])
+    verdict = next(i for i, ln in enumerate(lines) if "TOTAL TIME" in ln)
+    assert f"in-place {tot:.2f}x faster" in " ".join(lines[verdict:verdict + 2])
+    assert "conversion" in lines[verdict] + lines[verdict + 1]
 
 
 def test_simulated_and_emulated_results_are_said_plainly(tmp_path):
@@ -79,31 +84,34 @@ def test_simulated_and_emulated_results_are_said_plainly(tmp_path):
     assert max(len(ln) for ln in (h / "summary.txt").read_text().splitlines()) <= 72
 
 
-def test_pyperf_files_load_in_pyperf_stats_and_compare_to(reported, tmp_path):
+def _bench(path, name):
+    import pyperf
+    suite = pyperf.BenchmarkSuite.load(str(path))
+    return next(b for b in suite.get_benchmarks() if b.get_name() == name)
+
+
+def test_pyperf_one_suite_per_strategy_compares_across_strategies(reported):
     d, _ = reported
     files = sorted((d / "pyperf").glob("*.json"))
-    # 2 workloads x 2 strategies x (latency, latency_per_4k, footprint_peak)
-    assert len(files) == 12
+    assert [f.name for f in files] == ["dual.json", "in-place.json"]
     for f in files:
         r = subprocess.run([sys.executable, "-m", "pyperf", "stats", str(f)],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         assert "Number of run with values: 3" in r.stdout
-    lat = d / "pyperf" / "bounce--dual--latency.json"
-    other = make_results_dir(tmp_path / "run2", n=1500, reps=3, seed=9,
-                             latency_factor={"bounce/dual": 1.5})
-    lat2 = write_pyperf(load_results(other), other / "pyperf")
-    lat2 = next(p for p in lat2 if p.name == lat.name)
-    r = subprocess.run([sys.executable, "-m", "pyperf", "compare_to", str(lat), str(lat2)],
+    # strategy-free names: the two files share every benchmark, and compare_to gives the
+    # comparison with its geometric mean
+    r = subprocess.run([sys.executable, "-m", "pyperf", "compare_to", str(d / "pyperf" / "in-place.json"),
+                        str(d / "pyperf" / "dual.json"), "--table"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert "slower" in r.stdout
+    assert "Geometric mean" in r.stdout
+    assert "bounce/latency_to_shared" in r.stdout and "slower" in r.stdout
 
 
 def test_pyperf_values_units_and_metadata(reported):
-    import pyperf
     d, _ = reported
-    bench = pyperf.Benchmark.load(str(d / "pyperf" / "bounce--dual--latency.json"))
+    bench = _bench(d / "pyperf" / "dual.json", "bounce/latency")
     assert bench.get_unit() == "second"
     runs = bench.get_runs()
     assert len(runs) == 3
@@ -116,10 +124,19 @@ def test_pyperf_values_units_and_metadata(reported):
     for k, v in {"backend": "host", "fidelity": "native", "strategy": "dual",
                  "workload": "bounce", "hostname": "testhost", "platform": "6.18.0-test",
                  "thp_enabled": "always [madvise] never", "kvm_caps_GUEST_MEMFD": 1,
-                 "cost_profile": "none (measured on host)",
+                 "cost_profile": "none (measured on host)", "subsampled": "yes",
                  "backend_meta_note": "line one line two"}.items():
         assert meta[k] == v, k
-    fp = pyperf.Benchmark.load(str(d / "pyperf" / "bounce--dual--footprint_peak.json"))
+    assert "1500 values left out" in meta["subsample_note"]     # 3 repetitions x 500
+    # per direction: the to-shared benchmark holds exactly the to-shared conversions
+    tos = _bench(d / "pyperf" / "dual.json", "bounce/latency_to_shared")
+    assert tos.get_metadata()["subsampled"] == "no"          # 750 per repetition
+    assert tos.get_nvalue() == 3 * 750
+    assert tos.median() * 1e9 == pytest.approx(
+        run["metrics"]["directions"]["to_shared"]["latency_ns"]["p50"], rel=0.02)
+    tot = _bench(d / "pyperf" / "dual.json", "bounce/total_time")
+    assert sorted(tot.get_values()) == sorted(r["time_ns"]["total"] / 1e9 for r in run["per_rep"])
+    fp = _bench(d / "pyperf" / "dual.json", "bounce/footprint_peak")
     assert fp.get_unit() == "byte"
     assert fp.get_nvalue() == 3
 
@@ -142,9 +159,11 @@ def test_zero_latency_samples_do_not_break_pyperf(tmp_path):
     atomic_write_npz(d / "samples.npz", arrays)
     paths = write_pyperf(load_results(d), d / "pyperf")
     import pyperf
-    b = pyperf.Benchmark.load(str(next(p for p in paths if p.name.endswith("--latency.json"))))
+    suite = pyperf.BenchmarkSuite.load(str(next(p for p in paths if p.name == "dual.json")))
+    b = next(x for x in suite.get_benchmarks() if x.get_name() == "bounce/latency")
     assert min(b.get_values()) == pytest.approx(1e-9)
     assert b.get_metadata()["values_clamped_to_1ns"] == 20
+    assert b.get_metadata()["subsampled"] == "no"
 
 
 def test_cli_report_prints_summary(reported, capsys):

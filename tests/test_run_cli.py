@@ -55,7 +55,7 @@ def test_run_writes_results_with_the_promised_metrics(tmp_path, capsys):
         assert set(m["footprint_bytes"]) == {"peak", "mean"}
         assert set(m["footprint_ratio"]) == {"peak", "mean"}
         assert set(m["hugepage_coverage"]) == {"start", "end", "min"}
-        assert set(m["unusable_index"]) == {"order9", "order18"}
+        assert set(m["unusable_index"]) == {"order9", "order10"}
         assert r["backend"] == "sim" and r["fidelity"] == "simulated"
         assert r["cost_profile"]["name"] == "default" and r["seed"] == 7
         assert len(r["series"]["footprint_bytes"]) == len(r["series"]["op_index"]) > 2

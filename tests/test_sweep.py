@@ -221,11 +221,11 @@ def test_killed_sweep_resumes(tmp_path):
 def test_hostlock_refuses_two_per_machine():
     from distributed import Client, LocalCluster
     from bench.sweep.engine import check_hostlocks
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0",
                       resources={"hostlock": 1}) as cluster, Client(cluster) as client:
         with pytest.raises(InputError, match="hostlock"):
             check_hostlocks(client)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
                       resources={"hostlock": 1}) as cluster, Client(cluster) as client:
         check_hostlocks(client)
 
@@ -277,3 +277,39 @@ def test_table_of_n_runs(tmp_path, capsys):
     m0, m1 = sum(vals[0]) / len(vals[0]), sum(vals[1]) / len(vals[1])
     assert r["cells"][0]["mean"] == pytest.approx(m0)
     assert r["change"][1] == pytest.approx(100 * (m1 - m0) / m0)
+
+
+def test_sensitivity_varies_uncertain_costs(tmp_path, capsys):
+    from bench.costs import load_profile
+    f = make(tmp_path)
+    f.write_text(f.read_text() + """
+[sensitivity]
+levels = 2
+samples = 3
+parameters = ["firmware_pstate_4k", "lru_drain"]
+""")
+    out = tmp_path / "out"
+    assert main(["sweep", "--no-progress", str(f), "--sensitivity", "--out", str(out),
+                 "--workers", "2"]) == 0
+    unc = load_profile().uncertain
+    rows = tidy(out / "sensitivity")
+    kinds = {r["kind"] for r in rows}
+    assert kinds == {"baseline", "oat", "lhs"}
+    fw = sorted({r["cost.firmware_pstate_4k"] for r in rows if r["varied"] == "firmware_pstate_4k"})
+    assert fw == [pytest.approx(float(unc["firmware_pstate_4k"][0])), pytest.approx(float(unc["firmware_pstate_4k"][1]))]
+    # Latin-hypercube points move both costs inside their ranges
+    lhs = [r for r in rows if r["kind"] == "lhs"]
+    for k in ("firmware_pstate_4k", "lru_drain"):
+        lo, hi = unc[k]
+        assert all(lo <= r[f"cost.{k}"] <= hi for r in lhs)
+    concl = json.loads((out / "sensitivity" / "conclusions.json").read_text())
+    bars = concl["sensitivity"]["tornado"][0]["bars"]
+    assert {b["parameter"] for b in bars} == {"firmware_pstate_4k", "lru_drain"}
+    # a dearer firmware step makes every conversion slower for both strategies: the
+    # in-place total time at the high end exceeds the one at the low end
+    pts = {p["point"]: p for p in concl["points"]}
+    oat = sorted((p for p in pts.values() if p["varied"] == "firmware_pstate_4k"),
+                 key=lambda p: p["columns"]["cost.firmware_pstate_4k"])
+    assert oat[-1]["results"]["total time"]["in-place"] > oat[0]["results"]["total time"]["in-place"]
+    assert (out / "sensitivity" / "plots" / "tornado.png").is_file()
+    assert "Latin-hypercube" in capsys.readouterr().out

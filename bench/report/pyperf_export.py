@@ -1,13 +1,15 @@
 """Write a results dir's samples as pyperf JSON, so `python -m pyperf stats|hist|compare_to`
 work on gmembench results.
 
-One file (one pyperf benchmark) per workload x strategy x metric:
-  <workload>--<strategy>--latency.json         seconds per conversion
-  <workload>--<strategy>--latency_per_4k.json  seconds per 4 KiB converted (p50 per repetition;
-                                               only when the runner records it per repetition)
-  <workload>--<strategy>--footprint_peak.json  bytes (one value per repetition)
+One suite file per strategy (pyperf/<strategy>.json), whose benchmarks are named without
+the strategy, so two strategies' files compare by name:
+  <workload>/latency, latency_to_shared, latency_to_private   seconds per conversion
+  <workload>/total_time, conversion_time, induced_time        seconds per repetition
+  <workload>/latency_per_4k   seconds per 4 KiB converted (p50 per repetition)
+  <workload>/footprint_peak   bytes (one value per repetition)
 Each repetition is one pyperf run (pyperf's "process"): its values are that repetition's
-samples, subsampled to at most MAX_VALUES with a fixed seed when there are more.
+samples, subsampled to at most MAX_VALUES with a fixed seed when there are more; the
+metadata says so ("subsampled": yes/no, "subsample_note").
 
 pyperf collects nothing about THP, hugetlb pools or KVM capabilities; the host facts of the
 results file (and the backend's metadata) are flattened into each run's metadata, next to
@@ -122,7 +124,9 @@ def _benchmark(name: str, unit: str, per_run_values: list, meta: dict):
 
 
 def build_benchmarks(results: dict, samples: dict | None = None) -> list[tuple[str, object]]:
-    """[(file stem, pyperf.Benchmark)] for a loaded results dict."""
+    """[(strategy, pyperf.Benchmark)] for a loaded results dict.  Benchmark names carry no
+    strategy ("<workload>/<metric>"), so the suite of one strategy compares with another's
+    by name (`python -m pyperf compare_to in-place.json dual.json`)."""
     if samples is None:
         samples = load_samples(results)
     out = []
@@ -131,51 +135,81 @@ def build_benchmarks(results: dict, samples: dict | None = None) -> list[tuple[s
         meta = run_metadata(results, run)
         per_rep = run.get("per_rep") or []
         reps = int(run.get("repetitions") or len(per_rep))
-        stem = _safe(f"{run['workload']}--{run['strategy']}")
+        w, strat = run["workload"], run["strategy"]
 
-        lat = []
-        clamped = 0
-        for rep in range(reps):
-            arr = samples.get(f"{key}/rep{rep}")
-            if arr is None or len(arr) == 0:
+        def add(metric, unit, per_run, m=meta):
+            out.append((strat, _benchmark(f"{w}/{metric}", unit, per_run, m)))
+
+        # latency per direction (and both together), seconds per conversion
+        dirs = {"": None, "to_shared": 1, "to_private": 2}
+        for dname, kind in dirs.items():
+            vals, clamped, sub = [], 0, 0
+            for rep in range(reps):
+                arr = samples.get(f"{key}/rep{rep}")
+                if arr is None:
+                    continue
+                arr = np.asarray(arr, dtype=np.int64)
+                if kind is not None:
+                    d = samples.get(f"{key}/rep{rep}/direction")
+                    if d is None or len(d) != len(arr):
+                        continue
+                    arr = arr[np.asarray(d) == kind]
+                if not len(arr):
+                    continue
+                picked = subsample(arr, f"{key}/rep{rep}/{dname}")
+                sub += len(arr) - len(picked)
+                sec = picked / 1e9
+                clamped += int((sec < _MIN_SECONDS).sum())
+                vals.append((rep, np.maximum(sec, _MIN_SECONDS)))
+            if not vals:
                 continue
-            sec = subsample(np.asarray(arr, dtype=np.int64), f"{key}/rep{rep}") / 1e9
-            clamped += int((sec < _MIN_SECONDS).sum())
-            lat.append((rep, np.maximum(sec, _MIN_SECONDS)))
-        if lat:
             m = dict(meta)
+            m["subsampled"] = "yes" if sub else "no"
+            if sub:
+                m["subsample_note"] = (f"at most {MAX_VALUES} values per repetition, chosen at "
+                                       f"random with a fixed seed; {sub} values left out")
             if clamped:
                 m["values_clamped_to_1ns"] = clamped
-            out.append((f"{stem}--latency",
-                        _benchmark(f"{run['workload']}/{run['strategy']}/latency", "second",
-                                   lat, m)))
+            add("latency" + (f"_{dname}" if dname else ""), "second", vals, m)
+
+        # time accounting per repetition (seconds): total and conversion-only, per direction
+        for part in ("total", "conversion", "induced"):
+            vals = [(i, [r["time_ns"][part] / 1e9]) for i, r in enumerate(per_rep)
+                    if (r.get("time_ns") or {}).get(part, 0) > 0]
+            if vals:
+                m = dict(meta)
+                m["subsampled"] = "no"
+                add(f"{part}_time", "second", vals, m)
 
         per4k = [(i, [r["latency_per_4k_ns"]["p50"] / 1e9]) for i, r in enumerate(per_rep)
-                 if (r.get("latency_per_4k_ns") or {}).get("p50", 0) > 0]
+                 if ((r.get("latency_per_4k_ns") or {}).get("p50") or 0) > 0]
         if per4k:
-            out.append((f"{stem}--latency_per_4k",
-                        _benchmark(f"{run['workload']}/{run['strategy']}/latency_per_4k",
-                                   "second", per4k, meta)))
+            add("latency_per_4k", "second", per4k)
 
         fp = [(i, [int(r["footprint_bytes"]["peak"])]) for i, r in enumerate(per_rep)
               if (r.get("footprint_bytes") or {}).get("peak", 0) > 0]
         if fp:
-            out.append((f"{stem}--footprint_peak",
-                        _benchmark(f"{run['workload']}/{run['strategy']}/footprint_peak",
-                                   "byte", fp, meta)))
+            add("footprint_peak", "byte", fp)
     return out
 
 
 def write_pyperf(results: dict, outdir) -> list[Path]:
-    """Write one pyperf JSON file per workload x strategy x metric into outdir; return paths."""
+    """Write one pyperf suite file per strategy (<strategy>.json) into outdir; return paths.
+    `python -m pyperf compare_to in-place.json dual.json` then compares every workload x
+    metric with its geometric mean."""
     import pyperf
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    for old in outdir.glob("*--*.json"):      # the earlier one-file-per-metric layout
+        old.unlink()
+    by: dict = {}
+    for strat, bench in build_benchmarks(results):
+        by.setdefault(strat, []).append(bench)
     paths = []
-    for stem, bench in build_benchmarks(results):
+    for strat, benches in by.items():
         buf = io.StringIO()
-        pyperf.BenchmarkSuite([bench]).dump(buf, compact=False)
-        path = outdir / f"{stem}.json"
+        pyperf.BenchmarkSuite(benches).dump(buf, compact=False)
+        path = outdir / f"{_safe(strat)}.json"
         atomic_write_text(path, buf.getvalue())
         paths.append(path)
     return paths

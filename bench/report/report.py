@@ -145,10 +145,19 @@ def summary_rows(results: dict) -> list[dict]:
 
 
 def _wrap(text: str) -> list[str]:
-    return textwrap.wrap(text, WIDTH, break_long_words=True, break_on_hyphens=False) or [""]
+    lead = len(text) - len(text.lstrip(" "))
+    return textwrap.wrap(text, WIDTH, break_long_words=True, break_on_hyphens=False,
+                         subsequent_indent=" " * (lead + 2 if lead else 0)) or [""]
+
+
+def _dir_short(d: str) -> str:
+    return {"to_shared": "to-sh", "to_private": "to-pr", "all": "both"}[d]
 
 
 def summary_text(results: dict) -> str:
+    """At most 72 columns: per workload who wins on total time and on conversion time, by
+    how much, per direction, the primitives behind the difference, failures, memory."""
+    from bench.report.headline import DIRS, emulated_steps, winner_text, workload_headlines
     runs = results.get("runs", [])
     backends = sorted({r.get("backend", "?") for r in runs})
     reps = sorted({r.get("repetitions") for r in runs if r.get("repetitions")})
@@ -164,31 +173,61 @@ def summary_text(results: dict) -> str:
     for s in fidelity_notes_short(results):
         lines += _wrap("NOTE: " + s)
     lines.append("")
-    head = f"{'':2}{'strategy':<12}{'p50':>8}{'p99':>8}{'copied':>9}{'fp/guest':>10}{'huge end':>10}"
-    lines.append(head)
-    lines.append("-" * len(head))
-    for row in summary_rows(results):
-        fids = sorted({r.get("fidelity", "?") for r in row["runs"]})
-        lines += _wrap(f"{row['workload']} ({', '.join(fids)})")
-        for r in row["runs"]:
-            lines.append(f"{'':2}{r['strategy'][:12]:<12}"
-                         f"{fmt_ns(_m(r, 'latency_ns', 'p50')):>8}"
-                         f"{fmt_ns(_m(r, 'latency_ns', 'p99')):>8}"
-                         f"{fmt_bytes(_m(r, 'bytes_copied')):>9}"
-                         f"{fmt_ratio(_m(r, 'footprint_ratio', 'peak')):>10}"
-                         f"{fmt_pct(_m(r, 'hugepage_coverage', 'end')):>10}")
-            failed = _m(r, "failed_conversions", default=0)
-            if failed:
-                lines.append(f"{'':4}{failed} failed conversion(s): {_errors(r)}"[:WIDTH])
-        rt = row["ratios"]
+    head = (f"{'':2}{'strategy':<10}{'dir':<6}{'conv':>9}{'induced':>9}{'total':>9}"
+            f"{'p50':>8}{'p99':>8}{'fail':>6}")
+    for h in workload_headlines(results):
+        fids = sorted({r.get("fidelity", "?") for r in h["runs"].values()})
+        lines += _wrap(f"{h['workload']} ({', '.join(fids)})")
+        rt = h["ratios"]
         if rt:
-            lines.append(f"{'':2}{'dual/in-pl.':<12}{fmt_ratio(rt.get('p50')):>8}"
-                         f"{fmt_ratio(rt.get('p99')):>8}{'':>9}{fmt_ratio(rt.get('fp')):>10}")
-    lines.append("")
-    lines += _wrap("p50/p99: conversion latency; copied: bytes copied per run (all "
-                   "repetitions); fp/guest: peak host footprint / guest memory; huge end: "
-                   "guest memory on huge pages at the end; dual/in-pl.: ratio of dual to "
-                   "in-place (>1: in-place better).")
+            tot, conv = rt[("all", "total")], rt[("all", "conversion")]
+            lines += _wrap(f"  TOTAL TIME: {winner_text(tot[0])} (dual/in-place "
+                           f"{fmt_ratio(tot[0])}); conversion only: {winner_text(conv[0])} "
+                           f"({fmt_ratio(conv[0])})", )
+        lines.append(head)
+        for sname, r in h["runs"].items():
+            m = r.get("metrics") or {}
+            n = max(1, r.get("repetitions") or 1)
+            mark = "*" if emulated_steps(r) else ""
+            for i, d in enumerate(DIRS):
+                dd = (m.get("directions") or {}).get(d) or {}
+                lat = dd.get("latency_ns") or {}
+                lines.append(f"{'':2}{((sname + mark)[:10] if i == 0 else ''):<10}"
+                             f"{_dir_short(d):<6}"
+                             f"{fmt_ns(dd.get('conversion_time_ns', 0) / n):>9}"
+                             f"{fmt_ns(dd.get('induced_time_ns', 0) / n):>9}"
+                             f"{fmt_ns(dd.get('total_time_ns', 0) / n):>9}"
+                             f"{fmt_ns(lat.get('p50')):>8}{fmt_ns(lat.get('p99')):>8}"
+                             f"{dd.get('failed_conversions', 0):>6}")
+            fc, fa, errs = h["failures"][sname]
+            if fc or fa or errs:
+                lines += _wrap(f"    FAILURES {sname}: {fc} conversion(s), {fa} access(es) "
+                               f"failed: {errs or 'no errno recorded'}")
+        if rt:
+            lines.append(f"{'':2}{'dual/in-pl.':<10}{'':6}")
+            for d in ("all",) + DIRS:
+                lines.append(f"{'':4}{'':8}{_dir_short(d):<6}"
+                             + "".join(f"{fmt_ratio(rt[(d, p)][0]):>9}"
+                                       for p in ("conversion", "induced", "total")))
+        if h["top"]:
+            lines += _wrap("  why (dual - in-place per run): " + ", ".join(
+                f"{k} {'+' if v > 0 else '-'}{fmt_ns(abs(v))}" for k, v in h["top"]))
+        mem = []
+        for sname, r in h["runs"].items():
+            hp = _m(r, "huge_pages", default={}) or {}
+            s2 = hp.get("stage2_huge_share")
+            intact = hp.get("intact_huge_folio_share")
+            mem.append(f"{sname} fp/guest {fmt_ratio(_m(r, 'footprint_ratio', 'peak'))}, "
+                       f"stage-2 huge {fmt_pct(s2['end']) if s2 else 'n/m'}, intact huge "
+                       f"folios {fmt_pct(intact['end']) if intact else 'n/m'}")
+        lines += _wrap("  memory at end: " + "; ".join(mem))
+        lines.append("")
+    lines += _wrap("Times are per repetition. conv: time in the conversions; induced: "
+                   "time of the later accesses to the converted pages (faults, refaults, "
+                   "zeroing, firmware, the access itself); total = conv + induced. "
+                   "to-sh/to-pr: direction. dual/in-pl.: ratio of dual to in-place "
+                   "(>1: in-place better). fail: failed conversions. n/m: not measurable "
+                   "on this backend. *: emulated steps (see NOTE).")
     return "\n".join(ln.rstrip() for ln in lines) + "\n"
 
 
@@ -198,6 +237,189 @@ def _errors(run: dict) -> str:
 
 
 # --- report.md ---------------------------------------------------------------------------
+
+def _failures_md(runs: list) -> list[str]:
+    out = ["### Failures", ""]
+    bad = [r for r in runs if _m(r, "failed_conversions", default=0)
+           or _m(r, "failed_accesses", default=0) or _m(r, "errors", default={})]
+    if not bad:
+        return out + ["No conversion or access failed in any run (no errno recorded).", ""]
+    rows = [[r["key"], _m(r, "failed_conversions", default=0),
+             _m(r, "failed_accesses", default=0), _errors(r)] for r in bad]
+    return out + [_md_table(["run", "failed conversions", "failed accesses",
+                             "errors (errno x count, every failed step)"], rows), ""]
+
+
+def _share_cell(v, why: str = "") -> str:
+    if v is None:
+        return "n/a" if why.startswith("not applicable") else "not measurable"
+    return f"{fmt_pct(v['start'])} -> {fmt_pct(v['end'])} (min {fmt_pct(v['min'])})"
+
+
+def _huge_md(runs: list) -> list[str]:
+    out = ["### Huge pages", "",
+           "Three measures, each for what it counts: stage-2 huge = guest memory mapped by "
+           "2M/1G stage-2 leaves (KVM's pages_2m/pages_1g); host PMD-mapped = shared memory "
+           "the host maps with PMDs, of guest memory; intact folios = physically intact huge "
+           "folios of those the memory could hold. Mapping demotions (a huge mapping split to "
+           "4K, the folio kept) are counted apart from physical folio splits and merges "
+           "(per repetition).", ""]
+    rows, notes = [], set()
+    for r in runs:
+        hp = _m(r, "huge_pages", default={}) or {}
+        nm = hp.get("not_measurable") or {}
+        for k, why in nm.items():
+            if not why.startswith("not applicable"):
+                notes.add(f"{r.get('backend')}: {k} - {why}")
+
+        def c(k):
+            return "not measurable" if hp.get(k) is None else f"{hp[k]:.0f}"
+        rows.append([r["key"], _share_cell(hp.get("stage2_huge_share"), nm.get("stage2_huge_share", "")),
+                     _share_cell(hp.get("host_pmd_mapped_share"), nm.get("host_pmd_mapped_share", "")),
+                     _share_cell(hp.get("intact_huge_folio_share"), nm.get("intact_huge_folio_share", "")),
+                     c("mapping_demotions"), c("folio_splits"), c("folio_merges")])
+    out += [_md_table(["run", "stage-2 huge", "host PMD-mapped", "intact huge folios",
+                       "mapping demotions", "folio splits", "folio merges"], rows), ""]
+    out += [f"- {n}" for n in sorted(notes)] + ([""] if notes else [])
+    return out
+
+
+def _fragmentation_md(runs: list) -> list[str]:
+    out = ["### Host memory after the run", "",
+           "Unusable free space index and fragmentation index (mm/vmstat.c) per zone, at "
+           "order 9 (2M) and MAX_PAGE_ORDER 10 only (the kernel has no larger free block); "
+           "fragmentation index '-' where a block of that order is free. Pageblocks: how "
+           "many carry each migratetype label. Allocatable: how many 2M / 1G pages could "
+           "still be allocated.", ""]
+    rows = []
+    for r in runs:
+        f = _m(r, "fragmentation", default={}) or {}
+        pb = f.get("pageblocks")
+        alloc = f.get("allocatable_huge")
+        notes = f.get("notes") or {}
+        pb_text = (", ".join(f"{k} {v}" for k, v in pb.items()) if isinstance(pb, dict)
+                   and all(not isinstance(v, dict) for v in pb.values()) else
+                   "; ".join(f"{z}: " + ", ".join(f"{k} {v}" for k, v in c.items() if v)
+                             for z, c in pb.items()) if isinstance(pb, dict) else
+                   notes.get("pageblocks", "not measured"))
+        al_text = (", ".join(f"{k} {v}" for k, v in alloc.items()) if isinstance(alloc, dict)
+                   else notes.get("allocatable_huge", "not measured"))
+        for z, zi in (f.get("zones") or {}).items():
+            fi = zi.get("fragmentation_index") or {}
+            ui = zi.get("unusable_index") or {}
+            rows.append([r["key"], z, f"{ui.get('order9', float('nan')):.3f}",
+                         f"{ui.get('order10', float('nan')):.3f}",
+                         "-" if fi.get("order9") is None else f"{fi['order9']:.3f}",
+                         "-" if fi.get("order10") is None else f"{fi['order10']:.3f}",
+                         pb_text, al_text])
+    return out + [_md_table(["run", "zone", "unusable o9", "unusable o10", "frag o9",
+                             "frag o10", "pageblocks", "allocatable"], rows), ""]
+
+
+def _breakdown_md(runs: list) -> list[str]:
+    out = ["### Where the time went", "",
+           "By step, over all repetitions: steps = operations executed, pages = 4K pages "
+           "they covered. Then by cost-model primitive (simulator) or step (host): count = "
+           "calls, except per-page primitives (e.g. stage2_zap_4k, firmware_pstate_4k), "
+           "which count 4K pages. The primitive breakdown is not split by direction.", ""]
+    for r in runs:
+        rows = []
+        for d, parts in (_m(r, "step_breakdown", default={}) or {}).items():
+            for part, steps in parts.items():
+                for k, v in sorted(steps.items(), key=lambda kv: -kv[1]["ns"]):
+                    rows.append([d.replace("_", "-"), part, k, v["steps"], v["pages"],
+                                 fmt_ns(v["ns"])])
+        prim = r.get("breakdown") or {}
+        total = sum(v["ns"] for v in prim.values()) or 1
+        out += [f"**{r['key']}**", "",
+                _md_table(["direction", "part", "step", "steps (ops)", "4K pages", "time"], rows),
+                "", _md_table(["primitive", "count", "time", "share"],
+                              [[k, v["count"], fmt_ns(v["ns"]), fmt_pct(v["ns"] / total)]
+                               for k, v in list(prim.items())[:12]]), ""]
+    return out
+
+
+def _uncertain_md(runs: list) -> list[str]:
+    profs = {}
+    for r in runs:
+        p = r.get("cost_profile")
+        if p:
+            profs[p.get("name")] = p
+    out = []
+    for name, p in profs.items():
+        unc = p.get("uncertain") or {}
+        if not unc:
+            out += ["", f"Cost profile `{name}` declares no uncertain parameters."]
+            continue
+        rows = [[k, f"`{(p.get('costs') or {}).get(k)}`", f"`{v.get('low')}`", f"`{v.get('high')}`",
+                 (p.get("sources") or {}).get(k, "-")] for k, v in unc.items()]
+        out += ["", f"### Uncertain model parameters (profile `{name}`)", "",
+                "Costs nobody has published: the value used and its documented range "
+                "(`gmembench run --cost KEY=VALUE` to explore).", "",
+                _md_table(["parameter", "value used", "low", "high", "source"], rows)]
+        if p.get("overrides"):
+            out += ["", "Overridden for this run: " + ", ".join(
+                f"`{k}={v}`" for k, v in p["overrides"].items())]
+        if p.get("outside_range"):
+            out += ["", "**Outside their documented range:** " + ", ".join(p["outside_range"])]
+    return out
+
+
+def _provenance_md(results: dict) -> list[str]:
+    pv = results.get("provenance")
+    if not pv:
+        return ["", "- Provenance: not recorded (results written by an older gmembench)"]
+    git = pv.get("git") or {}
+    commit = (f"{git['commit']}{' (uncommitted changes)' if git.get('dirty') else ''}"
+              if git.get("commit") else f"unknown ({git.get('why', '?')})")
+    kc = pv.get("kernel_config") or {}
+    opts = kc.get("options") or {}
+    out = ["", "### Provenance", "",
+           f"- gmembench {pv.get('suite_version')}, git commit {commit}",
+           f"- kernel {pv.get('kernel_release')}, command line `{pv.get('kernel_cmdline')}`",
+           f"- microcode: {pv.get('microcode')}",
+           f"- kernel config ({kc.get('source') or kc.get('why', 'unknown')}): "
+           + ", ".join(f"{k}={v}" for k, v in opts.items() if v != "absent")]
+    return out
+
+
+def latest_validation(results: dict, outdir: Path) -> dict | None:
+    """The newest validation.json of `gmembench validate` among the results dir's siblings
+    (results/validate-*/), run on the same host and kernel as these results."""
+    import json
+    host = results.get("host") or {}
+    best = None
+    for f in Path(outdir).resolve().parent.glob("*/validation.json"):
+        try:
+            doc = json.loads(f.read_text())
+            hdoc = json.loads((Path(doc["host_results"]) / "results.json").read_text())
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        hh = hdoc.get("host") or {}
+        if (hh.get("hostname"), hh.get("kernel")) != (host.get("hostname"), host.get("kernel")):
+            continue
+        if best is None or doc.get("created", "") > best.get("created", ""):
+            doc["_path"] = str(f)
+            best = doc
+    return best
+
+
+def _validation_md(results: dict, outdir: Path) -> list[str]:
+    v = latest_validation(results, outdir)
+    if v is None:
+        return ["", "### Validation", "", "No `gmembench validate` output for this host and "
+                "kernel next to these results: the simulator's agreement with this host is "
+                "not known here."]
+    rows = [[r.get("workload"), r.get("strategy"), r.get("metric"), r.get("host"), r.get("sim"),
+             "-" if r.get("disagreement") is None else f"{100 * r['disagreement']:+.1f}%",
+             r.get("tolerance"), r.get("verdict")] for r in v.get("rows") or []]
+    return ["", "### Validation", "",
+            f"Last `gmembench validate` on this host ({v.get('created')}, `{v['_path']}`): "
+            f"{v.get('decided_rows', 0) - v.get('missed_rows', 0)} of {v.get('decided_rows', 0)} "
+            "decided rows within tolerance.", "",
+            _md_table(["workload", "strategy", "metric", "host", "sim", "disagreement",
+                       "tolerance", "verdict"], rows)]
+
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -214,7 +436,8 @@ def _flat(prefix: str, obj, out: list) -> None:
 
 
 def report_markdown(results: dict, samples: dict, summary_png: Path | None,
-                    plots: dict, pyperf_files: list, outdir: Path) -> str:
+                    plots: dict, pyperf_files: list, outdir: Path,
+                    skipped: list | None = None) -> str:
     runs = results.get("runs", [])
     backends = sorted({r.get("backend", "?") for r in runs})
     md = ["# gmembench: in-place vs dual-backing guest_memfd conversion",
@@ -229,30 +452,40 @@ def report_markdown(results: dict, samples: dict, summary_png: Path | None,
         md += ["All results were measured natively on the running kernel.", ""]
 
     md += ["## Summary", ""]
-    header = ["workload", "strategy", "fidelity", "p50", "p99", "max", "failed",
-              "copied", "copy share", "footprint peak", "fp/guest", "huge end", "splits"]
+    md += ["```", summary_text(results).rstrip(), "```", ""]
+    md += ["### Time accounting per direction", "",
+           "Conversion time: the conversions' own steps. Induced time: the later accesses to "
+           "the pages a conversion produced (faults, refaults, zeroing and firmware work "
+           "charged at the access, and the access itself), attributed to the direction whose "
+           "conversion made the pages shared (to-shared) or private (to-private); accesses to "
+           "memory never converted are baseline, in neither. Sums over all repetitions; per "
+           "conversion = over every conversion asked for; per GiB = over the bytes converted "
+           "successfully.", ""]
+    header = ["run", "fidelity", "direction", "conversions", "failed", "p50", "p99",
+              "conversion", "induced", "total", "total / conversion", "total / GiB"]
     rows = []
-    for row in summary_rows(results):
-        for r in row["runs"]:
-            share = copy_share(r, samples)
-            rows.append([row["workload"], r["strategy"], r.get("fidelity", "?"),
-                         fmt_ns(_m(r, "latency_ns", "p50")), fmt_ns(_m(r, "latency_ns", "p99")),
-                         fmt_ns(_m(r, "latency_ns", "max")), _m(r, "failed_conversions", default="-"),
-                         fmt_bytes(_m(r, "bytes_copied")),
-                         fmt_pct(share) if share is not None else "-",
-                         fmt_bytes(_m(r, "footprint_bytes", "peak")),
-                         fmt_ratio(_m(r, "footprint_ratio", "peak")),
-                         fmt_pct(_m(r, "hugepage_coverage", "end")),
-                         _m(r, "huge_splits", default="-")])
-        rt = row["ratios"]
-        if rt:
-            rows.append([row["workload"], "**dual / in-place**", "", fmt_ratio(rt.get("p50")),
-                         fmt_ratio(rt.get("p99")), "", "", "", "", fmt_ratio(rt.get("fp")),
-                         "", "", ""])
+    for r in runs:
+        for d in ("to_shared", "to_private"):
+            dd = _m(r, "directions", d, default={}) or {}
+            if not dd.get("conversions"):
+                continue
+            lat = dd.get("latency_ns") or {}
+            rows.append([r["key"], r.get("fidelity", "?"), d.replace("_", "-"),
+                         dd.get("conversions"), dd.get("failed_conversions"),
+                         fmt_ns(lat.get("p50")), fmt_ns(lat.get("p99")),
+                         fmt_ns(dd.get("conversion_time_ns")), fmt_ns(dd.get("induced_time_ns")),
+                         fmt_ns(dd.get("total_time_ns")),
+                         fmt_ns((dd.get("per_conversion_ns") or {}).get("total")),
+                         fmt_ns((dd.get("per_gib_ns") or {}).get("total"))])
+        t = _m(r, "time_ns", default={}) or {}
+        if t.get("baseline_access"):
+            rows.append([r["key"], "", "baseline access", "", "", "", "", "", "",
+                         fmt_ns(t["baseline_access"]), "", ""])
     md += [_md_table(header, rows), ""]
-    md += ["Latency: per conversion, all repetitions pooled (per-repetition values are in "
-           "results.json `per_rep`). Copied: bytes copied over all repetitions. "
-           "fp/guest: peak host memory held for the guest divided by guest memory.", ""]
+    md += _failures_md(runs)
+    md += _huge_md(runs)
+    md += _fragmentation_md(runs)
+    md += _breakdown_md(runs)
 
     checks = []
     for r in runs:
@@ -265,6 +498,9 @@ def report_markdown(results: dict, samples: dict, summary_png: Path | None,
                       "SIGBUS seen", "unexpected SIGBUS"], checks), ""]
 
     md += ["## Figures", ""]
+    if skipped:
+        md += ["Not drawn (nothing to show):", ""]
+        md += [f"- {x['workload']}: {x['figure']} - {x['why']}" for x in skipped] + [""]
     if summary_png:
         md += [f"![dual/in-place ratios]({summary_png.relative_to(outdir).as_posix()})", ""]
     for w, paths in plots.items():
@@ -293,6 +529,9 @@ def report_markdown(results: dict, samples: dict, summary_png: Path | None,
             md += [f"- Cost profile: `{name}` ({p.get('source', '?')}; {p.get('path', '')})"]
     else:
         md += ["- Cost profile: none (host backend: measured on the kernel)"]
+    md += _uncertain_md(runs)
+    md += _provenance_md(results)
+    md += _validation_md(results, outdir)
     md += ["", "### Host", ""]
     facts: list = []
     _flat("", host, facts)
@@ -314,12 +553,14 @@ def report_markdown(results: dict, samples: dict, summary_png: Path | None,
                for key in slowed]
         md += [""]
     md += ["### pyperf", "",
-           f"{len(pyperf_files)} files in `pyperf/`, one per workload x strategy x metric, "
-           "one pyperf run per repetition; host facts pyperf does not collect (THP, hugetlb, "
-           "KVM) are in each run's metadata. Examples:", "", "```",
-           "python -m pyperf stats pyperf/<workload>--dual--latency.json",
-           "python -m pyperf hist pyperf/<workload>--in-place--latency.json",
-           "python -m pyperf compare_to OLD/pyperf/X.json NEW/pyperf/X.json", "```", "",
+           f"{len(pyperf_files)} suite files in `pyperf/`, one per strategy, with benchmark "
+           "names free of the strategy (`<workload>/<metric>`: latency, latency per "
+           "direction, total/conversion/induced time per repetition, latency per 4K, "
+           "footprint), one pyperf run per repetition; the metadata says whether values were "
+           "subsampled, and carries the host facts pyperf does not collect (THP, hugetlb, "
+           "KVM). Compare the strategies, with the geometric mean:", "", "```",
+           "python -m pyperf compare_to pyperf/in-place.json pyperf/dual.json --table",
+           "python -m pyperf stats pyperf/dual.json", "```", "",
            "For a CI regression gate use `gmembench compare BASE CUR` (per-repetition "
            "statistics, exit 1 on regression), not `pyperf compare_to`.", ""]
     return "\n".join(md)
@@ -395,18 +636,19 @@ def write_report(results_dir, jobs: int | None = None, timings: dict | None = No
     fig_jobs = figure_jobs(results, samples, outdir / "plots")
     t_plots = time.perf_counter()
     figures = _Figures(fig_jobs, _workers(jobs))
+    skipped: list = []
     try:
         t = time.perf_counter()
         pyperf_files = write_pyperf(results, outdir / "pyperf")
         atomic_write_text(outdir / "summary.txt", summary_text(results))
         t_side = time.perf_counter() - t
-        summary_png, plots = collect_figures(fig_jobs, figures.paths())
+        summary_png, plots = collect_figures(fig_jobs, figures.paths(), skipped)
     finally:
         figures.close()
     t_plots = time.perf_counter() - t_plots
     path = outdir / "report.md"
     atomic_write_text(path, report_markdown(results, samples, summary_png, plots,
-                                            pyperf_files, outdir))
+                                            pyperf_files, outdir, skipped))
     if timings is not None:
         timings.update({"plots_s": t_plots, "pyperf+summary_s": t_side,
                         "report_s": time.perf_counter() - t0,

@@ -172,7 +172,8 @@ def _flips(plan, have) -> list[dict]:
                     flips.append({"axis": aname, "from": x0, "to": x1,
                                   "winner_before": r0["winner"], "winner_after": r1["winner"],
                                   "crossover": crossover(x0, x1, r0["ratio"], r1["ratio"]),
-                                  "others": dict(others)})
+                                  # one cost at a time: the others are the profile's values
+                                  "others": {} if plan.sensitivity else dict(others)})
     return flips[:40]
 
 

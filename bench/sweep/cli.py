@@ -88,7 +88,8 @@ def run_sweep(spec, sensitivity=False, scheduler=None, scheduler_file=None, work
         with open_client(scheduler, scheduler_file, workers, spec.backend == "host") as client, \
                 progress(total=len(plan.tasks), desc=f"sweep {spec.name}", unit="task",
                          enabled=progress_enabled) as bar:
-            stats = run_tasks(client, plan.tasks, cache, bar=bar)
+            stats = run_tasks(client, plan.tasks, cache, bar=bar,
+                              on_result=_points_done(plan, cache, bar))
     elapsed = time.time() - t0
     if stats["failed"]:
         for e in stats["errors"]:
@@ -122,6 +123,30 @@ def run_sweep(spec, sensitivity=False, scheduler=None, scheduler_file=None, work
          f"table: {table_dir}/tidy.parquet ({counts['rows']} rows, also tidy.csv)")
     echo(f"report: {table_dir}/report.md")
     return 0
+
+
+def _points_done(plan, cache, bar):
+    """A result callback that shows on the bar how many points are complete."""
+    from bench.sweep.engine import cached
+    from bench.sweep.plan import point_tasks
+    left = {}
+    owners: dict[str, list[int]] = {}
+    for point, keys in point_tasks(plan).items():
+        missing = {k for k in keys if not cached(cache, k)}
+        left[point] = len(missing)
+        for k in missing:
+            owners.setdefault(k, []).append(point)
+    total = len(left)
+    state = {"done": sum(1 for n in left.values() if n == 0)}
+    bar.set_postfix_str(f"points {state['done']}/{total}")
+
+    def on_result(res):
+        for point in owners.pop(res["key"], []):
+            left[point] -= 1
+            if left[point] == 0:
+                state["done"] += 1
+        bar.set_postfix_str(f"points {state['done']}/{total}")
+    return on_result
 
 
 def _fidelities(plan, cache) -> list[str]:

@@ -64,7 +64,7 @@ def open_client(scheduler: str | None = None, scheduler_file: str | None = None,
     n = 1 if host_backend else (workers or os.cpu_count() or 1)
     kw = {"resources": {HOSTLOCK: 1}} if host_backend else {}
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR, **kw)
+                           dashboard_address=":0", silence_logs=logging.ERROR, **kw)
     client = Client(cluster)
     try:
         yield client
