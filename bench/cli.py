@@ -16,7 +16,7 @@ COMMANDS = {
     "calibrate": ("bench.host.calibrate", "measure the cost model's primitives on this host"),
     "validate": ("bench.validate", "run workloads on both backends and print the disagreement"),
     "report": ("bench.report.report", "write report.md, plots and pyperf files for a results dir"),
-    "compare": ("bench.compare", "regression gate: compare two results dirs (exit 1 on regression)"),
+    "compare": ("bench.compare", "regression gate: compare two results dirs (exit 1 regression, 3 inconclusive)"),
     "qualify": ("bench.qualify", "hardware qualification: run a spec, pass/fail per check"),
     "sweep": ("bench.sweep.cli", "run a sweep file on Dask: tidy table, conclusions, sensitivity, plots"),
     "table": ("bench.runtable", "N results dirs side by side: mean, spread, CV, change vs the first"),
@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     if not argv:
-        argv = ["run"]          # the main job on its embedded default
+        # no subcommand: say what there is to do (exit 2, as for any incomplete command
+        # line), never start a run the user did not ask for
+        parser.print_help(sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "_func", None):
         parser.print_help()

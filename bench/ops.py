@@ -24,9 +24,12 @@ class OpKind(IntEnum):
     SHARED_READ = 4    # host reads shared pages; each must hold token
     PRIVATE_WRITE = 5  # guest writes its private pages
     PRIVATE_READ = 6   # guest reads its private pages; each must hold token
-    SHARED_PROBE = 7   # host touches pages that are private: must fault (SIGBUS)
+    SHARED_PROBE = 7   # host touches pages that are private: in-place faults (SIGBUS); under
+                       # dual the VMM reaches the shared backing and a zero page appears there
     PIN = 8            # an extra reference on the pages (GUP pin, e.g. in-flight DMA)
     UNPIN = 9
+    GUEST_SHARED_WRITE = 10   # the guest writes pages it has shared (a shared mapping in its
+    GUEST_SHARED_READ = 11    # page tables: the page the host sees); READ checks the token
 
 
 CONVERSIONS = (OpKind.TO_SHARED, OpKind.TO_PRIVATE)
@@ -34,6 +37,9 @@ CONVERSIONS = (OpKind.TO_SHARED, OpKind.TO_PRIVATE)
 # One workload op.  offset is relative to the memslot start (= guest_memfd offset).
 # t_ns: arrival time from the workload start, -1 when the stream has no timing.
 # token: value written (WRITE) or expected (READ); 0 = expect zeros; NO_CHECK = don't check.
+# proc: which host process touches (host ops only): 0 = the VMM; 1..MAX_HOST_PROCS-1 = other
+#       processes with their own mapping of the guest memory (a forked VMM helper, a
+#       vhost-user backend that mmaps the memfd / guest_memfd it was passed).
 OP_DTYPE = np.dtype([
     ("t_ns", "<i8"),
     ("kind", "u1"),
@@ -41,7 +47,9 @@ OP_DTYPE = np.dtype([
     ("offset", "<u8"),
     ("size", "<u8"),
     ("token", "<u4"),
+    ("proc", "u1"),
 ])
+MAX_HOST_PROCS = 4
 NO_CHECK = 0xFFFFFFFF
 
 
@@ -52,9 +60,11 @@ class Obj(IntEnum):
 
 
 class Via(IntEnum):
-    """Who touches: the host through its mmap (SIGBUS on private gmem pages), or the guest."""
+    """Who touches: the host through its mmap (SIGBUS on private gmem pages), or the guest
+    through a private or a shared mapping of its own page tables."""
     HOST = 0
-    GUEST = 1
+    GUEST = 1          # a private access (KVM_EXIT_MEMORY_FAULT if the page is shared)
+    GUEST_SHARED = 2   # a shared access (KVM_EXIT_MEMORY_FAULT if the page is private)
 
 
 class Step(IntEnum):
@@ -83,6 +93,7 @@ STEP_DTYPE = np.dtype([
     ("offset", "<u8"),
     ("size", "<u8"),
     ("arg", "<u8"),
+    ("proc", "u1"),    # host process of a host touch (OP_DTYPE proc); 0 otherwise
 ])
 STEP_CONVERSION = 1
 STEP_ABORT_ON_FAIL = 2

@@ -15,6 +15,8 @@ Spec (TOML; the default is workloads/qualify-default.toml, which documents every
     repetitions = 3                  # optional override
     params = { }                     # optional backend params (as `run -p KEY=VALUE`)
     require_fidelity = ["native"]    # optional: run fidelity must be one of these
+    accept_emulated = false          # optional: true, or a list of step names, to qualify
+                                     # runs whose steps were emulated (default: they fail)
 
     [[check]]
     name = "p99 conversion latency"  # optional, defaults to the metric
@@ -51,7 +53,11 @@ KNOWN_METRICS = {
     "touch_ns.total", "touch_ns.p50", "footprint_bytes.peak", "footprint_bytes.mean",
     "footprint_ratio.peak", "footprint_ratio.mean", "hugepage_coverage.start",
     "hugepage_coverage.end", "hugepage_coverage.min", "huge_splits", "huge_merges",
-    "unusable_index.order9", "unusable_index.order18", "checks.content_pages_checked",
+    "unusable_index.order9", "unusable_index.order10", "checks.content_pages_checked",
+    "failed_accesses", "time_ns.conversion", "time_ns.induced", "time_ns.total",
+    *(f"directions.{d}.{m}" for d in ("to_shared", "to_private")
+      for m in ("conversions", "failed_conversions", "conversion_time_ns", "induced_time_ns",
+                "total_time_ns", "latency_ns.p50", "latency_ns.p99", "latency_ns.max")),
     "checks.content_mismatch_pages", "checks.sigbus_expected", "checks.sigbus_seen",
     "checks.unexpected_sigbus", "wall_s",
 }
@@ -59,7 +65,7 @@ TIME_UNITS = {"ns": 1, "us": 1e3, "ms": 1e6, "s": 1e9}
 BYTE_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 RATIO_UNITS = {"%": 0.01}
 QUALIFY_KEYS = {"name", "description", "backend", "workloads", "strategies", "quick",
-                "repetitions", "params", "require_fidelity", "seed"}
+                "repetitions", "params", "require_fidelity", "seed", "accept_emulated"}
 CHECK_KEYS = {"name", "metric", "max", "min", "equals", "equals_metric", "unit", "workload",
               "strategy", "why"}
 OPS = ("max", "min", "equals", "equals_metric")
@@ -176,6 +182,11 @@ def load_spec(path) -> dict:
         raise InputError("require_fidelity must be a list of fidelity labels", file,
                          lines.key_in(qline, "require_fidelity"))
 
+    acc = q.get("accept_emulated", False)
+    if not (isinstance(acc, bool) or (isinstance(acc, list) and all(isinstance(x, str) for x in acc))):
+        raise InputError("accept_emulated must be true, false or a list of step names", file,
+                         lines.key_in(qline, "accept_emulated"))
+
     raw_checks = doc.get("check", [])
     if not isinstance(raw_checks, list) or not raw_checks:
         raise InputError("no [[check]] in the spec: nothing to qualify", file)
@@ -225,7 +236,8 @@ def load_spec(path) -> dict:
     return {"path": file, "name": q.get("name", path.stem), "description": q.get("description"),
             "backend": backend, "workloads": workloads, "strategies": strategies,
             "quick": q.get("quick", False), "repetitions": reps, "seed": q.get("seed"),
-            "params": q.get("params", {}), "require_fidelity": fids, "checks": checks}
+            "params": q.get("params", {}), "require_fidelity": fids,
+            "accept_emulated": acc, "checks": checks}
 
 
 # --- evaluation --------------------------------------------------------------------------
@@ -266,6 +278,19 @@ def evaluate(spec: dict, results: dict) -> list[dict]:
         verdicts.append({"check": "backend", "run": r["key"], "metric": "backend", "op": "equals",
                          "limit": spec["backend"], "unit": None, "measured": r.get("backend"),
                          "fidelity": r.get("fidelity"), "pass": ok})
+        # the operation being qualified must have run natively: a check passed by an
+        # emulation qualifies the emulation, not the host
+        emulated = sorted(k for k, v in (r.get("fidelity_steps") or {}).items()
+                          if v == "emulated")
+        acc = spec.get("accept_emulated", False)
+        not_accepted = [] if acc is True else [k for k in emulated if k not in (acc or [])]
+        verdicts.append({"check": "steps native", "run": r["key"], "metric": "fidelity_steps",
+                         "op": "native", "limit": "native" if not acc else
+                         ("any (accept_emulated)" if acc is True else "native except " + ", ".join(acc)),
+                         "unit": None, "measured": "emulated: " + ", ".join(emulated) if emulated
+                         else "native", "pass": not not_accepted,
+                         **({"detail": "NOT QUALIFIED: emulated " + ", ".join(not_accepted)}
+                            if not_accepted else {})})
         if spec["require_fidelity"]:
             verdicts.append({"check": "fidelity", "run": r["key"], "metric": "fidelity",
                              "op": "in", "limit": spec["require_fidelity"], "unit": None,
@@ -315,7 +340,7 @@ def _fmt(v) -> str:
 
 
 _OP_TEXT = {"max": "<=", "min": ">=", "equals": "==", "equals_metric": "==", "in": "in",
-            "present": ""}
+            "present": "", "native": ""}
 
 
 def format_verdicts(verdicts: list[dict]) -> str:
@@ -394,6 +419,11 @@ def cli_qualify(args) -> int:
     if failed:
         names = sorted({f"{v['check']} [{v['run']}]" for v in failed})
         print(f"FAIL: {len(failed)} of {len(verdicts)} checks failed: {'; '.join(names)}")
+        emu = sorted({v["run"] for v in failed if v["check"] == "steps native"})
+        if emu:
+            print(f"NOT QUALIFIED: steps were emulated, not run by this kernel, in "
+                  f"{', '.join(emu)} (set accept_emulated in the spec to qualify the "
+                  "emulation knowingly)")
     else:
         print(f"PASS: all {len(verdicts)} checks passed")
     print(f"verdict: {verdict_path}")

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench.errors import InputError
-from bench.ops import (KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, STEP_ABORT_ON_FAIL,
-                       STEP_CONVERSION, STEP_DTYPE, NO_CHECK, Obj, OpKind, Step, Via)
+from bench.ops import (KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, MAX_HOST_PROCS,
+                       STEP_ABORT_ON_FAIL, STEP_CONVERSION, STEP_DTYPE, NO_CHECK, Obj, OpKind,
+                       Step, Via)
 
 GUEST_MEMFD_FLAG_MMAP = 1 << 0
 GUEST_MEMFD_FLAG_INIT_SHARED = 1 << 1
@@ -50,6 +51,11 @@ class Strategy:
         if len(ops) and counts.min() < 0:
             i = int(np.flatnonzero(counts < 0)[0])
             raise InputError(f"op {i}: kind {int(kind[i])} is not supported by {self.name}")
+        bad_proc = ops["proc"] >= MAX_HOST_PROCS
+        if bad_proc.any():
+            i = int(np.flatnonzero(bad_proc)[0])
+            raise InputError(f"op {i}: host process {int(ops['proc'][i])} out of range "
+                             f"(0..{MAX_HOST_PROCS - 1})")
         ends = np.cumsum(counts)
         n = int(ends[-1]) if len(ops) else 0
         # table row of each step = first row of its op's template + position in the template
@@ -59,6 +65,7 @@ class Strategy:
         out["slot"] = np.repeat(ops["slot"], counts)
         out["offset"] = np.repeat(ops["offset"], counts)
         out["size"] = np.repeat(ops["size"], counts)
+        out["proc"] = np.repeat(ops["proc"], counts)
         tok = is_token[row]
         if tok.any():
             out["arg"][tok] = np.repeat(ops["token"], counts)[tok]
@@ -95,17 +102,40 @@ def _touch_templates(shared_obj: Obj) -> dict:
         OpKind.SHARED_READ: [(Step.READ, shared_obj, Via.HOST, 0, TOKEN)],
         OpKind.PRIVATE_WRITE: [(Step.WRITE, Obj.GMEM, Via.GUEST, 0, TOKEN)],
         OpKind.PRIVATE_READ: [(Step.READ, Obj.GMEM, Via.GUEST, 0, TOKEN)],
-        # The host touches private memory through the guest_memfd: in-place maps it and
-        # must SIGBUS; dual's guest_memfd has no MMAP flag, so the host cannot map it at all.
-        OpKind.SHARED_PROBE: [(Step.READ, Obj.GMEM, Via.HOST, 0, NO_CHECK)],
+        # The host touches a GPA that is private through the memory it maps for it: in-place
+        # maps the guest_memfd itself and must SIGBUS; dual's VMM reaches the shared backing
+        # (its guest_memfd has no MMAP flag), where the touch silently allocates a zero page.
+        OpKind.SHARED_PROBE: [(Step.READ, shared_obj, Via.HOST, 0, NO_CHECK)],
+        # The guest's shared accesses reach the page the host sees: the guest_memfd page
+        # (in-place, as on SW_PROTECTED VMs) or the shared backing's page (dual).
+        OpKind.GUEST_SHARED_WRITE: [(Step.WRITE, shared_obj, Via.GUEST_SHARED, 0, TOKEN)],
+        OpKind.GUEST_SHARED_READ: [(Step.READ, shared_obj, Via.GUEST_SHARED, 0, TOKEN)],
         OpKind.PIN: [(Step.PIN, shared_obj, Via.HOST, 0, 0)],
         OpKind.UNPIN: [(Step.UNPIN, shared_obj, Via.HOST, 0, 0)],
     }
 
 
+HUGE_MODES = ("split", "demote")
+
+
 @dataclass
 class InPlace(Strategy):
     name: str = "in-place"
+
+    def huge_mode(self) -> str:
+        """What a partial conversion does to a huge guest_memfd folio: "split" it into 4K
+        folios and merge it back once all private (the HugeTLB guest_memfd series), or
+        "demote" only its mappings, the folio staying whole."""
+        mode = self.options.get("huge", "split")
+        if mode not in HUGE_MODES:
+            raise InputError(f"in-place option huge={mode!r}: expected one of "
+                             f"{', '.join(HUGE_MODES)}")
+        return mode
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d["options"].setdefault("huge", self.huge_mode())
+        return d
 
     def gmem_flags(self, layout) -> int:
         return GUEST_MEMFD_FLAG_MMAP | (GUEST_MEMFD_FLAG_INIT_SHARED if layout.init_shared else 0)

@@ -52,3 +52,27 @@ def pytest_configure(config):
     problem = _installed_problem()
     if problem:
         raise pytest.UsageError(problem)
+
+
+@pytest.fixture(autouse=True)
+def _every_result_follows_the_schema(request):
+    """After each test, every results.json gmembench produced under the test's temporary
+    directory is validated against the JSON Schema shipped in the package
+    (bench/schemas/results.schema.json).  Hand-written synthetic results
+    (tests/synthetic_results.py, marked "synthetic") are not gmembench's and are left out."""
+    tmp = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if tmp is None:
+        return
+    import json
+    from bench.results import validate_results
+    for f in Path(tmp).rglob("results.json"):
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(doc, dict) or doc.get("synthetic"):
+            continue
+        if doc.get("schema") != "gmembench-results/1":
+            continue
+        validate_results(doc)

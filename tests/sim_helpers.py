@@ -8,11 +8,12 @@ PROFILE = load_profile()
 
 
 def make_gmem(size=8 * MiB, order=0, flags=GUEST_MEMFD_FLAG_MMAP, platform="preserve",
-              vm_type=VM_TYPE_SW_PROTECTED, in_place=True, promote=True, host_pages=1 << 16):
+              vm_type=VM_TYPE_SW_PROTECTED, in_place=True, promote=True, host_pages=1 << 16,
+              huge="split"):
     ledger = Ledger(PROFILE)
     host = Host(host_pages, ledger)
     vm = VM(vm_type, ledger, in_place=in_place)
-    g = GuestMemfd(host, vm, size, flags, order, platform, promote)
+    g = GuestMemfd(host, vm, size, flags, order, platform, promote, huge)
     vm.add_slot(g, 0 if flags & GUEST_MEMFD_FLAG_INIT_SHARED else 8)
     return g
 

@@ -21,14 +21,18 @@ def make_results_dir(path, *, workloads=("bounce", "virtio"), strategies=("in-pl
                      reps=5, n=400, backend="host", seed=1, rep_sigma=0.02, sample_sigma=0.3,
                      latency_factor=None, footprint_factor=None, copied_factor=None,
                      host=None, scale=1.0, quick=False, cost_profile="default",
-                     deterministic=False) -> Path:
+                     deterministic=False, directions=False,
+                     direction_factor=None) -> Path:
     """Write results.json + samples.npz under path and return path.
 
     latency_factor / footprint_factor / copied_factor: {key: multiplier} applied to the
     run with that key ("<workload>/<strategy>"), to plant a known regression.
     rep_sigma: per-repetition (process) noise; sample_sigma: per-conversion noise.
     deterministic: every repetition produces the same samples (what the simulator does).
+    directions: to_private conversions are 1.5x slower than to_shared ones (times
+    direction_factor[key]), a split the per-direction metrics must see.
     """
+    direction_factor = direction_factor or {}
     path = Path(path)
     rng = np.random.default_rng(seed)
     latency_factor = latency_factor or {}
@@ -53,6 +57,9 @@ def make_results_dir(path, *, workloads=("bounce", "virtio"), strategies=("in-pl
                 arrays[f"{key}/rep{r}"] = lat
                 # conversions alternate to-shared / to-private (the OpKind values 1 / 2)
                 direction = (1 + np.arange(n) % 2).astype(np.uint8)
+                if directions:      # to_private costs 1.5x (x direction_factor): a known split
+                    lat[direction == 2] = (lat[direction == 2] * 1.5
+                                           * direction_factor.get(key, 1.0)).astype(np.int64)
                 arrays[f"{key}/rep{r}/direction"] = direction
                 all_lat.append(lat)
                 all_dir.append(direction)
@@ -115,7 +122,8 @@ def make_results_dir(path, *, workloads=("bounce", "virtio"), strategies=("in-pl
             })
     results = {"schema": SCHEMA, "run_id": path.name, "created": "2026-11-26T17:00:00Z",
                "package_version": "0.1.0", "command": ["gmembench", "run"],
-               "host": dict(host or HOST), "runs": runs}
+               "host": dict(host or HOST), "runs": runs,
+               "synthetic": True}       # hand-written, not produced by gmembench
     atomic_write_json(path / "results.json", results)
     atomic_write_npz(path / "samples.npz", arrays)
     return path

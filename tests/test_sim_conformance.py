@@ -207,7 +207,7 @@ def test_snp_leaves_ciphertext():
 
 # ---- huge folios under in-place -------------------------------------------------------------
 def test_partial_conversion_demotes_mapping_keeps_folio():
-    g = shared_gmem(order=9)
+    g = shared_gmem(order=9, huge="demote")
     g.access(0, 512, False, True, 1)
     assert g.host_pmd[0] == 1 and g.host.huge_pages == 512
     g.set_memory_attributes2(8 * K4, K4, PRIVATE)
@@ -218,7 +218,7 @@ def test_partial_conversion_demotes_mapping_keeps_folio():
 
 @pytest.mark.parametrize("promote,merges", [(True, 1), (False, 0)])
 def test_uniform_again_promotes_only_if_allowed(promote, merges):
-    g = shared_gmem(order=9, promote=promote)
+    g = shared_gmem(order=9, promote=promote, huge="demote")
     g.access(0, 512, False, True, 1)
     g.set_memory_attributes2(8 * K4, K4, PRIVATE)
     g.set_memory_attributes2(8 * K4, K4, SHARED)
@@ -247,14 +247,44 @@ def test_vm_ioctl_rejects_private_when_in_place_mode_on():
     assert g.vm.set_memory_attributes(0, 0, K4, PRIVATE) == errno.EINVAL
 
 
-def test_punching_a_huge_gmem_folio_splits_it_physically():
+def test_punching_part_of_a_hugetlb_gmem_folio_zeroes_it_whole_one_returns_to_the_pool():
+    # kvm_gmem_truncate_inode_range: a partly covered huge page is zeroed, not freed; a
+    # whole one goes back to the hugetlb pool (still held), and the next fault reuses it
     g = make_gmem(flags=0, order=9, in_place=False)
     g.attr_view = g.vm.slot_attrs[0]
     g.access(0, 512, True, True, 1)
     assert g.host.huge_pages == 512
     g.fallocate_punch_hole(4 * K4, K4)
-    assert g.host.huge_pages == 0 and g.host.huge_splits == 1
-    assert g.present == 511 and g.host.footprint_pages == 511
+    assert g.host.huge_pages == 512 and g.host.folio_splits == 0
+    assert g.present == 512 and g.host.footprint_pages == 512 and g.data[4] == 0
+    pfn = int(g.folio_pfn[0])
+    free_before = g.host.buddy.free_pages
+    g.fallocate_punch_hole(0, 2 * MiB)
+    assert g.present == 0 and g.host.huge_pages == 0
+    assert g.host.footprint_pages == 512 and g.host.buddy.free_pages == free_before
+    assert g.host.hugetlb_pool[9] == [pfn]
+    g.access(512, 1024, True, True, 2)
+    assert int(g.folio_pfn[1]) == pfn and g.host.hugetlb_pool[9] == []
+    assert g.host.footprint_pages == 512
+
+
+def test_in_place_split_on_share_and_merge_when_all_private():
+    # the HugeTLB guest_memfd series: any shared page splits the folio (restoring its
+    # vmemmap), the folio is merged back once its whole range is private again
+    g = make_gmem(order=9)
+    g.access(0, 512, True, True, 1)
+    g.set_memory_attributes2(8 * K4, K4, SHARED)
+    assert g.folio_state[0] == 2 and g.host.folio_splits == 1 and g.host.huge_pages == 0
+    assert g.host.footprint_pages == 512 and g.page_pfn[8] == g.folio_pfn[0] + 9
+    assert g.ledger.totals["hugetlb_vmemmap_restore"][0] == 1
+    assert g.access(8, 9, False, True, 5) == (0, 0) and not g.host_pmd[0]
+    g.set_memory_attributes2(8 * K4, K4, PRIVATE)
+    assert g.folio_state[0] == 1 and g.host.folio_merges == 1 and g.host.huge_pages == 512
+    assert g.ledger.totals["folio_merge"][0] == 1
+    # a shared page in a folio's range splits a new folio at once (kvm_gmem_get_folio)
+    g.set_memory_attributes2(2 * MiB, K4, SHARED)
+    g.access(513, 514, True, True, 1)
+    assert g.folio_state[1] == 2 and g.host.folio_splits == 2
 
 
 def test_shmem_thp_hole_splits_at_once_and_frees():

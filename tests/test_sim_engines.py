@@ -18,13 +18,14 @@ from bench.strategies import make_strategy
 
 pytestmark = pytest.mark.skipif(not core_available(), reason="the C core cannot be built here")
 
+HOST_KINDS = (OpKind.SHARED_WRITE, OpKind.SHARED_READ, OpKind.SHARED_PROBE)
 MiB = 1 << 20
 GiB = 1 << 30
 K4 = 4096
 SIZES = [1, 2, 3, 16, 511, 512, 513, 1024]
 KINDS = [OpKind.TO_SHARED, OpKind.TO_PRIVATE, OpKind.SHARED_WRITE, OpKind.SHARED_READ,
          OpKind.PRIVATE_WRITE, OpKind.PRIVATE_READ, OpKind.SHARED_PROBE, OpKind.PIN,
-         OpKind.UNPIN]
+         OpKind.UNPIN, OpKind.GUEST_SHARED_WRITE, OpKind.GUEST_SHARED_READ]
 
 
 def open_both(layout, strategy, params):
@@ -87,8 +88,10 @@ def scenario(draw):
     if name == "dual":
         options["copy"] = draw(st.sampled_from(["auto", True, False]))
         options["discard"] = draw(st.sampled_from([True, True, False]))
-    elif draw(st.booleans()):
-        options["promote"] = draw(st.booleans())
+    else:
+        if draw(st.booleans()):
+            options["promote"] = draw(st.booleans())
+        options["huge"] = draw(st.sampled_from(["split", "split", "demote"]))
     params = {"host_memory": host, "seed": draw(st.integers(0, 3)),
               "prefragment": draw(st.sampled_from([0.0, 0.0, 0.05, 0.3]))}
     npages = slot // K4
@@ -111,7 +114,8 @@ def scenario(draw):
                 size = 0
             elif bad == "unaligned":
                 offset, size = offset + K4 // 2, size - K4
-        ops[i] = (-1, kind, s, offset, size, token)
+        proc = draw(st.sampled_from([0, 0, 0, 1, 3])) if kind in HOST_KINDS else 0
+        ops[i] = (-1, kind, s, offset, size, token, proc)
     cuts = draw(st.lists(st.integers(1, 3 * nops), max_size=4))
     return layout, make_strategy(name, options), params, ops, cuts
 
@@ -135,10 +139,11 @@ def test_c_engine_equals_python_reference(sc):
 
 # ---- conformance scenarios, as steps ---------------------------------------------------------
 def steps_of(*rows):
-    """rows: (code, obj, via, flags, op, offset, size, arg)"""
+    """rows: (code, obj, via, flags, op, offset, size, arg[, host process])"""
     out = np.zeros(len(rows), STEP_DTYPE)
-    for i, (code, obj, via, flags, op, offset, size, arg) in enumerate(rows):
-        out[i] = (code, obj, via, flags, 0, op, offset, size, arg)
+    for i, row in enumerate(rows):
+        code, obj, via, flags, op, offset, size, arg = row[:8]
+        out[i] = (code, obj, via, flags, 0, op, offset, size, arg, row[8] if len(row) > 8 else 0)
     return out
 
 
@@ -238,7 +243,7 @@ def test_punch_frees_and_refault_reads_zero():
 @pytest.mark.parametrize("promote,merges", [(True, 1), (False, 0)])
 def test_partial_conversion_demotes_then_promotes_if_allowed(promote, merges):
     layout = Layout((Memslot(0, 8 * MiB),), gmem_page_size=2 * MiB, init_shared=True)
-    strat = make_strategy("in-place", {"promote": promote})
+    strat = make_strategy("in-place", {"promote": promote, "huge": "demote"})
     py, c = open_both(layout, strat, {"host_memory": "64M"})
     run_equal(py, c, steps_of((W, G, H, 0, 0, 0, 2 * MiB, 1),
                               (A2, G, H, 0, 1, 8 * K4, K4, PRIVATE),
@@ -249,7 +254,7 @@ def test_partial_conversion_demotes_then_promotes_if_allowed(promote, merges):
     assert snap["footprint_bytes"] == snap["huge_bytes"] == 2 * MiB
 
 
-def test_dual_punch_splits_huge_gmem_folio_and_copies():
+def test_dual_punch_zeroes_part_of_a_hugetlb_gmem_folio_and_copies():
     py, c = both("dual", gmem_page_size=2 * MiB)
     res = run_equal(py, c, steps_of((W, G, GU, 0, 0, 0, 2 * MiB, 1),
                                     (VM, G, H, 0, 1, 4 * K4, K4, 0),
@@ -258,10 +263,11 @@ def test_dual_punch_splits_huge_gmem_folio_and_copies():
                                     (R, S, H, 0, 2, 4 * K4, K4, 1)))
     assert res["aux"][2] == K4 and res["aux"][4] == 0
     snap = c.snapshot()
-    # the VM ioctl splits the huge stage-2 leaf (a demotion), the punch the folio itself:
-    # one huge folio broken, counted once
-    assert snap["huge_splits"] == 1 and snap["huge_bytes"] == 0
-    assert snap["footprint_bytes"] == 2 * MiB        # 511 gmem pages + 1 shared page
+    # the VM ioctl splits the huge stage-2 leaf (a demotion); the punch only zeroes the
+    # page inside the hugetlb folio (kvm_gmem_truncate_inode_range), which stays whole
+    assert snap["huge_splits"] == 1 and snap["huge_bytes"] == 2 * MiB
+    assert snap["folio_splits"] == 0 and snap["mapping_demotions"] == 1
+    assert snap["footprint_bytes"] == 2 * MiB + K4   # the whole folio + 1 shared page
 
 
 def test_anon_thp_deferred_split_runs_under_memory_pressure():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bench.layout import Layout, Memslot
-from bench.ops import KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, Obj, Step, Via
+from bench.ops import KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, NO_CHECK, Obj, Step, Via
 from bench.strategies import make_strategy
 from tests.test_sim_engines import open_both, run_equal, steps_of
 
@@ -57,14 +57,44 @@ def test_dual_physical_splits_and_possible_folios():
                               (PUNCH, G, H, 0, 1, 0, K4, 0),
                               (W, S, H, 0, 2, 0, K4, 2)))
     snap = c.snapshot()
-    # gmem folio split by the punch; the shared THP is intact and PMD-mapped by the touch
-    assert snap["folio_splits"] == 1 and snap["mapping_demotions"] == 1
-    assert snap["intact_huge_folios"] == 1 and snap["huge_folios_possible"] == 4 + 4
+    # the hugetlb gmem folio stays whole (the punch zeroes its page); the shared THP is
+    # intact and PMD-mapped by the touch
+    assert snap["folio_splits"] == 0 and snap["mapping_demotions"] == 1
+    assert snap["intact_huge_folios"] == 2 and snap["huge_folios_possible"] == 4 + 4
     assert snap["host_pmd_mapped_bytes"] == 2 * MiB
     run_equal(py, c, steps_of((VM, G, H, 0, 3, 0, K4, PRIVATE),
                               (DISC, S, H, 0, 3, 0, K4, 0)))
     snap = c.snapshot()
-    assert snap["folio_splits"] == 2 and snap["host_pmd_mapped_bytes"] == 0
+    # a 4K hole in the shmem THP splits it at once
+    assert snap["folio_splits"] == 1 and snap["host_pmd_mapped_bytes"] == 0
+    assert snap["intact_huge_folios"] == 1
+
+
+def test_in_place_split_and_merge_counters():
+    py, c = targets(gmem_page_size=2 * MiB)
+    run_equal(py, c, steps_of((W, G, GU, 0, 0, 0, 4 * MiB, 1),
+                              (A2, G, H, 0, 1, 8 * K4, K4, 0),
+                              (W, G, H, 0, 2, 8 * K4, K4, 2)))
+    snap = c.snapshot()
+    assert snap["folio_splits"] == 1 and snap["intact_huge_folios"] == 1
+    assert snap["host_pmd_mapped_bytes"] == 0 and snap["mapping_demotions"] == 1
+    assert snap["stage2_bytes"] == {"4k": 511 * K4, "2m": 2 * MiB, "1g": 0}
+    run_equal(py, c, steps_of((A2, G, H, 0, 3, 8 * K4, K4, PRIVATE),
+                              (R, G, GU, 0, 4, 0, 2 * MiB, NO_CHECK)))
+    snap = c.snapshot()
+    # merged; preserve platform promotes the stage-2 mapping back to one 2M leaf
+    assert snap["folio_merges"] == 1 and snap["intact_huge_folios"] == 2
+    assert snap["stage2_bytes"] == {"4k": 0, "2m": 4 * MiB, "1g": 0}
+
+
+def test_hugetlb_pool_pages_count_as_allocatable():
+    py, c = targets("dual", gmem_page_size=2 * MiB, host="64M")
+    base = c.snapshot()["allocatable_huge"]["2m"]
+    run_equal(py, c, steps_of((W, G, GU, 0, 0, 0, 2 * MiB, 1)))
+    assert c.snapshot()["allocatable_huge"]["2m"] == base - 1
+    run_equal(py, c, steps_of((PUNCH, G, H, 0, 1, 0, 2 * MiB, 0)))
+    snap = c.snapshot()
+    assert snap["allocatable_huge"]["2m"] == base and snap["footprint_bytes"] == 2 * MiB
 
 
 @pytest.mark.parametrize("strategy,obj,via,blocked", [("in-place", G, GU, 1), ("dual", S, H, 0)])

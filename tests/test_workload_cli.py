@@ -83,10 +83,12 @@ def test_every_shipped_workload_runs_on_the_simulator_under_both_strategies(tmp_
         assert m["conversions"] > 0 and m["failed_conversions"] == 0, key
         assert m["checks"]["content_mismatch_pages"] == 0, key
         assert m["checks"]["unexpected_sigbus"] == 0, key
-    # pkvm-share's contents were checked both ways and survived, and its probes faulted
+    # pkvm-share's contents were checked both ways and survived; its host probes of private
+    # memory faulted in-place, and under dual reached the shared backing (no fault expected)
     for s in ("in-place", "dual"):
         c = runs[("pkvm-share", s)]["metrics"]["checks"]
-        assert c["content_pages_checked"] > 0 and c["sigbus_seen"] == c["sigbus_expected"] > 0
+        assert c["content_pages_checked"] > 0 and c["sigbus_seen"] == c["sigbus_expected"]
+        assert (c["sigbus_expected"] > 0) == (s == "in-place")
 
 
 def test_malformed_workload_run_exits_2_and_writes_no_results(tmp_path, capsys):

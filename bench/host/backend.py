@@ -15,6 +15,10 @@ see bench/host/probe.py and helper.c.  Param keys (all optional):
   overhead_reps   NOP steps timed for the clock pair's own cost (20001)
   overhead_pairs  batch pairs (harness, bare) for the harness overhead (10; bench/host/overhead.py)
   kpageflags      count intact huge folios from pagemap + kpageflags in snapshots (yes)
+  folio_fallback  run a workload asking for 2M/1G guest_memfd folios on this kernel's 4K
+                  folios, labelled (no: such a workload is bad input here, exit 2)
+  allocatable_probe  after the run, grow the hugetlb pools to count how many 2M / 1G pages
+                  could still be allocated, then restore them (yes)
   snapshot_detail also read /proc/self/smaps in every snapshot (no: it perturbs timing)
   probe           a bench.host.probe.probe() result to reuse
 """
@@ -30,6 +34,9 @@ from bench.ops import (PAGE_SIZE, RESULT_DTYPE, SIZE_2M, STEP_ABORT_ON_FAIL, STE
 from bench.host import sysfs
 
 GUARD_SHARE = 0.5
+# param slowdown_direction (regression-gate testing): which conversions the injected
+# slowdown delays -> the C executor's slowdown_dirs bits (bit 0 to-shared, bit 1 to-private)
+SLOWDOWN_DIRECTIONS = {"both": 3, "to_shared": 1, "to_private": 2}
 MAX_SCALE = 1024
 WARMUP_BYTES = 1 << 30
 PLATFORM_CODES = {"preserve": 0, "zero": 1, "destroy": 2}
@@ -198,6 +205,10 @@ class HostTarget:
         self.layout = layout
         self.strategy = strategy
         self.params = dict(params or {})
+        self.slowdown_direction = str(self.params.get("slowdown_direction", "both"))
+        if self.slowdown_direction not in SLOWDOWN_DIRECTIONS:
+            raise InputError(f"--param slowdown_direction: expected one of "
+                             f"{', '.join(SLOWDOWN_DIRECTIONS)}, got {self.slowdown_direction!r}")
         self.settings = sysfs.Settings()
         self._fds: list[int] = []
         self._maps: list[tuple[int, int]] = []      # (addr, length) to munmap
@@ -251,8 +262,16 @@ class HostTarget:
         if layout.platform not in PLATFORM_CODES:
             raise InputError(f"host backend: unknown platform {layout.platform!r}")
         if layout.gmem_page_size != PAGE_SIZE:
+            # the workload's point may be the huge folio (splits, demotions): running it on
+            # 4K folios silently would measure something else
+            if not _param_bool(self.params, "folio_fallback", False):
+                raise InputError(f"host backend: the workload asks for {layout.gmem_page_size >> 10}K "
+                                 "guest_memfd folios; this kernel's guest_memfd has 4K folios "
+                                 "only (run it on the simulator, or allow running on 4K folios "
+                                 "with --param folio_fallback=yes: the results are labelled)")
             self.labels.append(f"guest_memfd page size {layout.gmem_page_size} requested: this "
-                               "kernel's guest_memfd folios are 4K only, ran with 4K")
+                               "kernel's guest_memfd folios are 4K only, ran with 4K "
+                               "(folio_fallback=yes)")
         self._plan_scale()
         self._warm_up(_param_size(self.params, "warmup_bytes", WARMUP_BYTES))
         self._vmstat0 = read_vmstat()
@@ -279,6 +298,7 @@ class HostTarget:
         if slowdown < 1.0:
             raise InputError(f"slowdown must be >= 1.0, got {slowdown}")
         ctx.slowdown_permille = int(round((slowdown - 1.0) * 1000))
+        ctx.slowdown_dirs = SLOWDOWN_DIRECTIONS[self.slowdown_direction]
         self._ctx = ctx
         self.harness = self._measure_overhead(
             max(2, _param_number(self.params, "overhead_reps", 20001, int)))
@@ -483,7 +503,8 @@ class HostTarget:
     def _mapping_points(self, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         code, obj, via = steps["code"], steps["obj"], steps["via"]
         gmem = obj == Obj.GMEM
-        guest_touch = gmem & (via == Via.GUEST) & ((code == Step.WRITE) | (code == Step.READ))
+        guest_touch = gmem & np.isin(via, (Via.GUEST, Via.GUEST_SHARED)) & \
+            ((code == Step.WRITE) | (code == Step.READ))
         dual = bool(getattr(self.strategy, "needs_shared_backing", False))
         punch = (code == Step.GMEM_PUNCH) if dual else np.zeros(len(steps), bool)
         copy_out = (code == Step.COPY) & (obj == Obj.SHARED)
@@ -562,6 +583,10 @@ class HostTarget:
         if self._closed:
             raise RuntimeError("HostTarget is closed")
         steps = self.scale_steps(np.asarray(steps, dtype=STEP_DTYPE))
+        if steps["proc"].any():
+            i = int(np.flatnonzero(steps["proc"])[0])
+            raise InputError(f"step {i}: host process {int(steps['proc'][i])}: the host backend "
+                             f"touches guest memory from the VMM process (0) only")
         res = self._run_mapping_faithful(steps)
         ran = res["status"] != SKIPPED
         codes = steps["code"][ran].astype(np.int64)
@@ -643,7 +668,59 @@ class HostTarget:
         }
         if smaps is not None:
             snap["smaps"] = smaps
+        # the huge-page measures the results carry (bench/metrics.py): what the kernel
+        # shows this process; stage 2 is KVM's and its page counts are per VM in debugfs
+        # (pages_4k/2m/1g), not readable for one memslot of a VM here
+        possible = sum(m["size"] // SIZE_2M for m in self._slots_meta
+                       if m["shared_base"] and self.layout.shared_page in ("thp", "hugetlb"))
+        snap["stage2_bytes"] = None
+        snap["intact_huge_folios"] = None if folios is None else int(folios * self.scale)
+        snap["huge_folios_possible"] = int(possible * self.scale)
+        if thp:
+            snap["mapping_demotions"] = int(d["thp_split_pmd"])
+            snap["folio_splits"] = int(d["thp_split_page"])
+            snap["folio_merges"] = int(d["thp_collapse_alloc"])
+        else:
+            snap["mapping_demotions"] = snap["folio_splits"] = snap["folio_merges"] = 0
+        snap["not_measurable"] = {
+            "stage2_huge_share": "not measurable on this host: KVM counts stage-2 pages per VM "
+                                 "(debugfs pages_4k/2m/1g), not per memslot, and guest_memfd "
+                                 "folios are 4K here",
+            "host_pmd_mapped_share": "read once at the end of the run (smaps perturbs timing)"}
         return snap
+
+    def final_state(self) -> dict:
+        """End-of-run host memory facts, read after the last timed step: free blocks per
+        zone (/proc/buddyinfo), pageblock migratetype labels (/proc/pagetypeinfo), shared
+        memory PMD-mapped (smaps ShmemPmdMapped + AnonHugePages), and how many 2M / 1G pages
+        could still be allocated (hugetlb pools grown, then restored)."""
+        from bench.fragmentation import parse_pagetypeinfo, read_buddyinfo
+        out: dict = {"notes": {}}
+        try:
+            out["zones"] = read_buddyinfo("/proc/buddyinfo")
+        except InputError as e:
+            out["zones"], out["notes"]["zones"] = {}, str(e)
+        try:
+            with open("/proc/pagetypeinfo", encoding="ascii") as f:
+                out["pageblocks"] = parse_pagetypeinfo(f.read())
+            out["notes"]["pageblocks"] = ("migratetype labels per zone (/proc/pagetypeinfo); "
+                                          "pageblocks mixing unmovable and movable pages "
+                                          "need page_owner to count")
+        except (OSError, InputError) as e:
+            out["pageblocks"], out["notes"]["pageblocks"] = None, f"not readable: {e}"
+        shared = [(m["shared_base"], m["size"]) for m in self._slots_meta if m["shared_base"]]
+        gmem = [(m["gmem_base"], m["size"]) for m in self._slots_meta]
+        sm = read_smaps(shared + gmem)
+        out["host_pmd_mapped_bytes"] = int((sm["ShmemPmdMapped"] + sm["AnonHugePages"]
+                                            + sm["FilePmdMapped"]) * self.scale)
+        if _param_bool(self.params, "allocatable_probe", True):
+            out["allocatable_huge"], note = sysfs.allocatable_huge_pages(
+                cap_bytes=min(self.layout.guest_size // self.scale, self.mem_available // 4))
+            out["notes"]["allocatable_huge"] = note
+        else:
+            out["allocatable_huge"] = None
+            out["notes"]["allocatable_huge"] = "not probed (allocatable_probe=no)"
+        return out
 
     def _fidelity_table(self, probe_mod) -> dict:
         name = "dual" if getattr(self.strategy, "needs_shared_backing", False) else "in-place"
@@ -672,6 +749,8 @@ class HostTarget:
             "scale": self.scale,
             # > 1 only when a regression gate is being tested: a delay was injected
             "slowdown": float(self.params.get("slowdown", 1.0)),
+            # which conversions carry the delay: both, to_shared or to_private
+            "slowdown_direction": self.slowdown_direction,
             "guard_share": _param_number(self.params, "guard_share", GUARD_SHARE),
             "mem_available_bytes": self.mem_available,
             "warmup_bytes": self.warmup_bytes,

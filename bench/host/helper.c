@@ -39,6 +39,7 @@ struct gm_step {
     uint16_t slot;
     uint32_t op;
     uint64_t offset, size, arg;
+    uint8_t proc;          /* host process: only 0 (this process, the VMM) reaches here */
 } __attribute__((packed));
 
 struct gm_result {
@@ -524,6 +525,11 @@ int gm_execute(struct gm_ctx *c, const void *steps_buf, void *results_buf, int64
     const struct gm_step *steps = steps_buf;
     struct gm_result *res = results_buf;
     int64_t failed_op = -1;
+    /* the direction of the conversion op being executed: its first step is the attribute
+     * ioctl, whose arg says to-private or to-shared; the op's later steps (punch, discard,
+     * copy) are delayed according to it */
+    uint64_t dir_op = UINT64_MAX;
+    int dir_slowed = 0;
     if (install_bus() < 0)
         return -errno;
     for (int64_t i = 0; i < n; i++) {
@@ -538,8 +544,14 @@ int gm_execute(struct gm_ctx *c, const void *steps_buf, void *results_buf, int64
         failed_op = -1;
         int64_t ns = 0, aux = 0;
         r->status = run_step(c, st, &ns, &aux);
-        if (c->slowdown_permille > 0 && (st->flags & GM_STEP_CONVERSION))
-            ns += busy_wait_ns(ns * c->slowdown_permille / 1000);
+        if (c->slowdown_permille > 0 && (st->flags & GM_STEP_CONVERSION)) {
+            if (st->code == GM_STEP_GMEM_SET_ATTRS || st->code == GM_STEP_VM_SET_ATTRS) {
+                dir_op = st->op;
+                dir_slowed = (c->slowdown_dirs >> ((st->arg & GM_ATTR_PRIVATE) ? 1 : 0)) & 1;
+            }
+            if (st->op == dir_op ? dir_slowed : (c->slowdown_dirs & 3) == 3)
+                ns += busy_wait_ns(ns * c->slowdown_permille / 1000);
+        }
         r->ns = ns;
         r->aux = aux;
         if (r->status && (st->flags & GM_STEP_ABORT_ON_FAIL))

@@ -5,7 +5,7 @@
 #include <stdint.h>
 
 /* cdef-begin */
-#define GM_STEP_SIZE 34
+#define GM_STEP_SIZE 35
 #define GM_RESULT_SIZE 20
 #define GM_MAX_PINS 64
 
@@ -78,6 +78,8 @@ struct gm_ctx {
     struct gm_pin pins[64];
     int slowdown_permille;     /* gate testing: each conversion step busy-waits this many
                                   thousandths of its own measured time, inside the timing */
+    int slowdown_dirs;         /* which conversions slowdown_permille delays: bit 0 to-shared,
+                                  bit 1 to-private (3 = both) */
 };
 
 int gm_step_size(void);

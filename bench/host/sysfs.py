@@ -132,3 +132,48 @@ def ensure_hugepages(settings: Settings, count: int, size_kb: int = 2048) -> int
     total = int(read_setting(f"{base}/nr_hugepages"))
     settings.set(f"{base}/nr_hugepages", total + (count - free))
     return int(read_setting(f"{base}/free_hugepages"))
+
+
+HUGE_SIZES_KB = {"2m": 2048, "1g": 1048576}
+
+
+def allocatable_huge_pages(cap_bytes: int) -> tuple[dict, str]:
+    """How many 2M and 1G pages the kernel can still allocate, up to cap_bytes of each:
+    grow each hugetlb pool by that many pages, count what the kernel managed to add (plus
+    the pool's free pages), and restore the pool at once (a Settings registry of its own,
+    so the memory is given back before anything else runs; signals restore too).
+    Returns ({"2m": n | None, "1g": n | None}, note); None where the size is not offered
+    or the pool cannot be written (not root)."""
+    out: dict = {}
+    notes = []
+    for name, kb in HUGE_SIZES_KB.items():
+        base = f"/sys/kernel/mm/hugepages/hugepages-{kb}kB"
+        want = cap_bytes // (kb << 10)
+        if name == "1g" and want == 0 and cap_bytes >= (512 << 20):
+            want = 1
+        if want <= 0:
+            out[name] = None
+            notes.append(f"{name}: not probed (cap {cap_bytes >> 20} MiB is below one page)")
+            continue
+        try:
+            total = int(read_setting(f"{base}/nr_hugepages"))
+            free = int(read_setting(f"{base}/free_hugepages"))
+        except OSError as e:
+            out[name] = None
+            notes.append(f"{name}: pool not readable ({e.strerror})")
+            continue
+        s = Settings()
+        try:
+            s.set(f"{base}/nr_hugepages", total + want)
+            got = int(read_setting(f"{base}/nr_hugepages")) - total
+        except OSError as e:
+            out[name] = None
+            notes.append(f"{name}: pool not writable ({e.strerror})")
+            continue
+        finally:
+            s.close()
+        out[name] = free + max(got, 0)
+        notes.append(f"{name}: {out[name]}" + (" (the probe's cap: at least this many)"
+                                               if got >= want else "")
+                     + f", probed up to {want} new pages, pool restored to {total}")
+    return out, "; ".join(notes)

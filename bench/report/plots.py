@@ -428,12 +428,16 @@ def plot_summary(results: dict, samples: dict, path: Path,
             du, ip = h["runs"]["dual"], h["runs"]["in-place"]
             a = np.array([v for v in per_rep_time(du, d, part) if v is not None], float)
             b = np.array([v for v in per_rep_time(ip, d, part) if v], float)
+            right = max(mid[k], q3[k]) if np.isfinite(q3[k]) else mid[k]
             if len(a) and len(b):
                 rr = (a[:, None] / b[None, :]).ravel()
                 ax.plot([rr.min(), rr.max()], [pos[k]] * 2, "k|", markersize=8)
+                right = max(right, float(rr.max()))
             if np.isfinite(mid[k]):
-                ax.annotate(fmt_x(mid[k]), (mid[k], pos[k]), xytext=(4, 0),
+                # the label right of the bar, the whisker and the ticks, never on them
+                ax.annotate(fmt_x(mid[k]), (max(right, 1.0), pos[k]), xytext=(5, 0),
                             textcoords="offset points", va="center", fontsize=FONT - 2)
+                hi_all.append(right)
                 lo_all.append(mid[k])
                 hi_all.append(mid[k])
     ax.set_xscale("log")
@@ -460,9 +464,16 @@ def plot_summary(results: dict, samples: dict, path: Path,
         if v:
             ax2.plot(np.asarray(v) / div, [pos] * len(v), "k.", markersize=5)
         if np.isfinite(med):
-            ax2.annotate(fmt_time(med), (med / div, pos), xytext=(4, 0), textcoords="offset points",
+            right = max([med] + [float(x) for x in v]) / div
+            ax2.annotate(fmt_time(med), (right, pos), xytext=(5, 0), textcoords="offset points",
                          va="center", fontsize=FONT - 2)
     ax2.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    ax2.xaxis.set_major_formatter(FuncFormatter(lambda val, _: f"{val:g}"))
+    ax2.xaxis.set_minor_formatter(NullFormatter())
+    vals = [t[3] / div for t in tot if np.isfinite(t[3]) and t[3] > 0]
+    if vals:
+        ax2.set_xlim(min(vals) / 3, max(vals) * 6)
     ax2.set_yticks(y, names)
     ax2.set_xlabel(f"total time per repetition ({unit}, log scale; dots: repetitions)")
     ax2.grid(True, axis="x", which="both", alpha=0.3)
@@ -482,8 +493,11 @@ def plot_summary(results: dict, samples: dict, path: Path,
     axt.text(0, 1, "\n".join(rows), va="top", ha="left", fontsize=FONT - 2.5,
              family="monospace", transform=axt.transAxes)
     em = sorted({f"{r['strategy']}{emulated_mark(r)}" for r in all_runs if emulated_mark(r)})
+    import textwrap
+    em_text = textwrap.fill("* " + "; ".join(em), 150) if em else ""
     fig.suptitle("dual backing relative to in-place conversion, per workload\n"
-                 f"{fidelity_text(all_runs)}" + (f"\n* {'; '.join(em)}" if em else ""))
+                 f"{fidelity_text(all_runs)}" + (f"\n{em_text}" if em else ""),
+                 fontsize=FONT + 1)
     return _save(fig, path)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.errors import InputError
 from bench.report.plots import collect_figures, copy_share, figure_jobs, runs_by_workload
 from bench.report.pyperf_export import write_pyperf
-from bench.results import atomic_write_text, load_results, load_samples
+from bench.results import atomic_write_text, load_results, load_samples, write_tidy_csv
 
 WIDTH = 72
 
@@ -544,13 +544,15 @@ def report_markdown(results: dict, samples: dict, summary_png: Path | None,
                           for r in runs]), ""]
     emulation = [(r["key"], note) for r in runs
                  for note in (r.get("metadata") or {}).get("emulation") or []]
-    slowed = [r["key"] for r in runs if (r.get("metadata") or {}).get("slowdown", 1.0) != 1.0]
+    slowed = [(r["key"], (r.get("metadata") or {}).get("slowdown_direction", "both"))
+              for r in runs if (r.get("metadata") or {}).get("slowdown", 1.0) != 1.0]
     if emulation or slowed:
         md += ["### What the host backend emulated or changed", ""]
         md += [f"- {key}: {note}" for key, note in emulation]
-        md += [f"- **{key}: a delay was injected into every conversion step (slowdown "
+        md += [f"- **{key}: a delay was injected into every conversion step"
+               f"{'' if d == 'both' else f' of the {d} conversions'} (slowdown "
                f"parameter, for testing a regression gate): not a measurement of the kernel**"
-               for key in slowed]
+               for key, d in slowed]
         md += [""]
     md += ["### pyperf", "",
            f"{len(pyperf_files)} suite files in `pyperf/`, one per strategy, with benchmark "
@@ -641,6 +643,7 @@ def write_report(results_dir, jobs: int | None = None, timings: dict | None = No
         t = time.perf_counter()
         pyperf_files = write_pyperf(results, outdir / "pyperf")
         atomic_write_text(outdir / "summary.txt", summary_text(results))
+        write_tidy_csv(results, outdir / "results.csv")
         t_side = time.perf_counter() - t
         summary_png, plots = collect_figures(fig_jobs, figures.paths(), skipped)
     finally:

@@ -58,6 +58,11 @@ def model_parameters(layout, params: dict) -> tuple[int, int]:
     return order, host_bytes
 
 
+def huge_mode(strategy) -> str:
+    """in-place.huge: "split" (the HugeTLB guest_memfd design, default) or "demote"."""
+    return strategy.huge_mode() if hasattr(strategy, "huge_mode") else "split"
+
+
 class SimTarget:
     backend = "sim"
 
@@ -80,7 +85,8 @@ class SimTarget:
         self.shared: list[SharedBacking | None] = []
         try:
             for m in layout.memslots:
-                g = GuestMemfd(self.host, self.vm, m.size, flags, order, layout.platform, promote)
+                g = GuestMemfd(self.host, self.vm, m.size, flags, order, layout.platform, promote,
+                               huge_mode(strategy))
                 # the VM's attribute xarray starts empty (shared); start-up marks it private
                 self.vm.add_slot(g, initial if in_place else SHARED)
                 if not in_place:
@@ -93,6 +99,7 @@ class SimTarget:
             raise InputError(f"host_memory {host_bytes} too small for this layout: {e}")
         self.startup = self._start_up(in_place, initial)
         self.wall_s = 0.0
+        self._proc = 0             # host process of the step being executed
         self.saturated = 0               # steps whose charge was cut at STEP_NS_MAX
         self._arrivals, self._last_op = [], -1
         self._dispatch = {
@@ -156,10 +163,29 @@ class SimTarget:
     def _access(self, slot, obj, via, offset, size, arg, write):
         p0, p1 = offset >> 12, (offset + size) >> 12
         if obj == Obj.SHARED:
-            st, mism = self.shared[slot].access(p0, p1, write, arg)
+            st, mism = self._access_shared(slot, via, p0, p1, arg, write)
         else:
-            st, mism = self.gmem[slot].access(p0, p1, via == Via.GUEST, write, arg)
+            st, mism = self.gmem[slot].access(p0, p1, via != Via.HOST, write, arg, self._proc,
+                                              shared=via == Via.GUEST_SHARED)
         return (SIGBUS_STATUS if st == SIGBUS else st), mism
+
+    def _access_shared(self, slot, via, p0, p1, arg, write):
+        """Dual backing's shared memory.  The VMM reaches every GPA through it, so a host
+        touch of a GPA that is private now does not fault: it allocates (or reads) a page
+        of the shared backing there, memory the guest cannot use (counted)."""
+        attrs = self.vm.slot_attrs[slot]
+        sh = self.shared[slot]
+        if via == Via.GUEST:
+            return errno.EFAULT, 0          # a private access never maps the shared backing
+        if via == Via.GUEST_SHARED:
+            if not attrs.is_uniform(p0, p1, SHARED):
+                return errno.EFAULT, 0      # KVM_EXIT_MEMORY_FAULT
+            return sh.guest_access(p0, p1, write, arg, self.gmem[slot].s2_map)
+        st, mism = sh.access(p0, p1, write, arg, self._proc)
+        if st == 0:
+            self.host.private_host_touch_pages += sum(
+                b - a for a, b, v in attrs.segments(p0, p1) if v == PRIVATE)
+        return st, mism
 
     def _write(self, *a):
         return self._access(*a, write=True)
@@ -206,12 +232,14 @@ class SimTarget:
         status, ns, aux = [0] * n, [0] * n, [0] * n
         cols = (steps["code"].tolist(), steps["slot"].tolist(), steps["obj"].tolist(),
                 steps["via"].tolist(), steps["offset"].tolist(), steps["size"].tolist(),
-                steps["arg"].tolist(), steps["flags"].tolist(), steps["op"].tolist())
+                steps["arg"].tolist(), steps["flags"].tolist(), steps["op"].tolist(),
+                steps["proc"].tolist())
         dispatch = [self._dispatch.get(Step(c)) for c in range(max(Step) + 1)]
         ledger = self.ledger
         failed_op = -1
         arrivals = self._arrivals
-        for i, (code, slot, obj, via, off, size, arg, flags, op) in enumerate(zip(*cols)):
+        for i, (code, slot, obj, via, off, size, arg, flags, op, proc) in enumerate(zip(*cols)):
+            self._proc = proc
             if op != self._last_op:
                 # an op arrives: the clock waits for it (idle time is not billed)
                 self._last_op = op
@@ -243,8 +271,8 @@ class SimTarget:
         nr_free = self.host.buddy.nr_free()
         h = self.host
         stage2 = {"4k": 0, "2m": 0, "1g": 0}
-        host_huge = intact = possible = 0
-        for g, s in zip(self.gmem, self.shared):
+        host_huge = intact = possible = stale = 0
+        for i, (g, s) in enumerate(zip(self.gmem, self.shared)):
             small, huge = g.stage2_bytes()
             stage2["4k"] += small
             if huge:
@@ -256,6 +284,7 @@ class SimTarget:
                 host_huge += s.host_huge_mapped_bytes()
                 intact += s.intact_folios()
                 possible += len(s.chunk) if s.huge else 0
+                stale += s.present_at(self.vm.slot_attrs[i], PRIVATE)
         return {
             "footprint_bytes": h.footprint_pages * PAGE_SIZE,
             "huge_bytes": min(h.huge_pages * PAGE_SIZE, self.layout.guest_size),
@@ -270,7 +299,9 @@ class SimTarget:
             "mapping_demotions": h.mapping_demotions,
             "folio_splits": h.folio_splits,
             "folio_merges": h.folio_merges,
-            "allocatable_huge": h.buddy.allocatable_huge(),
+            "allocatable_huge": h.buddy.allocatable_huge(h.pool_blocks()),
+            "private_host_touch_pages": h.private_host_touch_pages,
+            "shared_at_private_bytes": stale * PAGE_SIZE,
         }
 
     def fidelity(self) -> dict[str, str]:
@@ -290,6 +321,7 @@ class SimTarget:
                 "vm_type": self.vm.vm_type,
                 "gmem_folio_order": self.gmem[0].order if self.gmem else 0,
                 "promote": self.gmem[0].promote if self.gmem else None,
+                "huge": huge_mode(self.strategy),
             },
             "huge_fallbacks": self.host.huge_fallbacks,
             "pageblocks": b.pageblock_counts(),

@@ -40,6 +40,7 @@
 #define INTACT 1
 #define SPLIT 2
 #define DEFERRED 3
+#define FALLBACK 4      /* gmem folio held as 4K pages from the buddy allocator */
 #define GARBAGE 0xDEADBEEFu
 #define NO_CHECK 0xFFFFFFFFull
 #define SIGBUS_STATUS 1000
@@ -67,13 +68,18 @@
 #define KMAX 10
 
 /* per-page flags of a guest_memfd / shared backing page */
-#define PF_HOST 1      /* host process 0 maps it (PTE level) */
+#define PF_HOST 1      /* host process 0 maps it (PTE level); processes 1..3: pf_host() */
 #define PF_S2 2        /* guest stage-2 maps it at 4K */
 #define PF_PREP 0x40   /* the platform's private state is set up (GuestMemfd.prepared) */
 /* per-folio bits */
 #define FB_HOST_PMD 1
 #define FB_S2_HUGE 2
 #define FB_DEMOTED 4
+#define MAX_PROCS 4    /* bench.ops.MAX_HOST_PROCS */
+#define PF_HOST_ALL (1 | 4 | 8 | 16)
+#define FB_PMD_ALL (1 | 8 | 16 | 32)
+static inline uint8_t pf_host(int proc) { return proc ? (uint8_t)(4 << (proc - 1)) : PF_HOST; }
+static inline uint8_t fb_pmd(int proc) { return proc ? (uint8_t)(8 << (proc - 1)) : FB_HOST_PMD; }
 
 enum {
     K_IOCTL_ENTRY, K_ATTR_UPDATE, K_REFCOUNT_SCAN_FOLIO, K_LRU_DRAIN, K_HOST_ZAP_PTE,
@@ -85,7 +91,10 @@ enum {
     K_EXIT_REQUEST_SW, K_EXIT_REQUEST_TDX, K_EXIT_REQUEST_SNP, K_EXIT_TO_USERSPACE,
     K_VMM_DISPATCH, K_GUEST_PVALIDATE_SNP, K_HYP_SHARE_SW, K_TLB_FLUSH, K_VCPU_KICK,
     K_FW_SNP_TO_PRIVATE, K_FW_SNP_TO_SHARED, K_FW_TDX_TO_PRIVATE, K_FW_TDX_TO_SHARED,
-    K_TDX_BLOCK, K_TDX_TRACK, K_TDX_DEMOTE, NKEYS
+    K_TDX_BLOCK, K_TDX_TRACK, K_TDX_DEMOTE,
+    K_FOLIO_MERGE, K_HUGETLB_VMEMMAP_RESTORE, K_HUGETLB_VMEMMAP_OPTIMIZE,
+    K_MADVISE_DONTNEED_UNMAPPED,
+    NKEYS
 };
 static const char *const key_names[NKEYS] = {
     "ioctl_entry", "attr_update", "refcount_scan_folio", "lru_drain", "host_zap_pte",
@@ -98,6 +107,8 @@ static const char *const key_names[NKEYS] = {
     "vmm_dispatch", "guest_pvalidate_snp", "hyp_share_sw", "tlb_flush", "vcpu_kick",
     "fw_snp_to_private", "fw_snp_to_shared", "fw_tdx_to_private", "fw_tdx_to_shared",
     "tdx_block", "tdx_track", "tdx_demote",
+    "folio_merge", "hugetlb_vmemmap_restore", "hugetlb_vmemmap_optimize",
+    "madvise_dontneed_unmapped",
 };
 
 typedef struct __attribute__((packed)) {
@@ -105,6 +116,7 @@ typedef struct __attribute__((packed)) {
     uint16_t slot;
     uint32_t op;
     uint64_t offset, size, arg;
+    uint8_t proc;
 } step_t;
 
 typedef struct __attribute__((packed)) {
@@ -159,6 +171,7 @@ typedef struct {            /* ranges.py AttrRanges: uniform chunks, or bytes pe
 typedef struct {
     int64_t size, npages, fpages, nfolios;
     int flags, order, platform, promote;
+    int split_on_share;     /* in-place.huge=split: GuestMemfd.split_on_share */
     int32_t *page_pfn;      /* pfn + 1 */
     uint8_t *pflags;
     uint32_t *data;
@@ -201,6 +214,9 @@ struct core {
     int64_t narrival, last_op, saturated;
     int64_t footprint, huge_pages, huge_splits, huge_merges, huge_fallbacks, pinned_by_aging;
     int64_t mapping_demotions, folio_splits, folio_merges;    /* snapshot counters */
+    int64_t private_host_touch_pages;
+    int32_t *pool[2];       /* Host.hugetlb_pool: free hugetlb pages, [0] 2M, [1] 1G */
+    int64_t npool[2], cap_pool[2];
     int vm_type, in_place;
     int plat, vcpus;        /* cost platform (PLAT_*), vCPUs kicked by a flush */
     slot_t *slots;
@@ -897,6 +913,28 @@ static int64_t host_alloc_huge(core_t *c, int order, int movable)    /* alloc_hu
     return -1;
 }
 
+static int64_t host_alloc_hugetlb(core_t *c, int order, int *pooled)   /* alloc_hugetlb */
+{
+    int i = order == 9 ? 0 : 1;
+    if (c->npool[i]) {
+        *pooled = 1;
+        return c->pool[i][--c->npool[i]];
+    }
+    *pooled = 0;
+    return host_alloc_huge(c, order, 0);
+}
+
+static void host_free_hugetlb(core_t *c, int64_t pfn, int order)      /* free_hugetlb */
+{
+    int i = order == 9 ? 0 : 1;
+    if (c->npool[i] == c->cap_pool[i]) {
+        c->cap_pool[i] = c->cap_pool[i] ? 2 * c->cap_pool[i] : 64;
+        c->pool[i] = realloc(c->pool[i], (size_t)c->cap_pool[i] * sizeof(int32_t));
+        if (!c->pool[i]) abort();
+    }
+    c->pool[i][c->npool[i]++] = (int32_t)pfn;
+}
+
 /* alloc_pages: n pfns into c->apfn; OutOfMemory unwinds to the step */
 static int32_t *host_alloc_pages(core_t *c, int64_t n, int movable)
 {
@@ -1044,7 +1082,10 @@ static int64_t collect_missing(core_t *c, const int32_t *page_pfn, int64_t a, in
     return n;
 }
 
-static int64_t gmem_populate(core_t *c, gmem_t *g, int64_t p0, int64_t p1)   /* populate */
+static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f);
+
+/* populate; view: the slot's attributes (only read with split_on_share, i.e. in-place) */
+static int64_t gmem_populate(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int64_t p1)
 {
     if (!g->order) {
         int64_t n = collect_missing(c, g->page_pfn, p0, p1);
@@ -1057,18 +1098,21 @@ static int64_t gmem_populate(core_t *c, gmem_t *g, int64_t p0, int64_t p1)   /* 
         if (g->fstate[f] == INTACT) continue;
         int64_t a = p0 > f * fp ? p0 : f * fp, b = p1 < (f + 1) * fp ? p1 : (f + 1) * fp;
         if (g->fstate[f] == ABSENT) {
-            int64_t pfn = host_alloc_huge(c, o, 0);
+            int pooled;
+            int64_t pfn = host_alloc_hugetlb(c, o, &pooled);
             if (pfn >= 0) {
                 g->fstate[f] = INTACT;
                 g->fpfn[f] = (int32_t)pfn;
                 g->present += fp;
-                c->footprint += fp;
+                if (!pooled) c->footprint += fp;
                 c->huge_pages += fp;
                 led_op(c, o == 9 ? K_FAULT_GMEM_2M : K_FAULT_1G, 1);
                 faulted += fp;          /* a large folio never enters the LRU batch */
+                if (g->split_on_share && !attrs_is_uniform(view, f * fp, (f + 1) * fp, PRIVATE))
+                    gmem_split_folio(c, g, f);
                 continue;
             }
-            g->fstate[f] = SPLIT;
+            g->fstate[f] = FALLBACK;
         }
         int64_t n = collect_missing(c, g->page_pfn, a, b);
         if (n) {
@@ -1110,10 +1154,34 @@ static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f)        /* _split_f
     g->fstate[f] = SPLIT;
     if (!(g->fbits[f] & FB_DEMOTED))      /* a demoted mapping already counted this folio */
         c->huge_splits++;
-    g->fbits[f] &= ~FB_DEMOTED;
+    g->fbits[f] |= FB_DEMOTED;            /* its mappings can only be 4K now */
     c->huge_pages -= fp;
     c->folio_splits++;
     led_op(c, K_FOLIO_SPLIT, 1);
+    led_op(c, K_HUGETLB_VMEMMAP_RESTORE, fp);
+}
+
+static void gmem_merge_folio(core_t *c, gmem_t *g, int64_t f)        /* _merge_folio */
+{
+    int64_t fp = g->fpages;
+    memset(g->page_pfn + f * fp, 0, (size_t)fp * sizeof(int32_t));
+    g->fstate[f] = INTACT;
+    c->huge_pages += fp;
+    c->folio_merges++;
+    led_op(c, K_FOLIO_MERGE, 1);
+    led_op(c, K_HUGETLB_VMEMMAP_OPTIMIZE, fp);
+}
+
+static void gmem_restructure(core_t *c, gmem_t *g, const attrs_t *a, int64_t p0, int64_t p1,
+                             int split)                                /* _restructure */
+{
+    int o = g->order;
+    int64_t fp = g->fpages, f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
+    for (int64_t f = f0; f < f1; f++) {
+        if (g->fstate[f] != (split ? INTACT : SPLIT)) continue;
+        if (split) gmem_split_folio(c, g, f);
+        else if (attrs_is_uniform(a, f * fp, (f + 1) * fp, PRIVATE)) gmem_merge_folio(c, g, f);
+    }
 }
 
 static void gmem_demote(core_t *c, gmem_t *g, int64_t f)            /* _demote */
@@ -1129,25 +1197,34 @@ static void set_flag_range(uint8_t *fl, int64_t a, int64_t b, uint8_t bit)
     for (int64_t p = a; p < b; p++) fl[p] |= bit;
 }
 
+/* zap_host: every process's PTEs and PMDs (unmap_mapping_range) */
 static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int charge)
 {
-    int64_t n = clear_flag_count(g->pflags, p0, p1, PF_HOST);
+    int64_t n = 0;
+    for (int q = 0; q < MAX_PROCS; q++) n += clear_flag_count(g->pflags, p0, p1, pf_host(q));
+    /* inside the ioctl: the measured MADV_DONTNEED figure less its syscall entry */
     if (n && charge) led_op_beyond(c, K_HOST_ZAP_PTE, K_IOCTL_ENTRY, n);
     if (g->order) {
         int o = g->order;
         int64_t fp = g->fpages, f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
         for (int64_t f = f0; f < f1; f++) {
-            if (!(g->fbits[f] & FB_HOST_PMD)) continue;
+            uint8_t pm = g->fbits[f] & FB_PMD_ALL;
+            if (!pm) continue;
+            int k = __builtin_popcount(pm);
             int64_t a = f * fp, b = (f + 1) * fp;
             if (a < p0 || b > p1) {
-                if (a < p0) set_flag_range(g->pflags, a, p0, PF_HOST);
-                if (b > p1) set_flag_range(g->pflags, p1, b, PF_HOST);
+                for (int q = 0; q < MAX_PROCS; q++) {
+                    if (!(pm & fb_pmd(q))) continue;
+                    if (a < p0) set_flag_range(g->pflags, a, p0, pf_host(q));
+                    if (b > p1) set_flag_range(g->pflags, p1, b, pf_host(q));
+                }
                 gmem_demote(c, g, f);
-                c->mapping_demotions++;
+                c->mapping_demotions += k;
             }
-            g->fbits[f] &= ~FB_HOST_PMD;
-            n++;
-            if (charge) led_op(c, K_HOST_ZAP_PMD, 1);
+            n += k;
+            if (charge)
+                for (int i = 0; i < k; i++) led_op(c, K_HOST_ZAP_PMD, 1);
+            g->fbits[f] &= ~FB_PMD_ALL;
         }
     }
     return n;
@@ -1240,12 +1317,12 @@ static int64_t set_flag_count_old(uint8_t *fl, int64_t a, int64_t b, uint8_t bit
 }
 
 static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int64_t p1,
-                     int guest, int state, const uint8_t *fresh)       /* _map */
+                     int guest, int proc, int state, const uint8_t *fresh)   /* _map */
 {
-    uint8_t pte = guest ? PF_S2 : PF_HOST;
+    uint8_t pte = guest ? PF_S2 : pf_host(proc);
     int64_t n = 0;
     if (g->order) {
-        uint8_t pmd = guest ? FB_S2_HUGE : FB_HOST_PMD;
+        uint8_t pmd = guest ? FB_S2_HUGE : fb_pmd(proc);
         int o = g->order;
         int64_t fp = g->fpages, f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
         for (int64_t f = f0; f < f1; f++) {
@@ -1339,6 +1416,7 @@ static int gmem_set_attrs2(core_t *c, slot_t *s, uint64_t offset, uint64_t size,
     if (!(v & PRIVATE)) gmem_arch_invalidate(c, g, p0, p1);
     attrs_set(&s->attrs, p0, p1, v);
     led_op(c, K_ATTR_UPDATE, 1);
+    if (g->split_on_share) gmem_restructure(c, g, &s->attrs, p0, p1, !(v & PRIVATE));
     return 0;
 }
 
@@ -1374,32 +1452,38 @@ static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* 
     int mapped = gmem_zap_host(c, g, p0, p1, 0) > 0;
     gmem_zap_stage2(c, g, p0, p1, 1);
     gmem_snp_make_shared(c, g, p0, p1);     /* freeing a prepared folio (kvm_gmem_free_folio) */
-    int64_t freed = 0;
+    int64_t freed = 0, zeroed = 0, pooled = 0;
     if (o) {
+        /* kvm_gmem_truncate_inode_range: whole huge pages go back to the hugetlb pool (a
+           split one merged first), a partly covered one is only zeroed */
         int64_t f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
         for (int64_t f = f0; f < f1; f++) {
-            if (!g->fstate[f]) continue;
+            int state = g->fstate[f];
+            if (!state) continue;
             int64_t a = f * fp, b = (f + 1) * fp;
-            if (g->fstate[f] == INTACT) {
-                if (p0 <= a && b <= p1) {
-                    buddy_free(&c->b, g->fpfn[f], o);
-                    g->fstate[f] = ABSENT;
-                    c->huge_pages -= fp;
-                    freed += fp;
-                    continue;
-                }
-                gmem_split_folio(c, g, f);
-            }
             int64_t a2 = a > p0 ? a : p0, b2 = b < p1 ? b : p1;
-            freed += free_4k(c, g->page_pfn, a2, b2);
-            if (!any_pfn(g->page_pfn, a, b)) g->fstate[f] = ABSENT;
+            if (state == FALLBACK) {
+                freed += free_4k(c, g->page_pfn, a2, b2);
+                if (!any_pfn(g->page_pfn, a, b)) g->fstate[f] = ABSENT;
+            } else if (p0 <= a && b <= p1) {
+                if (state == SPLIT) gmem_merge_folio(c, g, f);
+                host_free_hugetlb(c, g->fpfn[f], o);
+                g->fstate[f] = ABSENT;
+                g->fbits[f] &= ~FB_DEMOTED;
+                c->huge_pages -= fp;
+                pooled += fp;
+            } else {
+                zeroed += b2 - a2;
+            }
         }
     } else {
         freed = free_4k(c, g->page_pfn, p0, p1);
     }
-    g->present -= freed;
+    g->present -= freed + pooled;
     c->footprint -= freed;
     memset(g->data + p0, 0, (size_t)(p1 - p0) * sizeof(uint32_t));
+    if (zeroed) led_op(c, K_ZERO_FILL, zeroed);
+    freed += pooled;
     /* the kernel walks the whole range; each freed page adds what the populated-range
        figures add on top of that walk */
     led_op(c, K_PUNCH_GMEM_EMPTY, p1 - p0);
@@ -1409,15 +1493,19 @@ static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* 
 }
 
 /* access: status (0, SIGBUS_STATUS or errno), *mism */
-static int gmem_access(core_t *c, slot_t *s, int64_t p0, int64_t p1, int guest, int write,
-                       uint64_t token, int64_t *mism)
+/* access: guest 0 = host process proc, 1 = guest private access, 2 = guest shared access */
+static int gmem_access(core_t *c, slot_t *s, int64_t p0, int64_t p1, int guest, int proc,
+                       int write, uint64_t token, int64_t *mism)
 {
     gmem_t *g = &s->g;
     if (p1 > g->npages) return guest ? EFAULT : SIGBUS_STATUS;
+    int want = guest == 1 ? PRIVATE : SHARED_ATTR;
     if (!guest) {
         if (!(g->flags & GMEM_FLAG_MMAP)) return SIGBUS_STATUS;
         if (!attrs_is_uniform(&s->attrs, p0, p1, SHARED_ATTR)) return SIGBUS_STATUS;
-    } else if (!attrs_is_uniform(&s->attrs, p0, p1, PRIVATE)) {
+    } else if (guest == 2 && !c->in_place) {
+        return EFAULT;
+    } else if (!attrs_is_uniform(&s->attrs, p0, p1, want)) {
         return EFAULT;
     }
     uint8_t *fresh = NULL;
@@ -1430,9 +1518,9 @@ static int gmem_access(core_t *c, slot_t *s, int64_t p0, int64_t p1, int guest, 
         fresh = c->fresh;
         for (int64_t p = p0; p < p1; p++) fresh[p - p0] = !gmem_present(g, p);
     }
-    gmem_populate(c, g, p0, p1);
-    if (guest) gmem_prepare(c, g, p0, p1);
-    gmem_map(c, g, &s->attrs, p0, p1, guest, guest ? PRIVATE : SHARED_ATTR, fresh);
+    gmem_populate(c, g, &s->attrs, p0, p1);
+    if (guest && want == PRIVATE) gmem_prepare(c, g, p0, p1);
+    gmem_map(c, g, &s->attrs, p0, p1, guest != 0, guest ? 0 : proc, want, fresh);
     *mism = touch(c, g->data, p0, p1, write, token);
     return 0;
 }
@@ -1512,12 +1600,39 @@ static int64_t shared_count_present(const shared_t *s, int64_t p0, int64_t p1)
     return n;
 }
 
-static int64_t shared_access(core_t *c, shared_t *s, int64_t p0, int64_t p1, int write, uint64_t token)
+/* access by host process proc: status; *mism */
+static int shared_access(core_t *c, shared_t *s, int64_t p0, int64_t p1, int proc, int write,
+                         uint64_t token, int64_t *mism)
+{
+    if (proc && s->kind == 0) return EFAULT;     /* anonymous memory: the VMM's only */
+    shared_populate(c, s, p0, p1);
+    uint8_t bit = (uint8_t)(1 << proc);
+    for (int64_t p = p0; p < p1; p++) s->host_map[p] |= bit;
+    *mism = touch(c, s->data, p0, p1, write, token);
+    return 0;
+}
+
+static int64_t shared_guest_access(core_t *c, shared_t *s, gmem_t *g, int64_t p0, int64_t p1,
+                                   int write, uint64_t token)            /* guest_access */
 {
     shared_populate(c, s, p0, p1);
-    for (int64_t p = p0; p < p1; p++)
-        if (!s->host_map[p]) s->host_map[p] = 1;
+    for (int64_t p = p0; p < p1; p++) g->pflags[p] |= PF_S2;
     return touch(c, s->data, p0, p1, write, token);
+}
+
+static int64_t attrs_count(const attrs_t *a, int64_t start, int64_t end, int v)
+{
+    int64_t n = 0;
+    for (int64_t c0 = start >> CHUNK_SHIFT; c0 <= (end - 1) >> CHUNK_SHIFT; c0++) {
+        int64_t base = c0 << CHUNK_SHIFT;
+        int64_t s = start > base ? start - base : 0, e = end < base + CHUNK ? end - base : CHUNK;
+        if (a->uni[c0] != MIXED) {
+            if (a->uni[c0] == v) n += e - s;
+            continue;
+        }
+        for (int64_t i = s; i < e; i++) n += a->page[base + i] == v;
+    }
+    return n;
 }
 
 static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* discard */
@@ -1589,7 +1704,10 @@ static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* d
     c->footprint -= freed;
     memset(s->data + p0, 0, (size_t)(p1 - p0) * sizeof(uint32_t));
     if (s->kind == 0) led_op(c, K_DISCARD_ANON, freed > 1 ? freed : 1);
-    else led_op(c, mapped ? K_PUNCH_SHMEM_MAPPED : K_PUNCH_SHMEM_UNMAPPED, freed);
+    else {
+        led_op(c, mapped ? K_PUNCH_SHMEM_MAPPED : K_PUNCH_SHMEM_UNMAPPED, freed);
+        led_op(c, K_MADVISE_DONTNEED_UNMAPPED, p1 - p0);   /* then madvise(MADV_DONTNEED) */
+    }
     return 0;
 }
 
@@ -1703,6 +1821,12 @@ int64_t core_prefragment(core_t *c, const int64_t *chosen, const int64_t *offset
     return pinned;
 }
 
+void core_set_split_on_share(core_t *c, int slot, int on)
+{
+    gmem_t *g = &c->slots[slot].g;
+    g->split_on_share = on && c->in_place && g->order > 0;
+}
+
 void core_set_vm(core_t *c, int vm_type, int in_place)
 {
     c->vm_type = vm_type;
@@ -1804,6 +1928,10 @@ static int validate_step(core_t *c, int64_t i, const step_t *sp)
         fail(c, "step %lld: unknown step code %u", (long long)i, st.code);
         return -1;
     }
+    if (st.proc >= MAX_PROCS || st.via > 2) {
+        fail(c, "step %lld: process %u / via %u out of range", (long long)i, st.proc, st.via);
+        return -1;
+    }
     if (st.code != 0 && st.slot >= c->nslots) {
         fail(c, "step %lld: slot %u out of range", (long long)i, st.slot);
         return -1;
@@ -1903,7 +2031,7 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
                 } else {
                     np = p0 < p1 ? shared_count_present(s->s, p0, p1) : 0;
                     if (np) {
-                        gmem_populate(c, &s->g, p0, p1);
+                        gmem_populate(c, &s->g, &s->attrs, p0, p1);
                         memcpy(s->g.data + p0, s->s->data + p0, (size_t)(p1 - p0) * 4);
                         led_op(c, K_MEMCPY, np);
                     }
@@ -1914,10 +2042,18 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
             case 6:
             case 7: {
                 int write = st.code == 6;
-                if (st.obj == 1) {
-                    aux = shared_access(c, s->s, p0, p1, write, st.arg);
+                if (st.obj == 1) {              /* SimTarget._access_shared */
+                    if (st.via == 1) {
+                        status = EFAULT;
+                    } else if (st.via == 2) {
+                        if (!attrs_is_uniform(&s->attrs, p0, p1, SHARED_ATTR)) status = EFAULT;
+                        else aux = shared_guest_access(c, s->s, &s->g, p0, p1, write, st.arg);
+                    } else {
+                        status = shared_access(c, s->s, p0, p1, st.proc, write, st.arg, &aux);
+                        if (!status) c->private_host_touch_pages += attrs_count(&s->attrs, p0, p1, PRIVATE);
+                    }
                 } else {
-                    status = gmem_access(c, s, p0, p1, st.via == 1, write, st.arg, &aux);
+                    status = gmem_access(c, s, p0, p1, st.via, st.proc, write, st.arg, &aux);
                 }
                 break;
             }
@@ -1925,7 +2061,7 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
             case 9: {
                 int delta = st.code == 8 ? 1 : -1;
                 if (st.obj == 0) {
-                    if (delta > 0) gmem_populate(c, &s->g, p0, p1);
+                    if (delta > 0) gmem_populate(c, &s->g, &s->attrs, p0, p1);
                     status = pin_pages(s->g.pins, &s->g.npinned, p0, p1, delta);
                 } else {
                     status = pin_pages(s->s->pins, NULL, p0, p1, delta);
@@ -1987,11 +2123,21 @@ static int64_t count_flag(const uint8_t *fl, int64_t n, uint8_t bit)
 
 /* 2M / 1G aligned ranges of host memory without an unmovable page in use
  * (Host.buddy.allocatable_huge) */
-static void allocatable_huge(const buddy_t *b, int64_t *out2m, int64_t *out1g)
+static void allocatable_huge(const core_t *c, int64_t *out2m, int64_t *out1g)
 {
+    const buddy_t *b = &c->b;
     int64_t n2 = b->total >> 9, free2 = 0, free1 = 0, run = 0;
+    uint8_t *pool = NULL;                  /* 2M ranges held by a free hugetlb pool page */
+    if (c->npool[0] || c->npool[1]) {
+        pool = xcalloc((size_t)n2 + 1, 1);
+        for (int k = 0; k < 2; k++)
+            for (int64_t j = 0; j < c->npool[k]; j++) {
+                int64_t a = c->pool[k][j] >> 9, n = k ? 512 : 1;
+                memset(pool + a, 1, (size_t)(a + n <= n2 ? n : n2 - a));
+            }
+    }
     for (int64_t i = 0; i < n2; i++) {
-        int ok = memchr(b->state + (i << 9), ST_USED_UNMOVABLE, 512) == NULL;
+        int ok = (pool && pool[i]) || memchr(b->state + (i << 9), ST_USED_UNMOVABLE, 512) == NULL;
         free2 += ok;
         run = ok ? run + 1 : 0;
         if ((i & 511) == 511) {         /* the last 2M range of a 1G range */
@@ -1999,6 +2145,7 @@ static void allocatable_huge(const buddy_t *b, int64_t *out2m, int64_t *out1g)
             run = 0;
         }
     }
+    free(pool);
     *out2m = free2;
     *out1g = free1;
 }
@@ -2014,7 +2161,7 @@ void core_huge_stats(core_t *c, int64_t *out)                  /* SimTarget.snap
             int64_t bytes = g->fpages * (int64_t)PAGE_SIZE;
             out[g->order == 9 ? CORE_H_S2_2M : CORE_H_S2_1G] +=
                 count_flag(g->fbits, g->nfolios, FB_S2_HUGE) * bytes;
-            out[CORE_H_HOST_HUGE] += count_flag(g->fbits, g->nfolios, FB_HOST_PMD) * bytes;
+            out[CORE_H_HOST_HUGE] += count_flag(g->fbits, g->nfolios, FB_PMD_ALL) * bytes;
             for (int64_t f = 0; f < g->nfolios; f++) out[CORE_H_INTACT] += g->fstate[f] == INTACT;
             out[CORE_H_POSSIBLE] += g->nfolios;
         }
@@ -2031,11 +2178,25 @@ void core_huge_stats(core_t *c, int64_t *out)                  /* SimTarget.snap
             }
             out[CORE_H_POSSIBLE] += s->nchunks;
         }
+        if (s) {                            /* SharedBacking.present_at(VM attrs, PRIVATE) */
+            const attrs_t *a = &c->slots[i].attrs;
+            for (int64_t ch = 0; ch < a->nchunks; ch++) {
+                int64_t p0 = ch << CHUNK_SHIFT, p1 = p0 + chunk_len(a, ch);
+                if (a->uni[ch] == PRIVATE) {
+                    out[CORE_H_STALE] += shared_count_present(s, p0, p1) * (int64_t)PAGE_SIZE;
+                } else if (a->uni[ch] == MIXED) {
+                    for (int64_t p = p0; p < p1; p++)
+                        if (a->page[p] == PRIVATE && shared_present(s, p))
+                            out[CORE_H_STALE] += PAGE_SIZE;
+                }
+            }
+        }
     }
     out[CORE_H_DEMOTIONS] = c->mapping_demotions;
     out[CORE_H_SPLITS] = c->folio_splits;
     out[CORE_H_MERGES] = c->folio_merges;
-    allocatable_huge(&c->b, &out[CORE_H_ALLOC_2M], &out[CORE_H_ALLOC_1G]);
+    out[CORE_H_PRIVATE_TOUCHES] = c->private_host_touch_pages;
+    allocatable_huge(c, &out[CORE_H_ALLOC_2M], &out[CORE_H_ALLOC_1G]);
 }
 
 void core_ledger(core_t *c, int64_t *count, double *ns, int64_t *first)
@@ -2152,6 +2313,7 @@ void core_free(core_t *c)
     }
     free(c->slots);
     free(c->shrinkers);
+    free(c->pool[0]); free(c->pool[1]);
     free(c->miss); free(c->apfn); free(c->fpfn); free(c->sortbuf); free(c->fresh);
     buddy_destroy(&c->b);
     free(c);

@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 /* cdef-begin */
-#define CORE_STEP_SIZE 34
+#define CORE_STEP_SIZE 35
 #define CORE_RESULT_SIZE 20
 #define CORE_MAX_ORDER 18
 /* core_counters() layout */
@@ -36,7 +36,9 @@
 #define CORE_H_MERGES 8
 #define CORE_H_ALLOC_2M 9
 #define CORE_H_ALLOC_1G 10
-#define CORE_H_COUNT 11
+#define CORE_H_PRIVATE_TOUCHES 11
+#define CORE_H_STALE 12
+#define CORE_H_COUNT 13
 
 typedef struct core core_t;
 
@@ -53,6 +55,8 @@ void core_set_vcpus(core_t *c, int vcpus);
 void core_start_up(core_t *c, int initial);
 /* forget every charge so far (after start-up) */
 void core_ledger_reset(core_t *c);
+/* in-place.huge=split for a slot added before (core_add_slot) */
+void core_set_split_on_share(core_t *c, int slot, int on);
 /* shared_kind: -1 none, 0 anon, 1 memfd; shared_page: 0 4k, 1 thp, 2 hugetlb.
  * Returns 0, or -1 when the hugetlb pool does not fit (nothing to undo: the target is
  * unusable). */

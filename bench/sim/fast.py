@@ -14,7 +14,7 @@ from bench.costs import load_profile
 from bench.errors import InputError
 from bench.fragmentation import indices
 from bench.ops import PAGE_SIZE, RESULT_DTYPE, STEP_DTYPE, Step
-from bench.sim.backend import model_parameters
+from bench.sim.backend import huge_mode, model_parameters
 from bench.sim.model import PLATFORM_VM_TYPE
 
 ENGINES = ("c", "python")
@@ -102,6 +102,8 @@ class CoreTarget:
         initial = 0 if layout.init_shared else _PRIVATE
         self.order = order
         self.nslots = len(layout.memslots)
+        self.huge = huge_mode(strategy)
+        self.nslots_added = 0
         for m in layout.memslots:
             kind, page = -1, 0
             if strategy.needs_shared_backing:
@@ -111,6 +113,8 @@ class CoreTarget:
                                  int(self.promote), initial if in_place else 0, kind, page):
                 raise InputError(f"host_memory {host_bytes} too small for this layout: "
                                  f"{self._error()}")
+            lib.core_set_split_on_share(self._c, self.nslots_added, int(self.huge == "split"))
+            self.nslots_added += 1
         # start-up (SimTarget._start_up): charged, reported apart, then off the ledger
         lib.core_start_up(self._c, initial)
         bd = self.breakdown()
@@ -202,6 +206,8 @@ class CoreTarget:
             "folio_merges": int(h[lib.CORE_H_MERGES]),
             "allocatable_huge": {"2m": int(h[lib.CORE_H_ALLOC_2M]),
                                  "1g": int(h[lib.CORE_H_ALLOC_1G])},
+            "private_host_touch_pages": int(h[lib.CORE_H_PRIVATE_TOUCHES]),
+            "shared_at_private_bytes": int(h[lib.CORE_H_STALE]),
         }
 
     def nr_free(self) -> list[int]:
@@ -235,6 +241,7 @@ class CoreTarget:
                 "vm_type": self.vm_type,
                 "gmem_folio_order": self.order if self.nslots else 0,
                 "promote": self.promote if self.nslots else None,
+                "huge": self.huge,
             },
             "huge_fallbacks": int(cnt[lib.CORE_C_HUGE_FALLBACKS]),
             "pageblocks": {"unmovable": int(cnt[lib.CORE_C_PB_UNMOVABLE]),

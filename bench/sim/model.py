@@ -36,7 +36,11 @@ VM_TYPE_KEY = {VM_TYPE_DEFAULT: "sw", VM_TYPE_SW_PROTECTED: "sw", VM_TYPE_TDX: "
                VM_TYPE_SNP: "snp", VM_TYPE_SEV: "snp", VM_TYPE_SEV_ES: "snp"}
 
 ABSENT, INTACT, SPLIT, DEFERRED = 0, 1, 2, 3   # state of a huge folio / huge shared chunk
+# a guest_memfd huge folio that SPLIT holds as 4K folios of its own hugetlb page, versus
+# FALLBACK: no huge page was free at fault time, its pages are 4K pages from the buddy allocator
+FALLBACK = 4
 U64 = (1 << 64) - 1
+POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.int64)   # host PTEs per page
 
 
 class Ledger:
@@ -105,7 +109,12 @@ class Host:
         self.mapping_demotions = 0
         self.folio_splits = 0
         self.folio_merges = 0
+        self.private_host_touch_pages = 0   # dual: host touches of private GPAs (zero pages)
         self.shrinkers = []           # callables freeing memory under pressure (deferred split)
+        # hugetlb pages that huge guest_memfd folios returned (free_huge_folio enqueues them
+        # on the hstate's free list): reused by the next huge fault, never given back to the
+        # buddy allocator, still held for the guest (counted in footprint_pages)
+        self.hugetlb_pool: dict[int, list[int]] = {9: [], 18: []}
 
     def alloc_huge(self, order: int, movable: bool) -> int | None:
         try:
@@ -118,6 +127,20 @@ class Host:
                     pass
             self.huge_fallbacks += 1
             return None
+
+    def alloc_hugetlb(self, order: int) -> tuple[int | None, bool]:
+        """A huge guest_memfd folio (alloc_hugetlb_folio): a free page of the pool, else a
+        new one from the buddy allocator.  Returns (pfn or None, taken from the pool)."""
+        pool = self.hugetlb_pool[order]
+        if pool:
+            return pool.pop(), True
+        return self.alloc_huge(order, movable=False), False
+
+    def free_hugetlb(self, pfn: int, order: int) -> None:
+        self.hugetlb_pool[order].append(pfn)
+
+    def pool_blocks(self) -> list[tuple[int, int]]:
+        return [(p, o) for o, pool in self.hugetlb_pool.items() for p in pool]
 
     def alloc_pages(self, n: int, movable: bool) -> np.ndarray:
         """n order-0 pages; returns their pfns.  Raises OutOfMemory."""
@@ -217,7 +240,7 @@ class GuestMemfd:
     """One guest_memfd file."""
 
     def __init__(self, host: Host, vm: VM, size: int, flags: int, folio_order: int,
-                 platform: str, promote: bool = True):
+                 platform: str, promote: bool = True, huge: str = "split"):
         self.host, self.vm, self.ledger = host, vm, host.ledger
         self.size = size
         self.flags = flags
@@ -226,6 +249,10 @@ class GuestMemfd:
         self.fpages = 1 << folio_order
         self.platform = platform
         self.promote = promote           # map huge again once a folio is uniform
+        # in-place with huge folios, as the HugeTLB guest_memfd series does it: a folio with
+        # any shared page is split into 4K folios, merged back once all private ("split");
+        # or only its mappings are demoted, the folio stays whole ("demote")
+        self.split_on_share = huge == "split" and vm.in_place and folio_order > 0
         initial = SHARED if flags & GUEST_MEMFD_FLAG_INIT_SHARED else PRIVATE
         self.attrs = AttrRanges(self.npages, initial)
         self.attr_view = self.attrs      # dual backing: the VM's attributes decide instead
@@ -278,18 +305,24 @@ class GuestMemfd:
             f = f0 + int(k)
             a, b = max(p0, f * fp), min(p1, (f + 1) * fp)
             if st[k] == ABSENT:
-                pfn = self.host.alloc_huge(o, movable=False)
+                pfn, pooled = self.host.alloc_hugetlb(o)
                 if pfn is not None:
                     self.folio_state[f] = INTACT
                     self.folio_pfn[f] = pfn
                     self.present += fp
-                    self.host.footprint_pages += fp
+                    if not pooled:
+                        self.host.footprint_pages += fp
                     self.host.huge_pages += fp
                     self.ledger.op("fault_gmem_2m" if o == 9 else "fault_1g")
                     # a large folio never enters the per-CPU LRU batch (folio_may_be_lru_cached)
                     faulted += fp
+                    # kvm_gmem_get_folio -> kvm_gmem_try_split_folio_in_filemap: a new folio
+                    # over a range with a shared page is split at once
+                    if self.split_on_share and not self.attrs.is_uniform(f * fp, (f + 1) * fp,
+                                                                          PRIVATE):
+                        self._split_folio(f)
                     continue
-                self.folio_state[f] = SPLIT       # no aligned block free: 4K folios
+                self.folio_state[f] = FALLBACK    # no aligned block free: 4K folios
             miss = np.flatnonzero(self.page_pfn[a:b] == 0) + a
             if len(miss):
                 self._alloc_4k(miss)
@@ -308,17 +341,32 @@ class GuestMemfd:
         return mask
 
     def _split_folio(self, f: int) -> None:
-        """Split an intact huge folio into 4K folios, physically (dual backing's punch)."""
+        """Split an intact huge folio into 4K folios of the same hugetlb page
+        (kvm_gmem_split_folio_in_filemap -> the hugetlb allocator's split_folio, which first
+        restores the vmemmap that HVO freed: hugetlb_vmemmap_restore_folio)."""
         fp = self.fpages
         base = int(self.folio_pfn[f])
         self.page_pfn[f * fp:(f + 1) * fp] = np.arange(base + 1, base + 1 + fp)
         self.folio_state[f] = SPLIT
         if not self.demoted[f]:      # a demoted mapping already counted this folio
             self.host.huge_splits += 1
-        self.demoted[f] = False
+        self.demoted[f] = True       # its mappings can only be 4K now
         self.host.huge_pages -= fp
         self.host.folio_splits += 1
         self.ledger.op("folio_split")
+        self.ledger.op("hugetlb_vmemmap_restore", fp)
+
+    def _merge_folio(self, f: int) -> None:
+        """Merge a split folio's 4K folios back into its huge folio
+        (kvm_gmem_merge_folio_in_filemap -> merge_folio, then HVO frees the vmemmap
+        again: hugetlb_vmemmap_optimize_folio).  Mappings stay 4K until promoted."""
+        fp = self.fpages
+        self.page_pfn[f * fp:(f + 1) * fp] = 0
+        self.folio_state[f] = INTACT
+        self.host.huge_pages += fp
+        self.host.folio_merges += 1
+        self.ledger.op("folio_merge")
+        self.ledger.op("hugetlb_vmemmap_optimize", fp)
 
     # ---- mappings ---------------------------------------------------------------------
     def _demote(self, f: int) -> None:
@@ -327,9 +375,10 @@ class GuestMemfd:
             self.host.huge_splits += 1
 
     def zap_host(self, p0: int, p1: int, charge: bool = True) -> int:
-        """Unmap [p0, p1) from every host process; returns PTEs + PMDs zapped."""
+        """Unmap [p0, p1) from every host process (unmap_mapping_range on the file's
+        mapping reaches every process that maps it); returns PTEs + PMDs zapped."""
         hm = self.host_map[p0:p1]
-        n = int(np.count_nonzero(hm))
+        n = int(POPCOUNT[hm].sum())
         if n:
             hm[:] = 0
             if charge:
@@ -348,10 +397,11 @@ class GuestMemfd:
                     self.host_map[p1:b] |= pmd[k] if b > p1 else 0
                     self._demote(f)
                     self.host.mapping_demotions += int(pmd[k]).bit_count()
-                pmd[k] = 0
-                n += 1
+                n += int(pmd[k]).bit_count()
                 if charge:
-                    self.ledger.op("host_zap_pmd")
+                    for _ in range(int(pmd[k]).bit_count()):
+                        self.ledger.op("host_zap_pmd")
+                pmd[k] = 0
         return n
 
     def zap_stage2(self, p0: int, p1: int, private_leaves: bool = False) -> None:
@@ -491,7 +541,22 @@ class GuestMemfd:
             self._arch_invalidate(p0, p1)
         self.attrs.set(p0, p1, attributes)
         self.ledger.op("attr_update")
+        if self.split_on_share:
+            self._restructure(p0, p1, split=not attributes & PRIVATE)
         return 0, None
+
+    def _restructure(self, p0: int, p1: int, split: bool) -> None:
+        """kvm_gmem_restructure_folios_in_range: to shared, split every huge folio the
+        range touches; to private, merge each split folio whose whole range is private."""
+        o, fp = self.order, self.fpages
+        f0, f1 = p0 >> o, ((p1 - 1) >> o) + 1
+        st = self.folio_state[f0:f1]
+        for k in np.flatnonzero(st == (INTACT if split else SPLIT)):
+            f = f0 + int(k)
+            if split:
+                self._split_folio(f)
+            elif self.attrs.is_uniform(f * fp, (f + 1) * fp, PRIVATE):
+                self._merge_folio(f)
 
     def _first_elevated(self, p0: int, p1: int) -> int | None:
         """First page of the first folio in range with references beyond its mappings,
@@ -548,30 +613,40 @@ class GuestMemfd:
         mapped = self.zap_host(p0, p1, charge=False) > 0
         self.zap_stage2(p0, p1, private_leaves=True)
         self._snp_make_shared(p0, p1)        # freeing a prepared folio (kvm_gmem_free_folio)
-        freed = 0
+        freed = zeroed = pooled = 0
         if self.order:
+            # kvm_gmem_truncate_inode_range: whole huge pages are truncated (a split one is
+            # merged first, kvm_gmem_merge_truncate_indices) and go back to the hugetlb
+            # pool; the part of a huge page the range covers only partly is zeroed in place
+            # (kvm_gmem_zero_range), nothing is freed
             o, fp = self.order, self.fpages
             f0, f1 = p0 >> o, ((p1 - 1) >> o) + 1
             for k in np.flatnonzero(self.folio_state[f0:f1]):
                 f = f0 + int(k)
                 a, b = f * fp, (f + 1) * fp
-                if self.folio_state[f] == INTACT:
-                    if p0 <= a and b <= p1:
-                        self.host.buddy.free(int(self.folio_pfn[f]), o)
+                state = self.folio_state[f]
+                if state == FALLBACK:
+                    freed += self._free_4k(max(a, p0), min(b, p1))
+                    if not self.page_pfn[a:b].any():
                         self.folio_state[f] = ABSENT
-                        self.host.huge_pages -= fp
-                        freed += fp
-                        continue
-                    self._split_folio(f)
-                a2, b2 = max(a, p0), min(b, p1)
-                freed += self._free_4k(a2, b2)
-                if not self.page_pfn[a:b].any():
+                elif p0 <= a and b <= p1:
+                    if state == SPLIT:
+                        self._merge_folio(f)
+                    self.host.free_hugetlb(int(self.folio_pfn[f]), o)
                     self.folio_state[f] = ABSENT
+                    self.demoted[f] = False
+                    self.host.huge_pages -= fp
+                    pooled += fp
+                else:
+                    zeroed += min(b, p1) - max(a, p0)
         else:
             freed = self._free_4k(p0, p1)
-        self.present -= freed
+        self.present -= freed + pooled
         self.host.footprint_pages -= freed
         self.data[p0:p1] = 0
+        if zeroed:
+            self.ledger.op("zero_fill", zeroed)
+        freed += pooled
         # The kernel walks the whole range whether or not it holds pages (a punch over a
         # large unallocated range is not free); each freed page then costs what the
         # populated-range figures add on top of that walk.
@@ -585,25 +660,33 @@ class GuestMemfd:
         return free_pages(self.host, self.page_pfn, a, b)
 
     # ---- accesses -----------------------------------------------------------------------
-    def access(self, p0: int, p1: int, guest: bool, write: bool, token: int, proc: int = 0):
-        """A host (guest=False) or guest access to every page of [p0, p1).
-        Returns (status, mismatching pages): status 0, SIGBUS, or an errno."""
+    def access(self, p0: int, p1: int, guest: bool, write: bool, token: int, proc: int = 0,
+               shared: bool = False):
+        """A host (guest=False; host process `proc`) or guest access to every page of
+        [p0, p1); a guest access is private, or shared (`shared`: through a shared mapping
+        of the guest's page tables).  Returns (status, mismatching pages): status 0, SIGBUS,
+        or an errno."""
         if p1 > self.npages:
             return (errno.EFAULT if guest else SIGBUS), 0
+        want = PRIVATE if guest and not shared else SHARED
         if not guest:
             if not self.flags & GUEST_MEMFD_FLAG_MMAP:
                 return SIGBUS, 0                       # the host cannot map it at all
             if not self.attr_view.is_uniform(p0, p1, SHARED):
-                return SIGBUS, 0
-        elif not self.attr_view.is_uniform(p0, p1, PRIVATE):
+                return SIGBUS, 0                       # kvm_gmem_fault_user_mapping
+        elif shared and not self.vm.in_place:
+            return errno.EFAULT, 0                     # dual: shared GPAs map the shared backing
+        elif not self.attr_view.is_uniform(p0, p1, want):
             return errno.EFAULT, 0                     # KVM_EXIT_MEMORY_FAULT
         # the host's first touch of a fresh page is its fault (fault_gmem installs the PTE):
         # only pages that were already allocated pay a refault when mapped again
         fresh = None if guest else ~self.present_in(p0, p1)
         self.populate(p0, p1)
-        if guest:
+        if guest and want == PRIVATE:
             self._prepare(p0, p1)
-        self._map(p0, p1, guest, proc, PRIVATE if guest else SHARED, fresh)
+        # in-place: a shared page is mapped in stage 2 like a private one, from the same
+        # guest_memfd folio (kvm_gmem_get_pfn serves both states)
+        self._map(p0, p1, guest, 0 if guest else proc, want, fresh)
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
     # ---- snapshot measures ---------------------------------------------------------------
@@ -737,16 +820,25 @@ class SharedBacking:
         return mask
 
     def access(self, p0: int, p1: int, write: bool, token: int, proc: int = 0):
+        """A host access by process `proc`.  Only the VMM maps anonymous memory (another
+        process cannot map it, and QEMU marks guest RAM MADV_DONTFORK); a memfd can be
+        mapped by any process it is passed to."""
+        if proc and self.kind == "anon":
+            return errno.EFAULT, 0
         self.populate(p0, p1)
-        seg = self.host_map[p0:p1]
-        need = seg == 0
-        n = int(np.count_nonzero(need))
-        if n:
-            seg[need] = 1 << proc
+        self.host_map[p0:p1] |= np.uint8(1 << proc)
+        return 0, touch(self.data, self.ledger, p0, p1, write, token)
+
+    def guest_access(self, p0: int, p1: int, write: bool, token: int, s2_map: np.ndarray):
+        """A guest access to shared GPAs under dual backing: KVM maps the shared backing's
+        page (through the memslot's userspace address) into stage 2 at 4K."""
+        self.populate(p0, p1)
+        s2_map[p0:p1] = 1
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
     def discard(self, p0: int, p1: int) -> int:
-        """QEMU's ram_block_discard_range: MADV_DONTNEED (anon) / PUNCH_HOLE (memfd)."""
+        """QEMU's ram_block_discard_range: MADV_DONTNEED (anon) / PUNCH_HOLE then
+        MADV_DONTNEED (memfd)."""
         if self.page == "hugetlb":
             return 0      # never reached from the strategy; hugetlb stays preallocated
         mapped = bool(self.host_map[p0:p1].any())
@@ -805,6 +897,11 @@ class SharedBacking:
             self.ledger.op("discard_anon", max(freed, 1))
         else:
             self.ledger.op("punch_shmem_mapped" if mapped else "punch_shmem_unmapped", freed)
+            # ram_block_discard_range (QEMU system/physmem.c) follows the punch with
+            # madvise(MADV_DONTNEED) whenever the block's page size is the host's (memfd with
+            # 4K pages or THP; not hugetlbfs): it walks the range, whose PTEs the punch's
+            # unmap_mapping_range has already zapped
+            self.ledger.op("madvise_dontneed_unmapped", p1 - p0)
         return 0
 
     def _free_4k(self, a: int, b: int) -> int:
@@ -813,6 +910,12 @@ class SharedBacking:
     # ---- snapshot measures ---------------------------------------------------------------
     def intact_folios(self) -> int:
         return int(np.count_nonzero(self.chunk == INTACT)) if self.huge else 0
+
+    def present_at(self, attrs: AttrRanges, value: int) -> int:
+        """Pages held at GPAs whose attribute is `value` (PRIVATE: memory the shared
+        backing holds for private GPAs - leaked by host touches, or kept by discard=false)."""
+        return sum(int(np.count_nonzero(self.present_in(a, b)))
+                   for a, b, v in attrs.segments() if v == value)
 
     def host_huge_mapped_bytes(self) -> int:
         """An intact THP / hugetlb page that the host touched is mapped by one PMD
