@@ -22,7 +22,7 @@ def ops_of(*rows):
     out = np.zeros(len(rows), OP_DTYPE)
     for i, r in enumerate(rows):
         kind, off, size = r[:3]
-        out[i] = (-1, kind, 0, off, size, r[3] if len(r) > 3 else 7)
+        out[i] = (-1, kind, 0, off, size, r[3] if len(r) > 3 else 7, 0)
     return out
 
 

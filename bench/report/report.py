@@ -320,7 +320,7 @@ def _breakdown_md(runs: list) -> list[str]:
     out = ["### Where the time went", "",
            "By step, over all repetitions: steps = operations executed, pages = 4K pages "
            "they covered. Then by cost-model primitive (simulator) or step (host): count = "
-           "calls, except per-page primitives (e.g. stage2_zap_4k, firmware_pstate_4k), "
+           "calls, except per-page primitives (e.g. stage2_zap_4k, fw_tdx_to_shared), "
            "which count 4K pages. The primitive breakdown is not split by direction.", ""]
     for r in runs:
         rows = []
