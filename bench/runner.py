@@ -5,6 +5,7 @@ Both strategies of a repetition replay the same op array (generated once from th
 workload's seed), and repetitions interleave the strategies (A B A B ...) so that slow
 drifts of a real host hit both alike.
 """
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -162,7 +163,7 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
               progress_enabled: bool | None = None, profile: str | None = None,
               repetitions: int | None = None, seed: int | None = None,
               strategy_options: dict | None = None, report: bool = True,
-              cost_overrides: dict | None = None) -> Path:
+              cost_overrides: dict | None = None, jobs: int = 1) -> Path:
     """Run and write a results directory; returns its path.  Everything is validated
     before the first op runs, and the directory appears only when complete.
     cost_overrides: {cost key: value} replacing single values of the simulator's profile
@@ -189,7 +190,7 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
     tmp.mkdir(parents=True)
     try:
         doc = _run(loaded, strategies, backend, params, prof, quick, progress_enabled,
-                   repetitions, seed, strategy_options or {}, tmp)
+                   repetitions, seed, strategy_options or {}, tmp, jobs)
         doc["run_id"] = out.name
         atomic_write_json(tmp / "results.json", doc)
         if out.exists():
@@ -204,12 +205,21 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
         except ModuleNotFoundError:
             write_report = None
         if write_report:
-            write_report(out)
+            write_report(out, jobs=jobs)
     return out
 
 
+def _simulator_pool(backend: str, jobs: int):
+    """Worker processes for simulator repetitions, or None (run them here).  The simulator
+    is deterministic and each repetition builds its own target from its arguments, so
+    where it runs changes nothing it returns but its wall_s.  The host backend never runs
+    repetitions side by side: they would disturb each other's timings."""
+    from bench.parallel import fork_pool
+    return fork_pool(jobs) if backend == "sim" else None
+
+
 def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, repetitions,
-         seed, cli_options, tmp) -> dict:
+         seed, cli_options, tmp, jobs=1) -> dict:
     runs, samples = [], {}
     total = 0
     plans = []
@@ -221,9 +231,12 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
     t_start = time.time()
     # one bar over every op of every measured run, so its rate and time left cover the
     # whole suite (repetitions of a workload have streams of the same length)
-    total = sum(len(build_ops(wl, 0)[0]) * reps * len(strategies) for wl, reps in plans)
-    with progress(total=total, desc="gmembench", unit="op", enabled=progress_enabled) as bar:
-        for wl, reps in plans:
+    first_ops = [build_ops(wl, 0) for wl, _ in plans]       # reused by repetition 0
+    total = sum(len(o[0]) * reps * len(strategies) for o, (wl, reps) in zip(first_ops, plans))
+    pool = _simulator_pool(backend, jobs)
+    with pool or contextlib.nullcontext(), \
+            progress(total=total, desc="gmembench", unit="op", enabled=progress_enabled) as bar:
+        for (wl, reps), ops0 in zip(plans, first_ops):
             recs = {s: [] for s in strategies}
             serieses = {s: [] for s in strategies}
             info = {}
@@ -232,8 +245,27 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
             # reporting (host-costs.md traps 1-2): run it, discard it.
             warmups = int(params.get("warmup_repetitions", 1 if backend == "host" else 0))
             breakdowns = {s: [] for s in strategies}
+            pending = []      # parallel simulator repetitions, collected in order
+
+            def finish(rep, sname, strategy, ops, steps, isolate, attribution, out):
+                bar.update(len(ops))
+                res, series = out["res"], out["series"]
+                rec = RepetitionRecord(ops, steps, res, attribution)
+                breakdowns[sname].append(out["breakdown"])
+                rec.wall_s = out["wall_s"]
+                recs[sname].append(rec)
+                serieses[sname].append(series)
+                samples[f"{wl.name}/{sname}/rep{rep}"] = rec.latency_ns
+                samples[f"{wl.name}/{sname}/rep{rep}/direction"] = rec.direction
+                if rep == 0:
+                    extras[sname] = {"strategy": strategy, "steps": steps,
+                                     **{k: out[k] for k in ("fidelity_steps", "breakdown",
+                                                            "metadata")}}
+                    extras[sname]["metadata"]["process_per_repetition"] = isolate
+
             for rep in range(-warmups, reps):
-                ops, info = build_ops(wl, max(rep, 0))
+                ops, info = build_ops(wl, max(rep, 0)) if rep or ops0 is None else ops0
+                ops0 = None
                 # which direction induced each touch: from the op stream, once per stream
                 attribution = attribute_touches(ops) if rep >= 0 else None
                 for sname in strategies:
@@ -250,26 +282,19 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                     if rep < 0:
                         repetition(backend, wl.layout, strategy, bparams, ops, steps, points)
                         continue
+                    args = (backend, wl.layout, strategy, bparams, ops, steps, points)
+                    if pool is not None:
+                        pending.append(((rep, sname, strategy, ops, steps, False, attribution),
+                                        pool.submit(repetition, *args)))
+                        continue
                     # On real hardware each measured repetition runs in a fresh process
                     # (pyperf's worker model): run-to-run variance lives largely in the
                     # process (memory placement), and only per-process values show it.
                     isolate = backend == "host" and bool(bparams.get("process_per_repetition", True))
-                    out = (repetition_in_worker if isolate else repetition)(
-                        backend, wl.layout, strategy, bparams, ops, steps, points)
-                    bar.update(len(ops))
-                    res, series = out["res"], out["series"]
-                    rec = RepetitionRecord(ops, steps, res, attribution)
-                    breakdowns[sname].append(out["breakdown"])
-                    rec.wall_s = out["wall_s"]
-                    recs[sname].append(rec)
-                    serieses[sname].append(series)
-                    samples[f"{wl.name}/{sname}/rep{rep}"] = rec.latency_ns
-                    samples[f"{wl.name}/{sname}/rep{rep}/direction"] = rec.direction
-                    if rep == 0:
-                        extras[sname] = {"strategy": strategy, "steps": steps,
-                                         **{k: out[k] for k in ("fidelity_steps", "breakdown",
-                                                                "metadata")}}
-                        extras[sname]["metadata"]["process_per_repetition"] = isolate
+                    finish(rep, sname, strategy, ops, steps, isolate, attribution,
+                           (repetition_in_worker if isolate else repetition)(*args))
+            for fin_args, fut in pending:
+                finish(*fin_args, fut.result())
             for sname in strategies:
                 extras[sname]["breakdown"] = merge_breakdowns(breakdowns[sname])
                 runs.append(_run_entry(wl, sname, backend, recs[sname], serieses[sname],
@@ -495,6 +520,10 @@ def add_run_arguments(p) -> None:
     p.add_argument("--out", metavar="DIR", help="results directory (default results/<run-id>)")
     p.add_argument("--explain", action="store_true", help="print what each run's time is made of")
     p.add_argument("--no-report", action="store_true", help="skip report.md, plots and pyperf files")
+    p.add_argument("--jobs", "-j", type=int, metavar="N",
+                   help="processes for simulator repetitions and report figures (default: "
+                        "the CPUs available; results do not depend on it; the host backend "
+                        "always runs one repetition at a time)")
     add_progress_arguments(p)
 
 
@@ -523,6 +552,7 @@ def _kv(items, what):
 
 
 def cli_run(args) -> int:
+    from bench.parallel import cpus_available
     from bench.costs import parse_cost_value
     from bench.workload import DEFAULT_SUITE
     params = _kv(args.param, "--param")
@@ -534,6 +564,8 @@ def cli_run(args) -> int:
         if s not in STRATEGIES:
             raise InputError(f"--option {k}: unknown strategy {s!r}")
         options.setdefault(s, {})[key] = v
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError("--jobs must be >= 1")
     if args.repetitions is not None and args.repetitions < 1:
         raise InputError("--repetitions must be >= 1")
     costs = {}
@@ -544,7 +576,8 @@ def cli_run(args) -> int:
         costs[k.strip()] = parse_cost_value(v)
     out = run_suite(args.workload or DEFAULT_SUITE, args.strategy, args.backend, params, args.out,
                     args.quick, args.progress, args.profile, args.repetitions, args.seed,
-                    options, report=not args.no_report, cost_overrides=costs or None)
+                    options, report=not args.no_report, cost_overrides=costs or None,
+                    jobs=args.jobs or cpus_available())
     from bench.results import load_results
     doc = load_results(out)
     print(comparison_table(doc))

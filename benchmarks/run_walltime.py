@@ -95,47 +95,30 @@ def med(xs):
     return f"{np.median(xs):.2f} [{xs[0]:.2f}-{xs[-1]:.2f}]" if len(xs) > 1 else f"{xs[0]:.2f}"
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--python", default=sys.executable,
-                    help="interpreter whose installed gmembench is measured")
-    ap.add_argument("run_args", nargs="*", help="after --: extra `gmembench run` arguments")
-    a = ap.parse_args()
-    if a.runs < 1:
-        print("--runs: expected a positive integer", file=sys.stderr)
-        return 2
-    version = subprocess.run([a.python, "-c", "import bench, os; print(bench.__version__, "
-                              "os.path.dirname(bench.__file__))"],
-                             capture_output=True, text=True, cwd=tempfile.gettempdir())
-    if version.returncode:
-        print(f"run_walltime: {a.python} cannot import bench: {version.stderr.strip()}",
-              file=sys.stderr)
-        return 2
-    load0 = os.getloadavg()
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="run_walltime-") as tmp:
-        for i in range(a.runs):
-            out = os.path.join(tmp, f"r{i}")
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t0 = time.perf_counter()
-            p = subprocess.run([a.python, "-c", WORKER, out] + a.run_args,
-                               capture_output=True, text=True, cwd=tmp)
-            wall = time.perf_counter() - t0
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            if p.returncode:
-                sys.stderr.write(p.stderr)
-                print(f"run_walltime: run {i} failed (exit {p.returncode})", file=sys.stderr)
-                return 1
-            r = json.loads(p.stdout.strip().splitlines()[-1])
-            r["wall"]["process"] = wall
-            r["cpu"]["process"] = (after.ru_utime - before.ru_utime
-                                   + after.ru_stime - before.ru_stime)
-            rows.append(r)
-    load1 = os.getloadavg()
-    print(f"default `gmembench run` {' '.join(a.run_args)}: {a.runs} runs, each a fresh process; "
-          f"package {version.stdout.strip()}")
-    print(f"load average {load0[0]:.2f} -> {load1[0]:.2f} (1 min); {os.cpu_count()} CPUs")
+def version_of(python: str) -> str | None:
+    p = subprocess.run([python, "-c", "import bench, os; print(bench.__version__, "
+                        "os.path.dirname(bench.__file__))"],
+                       capture_output=True, text=True, cwd=tempfile.gettempdir())
+    return p.stdout.strip() if p.returncode == 0 else None
+
+
+def one_run(python: str, out: str, run_args: list, cwd: str) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    p = subprocess.run([python, "-c", WORKER, out] + run_args, capture_output=True, text=True,
+                       cwd=cwd)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if p.returncode:
+        sys.stderr.write(p.stderr)
+        raise SystemExit(f"run_walltime: a run with {python} failed (exit {p.returncode})")
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r["wall"]["process"] = wall
+    r["cpu"]["process"] = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return r
+
+
+def table(rows: list) -> None:
     print(f"  {'phase':<18} {'wall s, median [min-max]':>26} {'CPU s, median [min-max]':>26}")
     for name, _ in PHASES:
         print(f"  {name:<18} {med([r['wall'][name] for r in rows]):>26} "
@@ -143,13 +126,59 @@ def main() -> int:
     extra = sorted({k for r in rows for k in r.get("timings", {})} - {"plots_s"})
     for k in extra:
         print(f"  {'  ' + k:<18} {med([r['timings'].get(k, float('nan')) for r in rows]):>26}")
-    print("what each figure includes (wall = perf_counter; CPU = user+sys incl. reaped children):")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--python", default=sys.executable,
+                    help="interpreter whose installed gmembench is measured")
+    ap.add_argument("--baseline", metavar="PYTHON",
+                    help="also measure this interpreter's installed gmembench, alternating "
+                         "run by run with --python, and print the ratios (load-fair)")
+    ap.add_argument("run_args", nargs="*", help="after --: extra `gmembench run` arguments")
+    a = ap.parse_args()
+    if a.runs < 1:
+        print("--runs: expected a positive integer", file=sys.stderr)
+        return 2
+    pythons = ([("baseline", a.baseline)] if a.baseline else []) + [("current", a.python)]
+    versions = {}
+    for label, py in pythons:
+        versions[label] = version_of(py)
+        if versions[label] is None:
+            print(f"run_walltime: {py} cannot import bench", file=sys.stderr)
+            return 2
+    load0 = os.getloadavg()
+    rows = {label: [] for label, _ in pythons}
+    with tempfile.TemporaryDirectory(prefix="run_walltime-") as tmp:
+        for i in range(a.runs):
+            for label, py in pythons:
+                rows[label].append(one_run(py, os.path.join(tmp, f"{label}{i}"), a.run_args, tmp))
+    load1 = os.getloadavg()
+    print(f"`gmembench run {' '.join(a.run_args)}` (default suite unless arguments say "
+          f"otherwise): {a.runs} runs per version, each a fresh process"
+          + (", versions alternating" if a.baseline else ""))
+    print(f"load average {load0[0]:.2f} -> {load1[0]:.2f} (1 min); {os.cpu_count()} CPUs")
+    for label, py in pythons:
+        print(f"\n{label}: {py} (package {versions[label]})")
+        table(rows[label])
+    print("\nwhat each figure includes (wall = perf_counter; CPU = user+sys incl. reaped children):")
     for name, what in PHASES:
         print(f"  {name:<18} {what}")
-    rep = np.median([r["wall"]["report"] for r in rows])
-    tot = np.median([r["wall"]["process"] for r in rows])
-    print(f"report share of the process wall: {100 * rep / tot:.0f}%; goal: process wall <= 8 s "
-          f"-> {'met' if tot <= 8 else 'NOT met'} at this load")
+    cur = rows["current"]
+    if a.baseline:
+        base = rows["baseline"]
+        print("\ncurrent / baseline, ratio of medians (per-round ratios: median [min-max]):")
+        for name in ("process", "run", "report"):
+            for kind in ("wall", "cpu"):
+                ratios = [c[kind][name] / b[kind][name] for c, b in zip(cur, base)]
+                print(f"  {name:<8} {kind:<4} "
+                      f"{np.median([c[kind][name] for c in cur]) / np.median([b[kind][name] for b in base]):.2f}"
+                      f"   {med(ratios)}")
+    rep = np.median([r["wall"]["report"] for r in cur])
+    tot = np.median([r["wall"]["process"] for r in cur])
+    print(f"\ncurrent: report share of the process wall {100 * rep / tot:.0f}%; goal: process "
+          f"wall <= 8 s -> {'met' if tot <= 8 else 'NOT met'} at this load")
     return 0
 
 

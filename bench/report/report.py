@@ -9,7 +9,6 @@ summary.txt a plain-text table at most 72 columns wide, to paste into a cover le
 """
 import argparse
 import math
-import os
 import time
 import textwrap
 from pathlib import Path
@@ -584,30 +583,18 @@ def _render(i: int):
     return fn(*args)
 
 
-def _workers(jobs: int | None) -> int:
-    if jobs is not None:
-        return max(1, int(jobs))
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 class _Figures:
     """Start rendering figure jobs; .paths() waits for them, in job order."""
 
     def __init__(self, jobs: list, workers: int):
-        import multiprocessing
-        self.jobs, self.pool, self.pending, self.workers = jobs, None, None, 1
-        if workers > 1 and len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods():
-            import matplotlib.font_manager
-            matplotlib.font_manager.fontManager   # load the font list once, before the fork
-            from concurrent.futures import ProcessPoolExecutor
-            global _JOBS
-            _JOBS = jobs
+        from bench.parallel import fork_pool
+        self.jobs, self.pending, self.workers = jobs, None, 1
+        import matplotlib.font_manager  # noqa: F401 - loads the font list once, before any fork
+        global _JOBS
+        _JOBS = jobs                              # before the fork: workers inherit it
+        self.pool = fork_pool(min(workers, len(jobs)))
+        if self.pool is not None:
             self.workers = min(workers, len(jobs))
-            self.pool = ProcessPoolExecutor(self.workers,
-                                            mp_context=multiprocessing.get_context("fork"))
             self.pending = self.pool.map(_render, range(len(jobs)))
 
     def paths(self) -> list:
@@ -629,7 +616,8 @@ class _Figures:
 def write_report(results_dir, jobs: int | None = None, timings: dict | None = None) -> Path:
     """Write report.md, summary.txt, plots/*.png and pyperf/*.json; return report.md.
     jobs: processes rendering figures (default: the CPUs this process may run on; 1 = in
-    this process).  timings, if given, receives the wall seconds of each part."""
+    this process, as in a process that may not have children).  timings, if given,
+    receives the wall seconds of each part."""
     t0 = time.perf_counter()
     results = load_results(results_dir)
     outdir = Path(results["_dir"])
@@ -637,7 +625,8 @@ def write_report(results_dir, jobs: int | None = None, timings: dict | None = No
     (outdir / "plots").mkdir(parents=True, exist_ok=True)
     fig_jobs = figure_jobs(results, samples, outdir / "plots")
     t_plots = time.perf_counter()
-    figures = _Figures(fig_jobs, _workers(jobs))
+    from bench.parallel import cpus_available
+    figures = _Figures(fig_jobs, cpus_available() if jobs is None else max(1, int(jobs)))
     skipped: list = []
     try:
         t = time.perf_counter()
