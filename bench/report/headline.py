@@ -80,7 +80,21 @@ def emulated_steps(run: dict) -> list[str]:
     """Steps of a run that did not run as the real kernel interface (host backend)."""
     if run.get("backend") == "sim":
         return []
-    return sorted(k for k, v in (run.get("fidelity_steps") or {}).items() if v == "emulated")
+    return sorted(k for k, v in (run.get("fidelity_steps") or {}).items()
+                  if v == "emulated" and ran(run, k))
+
+
+def _step_keys() -> set:
+    from bench.ops import Step
+    return ({s.name for s in Step} | {f"{s.name}/guest" for s in Step}
+            | {"host-access-fault"})
+
+
+def ran(run: dict, key: str) -> bool:
+    """Whether a fidelity key concerns this run: a step it executed (runs record
+    steps_used), or a fact that is not a step (e.g. gmem_huge_folios)."""
+    used = run.get("steps_used")
+    return used is None or key in used or key not in _step_keys()
 
 
 def workload_headlines(results: dict) -> list[dict]:
@@ -106,3 +120,32 @@ def workload_headlines(results: dict) -> list[dict]:
             h["top"] = top_primitives(ip, du)
         out.append(h)
     return out
+
+
+# What a primitive's "count" counts.  The simulator's ledger counts one per call
+# (Ledger.op: one operation, whatever its size) except for the per-event charges
+# (Ledger.each in bench/sim/model.py), which count their events; the host backend's
+# breakdown is by step, one per executed step.
+PRIMITIVE_UNITS = {
+    "stage2_zap_4k": "4K pages",
+    "vm_attr_xa_store": "4K pages",
+    "guest_pvalidate_snp": "4K pages",
+    "hyp_share_sw": "4K pages",
+    "fw_snp_to_private": "4K pages",
+    "fw_snp_to_shared": "4K pages",
+    "fw_tdx_to_private": "4K pages",
+    "fw_tdx_to_shared": "4K pages",
+    "tdx_block": "leaves",
+    "tdx_track": "leaves",
+    "vcpu_kick": "vCPU kicks",
+    "tdx_demote": "huge mappings",
+    "refault_gmem": "4K pages",
+    "stage2_zap_huge": "huge mappings",
+    "refcount_scan_folio": "folios",
+}
+
+
+def primitive_unit(name: str, backend: str = "sim") -> str:
+    if backend == "host":
+        return "steps"
+    return PRIMITIVE_UNITS.get(name, "operations")
