@@ -550,7 +550,8 @@ def comparison_table(doc: dict) -> str:
             tot, conv = rt[("all", "total")][0], rt[("all", "conversion")][0]
             per_dir = ", ".join(f"{DIR_LABEL[d]} {fmt_x(rt[(d, 'total')][0])}" for d in DIRS)
             lines.append(f"{'':16} => total time: {winner_text(tot)} (dual/in-place "
-                         f"{fmt_x(tot)}; {per_dir}); conversion only: {winner_text(conv)}")
+                         f"{fmt_x(tot)}; {per_dir}); conversion only: {winner_text(conv)}"
+                         f"{h['caveat']}")
             if h["top"]:
                 lines.append(f"{'':16}    most of the difference (dual - in-place, per run): "
                              + ", ".join(f"{k} {'+' if v > 0 else '-'}{fmt_ns(abs(v))}"

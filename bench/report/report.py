@@ -185,7 +185,7 @@ def summary_text(results: dict) -> str:
             tot, conv = rt[("all", "total")], rt[("all", "conversion")]
             lines += _wrap(f"  TOTAL TIME: {winner_text(tot[0])} (dual/in-place "
                            f"{fmt_ratio(tot[0])}); conversion only: {winner_text(conv[0])} "
-                           f"({fmt_ratio(conv[0])})", )
+                           f"({fmt_ratio(conv[0])}){h['caveat']}")
         lines.append(head)
         for sname, r in h["runs"].items():
             m = r.get("metrics") or {}
