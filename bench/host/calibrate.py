@@ -687,9 +687,11 @@ def cli_calibrate(args) -> int:
     host = socket.gethostname() or "host"
     out = args.output or os.path.join("results", f"calibrated-{host}.toml")
     t0 = time.monotonic()
-    result = calibrate(rounds=args.rounds, warmup_bytes=args.warmup_mib * M, keys=keys,
-                       progress=False if args.no_progress else None,
-                       emulated_host=args.emulated_host)
+    from bench.host.state import host_lock
+    with host_lock():       # it measures the host: no other gmembench host work meanwhile
+        result = calibrate(rounds=args.rounds, warmup_bytes=args.warmup_mib * M, keys=keys,
+                           progress=False if args.no_progress else None,
+                           emulated_host=args.emulated_host)
     source = (f"gmembench calibrate on {host}: kernel {platform.release()}, "
               f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, "
               f"{args.rounds} rounds" + (", emulated-host profile" if args.emulated_host else ""))
