@@ -169,7 +169,8 @@ def recover(echo=print) -> list[str]:
 def _holder(fd: int) -> str:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
-        return os.read(fd, 200).decode(errors="replace").strip() or "another gmembench"
+        text = os.pread(fd, 200, 0).decode(errors="replace").replace("\x00", "").strip()
+        return text or "another gmembench"
     except OSError:
         return "another gmembench"
 
@@ -211,7 +212,7 @@ def host_lock(timeout: float | None = None, echo=None):
                                              f"gave up after {timeout:.0f} s") from None
                         time.sleep(0.2)
             os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()}: {' '.join(['gmembench'] + sys.argv[1:])}\n".encode())
+            os.pwrite(fd, f"pid {os.getpid()}: {' '.join(['gmembench'] + sys.argv[1:])}\n".encode(), 0)
             recover()
         except BaseException:
             os.close(fd)
