@@ -10,7 +10,7 @@ import numpy as np
 
 from bench.sweep.analysis import A, B, CONCLUSIONS, HEADLINE
 
-PLOTTED = ("total time", "conversion time", "peak footprint", "huge-page coverage at end")
+PLOTTED = ("total time", "conversion time", "peak footprint", "intact huge folios at end")
 
 
 def _plt():
