@@ -159,7 +159,7 @@ def main(argv=None) -> int:
         name, _, pct = t.partition("=")
         th[name] = float(pct) / 100
 
-    pairs = []
+    pairs, drift = [], {}
     for kind in KINDS:
         curs = by_kind[kind]
         for a in by_kind["A"]:
@@ -170,6 +170,10 @@ def main(argv=None) -> int:
                                    args.metric_threshold, tmp)
                 beyond = [f"{r['key']} {r['metric']} {100 * float(r['change']):+.1f}%"
                           for r in doc["rows"] if float(r["change"]) >= r["threshold"]]
+                if kind == "A":     # what identical runs differ by, per metric
+                    for r in doc["rows"]:
+                        if r["change"] not in ("inf", "-inf"):
+                            drift.setdefault(r["metric"], []).append(abs(float(r["change"])))
                 pairs.append({"base": a, "cur": c, "kind": kind, "exit": status,
                               "counts": doc["counts"], "beyond_threshold": beyond,
                               "set_aside": sum(r["set_aside_base"] + r["set_aside_cur"]
@@ -210,6 +214,12 @@ def main(argv=None) -> int:
                          f"{len(silent)}")
         lines.append("")
         table[kind] = {"pairs": len(sel), "exit1": n1, "exit3": n3, "exit0": n0}
+    if drift:
+        lines.append("A/A |change| per metric, median / 95th percentile / max (a threshold "
+                     "below the 95th percentile alarms often):")
+        lines += [f"  {m:<24} {100 * np.median(v):5.1f}% {100 * np.percentile(v, 95):5.1f}% "
+                  f"{100 * max(v):5.1f}%  (threshold {100 * th[m]:g}%)"
+                  for m, v in drift.items()]
     report = "\n".join(lines)
     print(report)
     atomic_write_json(out / args.report,
