@@ -21,6 +21,12 @@
 3. Checks the gate's own honesty: no delayed pair may exit 0 while a row's estimated change
    is at or beyond its threshold (that would be a silent pass of a change it saw).
 
+Measured 2026-12-02 on the 2-vCPU reference VM shared with other jobs (load 5.6-14.4),
+6 A + 6 B + 4 P runs, the README's CI configuration (compare.CI_METRICS): A/A 0/30 false
+alarms (5 inconclusive), A/B 36/36 detected, A/P 24/24 detected, no silent pass; the older
+configuration with latency_p50 and the overall latency_min: A/A 9/30 false alarms, A/P 13/24
+(11 inconclusive).  Full tables in the README's CI section.
+
 Writes gate_quality.json (or --report; every pair: exit status, rows beyond threshold, load) in --out.
 """
 import argparse
