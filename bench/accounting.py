@@ -14,7 +14,7 @@ anything runs):
 
   A touch op is induced by the conversions that produced the state it uses, when at least
   one of its pages was converted to that state earlier in the same repetition.
-    - shared-state accesses (SHARED_WRITE, SHARED_READ) -> "to_shared";
+    - shared-state accesses (SHARED_WRITE, SHARED_READ, GUEST_SHARED_*) -> "to_shared";
     - private-state accesses (PRIVATE_WRITE, PRIVATE_READ) and host probes of private
       pages (SHARED_PROBE) -> "to_private".
   A touch op none of whose pages was converted to that state yet touches memory in its
@@ -35,7 +35,8 @@ TO_SHARED = int(OpKind.TO_SHARED)
 TO_PRIVATE = int(OpKind.TO_PRIVATE)
 OTHER = 255
 
-SHARED_STATE_TOUCH = (OpKind.SHARED_WRITE, OpKind.SHARED_READ)
+SHARED_STATE_TOUCH = (OpKind.SHARED_WRITE, OpKind.SHARED_READ, OpKind.GUEST_SHARED_WRITE,
+                      OpKind.GUEST_SHARED_READ)
 PRIVATE_STATE_TOUCH = (OpKind.PRIVATE_WRITE, OpKind.PRIVATE_READ, OpKind.SHARED_PROBE)
 _NEVER = np.iinfo(np.int64).max
 
@@ -80,16 +81,30 @@ def attribute_touches(ops: np.ndarray) -> np.ndarray:
             end = int(max((ops["offset"][c] + ops["size"][c]).max(),
                           (ops["offset"][t] + ops["size"][t]).max())) // unit
             # first[p] = index of the first op that converted page p to this state
-            first = np.full(end, _NEVER, dtype=np.int64)
+            # (+1: a sentinel so that every range end is a valid reduceat index)
+            first = np.full(end + 1, _NEVER, dtype=np.int64)
             a = (ops["offset"][c] // unit).astype(np.int64)
             b = ((ops["offset"][c] + ops["size"][c]) // unit).astype(np.int64)
-            for i in range(len(c) - 1, -1, -1):      # earliest wins: paint latest first
+            # a range converted many times only needs its first conversion
+            key = a * (end + 1) + b
+            _, keep = np.unique(key, return_index=True)      # first occurrence = earliest
+            order = keep[np.argsort(-c[keep])]               # latest first: earliest wins
+            for i in order:
                 first[a[i]:b[i]] = c[i]
             ta = (ops["offset"][t] // unit).astype(np.int64)
             tb = ((ops["offset"][t] + ops["size"][t]) // unit).astype(np.int64)
-            for j in range(len(t)):
-                if tb[j] > ta[j] and first[ta[j]:tb[j]].min() < t[j]:
-                    out[t[j]] = label
+            # min of first[ta:tb] once per distinct touched range
+            ukey, inv = np.unique(ta * (end + 1) + tb, return_inverse=True)
+            ua, ub = ukey // (end + 1), ukey % (end + 1)
+            # reduceat over (start, end) pairs: sorted by start, the gaps between pairs
+            # add up to at most the array once (unique keys sort by start already)
+            nonempty = ub > ua
+            umin = np.full(len(ua), _NEVER, dtype=np.int64)
+            if nonempty.any():
+                pairs = np.stack([ua[nonempty], ub[nonempty]], axis=1).ravel()
+                umin[nonempty] = np.minimum.reduceat(first, pairs)[::2]
+            hit = t[umin[inv.ravel()] < t]
+            out[hit] = label
     return out
 
 

@@ -174,7 +174,9 @@ def coerce_param(p: Param, value: Any) -> Any:
 
 # ----------------------------------------------------------------------------- touches
 
-HOST_TOUCHES = ("host-write", "host-read")     # after a conversion to shared
+# after a conversion to shared: the host's touches, and the guest's own accesses to the pages
+# it shared (virtio rings, bounce buffers it fills): the page the host sees
+HOST_TOUCHES = ("host-write", "host-read", "guest-shared-write", "guest-shared-read")
 GUEST_TOUCHES = ("guest-write", "guest-read")  # after a conversion to private
 TOUCHES = HOST_TOUCHES + GUEST_TOUCHES
 
@@ -188,6 +190,7 @@ class Touch:
     actions: tuple[str, ...] = ()
     fraction: float = 1.0
     size: int | None = None
+    process: int = 0        # host process of the host-* touches (bench.ops OP_DTYPE proc)
 
     def after_shared(self) -> tuple[str, ...]:
         return tuple(a for a in self.actions if a in HOST_TOUCHES)
@@ -208,11 +211,14 @@ class Touch:
         if not self.actions:
             return "none"
         amount = f"size {format_size(self.size)}" if self.size is not None else f"fraction {self.fraction:g}"
-        return f"{', '.join(self.actions)} ({amount} of each converted range)"
+        proc = f", host process {self.process}" if self.process else ""
+        return f"{', '.join(self.actions)} ({amount} of each converted range{proc})"
 
 
 _TOUCH_KIND = {"host-write": OpKind.SHARED_WRITE, "host-read": OpKind.SHARED_READ,
-               "guest-write": OpKind.PRIVATE_WRITE, "guest-read": OpKind.PRIVATE_READ}
+               "guest-write": OpKind.PRIVATE_WRITE, "guest-read": OpKind.PRIVATE_READ,
+               "guest-shared-write": OpKind.GUEST_SHARED_WRITE,
+               "guest-shared-read": OpKind.GUEST_SHARED_READ}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -340,6 +346,8 @@ def touch_columns(touch: Touch, actions, conv: np.ndarray, tokens: Tokens,
             tok = (read_tok or {}).get(a)
             tok = np.full(len(conv), NO_CHECK, np.uint32) if tok is None else tok
         ops = make_ops(len(conv), kind, conv["slot"], conv["offset"], lengths, tok, conv["t_ns"])
+        if a.startswith("host-"):
+            ops["proc"] = touch.process
         cols.append((a, ops))
     return cols
 
@@ -620,7 +628,8 @@ def gen_dma_churn(layout, rng, p, touch):
     "sizes": Param("sizes", [4096, 16384, 65536, 262144], "buffer sizes"),
     "size_weights": Param("floats", [], "weights of sizes (default equal)"),
     "probe": Param("bool", True, "after each buffer is private again, the host touches it: "
-                   "the access must fault"),
+                   "in-place must fault (SIGBUS); under dual the VMM reaches the shared "
+                   "backing, where the touch allocates a zero page (counted, no fault)"),
     "rate": RATE,
 }, "guest writes a buffer, shares it, host reads and writes it, guest unshares and reads it back",
    "seed: pKVM guests and host cooperate on data that must not be copied; guest_memfd.md s1, s4",

@@ -71,7 +71,8 @@ class RepetitionRecord:
         touch = ~conv_step & (steps["code"] != Step.NOP)
         touch_op_ns = np.bincount(op_idx[touch], weights=ns[touch], minlength=n_ops)
         touch_ops = np.isin(ops["kind"], (OpKind.SHARED_WRITE, OpKind.SHARED_READ,
-                                          OpKind.PRIVATE_WRITE, OpKind.PRIVATE_READ))
+                                          OpKind.PRIVATE_WRITE, OpKind.PRIVATE_READ,
+                                          OpKind.GUEST_SHARED_WRITE, OpKind.GUEST_SHARED_READ))
         self.touch_ns = touch_op_ns[touch_ops].astype(np.int64)
         # semantic checks
         reads = (steps["code"] == Step.READ) & (steps["arg"] != NO_CHECK) & (res["status"] == 0)

@@ -125,6 +125,29 @@ def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS
     return res, series
 
 
+def steps_used(steps: np.ndarray, probes: bool) -> list[str]:
+    """The fidelity keys (bench/host/probe.py) of the steps a run executed: the step name,
+    "/guest" for guest accesses, and "host-access-fault" when the host probed private
+    pages, so labels name only what actually ran."""
+    from bench.ops import Step, Via
+    used = set()
+    for code, via in {(int(c), int(v)) for c, v in zip(steps["code"], steps["via"])}:
+        name = Step(code).name
+        if via == Via.GUEST and code in (Step.READ, Step.WRITE):
+            name += "/guest"
+        used.add(name)
+    if probes:
+        used.add("host-access-fault")
+    return sorted(used)
+
+
+def recs_ops_probe(wl) -> bool:
+    """Whether the workload's first repetition probes private pages from the host."""
+    from bench.ops import OpKind
+    ops, _ = build_ops(wl, 0)
+    return bool((ops["kind"] == OpKind.SHARED_PROBE).any())
+
+
 def merge_breakdowns(items: list[dict]) -> dict:
     """Primitive breakdowns of several repetitions summed, largest time first."""
     tot: dict = {}
@@ -357,6 +380,7 @@ def _run_entry(wl, sname, backend, recs, serieses, extra, prof, quick, info) -> 
         "backend": backend,
         "fidelity": "simulated" if backend == "sim" else fidelity_label(extra["fidelity_steps"], extra["steps"]),
         "fidelity_steps": extra["fidelity_steps"],
+        "steps_used": steps_used(extra["steps"], recs_ops_probe(wl)),
         "layout": wl.layout.to_dict(), "params": {k: v for k, v in wl.params.items()},
         "seed": wl.seed, "scale": float(meta.get("scale", wl.scale)), "quick": quick,
         "cost_profile": prof.describe() if prof else None,
@@ -383,13 +407,6 @@ def _mib(b):
     return f"{b / (1 << 20):.0f}"
 
 
-def _ms(ns):
-    if ns is None:
-        return "-"
-    v = ns / 1e6
-    return "0" if v == 0 else f"{v:.0f}" if v >= 1000 else f"{v:.3g}" if v >= 0.01 else f"{v:.4f}"
-
-
 def _share(v, why=""):
     if v is None:
         return "n/a" if why.startswith("not applicable") else "n/m"
@@ -402,8 +419,9 @@ def comparison_table(doc: dict) -> str:
     table with memory and huge-page state.  '*' marks runs with emulated steps."""
     from bench.report.headline import (DIR_LABEL, DIRS, emulated_steps, fmt_x, winner_text,
                                        workload_headlines)
+    from bench.report.report import fmt_ns
     head = (f"{'workload':<16} {'strategy':<10} {'direction':<10} {'conv':>7} {'fail':>5} "
-            f"{'p50us':>8} {'p99us':>8} {'conv.ms':>8} {'induc.ms':>8} {'total.ms':>8}")
+            f"{'p50':>8} {'p99':>8} {'conv/run':>9} {'induc/run':>9} {'total/run':>9}")
     lines = [head, "-" * len(head)]
     notes = []
     for h in workload_headlines(doc):
@@ -421,10 +439,10 @@ def comparison_table(doc: dict) -> str:
                     f"{(h['workload'][:16] if first else ''):<16} "
                     f"{((sname + mark) if i == 0 else ''):<10} {DIR_LABEL[d]:<10} "
                     f"{dd.get('conversions', 0):>7} {dd.get('failed_conversions', 0):>5} "
-                    f"{_us(lat.get('p50')):>8} {_us(lat.get('p99')):>8} "
-                    f"{_ms(dd.get('conversion_time_ns', 0) / reps):>8} "
-                    f"{_ms(dd.get('induced_time_ns', 0) / reps):>8} "
-                    f"{_ms(dd.get('total_time_ns', 0) / reps):>8}")
+                    f"{fmt_ns(lat.get('p50')):>8} {fmt_ns(lat.get('p99')):>8} "
+                    f"{fmt_ns(dd.get('conversion_time_ns', 0) / reps):>9} "
+                    f"{fmt_ns(dd.get('induced_time_ns', 0) / reps):>9} "
+                    f"{fmt_ns(dd.get('total_time_ns', 0) / reps):>9}")
                 first = False
             fc, fa, errs = h["failures"][sname]
             if fc or fa or errs:
@@ -438,10 +456,12 @@ def comparison_table(doc: dict) -> str:
                          f"{fmt_x(tot)}; {per_dir}); conversion only: {winner_text(conv)}")
             if h["top"]:
                 lines.append(f"{'':16}    most of the difference (dual - in-place, per run): "
-                             + ", ".join(f"{k} {v / 1e6:+.3g} ms" for k, v in h["top"]))
+                             + ", ".join(f"{k} {'+' if v > 0 else '-'}{fmt_ns(abs(v))}"
+                                         for k, v in h["top"]))
     lines.append("")
-    lines.append("conv/induc/total.ms: time per repetition spent in conversions / in the "
-                 "accesses they caused later / both (bench/accounting.py)")
+    lines.append("conv/induc/total per run: time per repetition spent in conversions / in "
+                 "the accesses they caused later / both (bench/accounting.py); p50/p99: "
+                 "conversion latency")
     lines += sorted(set(notes))
     return "\n".join(lines) + "\n\n" + memory_table(doc)
 

@@ -28,7 +28,7 @@ from bench.generators import (GENERATORS, TOUCHES, Param, Touch,
                               check_ops, coerce_param, format_size, kind_counts, parse_size,
                               touch_stream)
 from bench.layout import GMEM_PAGE_SIZES, PLATFORMS, SHARED_BACKINGS, SHARED_PAGES, Layout, Memslot
-from bench.ops import OP_DTYPE, PAGE_SIZE
+from bench.ops import MAX_HOST_PROCS, OP_DTYPE, PAGE_SIZE
 
 # What plain `gmembench run` runs: the three (SWIOTLB boot, 4K DMA churn on 2M
 # folios, bulk 4 GiB round trips) plus the two that show what they cannot: copy overhead
@@ -49,7 +49,8 @@ STRATEGY_OPTIONS = {
 WORKLOAD_KEYS = {"name", "description", "repetitions", "seed"}
 LAYOUT_KEYS = {"gmem_page_size", "shared_backing", "shared_page", "platform", "init_shared", "memslot"}
 MEMSLOT_KEYS = {"gpa", "size", "numa_node"}
-PHASE_KEYS = {"name", "repeat", "generator", "trace", "touch", "touch_fraction", "touch_size"}
+PHASE_KEYS = {"name", "repeat", "generator", "trace", "touch", "touch_fraction", "touch_size",
+              "touch_process"}
 TRACE_KEYS = {"strict", "limit", "invalid"}
 QUICK_KEYS = {"scale", "repetitions", "memslot", "phase", "params"}
 TOP_KEYS = {"workload", "layout", "strategy", "params", "phase", "quick"}
@@ -481,7 +482,11 @@ def _touch(ctx: _Ctx, ph: dict, path, default) -> Touch:
         fraction = float(f)
     if "touch_size" in ph:
         size = ctx.size(ph, "touch_size", path)
-    return Touch(tuple(raw), fraction, size)
+    process = ctx.int_(ph, "touch_process", path, 0, minimum=0)
+    if process >= MAX_HOST_PROCS:
+        ctx.error(path + ("touch_process",), f"expected a host process 0..{MAX_HOST_PROCS - 1} "
+                  f"(0 = the VMM), got {process}")
+    return Touch(tuple(raw), fraction, size, process)
 
 
 def _phase(ctx: _Ctx, ph: dict, path, base: Path, index: int) -> Phase:
@@ -508,7 +513,7 @@ def _phase(ctx: _Ctx, ph: dict, path, base: Path, index: int) -> Phase:
     if gen is None:
         ctx.error(path + ("generator",), f"unknown generator {gname!r} (expected one of: "
                   f"{', '.join(sorted(GENERATORS))})")
-    touch_keys = {"touch", "touch_fraction", "touch_size"}
+    touch_keys = {"touch", "touch_fraction", "touch_size", "touch_process"}
     allowed = (PHASE_KEYS - (set() if gen.takes_touch else touch_keys)) | set(gen.params)
     if not gen.takes_touch:
         for k in touch_keys & set(ph):

@@ -119,6 +119,10 @@ def main() -> int:
         one = run(plan, tmp / "cache1", workers=1)
         mem = []
         default = run(plan, tmp / "cache2", workers=None, samples=mem)
+        for r in (one, default):
+            if r["stats"]["failed"]:
+                print(f"{r['stats']['failed']} tasks failed: {r['stats']['errors'][:2]}")
+                return 2
         task_s = [load_cached(tmp / "cache2", t.key)["task_s"] for t in plan.tasks]
     med = statistics.median(task_s)
     print(f"1 worker:       {one['run_s']:7.1f} s for {one['stats']['computed']} tasks "

@@ -307,3 +307,48 @@ def test_bare_command_prints_help_and_exits_2(capsys):
     assert main([]) == 2
     err = capsys.readouterr().err
     assert "usage: gmembench" in err and "run" in err
+
+
+def test_attribution_equals_a_page_by_page_reading_of_the_rule():
+    """Random streams: attribute_touches (vectorised) against the rule applied page by
+    page, op by op."""
+    rng = np.random.default_rng(5)
+    kinds = [S, P, SW, SR, PW, PR, PROBE, OpKind.PIN]
+    for _ in range(30):
+        n = 60
+        ops = empty_ops(n)
+        ops["kind"] = rng.choice(kinds, n)
+        ops["slot"] = rng.integers(0, 2, n)
+        ops["offset"] = rng.integers(0, 24, n) * K
+        ops["size"] = rng.integers(1, 6, n) * K
+        got = accounting.attribute_touches(ops)
+        shared = {0: set(), 1: set()}
+        private = {0: set(), 1: set()}
+        for i, o in enumerate(ops):
+            pages = set(range(int(o["offset"]) // K, (int(o["offset"]) + int(o["size"])) // K))
+            k, sl = int(o["kind"]), int(o["slot"])
+            if k == S:
+                want = accounting.TO_SHARED
+            elif k == P:
+                want = accounting.TO_PRIVATE
+            elif k in (SW, SR):
+                want = accounting.TO_SHARED if pages & shared[sl] else accounting.BASELINE
+            elif k in (PW, PR, PROBE):
+                want = accounting.TO_PRIVATE if pages & private[sl] else accounting.BASELINE
+            else:
+                want = accounting.OTHER
+            assert got[i] == want, (i, k)
+            if k == S:
+                shared[sl] |= pages
+            elif k == P:
+                private[sl] |= pages
+
+
+def test_emulation_marks_name_only_what_ran():
+    from bench.report.headline import emulated_steps
+    run = {"backend": "host", "steps_used": ["VM_SET_ATTRS", "WRITE"],
+           "fidelity_steps": {"VM_SET_ATTRS": "emulated", "COPY": "emulated",
+                              "WRITE": "native", "gmem_huge_folios": "emulated"}}
+    # COPY never ran; gmem_huge_folios is a fact about the run, not a step
+    assert emulated_steps(run) == ["VM_SET_ATTRS", "gmem_huge_folios"]
+    assert emulated_steps({**run, "backend": "sim"}) == []

@@ -148,3 +148,33 @@ def test_process_number_is_validated_by_the_strategy():
     layout = Layout((Memslot(0, 8 * MiB),))
     with pytest.raises(InputError, match="host process 4"):
         make_strategy("in-place").compile(ops_of((OpKind.SHARED_WRITE, 0, K4, 1, 4)), layout)
+
+
+def test_workload_names_the_touching_process_and_guest_shared_touches(tmp_path):
+    from bench.workload import load_workload
+    text = """\
+[workload]
+description = "test"
+
+[layout]
+platform = "preserve"
+
+[[layout.memslot]]
+gpa = 0
+size = "64M"
+
+[[phase]]
+generator = "dma-churn"
+buffers = 50
+touch = ["guest-shared-write", "host-read"]
+touch_process = 1
+"""
+    p = tmp_path / "w.toml"
+    p.write_text(text)
+    ops, _ = load_workload(str(p)).ops(repetition=0)
+    gw = ops[ops["kind"] == OpKind.GUEST_SHARED_WRITE]
+    hr = ops[ops["kind"] == OpKind.SHARED_READ]
+    assert len(gw) and len(hr) and (gw["proc"] == 0).all() and (hr["proc"] == 1).all()
+    p.write_text(text.replace("touch_process = 1", "touch_process = 4"))
+    with pytest.raises(InputError, match="touch_process"):
+        load_workload(str(p))

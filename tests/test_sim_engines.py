@@ -497,6 +497,7 @@ def test_anon_thp_rediscard_frees_pages_faulted_into_its_holes():
     ((W, G, GU, 0, 0, 8 * MiB, K4, 1), None),             # beyond the file: EFAULT, defined
     ((PIN, G, H, 0, 0, 8 * MiB - K4, 2 * K4, 0), "not a range inside the memslot"),
     ((W, G, H, 0, 0, 0, 0, 1), "not a range inside the memslot"),
+    ((W, G, H, 0, 0, 0, K4, 1, 4), "process 4 / via 0 out of range"),
 ])
 def test_steps_the_c_engine_refuses(row, message):
     py, c = both(init_shared=True)
@@ -507,7 +508,7 @@ def test_steps_the_c_engine_refuses(row, message):
     with pytest.raises(ValueError, match=message):
         c.execute(steps)
     steps["slot"] = 1
-    with pytest.raises(ValueError, match="slot 1 out of range|unknown step code"):
+    with pytest.raises(ValueError, match="slot 1 out of range|unknown step code|process 4"):
         c.execute(steps)
     assert c.snapshot() == py.snapshot(), "the refused step changed nothing"
 

@@ -313,3 +313,26 @@ parameters = ["firmware_pstate_4k", "lru_drain"]
     assert oat[-1]["results"]["total time"]["in-place"] > oat[0]["results"]["total time"]["in-place"]
     assert (out / "sensitivity" / "plots" / "tornado.png").is_file()
     assert "Latin-hypercube" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/kvm"),
+                    reason="host backend needs root and /dev/kvm")
+def test_host_backend_sweep_holds_the_host_lock(tmp_path):
+    (tmp_path / "tiny.toml").write_text(WORKLOAD.format(requests=100).replace('size = "64M"', 'size = "16M"')
+                                        .replace('"2m"', '"4k"').replace('"thp"', '"4k"'))
+    f = tmp_path / "h.toml"
+    f.write_text("""
+[sweep]
+name = "h"
+workloads = ["tiny.toml"]
+strategies = ["in-place"]
+backend = "host"
+repetitions = 1
+""")
+    out = tmp_path / "out"
+    assert sweep(str(f), "--out", str(out)) == 0
+    rows = tidy(out)
+    assert {r["backend"] for r in rows} == {"host"}
+    assert all(r["fidelity"] != "simulated" for r in rows)
+    conv = [r["value"] for r in rows if r["metric"] == "conversions" and r["direction"] == "all"]
+    assert conv and conv[0] > 0

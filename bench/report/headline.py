@@ -80,7 +80,21 @@ def emulated_steps(run: dict) -> list[str]:
     """Steps of a run that did not run as the real kernel interface (host backend)."""
     if run.get("backend") == "sim":
         return []
-    return sorted(k for k, v in (run.get("fidelity_steps") or {}).items() if v == "emulated")
+    return sorted(k for k, v in (run.get("fidelity_steps") or {}).items()
+                  if v == "emulated" and ran(run, k))
+
+
+def _step_keys() -> set:
+    from bench.ops import Step
+    return ({s.name for s in Step} | {f"{s.name}/guest" for s in Step}
+            | {"host-access-fault"})
+
+
+def ran(run: dict, key: str) -> bool:
+    """Whether a fidelity key concerns this run: a step it executed (runs record
+    steps_used), or a fact that is not a step (e.g. gmem_huge_folios)."""
+    used = run.get("steps_used")
+    return used is None or key in used or key not in _step_keys()
 
 
 def workload_headlines(results: dict) -> list[dict]:

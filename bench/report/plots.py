@@ -121,7 +121,8 @@ def emulated_mark(run: dict) -> str:
     """' [emulated: STEP, ...]' for host runs with steps that were not native."""
     if run.get("backend") == "sim":
         return ""
-    em = sorted(k for k, v in (run.get("fidelity_steps") or {}).items() if v == "emulated")
+    from bench.report.headline import emulated_steps
+    em = emulated_steps(run)
     return f" [emulated: {', '.join(em)}]" if em else ""
 
 
@@ -404,8 +405,8 @@ def plot_summary(results: dict, samples: dict, path: Path,
         return None
     all_runs = [r for h in heads for r in h["runs"].values()]
     n = len(heads)
-    fig = _figure(13.0, 5.6 + 0.5 * n)
-    gs = fig.add_gridspec(2, 2, height_ratios=[4.4, 0.5 * n + 0.2], width_ratios=[1.15, 1])
+    fig = _figure(13.0, 5.3 + 0.36 * n)
+    gs = fig.add_gridspec(2, 2, height_ratios=[4.4, 0.36 * n + 0.1], width_ratios=[1.15, 1])
     ax, ax2, axt = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, :])
     y = np.arange(n)[::-1]
     names = [h["workload"] + ("*" if any(emulated_mark(r) for r in h["runs"].values()) else "")

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 from bench.errors import InputError
+from bench.report.headline import ran
 from bench.report.plots import collect_figures, copy_share, figure_jobs, runs_by_workload
 from bench.report.pyperf_export import write_pyperf
 from bench.results import atomic_write_text, load_results, load_samples, write_tidy_csv
@@ -87,6 +88,7 @@ def fidelity_notes_short(results: dict) -> list[str]:
         if r.get("fidelity") == "native":
             continue
         steps = r.get("fidelity_steps") or {}
+        steps = {k: v for k, v in steps.items() if ran(r, k)}   # what this run executed
         by_label: dict = {}
         for k, v in steps.items():
             if v != "native":
@@ -114,6 +116,7 @@ def fidelity_statements(results: dict) -> list[str]:
         if fid == "native":
             continue
         steps = r.get("fidelity_steps") or {}
+        steps = {k: v for k, v in steps.items() if ran(r, k)}   # what this run executed
         not_native = sorted(f"{k} {v}" for k, v in steps.items() if v != "native")
         detail = f" (steps: {', '.join(not_native)})" if not_native else ""
         if fid == "simulated":
@@ -303,6 +306,8 @@ def _fragmentation_md(runs: list) -> list[str]:
                    notes.get("pageblocks", "not measured"))
         al_text = (", ".join(f"{k} {v}" for k, v in alloc.items()) if isinstance(alloc, dict)
                    else notes.get("allocatable_huge", "not measured"))
+        if isinstance(alloc, dict) and notes.get("allocatable_huge"):
+            al_text += f" ({notes['allocatable_huge']})"
         for z, zi in (f.get("zones") or {}).items():
             fi = zi.get("fragmentation_index") or {}
             ui = zi.get("unusable_index") or {}

@@ -148,7 +148,8 @@ def _flips(plan, have) -> list[dict]:
     """Along each axis (the others held): adjacent values where the winner changes."""
     flips = []
     by_index = {p.index: (p, r) for p, r in have}
-    axes = [(a.name, [_col(v) for v in a.values]) for a in plan.spec.axes] if not plan.sensitivity \
+    from bench.sweep.plan import column_values
+    axes = [(a.name, column_values(a)) for a in plan.spec.axes] if not plan.sensitivity \
         else [(f"cost.{k}", None) for k in plan.uncertain]
     for aname, order in axes:
         groups = defaultdict(list)
@@ -175,11 +176,6 @@ def _flips(plan, have) -> list[dict]:
                                   # one cost at a time: the others are the profile's values
                                   "others": {} if plan.sensitivity else dict(others)})
     return flips[:40]
-
-
-def _col(v):
-    from bench.sweep.plan import _column_value
-    return _column_value(v)
 
 
 def _xval(columns: dict, aname: str):

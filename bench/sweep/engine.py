@@ -63,8 +63,12 @@ def open_client(scheduler: str | None = None, scheduler_file: str | None = None,
         return
     n = 1 if host_backend else (workers or os.cpu_count() or 1)
     kw = {"resources": {HOSTLOCK: 1}} if host_backend else {}
+    # a host repetition runs in a fresh child process (as `gmembench run`): the worker
+    # process must be allowed children
+    import dask
+    dask.config.set({"distributed.worker.daemon": False})
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                           dashboard_address=":0", silence_logs=logging.ERROR, **kw)
+                           dashboard_address=":0", silence_logs=logging.CRITICAL, **kw)
     client = Client(cluster)
     try:
         yield client

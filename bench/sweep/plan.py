@@ -50,10 +50,11 @@ def _split(assign: dict) -> tuple[dict, dict]:
     return wl, cost
 
 
-def _column_value(v):
-    if isinstance(v, bool) or isinstance(v, (list, dict)):
-        return label_of(v)
-    return v
+def column_values(axis) -> list:
+    """What the table shows for each value of an axis: numbers and strings as they are,
+    other values (lists, tables, booleans) by their label."""
+    return [v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else lab
+            for v, lab in zip(axis.values, axis.labels)]
 
 
 def _read_text(path: str | None) -> str | None:
@@ -97,13 +98,13 @@ def make_plan(spec: SweepSpec, sensitivity: bool = False) -> Plan:
             for a in spec.axes:
                 v = a.values[p[a.name]]
                 assign[a.key] = v
-                cols[a.name] = _column_value(v)
+                cols[a.name] = column_values(a)[p[a.name]]
             assigns.append((assign, cols, "axes", None))
     else:
         uncertain, in_force = _uncertain(spec)
         S = spec.sensitivity
         names = list(uncertain)
-        base_cols = {a.name: _column_value(a.baseline) for a in spec.axes}
+        base_cols = {a.name: column_values(a)[a.baseline_index] for a in spec.axes}
         for k in names:       # every point shows the value in force of every varied cost
             base_cols.update(cost_columns(k, in_force[k]))
         assigns.append((dict(base_assign), dict(base_cols), "baseline", None))

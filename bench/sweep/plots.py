@@ -49,17 +49,17 @@ def write_plots(plan, result: dict, out: Path) -> list[Path]:
 
 
 def _others_at_baseline(plan, p, axis) -> bool:
-    from bench.sweep.plan import _column_value
+    from bench.sweep.plan import column_values
     for a in plan.spec.axes:
-        if a.name != axis.name and p.columns.get(a.name) != _column_value(a.baseline):
+        if a.name != axis.name and p.columns.get(a.name) != column_values(a)[a.baseline_index]:
             return False
     return True
 
 
 def _ratio_vs_axis(plan, result, axis, out: Path) -> Path | None:
-    from bench.sweep.plan import _column_value
+    from bench.sweep.plan import column_values
     plt = _plt()
-    order = [_column_value(v) for v in axis.values]
+    order = column_values(axis)
     if len(order) < 2:
         return None
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in order)
@@ -115,10 +115,10 @@ def _ratio_vs_axis(plan, result, axis, out: Path) -> Path | None:
 
 
 def _heatmap(plan, result, ax_x, ax_y, out: Path) -> Path | None:
-    from bench.sweep.plan import _column_value
+    from bench.sweep.plan import column_values
     plt = _plt()
-    xs = [_column_value(v) for v in ax_x.values]
-    ys = [_column_value(v) for v in ax_y.values]
+    xs = column_values(ax_x)
+    ys = column_values(ax_y)
     wl = plan.spec.workloads
     fig, axs = plt.subplots(1, len(wl), figsize=(4.6 * len(wl), 3.8), squeeze=False)
     drew = False
@@ -127,7 +127,7 @@ def _heatmap(plan, result, ax_x, ax_y, out: Path) -> Path | None:
         for p in plan.points:
             if p.workload != wname:
                 continue
-            others_ok = all(p.columns.get(a.name) == _column_value(a.baseline)
+            others_ok = all(p.columns.get(a.name) == column_values(a)[a.baseline_index]
                             for a in plan.spec.axes if a.name not in (ax_x.name, ax_y.name))
             r = _results(result, p.index).get(HEADLINE)
             if others_ok and r and r["ratio"] is not None:

@@ -126,11 +126,6 @@ def _read(path: Path) -> tuple[dict, TomlLines]:
     return doc, TomlLines(text)
 
 
-def _value_lines(text_lines: TomlLines, path, n: int) -> list:
-    line = text_lines.line(path)
-    return [line] * n
-
-
 def sweep_dirs() -> list[Path]:
     """Where sweep names are looked up: ./sweeps, then the packaged copy."""
     import importlib

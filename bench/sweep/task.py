@@ -106,6 +106,10 @@ def resolve(workload_file: str, overrides: dict, quick: bool, seed: int | None,
 
 def task_key(config: dict, strategy: str, repetition: int, version: str) -> str:
     doc = dict(config, strategy=strategy, repetition=repetition, suite_version=version)
+    # a strategy reads only its own options: in-place results are shared across dual.* values
+    wl = dict(doc["workload"])
+    wl["strategy_options"] = (wl.get("strategy_options") or {}).get(strategy, {})
+    doc["workload"] = wl
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
 
 
@@ -157,6 +161,11 @@ def run_task(task: Task) -> dict:
         for _ in range(int(bparams.get("warmup_repetitions", 1))):
             repetition(task.backend, wl.layout, strategy, bparams, ops, steps, points)
         run = repetition_in_worker if bparams.get("process_per_repetition", True) else repetition
+        import multiprocessing
+        if run is repetition_in_worker and multiprocessing.current_process().daemon:
+            raise RuntimeError("host repetitions run in a child process, which a daemonic Dask "
+                               "worker cannot start: start the workers with "
+                               "DASK_DISTRIBUTED__WORKER__DAEMON=False")
     else:
         run = repetition
     out = run(task.backend, wl.layout, strategy, bparams, ops, steps, points)
