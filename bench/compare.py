@@ -119,10 +119,12 @@ METRICS = (("latency_min", "latency_p50", "latency_p99")
            + ("footprint_peak", "bytes_copied", "huge_splits"))
 DEFAULT_METRICS = ("latency_p50", "latency_p99", "footprint_peak", "bytes_copied", "huge_splits")
 # the README's CI configuration for the host backend, measured by benchmarks/gate_quality.py:
-# each direction's fastest conversion sees a slowdown that the medians' run-to-run drift
-# hides, also one confined to a single direction
-CI_METRICS = ("latency_p50", "latency_p99", "to_shared.latency_min", "to_private.latency_min",
-              "footprint_peak", "bytes_copied", "huge_splits")
+# each direction's fastest conversion sees a slowdown (also one confined to one direction)
+# that the medians' run-to-run drift hides.  Left out on a shared host: latency_p50 (runs
+# minutes apart drifted by 7-10%: false alarms) and huge_splits (the kernel's split counter
+# is system-wide, so other processes' splits land in it)
+CI_METRICS = ("latency_p99", "to_shared.latency_min", "to_private.latency_min",
+              "footprint_peak", "bytes_copied")
 UNITS = {m: "ns" for m in METRICS if "latency" in m}
 UNITS.update({"footprint_peak": "byte", "bytes_copied": "byte", "huge_splits": "count"})
 # latency_min (each repetition's fastest conversion): interference only ever adds time, so

@@ -542,8 +542,8 @@ def swiotlb_pool_size(guest_size: int, percent: float = 6.0, lo: int = 64 * MiB,
     "placement": Param("choice", "low-top", "where the pool sits: low-top (top of the region "
                        "below 4 GiB, as memblock's top-down low allocation puts it) or start",
                        choices=("low-top", "start")),
-    "chunk": Param("size", 64 * MiB, "largest single conversion request (QEMU handles TDX "
-                   "MapGPA in chunks of at most 64 MiB)"),
+    "chunk": Param("size", 2 * MiB, "largest single conversion request: upstream KVM splits a "
+                   "TDX MapGPA into 2 MiB chunks, one exit to the VMM each (TDX_MAP_GPA_MAX_LEN)"),
     "bounces": Param("count", 100000, "DMA bounces through the pool after boot"),
     "bounce_sizes": Param("sizes", [4096, 16384, 65536], "sizes of one bounce"),
     "bounce_weights": Param("floats", [], "weights of bounce_sizes (default equal)"),
@@ -552,7 +552,7 @@ def swiotlb_pool_size(guest_size: int, percent: float = 6.0, lo: int = 64 * MiB,
     "rate": RATE,
 }, "SWIOTLB pool converted to shared at boot, then DMA bounces through it",
    "guest_memfd.md s6: SEV/SNP guests size SWIOTLB at 6% of memory clamped to [64 MiB, 1 GiB] "
-   "and convert it at boot; QEMU handles TDX MapGPA in <= 64 MiB chunks", takes_touch=False)
+   "and convert it at boot; KVM hands a TDX MapGPA to the VMM in 2 MiB chunks", takes_touch=False)
 def gen_swiotlb_boot(layout, rng, p, touch):
     pool = swiotlb_pool_size(layout.guest_size, p["percent"], p["pool_min"], p["pool_max"])
     regions = arena(layout, p["slots"], p["start"], p["span"])

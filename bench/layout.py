@@ -24,6 +24,9 @@ class Layout:
     shared_page: str = "4k"           # 4k | thp | hugetlb
     platform: str = "preserve"        # content on conversion: preserve | zero | destroy
     init_shared: bool = False         # guest_memfd created with INIT_SHARED
+    # vCPUs: every remote TLB flush / TDX track kicks each one.  Default 8: a mid-size
+    # cloud confidential VM; the kick cost grows linearly, so set it to the VM you model.
+    vcpus: int = 8
     extra: dict = field(default_factory=dict, compare=False)
 
     @property

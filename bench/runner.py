@@ -510,10 +510,11 @@ def explain_table(doc: dict) -> str:
                     out.append(f"  {d:<11} {part:<10} {k:<15} {v['steps']:>11} {v['pages']:>11} "
                                f"{v['ns'] / 1e6:>10.2f}")
         total = sum(v["ns"] for v in r["breakdown"].values()) or 1
-        out.append(f"  {'primitive':<22} {'count':>10} {'total ms':>10} {'share':>6}   "
-                   "(count: calls; per-page primitives count 4K pages)")
+        from bench.report.headline import primitive_unit
+        out.append(f"  {'primitive':<22} {'count':>10} {'unit':<14} {'total ms':>10} {'share':>6}")
         for k, v in r["breakdown"].items():
-            out.append(f"  {k:<22} {v['count']:>10} {v['ns'] / 1e6:>10.2f} {100 * v['ns'] / total:>5.1f}%")
+            out.append(f"  {k:<22} {v['count']:>10} {primitive_unit(k, r['backend']):<14} "
+                       f"{v['ns'] / 1e6:>10.2f} {100 * v['ns'] / total:>5.1f}%")
     return "\n".join(out)
 
 

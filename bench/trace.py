@@ -216,11 +216,11 @@ SYNTHETIC = {
              "prefixes and kvm_memory_fault lines before 30% of the conversions"),
     "tdx-boot-plain": dict(
         slots=((0, 2 << 30, 0), (4 << 30, 2 << 30, 0)), timestamps=False, fault_fraction=0.0,
-        boot=dict(chunk=64 << 20, rate=0.0), churn=dict(buffers=500, in_flight=8, rate=0.0),
+        boot=dict(chunk=2 << 20, rate=0.0), churn=dict(buffers=500, in_flight=8, rate=0.0),
         seed=11,
         what="a 4 GiB TDX-like guest: SWIOTLB pool (6% = 245.8 MiB) converted at boot in "
-             "64 MiB MapGPA chunks, then 500 DMA buffers converted to shared and back; no "
-             "timestamps"),
+             "2 MiB MapGPA chunks (one exit to QEMU each, as upstream KVM splits MapGPA), then "
+             "500 DMA buffers converted to shared and back; no timestamps"),
 }
 
 

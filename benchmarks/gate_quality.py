@@ -21,7 +21,7 @@
 3. Checks the gate's own honesty: no delayed pair may exit 0 while a row's estimated change
    is at or beyond its threshold (that would be a silent pass of a change it saw).
 
-Writes gate_quality.json (every pair: exit status, rows beyond threshold, load) in --out.
+Writes gate_quality.json (or --report; every pair: exit status, rows beyond threshold, load) in --out.
 """
 import argparse
 import contextlib
@@ -120,6 +120,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="results/gate-quality", help="working and output dir")
     ap.add_argument("--reuse", action="store_true", help="keep runs already measured in --out")
     ap.add_argument("--judge-only", action="store_true", help="no new runs (implies --reuse)")
+    ap.add_argument("--report", default="gate_quality.json",
+                    help="name of the result file in --out (to judge one set of runs under "
+                         "several gate configurations)")
     args = ap.parse_args(argv)
     if args.judge_only:
         args.reuse = True
@@ -209,7 +212,7 @@ def main(argv=None) -> int:
         table[kind] = {"pairs": len(sel), "exit1": n1, "exit3": n3, "exit0": n0}
     report = "\n".join(lines)
     print(report)
-    atomic_write_json(out / "gate_quality.json",
+    atomic_write_json(out / args.report,
                       {"workload": args.workload, "repetitions": args.repetitions,
                        "metrics": list(metrics), "thresholds": {m: th[m] for m in metrics},
                        "runs": runs, "summary": table, "pairs": pairs, "report": report})

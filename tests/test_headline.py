@@ -352,3 +352,27 @@ def test_emulation_marks_name_only_what_ran():
     # COPY never ran; gmem_huge_folios is a fact about the run, not a step
     assert emulated_steps(run) == ["VM_SET_ATTRS", "gmem_huge_folios"]
     assert emulated_steps({**run, "backend": "sim"}) == []
+
+
+def test_report_carries_the_last_validation_of_this_host(tmp_path):
+    """`gmembench validate` writes results/validate-*/validation.json; the report of a run
+    in results/ on the same host and kernel shows its newest table."""
+    from synthetic_results import make_results_dir
+    from bench.report.report import write_report
+    results = tmp_path / "results"
+    run = make_results_dir(results / "run1", reps=2, n=50)
+    host_run = make_results_dir(results / "validate-1" / "host", reps=2, n=50)
+    row = {"workload": "v1", "strategy": "dual", "metric": "latency p50 to_shared",
+           "host": 1000.0, "sim": 1100.0, "tolerance": "25%", "verdict": "ok",
+           "disagreement": 0.1, "reason": "", "decides": True}
+    for name, created, verdict in (("validate-1", "2026-11-26T10:00:00+00:00", "ok"),
+                                   ("validate-0", "2026-11-25T10:00:00+00:00", "MISS")):
+        (results / name).mkdir(exist_ok=True)
+        (results / name / "validation.json").write_text(json.dumps({
+            "created": created, "host_results": str(host_run),
+            "rows": [dict(row, verdict=verdict)], "decided_rows": 1,
+            "missed_rows": int(verdict != "ok")}))
+    md = write_report(run).read_text()
+    sec = md[md.index("### Validation"):]
+    assert "2026-11-26T10:00:00" in sec and "1 of 1 decided rows within tolerance" in sec
+    assert "latency p50 to_shared" in sec and "+10.0%" in sec and "MISS" not in sec

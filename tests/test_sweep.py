@@ -53,7 +53,7 @@ name = "folio"
 values = ["4k", "2m"]
 
 [[axis]]
-key = "cost.firmware_pstate_4k"
+key = "cost.hyp_share_sw"
 name = "firmware"
 values = [0, 2000]
 """
@@ -89,7 +89,7 @@ def test_bad_spec_is_one_line_with_the_axis_line(tmp_path, capsys):
     assert sweep(str(f), "--out", str(out)) == 2
     assert "unknown key 'modus'" in capsys.readouterr().err
     # an unknown cost is reported at its axis
-    f.write_text(make(tmp_path).read_text().replace("cost.firmware_pstate_4k", "cost.no_such_cost"))
+    f.write_text(make(tmp_path).read_text().replace("cost.hyp_share_sw", "cost.no_such_cost"))
     assert sweep(str(f), "--out", str(out)) == 2
     assert "no_such_cost" in capsys.readouterr().err
 
@@ -126,7 +126,7 @@ def test_embedded_sweep_matches_single_runs(tmp_path, capsys):
     (tmp_path / "tiny4k.toml").write_text((tmp_path / "tiny.toml").read_text().replace('"2m"', '"4k"', 1))
     run_dir = tmp_path / "single"
     assert main(["run", "--no-progress", "--no-report", "-w", str(tmp_path / "tiny4k.toml"),
-                 "--cost", "firmware_pstate_4k=2000", "--out", str(run_dir)]) == 0
+                 "--cost", "hyp_share_sw=2000", "--out", str(run_dir)]) == 0
     doc = load_results(run_dir)
     checked = 0
     for run in doc["runs"]:
@@ -286,7 +286,7 @@ def test_sensitivity_varies_uncertain_costs(tmp_path, capsys):
 [sensitivity]
 levels = 2
 samples = 3
-parameters = ["firmware_pstate_4k", "lru_drain"]
+parameters = ["hyp_share_sw", "lru_drain"]
 """)
     out = tmp_path / "out"
     assert main(["sweep", "--no-progress", str(f), "--sensitivity", "--out", str(out),
@@ -295,21 +295,21 @@ parameters = ["firmware_pstate_4k", "lru_drain"]
     rows = tidy(out / "sensitivity")
     kinds = {r["kind"] for r in rows}
     assert kinds == {"baseline", "oat", "lhs"}
-    fw = sorted({r["cost.firmware_pstate_4k"] for r in rows if r["varied"] == "firmware_pstate_4k"})
-    assert fw == [pytest.approx(float(unc["firmware_pstate_4k"][0])), pytest.approx(float(unc["firmware_pstate_4k"][1]))]
+    fw = sorted({r["cost.hyp_share_sw"] for r in rows if r["varied"] == "hyp_share_sw"})
+    assert fw == [pytest.approx(float(unc["hyp_share_sw"][0])), pytest.approx(float(unc["hyp_share_sw"][1]))]
     # Latin-hypercube points move both costs inside their ranges
     lhs = [r for r in rows if r["kind"] == "lhs"]
-    for k in ("firmware_pstate_4k", "lru_drain"):
+    for k in ("hyp_share_sw", "lru_drain"):
         lo, hi = unc[k]
         assert all(lo <= r[f"cost.{k}"] <= hi for r in lhs)
     concl = json.loads((out / "sensitivity" / "conclusions.json").read_text())
     bars = concl["sensitivity"]["tornado"][0]["bars"]
-    assert {b["parameter"] for b in bars} == {"firmware_pstate_4k", "lru_drain"}
+    assert {b["parameter"] for b in bars} == {"hyp_share_sw", "lru_drain"}
     # a dearer firmware step makes every conversion slower for both strategies: the
     # in-place total time at the high end exceeds the one at the low end
     pts = {p["point"]: p for p in concl["points"]}
-    oat = sorted((p for p in pts.values() if p["varied"] == "firmware_pstate_4k"),
-                 key=lambda p: p["columns"]["cost.firmware_pstate_4k"])
+    oat = sorted((p for p in pts.values() if p["varied"] == "hyp_share_sw"),
+                 key=lambda p: p["columns"]["cost.hyp_share_sw"])
     assert oat[-1]["results"]["total time"]["in-place"] > oat[0]["results"]["total time"]["in-place"]
     assert (out / "sensitivity" / "plots" / "tornado.png").is_file()
     assert "Latin-hypercube" in capsys.readouterr().out

@@ -29,8 +29,8 @@ def test_show_prints_the_resolved_definition(capsys):
     assert "slot 0: gpa 0x0  size 2 GiB  numa node 0" in out
     assert "slot 1: gpa 0x100000000  size 6 GiB" in out
     assert "generator swiotlb-boot" in out
-    assert "chunk = 64 MiB" in out and "pool_max = 1 GiB" in out
-    assert "platform destroy" in out
+    assert "chunk = 2 MiB" in out and "pool_max = 1 GiB" in out
+    assert "platform zero" in out and "vcpus 8" in out
 
 
 def test_show_quick_is_scaled(capsys):
@@ -50,7 +50,7 @@ def test_show_trace_workload(capsys):
     assert main(["workloads", "show", "trace-tdx-boot", "--stats"]) == 0
     out = capsys.readouterr().out
     assert "replay trace" in out and "tdx-boot-plain.log" in out
-    assert "valid=1004" in out
+    assert "valid=1123" in out          # 123 2 MiB MapGPA chunks + 1000 DMA conversions
     assert "# SYNTHETIC trace" in out          # the trace header says what it is
 
 

@@ -120,3 +120,32 @@ def workload_headlines(results: dict) -> list[dict]:
             h["top"] = top_primitives(ip, du)
         out.append(h)
     return out
+
+
+# What a primitive's "count" counts.  The simulator's ledger counts one per call
+# (Ledger.op: one operation, whatever its size) except for the per-event charges
+# (Ledger.each in bench/sim/model.py), which count their events; the host backend's
+# breakdown is by step, one per executed step.
+PRIMITIVE_UNITS = {
+    "stage2_zap_4k": "4K pages",
+    "vm_attr_xa_store": "4K pages",
+    "guest_pvalidate_snp": "4K pages",
+    "hyp_share_sw": "4K pages",
+    "fw_snp_to_private": "4K pages",
+    "fw_snp_to_shared": "4K pages",
+    "fw_tdx_to_private": "4K pages",
+    "fw_tdx_to_shared": "4K pages",
+    "tdx_block": "leaves",
+    "tdx_track": "leaves",
+    "vcpu_kick": "vCPU kicks",
+    "tdx_demote": "huge mappings",
+    "refault_gmem": "4K pages",
+    "stage2_zap_huge": "huge mappings",
+    "refcount_scan_folio": "folios",
+}
+
+
+def primitive_unit(name: str, backend: str = "sim") -> str:
+    if backend == "host":
+        return "steps"
+    return PRIMITIVE_UNITS.get(name, "operations")

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 from bench.errors import InputError
-from bench.report.headline import ran
+from bench.report.headline import primitive_unit, ran
 from bench.report.plots import collect_figures, copy_share, figure_jobs, runs_by_workload
 from bench.report.pyperf_export import write_pyperf
 from bench.results import atomic_write_text, load_results, load_samples, write_tidy_csv
@@ -323,9 +323,9 @@ def _fragmentation_md(runs: list) -> list[str]:
 def _breakdown_md(runs: list) -> list[str]:
     out = ["### Where the time went", "",
            "By step, over all repetitions: steps = operations executed, pages = 4K pages "
-           "they covered. Then by cost-model primitive (simulator) or step (host): count = "
-           "calls, except per-page primitives (e.g. stage2_zap_4k, firmware_pstate_4k), "
-           "which count 4K pages. The primitive breakdown is not split by direction.", ""]
+           "they covered. Then by cost-model primitive (simulator) or step (host), with what "
+           "each count counts (operations, 4K pages, folios...). The primitive breakdown is "
+           "not split by direction (the step breakdown above is).", ""]
     for r in runs:
         rows = []
         for d, parts in (_m(r, "step_breakdown", default={}) or {}).items():
@@ -337,8 +337,9 @@ def _breakdown_md(runs: list) -> list[str]:
         total = sum(v["ns"] for v in prim.values()) or 1
         out += [f"**{r['key']}**", "",
                 _md_table(["direction", "part", "step", "steps (ops)", "4K pages", "time"], rows),
-                "", _md_table(["primitive", "count", "time", "share"],
-                              [[k, v["count"], fmt_ns(v["ns"]), fmt_pct(v["ns"] / total)]
+                "", _md_table(["primitive", "count", "unit", "time", "share"],
+                              [[k, v["count"], primitive_unit(k, r.get("backend", "sim")),
+                                fmt_ns(v["ns"]), fmt_pct(v["ns"] / total)]
                                for k, v in list(prim.items())[:12]]), ""]
     return out
 

@@ -45,11 +45,15 @@
 #define NO_CHECK 0xFFFFFFFFull
 #define SIGBUS_STATUS 1000
 #define SKIPPED 1001
-#define LRU_BATCH 15
+#define LRU_BATCH 31        /* a per-CPU folio_batch (PAGEVEC_SIZE) */
 #define STEP_NS_MAX 1e12    /* a step's charge saturates here (SimTarget.STEP_NS_MAX) */
 #define PLATFORM_PRESERVE 0
 #define PLATFORM_ZERO 1
 #define VM_TYPE_DEFAULT 0
+#define VM_TYPE_TDX 5
+#define PLAT_SW 0
+#define PLAT_TDX 1
+#define PLAT_SNP 2
 
 /* buddy */
 #define UNMOVABLE 0
@@ -66,6 +70,7 @@
 /* per-page flags of a guest_memfd / shared backing page */
 #define PF_HOST 1      /* host process 0 maps it (PTE level); processes 1..3: pf_host() */
 #define PF_S2 2        /* guest stage-2 maps it at 4K */
+#define PF_PREP 0x40   /* the platform's private state is set up (GuestMemfd.prepared) */
 /* per-folio bits */
 #define FB_HOST_PMD 1
 #define FB_S2_HUGE 2
@@ -82,7 +87,11 @@ enum {
     K_FAULT_ANON, K_FAULT_THP_ANON, K_FAULT_THP_SHMEM, K_FAULT_GMEM_2M, K_FAULT_1G,
     K_REFAULT_GMEM, K_PUNCH_GMEM_UNMAPPED, K_PUNCH_GMEM_MAPPED, K_PUNCH_SHMEM_UNMAPPED,
     K_PUNCH_SHMEM_MAPPED, K_DISCARD_ANON, K_THP_SPLIT_SHMEM, K_THP_SPLIT_ANON, K_FOLIO_SPLIT,
-    K_MEMCPY, K_ZERO_FILL, K_TOUCH_PAGE, K_FIRMWARE_PSTATE_4K, K_PUNCH_GMEM_EMPTY,
+    K_MEMCPY, K_ZERO_FILL, K_TOUCH_PAGE, K_PUNCH_GMEM_EMPTY, K_VM_ATTR_XA_STORE,
+    K_EXIT_REQUEST_SW, K_EXIT_REQUEST_TDX, K_EXIT_REQUEST_SNP, K_EXIT_TO_USERSPACE,
+    K_VMM_DISPATCH, K_GUEST_PVALIDATE_SNP, K_HYP_SHARE_SW, K_TLB_FLUSH, K_VCPU_KICK,
+    K_FW_SNP_TO_PRIVATE, K_FW_SNP_TO_SHARED, K_FW_TDX_TO_PRIVATE, K_FW_TDX_TO_SHARED,
+    K_TDX_BLOCK, K_TDX_TRACK, K_TDX_DEMOTE,
     K_FOLIO_MERGE, K_HUGETLB_VMEMMAP_RESTORE, K_HUGETLB_VMEMMAP_OPTIMIZE,
     K_MADVISE_DONTNEED_UNMAPPED,
     NKEYS
@@ -93,7 +102,11 @@ static const char *const key_names[NKEYS] = {
     "fault_anon", "fault_thp_anon", "fault_thp_shmem", "fault_gmem_2m", "fault_1g",
     "refault_gmem", "punch_gmem_unmapped", "punch_gmem_mapped", "punch_shmem_unmapped",
     "punch_shmem_mapped", "discard_anon", "thp_split_shmem", "thp_split_anon", "folio_split",
-    "memcpy", "zero_fill", "touch_page", "firmware_pstate_4k", "punch_gmem_empty",
+    "memcpy", "zero_fill", "touch_page", "punch_gmem_empty", "vm_attr_xa_store",
+    "exit_request_sw", "exit_request_tdx", "exit_request_snp", "exit_to_userspace",
+    "vmm_dispatch", "guest_pvalidate_snp", "hyp_share_sw", "tlb_flush", "vcpu_kick",
+    "fw_snp_to_private", "fw_snp_to_shared", "fw_tdx_to_private", "fw_tdx_to_shared",
+    "tdx_block", "tdx_track", "tdx_demote",
     "folio_merge", "hugetlb_vmemmap_restore", "hugetlb_vmemmap_optimize",
     "madvise_dontneed_unmapped",
 };
@@ -205,6 +218,7 @@ struct core {
     int32_t *pool[2];       /* Host.hugetlb_pool: free hugetlb pages, [0] 2M, [1] 1G */
     int64_t npool[2], cap_pool[2];
     int vm_type, in_place;
+    int plat, vcpus;        /* cost platform (PLAT_*), vCPUs kicked by a flush */
     slot_t *slots;
     int nslots;
     int *shrinkers;         /* slot indices with an anon THP backing, in creation order */
@@ -216,6 +230,7 @@ struct core {
     int32_t *apfn; int64_t cap_apfn;
     int32_t *fpfn; int64_t cap_fpfn;
     int32_t *sortbuf; int64_t cap_sortbuf;
+    uint8_t *fresh; int64_t cap_fresh;
     char err[256];
 };
 
@@ -1055,7 +1070,6 @@ static void gmem_alloc_4k(core_t *c, gmem_t *g, const int64_t *pages, int64_t n)
     g->present += n;
     c->footprint += n;
     led_op(c, K_FAULT_GMEM, n);
-    led_each(c, K_FIRMWARE_PSTATE_4K, n);
     for (int64_t i = n > LRU_BATCH ? n - LRU_BATCH : 0; i < n; i++) lru_push(g, pages[i] >> g->order);
 }
 
@@ -1093,9 +1107,7 @@ static int64_t gmem_populate(core_t *c, gmem_t *g, const attrs_t *view, int64_t 
                 if (!pooled) c->footprint += fp;
                 c->huge_pages += fp;
                 led_op(c, o == 9 ? K_FAULT_GMEM_2M : K_FAULT_1G, 1);
-                led_each(c, K_FIRMWARE_PSTATE_4K, fp);
-                lru_push(g, f);
-                faulted += fp;
+                faulted += fp;          /* a large folio never enters the LRU batch */
                 if (g->split_on_share && !attrs_is_uniform(view, f * fp, (f + 1) * fp, PRIVATE))
                     gmem_split_folio(c, g, f);
                 continue;
@@ -1190,7 +1202,8 @@ static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int c
 {
     int64_t n = 0;
     for (int q = 0; q < MAX_PROCS; q++) n += clear_flag_count(g->pflags, p0, p1, pf_host(q));
-    if (n && charge) led_op(c, K_HOST_ZAP_PTE, n);
+    /* inside the ioctl: the measured MADV_DONTNEED figure less its syscall entry */
+    if (n && charge) led_op_beyond(c, K_HOST_ZAP_PTE, K_IOCTL_ENTRY, n);
     if (g->order) {
         int o = g->order;
         int64_t fp = g->fpages, f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
@@ -1217,10 +1230,32 @@ static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int c
     return n;
 }
 
-static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
+static void vm_flush_tlbs(core_t *c)                               /* VM.flush_tlbs */
 {
-    int64_t n = clear_flag_count(g->pflags, p0, p1, PF_S2);
+    led_op(c, K_TLB_FLUSH, 1);
+    led_each(c, K_VCPU_KICK, c->vcpus);
+}
+
+static void vm_tdx_track(core_t *c)                                /* VM.tdx_track */
+{
+    led_op(c, K_TDX_TRACK, 1);
+    led_each(c, K_VCPU_KICK, c->vcpus);
+}
+
+static void tdx_remove(core_t *c, int64_t leaves, int64_t pages)   /* _tdx_remove */
+{
+    led_each(c, K_TDX_BLOCK, leaves);
+    led_each(c, K_TDX_TRACK, leaves);
+    led_each(c, K_VCPU_KICK, leaves * c->vcpus);
+    led_each(c, K_FW_TDX_TO_SHARED, pages);
+}
+
+static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int private_leaves)
+{
+    int tdx = private_leaves && c->plat == PLAT_TDX;
+    int64_t n = clear_flag_count(g->pflags, p0, p1, PF_S2), leaves = n;
     led_each(c, K_STAGE2_ZAP_4K, n);
+    if (n && tdx) tdx_remove(c, n, n);
     if (g->order) {
         int o = g->order;
         int64_t fp = g->fpages, f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
@@ -1232,15 +1267,57 @@ static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
                 set_flag_range(g->pflags, p1, b, PF_S2);
                 gmem_demote(c, g, f);
                 c->mapping_demotions++;
+                if (tdx) {
+                    led_op(c, K_TDX_BLOCK, 1);
+                    vm_tdx_track(c);
+                    led_op(c, K_TDX_DEMOTE, 1);
+                    int64_t inside = (b < p1 ? b : p1) - (a > p0 ? a : p0);
+                    tdx_remove(c, inside, inside);
+                }
+            } else if (tdx) {
+                tdx_remove(c, 1, fp);
             }
             g->fbits[f] &= ~FB_S2_HUGE;
             led_each(c, K_STAGE2_ZAP_HUGE, 1);
+            leaves++;
         }
+    }
+    if (leaves) {
+        if (tdx) clear_flag_count(g->pflags, p0, p1, PF_PREP);
+        vm_flush_tlbs(c);
     }
 }
 
+static void gmem_prepare(core_t *c, gmem_t *g, int64_t p0, int64_t p1)   /* _prepare */
+{
+    int64_t n = set_flag_count(g->pflags, p0, p1, PF_PREP);
+    if (n && c->plat != PLAT_SW)
+        led_each(c, c->plat == PLAT_TDX ? K_FW_TDX_TO_PRIVATE : K_FW_SNP_TO_PRIVATE, n);
+}
+
+static void gmem_snp_make_shared(core_t *c, gmem_t *g, int64_t p0, int64_t p1)  /* _snp_make_shared */
+{
+    int64_t n = clear_flag_count(g->pflags, p0, p1, PF_PREP);
+    if (n && c->plat == PLAT_SNP) led_each(c, K_FW_SNP_TO_SHARED, n);
+}
+
+/* set `bit` on [a, b); count the pages newly set that are not fresh (fresh: one byte per
+ * page from `base`, or NULL) */
+static int64_t set_flag_count_old(uint8_t *fl, int64_t a, int64_t b, uint8_t bit,
+                                  const uint8_t *fresh, int64_t base)
+{
+    if (!fresh) return set_flag_count(fl, a, b, bit);
+    int64_t n = 0;
+    for (int64_t p = a; p < b; p++)
+        if (!(fl[p] & bit)) {
+            fl[p] |= bit;
+            n += !fresh[p - base];
+        }
+    return n;
+}
+
 static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int64_t p1,
-                     int guest, int proc, int state)                   /* _map */
+                     int guest, int proc, int state, const uint8_t *fresh)   /* _map */
 {
     uint8_t pte = guest ? PF_S2 : pf_host(proc);
     int64_t n = 0;
@@ -1264,10 +1341,10 @@ static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int6
         for (int64_t f = f0; f < f1; f++) {
             if (g->fbits[f] & pmd) continue;
             int64_t a = p0 > f * fp ? p0 : f * fp, b = p1 < (f + 1) * fp ? p1 : (f + 1) * fp;
-            n += set_flag_count(g->pflags, a, b, pte);
+            n += set_flag_count_old(g->pflags, a, b, pte, fresh, p0);
         }
     } else {
-        n = set_flag_count(g->pflags, p0, p1, pte);
+        n = set_flag_count_old(g->pflags, p0, p1, pte, fresh, p0);
     }
     if (n && !guest) led_each(c, K_REFAULT_GMEM, n);
 }
@@ -1303,14 +1380,10 @@ static void gmem_arch_invalidate(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
 {
     if (g->platform == PLATFORM_PRESERVE) return;
     uint32_t v = g->platform == PLATFORM_ZERO ? 0 : GARBAGE;
-    int64_t n = 0;
     for (int64_t p = p0; p < p1; p++)
-        if (gmem_present(g, p)) {
-            n++;
-            g->data[p] = v;
-        }
-    led_each(c, K_FIRMWARE_PSTATE_4K, n);
-    if (g->platform == PLATFORM_ZERO && n) led_op(c, K_ZERO_FILL, n);
+        if (gmem_present(g, p)) g->data[p] = v;
+    /* TDX cleared each page when it left the S-EPT (gmem_zap_stage2) */
+    if (g->platform != PLATFORM_ZERO) gmem_snp_make_shared(c, g, p0, p1);
 }
 
 static int vm_has_private(const core_t *c) { return c->vm_type != VM_TYPE_DEFAULT; }
@@ -1339,7 +1412,7 @@ static int gmem_set_attrs2(core_t *c, slot_t *s, uint64_t offset, uint64_t size,
             return EAGAIN;
         }
     }
-    gmem_zap_stage2(c, g, p0, p1);
+    gmem_zap_stage2(c, g, p0, p1, !(v & PRIVATE));
     if (!(v & PRIVATE)) gmem_arch_invalidate(c, g, p0, p1);
     attrs_set(&s->attrs, p0, p1, v);
     led_op(c, K_ATTR_UPDATE, 1);
@@ -1377,7 +1450,8 @@ static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* 
     int o = g->order;
     int64_t fp = g->fpages;
     int mapped = gmem_zap_host(c, g, p0, p1, 0) > 0;
-    gmem_zap_stage2(c, g, p0, p1);
+    gmem_zap_stage2(c, g, p0, p1, 1);
+    gmem_snp_make_shared(c, g, p0, p1);     /* freeing a prepared folio (kvm_gmem_free_folio) */
     int64_t freed = 0, zeroed = 0, pooled = 0;
     if (o) {
         /* kvm_gmem_truncate_inode_range: whole huge pages go back to the hugetlb pool (a
@@ -1434,8 +1508,19 @@ static int gmem_access(core_t *c, slot_t *s, int64_t p0, int64_t p1, int guest, 
     } else if (!attrs_is_uniform(&s->attrs, p0, p1, want)) {
         return EFAULT;
     }
+    uint8_t *fresh = NULL;
+    if (!guest) {       /* the first touch of a fresh page is its fault: no refault */
+        if (c->cap_fresh < p1 - p0) {
+            free(c->fresh);
+            c->cap_fresh = p1 - p0;
+            c->fresh = xcalloc((size_t)c->cap_fresh, 1);
+        }
+        fresh = c->fresh;
+        for (int64_t p = p0; p < p1; p++) fresh[p - p0] = !gmem_present(g, p);
+    }
     gmem_populate(c, g, &s->attrs, p0, p1);
-    gmem_map(c, g, &s->attrs, p0, p1, guest != 0, guest ? 0 : proc, want);
+    if (guest && want == PRIVATE) gmem_prepare(c, g, p0, p1);
+    gmem_map(c, g, &s->attrs, p0, p1, guest != 0, guest ? 0 : proc, want, fresh);
     *mism = touch(c, g->data, p0, p1, write, token);
     return 0;
 }
@@ -1588,12 +1673,12 @@ static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* d
                         if (!s->deferred) abort();
                     }
                     s->deferred[s->ndeferred++] = ch;
-                    led_op(c, K_THP_SPLIT_ANON, 1);
+                    led_op_beyond(c, K_THP_SPLIT_ANON, K_DISCARD_ANON, 1);
                     for (int64_t p = lo; p < hi; p++) s->page_pfn[p] = 0;
                     continue;
                 }
                 s->chunk[ch] = SPLIT;
-                led_op(c, K_THP_SPLIT_SHMEM, 1);
+                led_op_beyond(c, K_THP_SPLIT_SHMEM, K_PUNCH_SHMEM_UNMAPPED, 1);
             }
             if (s->chunk[ch] == DEFERRED) {
                 int64_t base = s->chunk_pfn[ch], n = 0;
@@ -1669,10 +1754,20 @@ static int vm_set_attrs(core_t *c, slot_t *s, uint64_t offset, uint64_t size, ui
     int64_t p1 = e < (uint64_t)s->attrs.npages ? (int64_t)e : s->attrs.npages;
     if (offset >> PAGE_SHIFT >= (uint64_t)s->attrs.npages || p0 >= p1) return 0;
     if (attrs_is_uniform(&s->attrs, p0, p1, (int)attributes)) return 0;
-    gmem_zap_stage2(c, &s->g, p0, p1);
+    gmem_zap_stage2(c, &s->g, p0, p1, !(attributes & PRIVATE));
     attrs_set(&s->attrs, p0, p1, (int)attributes);
-    led_op(c, K_ATTR_UPDATE, 1);
+    led_each(c, K_VM_ATTR_XA_STORE, p1 - p0);   /* xa_store per 4K under slots_lock */
     return 0;
+}
+
+static void vm_conversion_request(core_t *c, int64_t pages)   /* VM.conversion_request */
+{
+    led_op(c, c->plat == PLAT_TDX ? K_EXIT_REQUEST_TDX
+              : c->plat == PLAT_SNP ? K_EXIT_REQUEST_SNP : K_EXIT_REQUEST_SW, 1);
+    led_op(c, K_EXIT_TO_USERSPACE, 1);
+    led_op(c, K_VMM_DISPATCH, 1);
+    if (c->plat == PLAT_SNP) led_each(c, K_GUEST_PVALIDATE_SNP, pages);
+    else if (c->plat == PLAT_SW) led_each(c, K_HYP_SHARE_SW, pages);
 }
 
 /* ------------------------------------------------------------------ public */
@@ -1688,6 +1783,7 @@ core_t *core_new(int64_t total_pages, const double *fixed, const double *per_pag
     memcpy(c->per_page, per_page, sizeof(c->per_page));
     for (int k = 0; k < NKEYS; k++) c->lfirst[k] = -1;
     c->last_op = -1;
+    c->vcpus = 1;
     buddy_init(&c->b, total_pages);
     c->vm_type = 1;
     return c;
@@ -1735,6 +1831,27 @@ void core_set_vm(core_t *c, int vm_type, int in_place)
 {
     c->vm_type = vm_type;
     c->in_place = in_place;
+    c->plat = vm_type == VM_TYPE_TDX ? PLAT_TDX : vm_type >= 2 ? PLAT_SNP : PLAT_SW;  /* VM_TYPE_KEY */
+}
+
+void core_set_vcpus(core_t *c, int vcpus) { c->vcpus = vcpus; }
+
+void core_start_up(core_t *c, int initial)                     /* SimTarget._start_up */
+{
+    for (int i = 0; i < c->nslots; i++) {
+        slot_t *s = &c->slots[i];
+        if (c->in_place) led_op(c, K_ATTR_UPDATE, 1);
+        else if (initial == PRIVATE) vm_set_attrs(c, s, 0, (uint64_t)s->g.size, PRIVATE);
+    }
+}
+
+void core_ledger_reset(core_t *c)
+{
+    memset(c->lcount, 0, sizeof(c->lcount));
+    memset(c->lns, 0, sizeof(c->lns));
+    for (int k = 0; k < NKEYS; k++) c->lfirst[k] = -1;
+    c->lseq = 0;
+    c->step_ns = c->clock_ns = 0.0;
 }
 
 int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, int promote,
@@ -1875,6 +1992,8 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
         int64_t p1 = end > (unsigned __int128)INT64_MAX ? INT64_MAX : (int64_t)end;
         if (!range_ok(c, i, &st, s, p0, p1)) return -1;
         c->step_ns = 0.0;
+        if ((st.code == 1 || st.code == 2) && (st.flags & 1))   /* STEP_CONVERSION */
+            vm_conversion_request(c, (int64_t)(st.size >> PAGE_SHIFT));
         volatile int status = 0;
         int64_t aux = 0;
         c->in_step = 1;
@@ -2195,7 +2314,7 @@ void core_free(core_t *c)
     free(c->slots);
     free(c->shrinkers);
     free(c->pool[0]); free(c->pool[1]);
-    free(c->miss); free(c->apfn); free(c->fpfn); free(c->sortbuf);
+    free(c->miss); free(c->apfn); free(c->fpfn); free(c->sortbuf); free(c->fresh);
     buddy_destroy(&c->b);
     free(c);
 }

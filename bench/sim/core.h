@@ -50,6 +50,11 @@ void core_free(core_t *c);
 /* buddy prefragment with the rng draws made in Python: pageblocks (sorted) and offsets */
 int64_t core_prefragment(core_t *c, const int64_t *chosen, const int64_t *offsets, int64_t k);
 void core_set_vm(core_t *c, int vm_type, int in_place);
+void core_set_vcpus(core_t *c, int vcpus);
+/* the VMM's start-up before the guest runs (initial: the attributes the guest starts with) */
+void core_start_up(core_t *c, int initial);
+/* forget every charge so far (after start-up) */
+void core_ledger_reset(core_t *c);
 /* in-place.huge=split for a slot added before (core_add_slot) */
 void core_set_split_on_share(core_t *c, int slot, int on);
 /* shared_kind: -1 none, 0 anon, 1 memfd; shared_page: 0 4k, 1 thp, 2 hugetlb.

@@ -96,6 +96,7 @@ class CoreTarget:
         in_place = strategy.name == "in-place"
         self.vm_type = PLATFORM_VM_TYPE[layout.platform]
         lib.core_set_vm(self._c, self.vm_type, int(in_place))
+        lib.core_set_vcpus(self._c, int(layout.vcpus))
         flags = strategy.gmem_flags(layout)
         self.promote = bool(strategy.options.get("promote", layout.platform != "zero"))
         initial = 0 if layout.init_shared else _PRIVATE
@@ -107,13 +108,30 @@ class CoreTarget:
             kind, page = -1, 0
             if strategy.needs_shared_backing:
                 kind, page = _SHARED_KIND[layout.shared_backing], _SHARED_PAGE[layout.shared_page]
+            # the VM's attribute xarray starts empty (shared); start-up marks it private
             if lib.core_add_slot(self._c, m.size, flags, order, _PLATFORM_CODE[layout.platform],
-                                 int(self.promote), initial, kind, page):
+                                 int(self.promote), initial if in_place else 0, kind, page):
                 raise InputError(f"host_memory {host_bytes} too small for this layout: "
                                  f"{self._error()}")
             lib.core_set_split_on_share(self._c, self.nslots_added, int(self.huge == "split"))
             self.nslots_added += 1
+        # start-up (SimTarget._start_up): charged, reported apart, then off the ledger
+        lib.core_start_up(self._c, initial)
+        bd = self.breakdown()
+        self.startup = {"ns": int(round(self._ledger_total())), "breakdown": bd}
+        lib.core_ledger_reset(self._c)
         self.wall_s = 0.0
+
+    def _ledger_total(self) -> float:
+        n = len(self.key_names)
+        ffi = self._ffi
+        count, ns, first = np.zeros(n, np.int64), np.zeros(n, np.float64), np.zeros(n, np.int64)
+        self._lib.core_ledger(self._c, ffi.cast("int64_t *", ffi.from_buffer(count)),
+                              ffi.cast("double *", ffi.from_buffer(ns)),
+                              ffi.cast("int64_t *", ffi.from_buffer(first)))
+        # summed in first-charge order, as the Python ledger's dict
+        return sum(float(ns[k]) for _, k in sorted((int(first[k]), k) for k in range(n)
+                                                    if first[k] >= 0))
 
     def _prefragment(self, rng, fraction: float, total_pages: int) -> None:
         draws = prefragment_draws(rng, fraction, total_pages)
@@ -231,6 +249,7 @@ class CoreTarget:
             "fragmentation": indices(self.nr_free()),
             "sim_wall_s": round(self.wall_s, 3),
             "saturated_steps": int(lib.core_saturated(self._c)),
+            "startup": self.startup,
             "engine": "c",
         }
 

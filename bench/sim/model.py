@@ -1,5 +1,5 @@
-"""The kernel objects the simulator models, with the semantics of the reference
-(shared/reference/guest_memfd.md) and the costs of bench/costs.py.
+"""The kernel objects the simulator models (docs/model.md: what each stands for) and the
+costs of bench/costs.py they charge.
 
 Host       physical memory (buddy allocator) and what is held for the guest
 Ledger     the cost model's charges: per primitive totals and the current step's sum
@@ -29,7 +29,11 @@ VM_TYPE_DEFAULT, VM_TYPE_SW_PROTECTED, VM_TYPE_SEV, VM_TYPE_SEV_ES, VM_TYPE_SNP,
 PLATFORM_VM_TYPE = {"preserve": VM_TYPE_SW_PROTECTED, "zero": VM_TYPE_TDX, "destroy": VM_TYPE_SNP}
 GARBAGE = 0xDEADBEEF          # what SNP ciphertext reads as from the host
 SIGBUS = "SIGBUS"             # access() outcome: the host access faulted
-LRU_BATCH = 15                # folios a per-CPU lru_add batch holds (extra reference each)
+LRU_BATCH = 31                # folios a per-CPU folio_batch holds (PAGEVEC_SIZE; extra ref each)
+# cost-key suffix of each platform (a VM type): SW_PROTECTED/pKVM, TDX, SNP
+PLATFORM_KEY = {"preserve": "sw", "zero": "tdx", "destroy": "snp"}
+VM_TYPE_KEY = {VM_TYPE_DEFAULT: "sw", VM_TYPE_SW_PROTECTED: "sw", VM_TYPE_TDX: "tdx",
+               VM_TYPE_SNP: "snp", VM_TYPE_SEV: "snp", VM_TYPE_SEV_ES: "snp"}
 
 ABSENT, INTACT, SPLIT, DEFERRED = 0, 1, 2, 3   # state of a huge folio / huge shared chunk
 # a guest_memfd huge folio that SPLIT holds as 4K folios of its own hugetlb page, versus
@@ -160,14 +164,43 @@ class Host:
 
 
 class VM:
-    """A KVM VM: type, the per-VM attribute store of KVM_SET_MEMORY_ATTRIBUTES."""
+    """A KVM VM: type, vCPUs, the per-VM attribute store of KVM_SET_MEMORY_ATTRIBUTES,
+    and the per-conversion path every strategy pays (request exit, VMM dispatch, flushes)."""
 
-    def __init__(self, vm_type: int, ledger: Ledger, in_place: bool):
+    def __init__(self, vm_type: int, ledger: Ledger, in_place: bool, vcpus: int = 1):
         self.vm_type = vm_type
         self.ledger = ledger
         self.in_place = in_place       # kvm.gmem_in_place_conversion (v8 module parameter)
+        self.vcpus = vcpus
+        self.plat = VM_TYPE_KEY[vm_type]
         self.slot_attrs: list[AttrRanges] = []
         self.slot_gmem: list["GuestMemfd"] = []
+
+    def conversion_request(self, pages: int) -> None:
+        """What one guest conversion request costs before the VMM's ioctl, in both
+        strategies: the guest's exit (TDX TDG.VP.VMCALL<MapGPA> / SNP page-state-change
+        VMGEXIT / KVM_HC_MAP_GPA_RANGE or an implicit memory fault), KVM's exit to userspace
+        (KVM_EXIT_HYPERCALL / KVM_EXIT_MEMORY_FAULT) and re-entry, QEMU's dispatch in
+        kvm_convert_memory() under the BQL; and the guest's own per-page step where the
+        platform has one at request time (SNP PVALIDATE; pKVM share/unshare)."""
+        led = self.ledger
+        led.op(f"exit_request_{self.plat}")
+        led.op("exit_to_userspace")
+        led.op("vmm_dispatch")
+        if self.plat == "snp":
+            led.each("guest_pvalidate_snp", pages)
+        elif self.plat == "sw":
+            led.each("hyp_share_sw", pages)
+
+    def flush_tlbs(self) -> None:
+        """kvm_flush_remote_tlbs() after a zap: a request plus an IPI / kick per vCPU."""
+        self.ledger.op("tlb_flush")
+        self.ledger.each("vcpu_kick", self.vcpus)
+
+    def tdx_track(self) -> None:
+        """tdx_track(): TDH.MEM.TRACK and a kick of every vCPU out of the TD."""
+        self.ledger.op("tdx_track")
+        self.ledger.each("vcpu_kick", self.vcpus)
 
     @property
     def has_private_mem(self) -> bool:
@@ -196,9 +229,10 @@ class VM:
         p0, p1 = offset >> 12, min((offset + size) >> 12, attrs.npages)
         if p0 >= p1 or attrs.is_uniform(p0, p1, attributes):
             return 0
-        gmem.zap_stage2(p0, p1)
+        gmem.zap_stage2(p0, p1, private_leaves=not attributes & PRIVATE)
         attrs.set(p0, p1, attributes)
-        self.ledger.op("attr_update")
+        # kvm_vm_set_mem_attributes(): xa_reserve + xa_store per 4K page under slots_lock
+        self.ledger.each("vm_attr_xa_store", p1 - p0)
         return 0
 
 
@@ -227,6 +261,9 @@ class GuestMemfd:
         self.s2_map = np.zeros(self.npages, np.uint8)      # guest stage-2, 4K leaves
         self.data = np.zeros(self.npages, np.uint32)       # a content token per page
         self.pins = np.zeros(self.npages, np.uint16)       # extra references (GUP pins)
+        # the platform's private state is set up (SNP: RMP entry private, TDX: page added to
+        # the S-EPT and accepted); done at the guest's fault, undone where the kernel does it
+        self.prepared = np.zeros(self.npages, bool)
         self.lru = deque(maxlen=LRU_BATCH)                 # folios with an lru_add reference
         self.present = 0
         if folio_order:
@@ -246,7 +283,7 @@ class GuestMemfd:
         self.present += n
         self.host.footprint_pages += n
         self.ledger.op("fault_gmem", n)
-        self.ledger.each("firmware_pstate_4k", n)
+        # order-0 folios enter the per-CPU LRU batch (folio_may_be_lru_cached)
         self.lru.extend(pages[-LRU_BATCH:] >> self.order)
 
     def populate(self, p0: int, p1: int) -> int:
@@ -277,8 +314,7 @@ class GuestMemfd:
                         self.host.footprint_pages += fp
                     self.host.huge_pages += fp
                     self.ledger.op("fault_gmem_2m" if o == 9 else "fault_1g")
-                    self.ledger.each("firmware_pstate_4k", fp)
-                    self.lru.append(f)
+                    # a large folio never enters the per-CPU LRU batch (folio_may_be_lru_cached)
                     faulted += fp
                     # kvm_gmem_get_folio -> kvm_gmem_try_split_folio_in_filemap: a new folio
                     # over a range with a shared page is split at once
@@ -346,7 +382,9 @@ class GuestMemfd:
         if n:
             hm[:] = 0
             if charge:
-                self.ledger.op("host_zap_pte", n)
+                # the zap inside the ioctl: the measured MADV_DONTNEED figure less its
+                # syscall entry, which ioctl_entry already charged
+                self.ledger.op_beyond("host_zap_pte", "ioctl_entry", n)
         if self.order:
             o, fp = self.order, self.fpages
             f0 = p0 >> o
@@ -366,12 +404,23 @@ class GuestMemfd:
                 pmd[k] = 0
         return n
 
-    def zap_stage2(self, p0: int, p1: int) -> None:
+    def zap_stage2(self, p0: int, p1: int, private_leaves: bool = False) -> None:
+        """Zap the guest's stage-2 leaves in [p0, p1) (the TDP MMU's zap, per leaf), then one
+        remote TLB flush (kvm_flush_remote_tlbs) if anything was zapped.  private_leaves: the
+        leaves map private memory (a to-shared conversion, a punch).  On TDX removing a
+        private leaf is tdx_sept_remove_private_spte(): TDH.MEM.RANGE.BLOCK, tdx_track()
+        (TDH.MEM.TRACK + a kick of every vCPU), TDH.MEM.PAGE.REMOVE, the page's write-back
+        and clear - per leaf; splitting a huge private leaf first demotes it (block + track
+        + kick + TDH.MEM.PAGE.DEMOTE)."""
+        tdx = private_leaves and self.vm.plat == "tdx"
         s2 = self.s2_map[p0:p1]
         n = int(np.count_nonzero(s2))
+        leaves = n
         if n:
             s2[:] = 0
             self.ledger.each("stage2_zap_4k", n)
+            if tdx:
+                self._tdx_remove(n, n)
         if self.order:
             o, fp = self.order, self.fpages
             f0 = p0 >> o
@@ -384,10 +433,43 @@ class GuestMemfd:
                     self.s2_map[p1:b] = 1
                     self._demote(f)
                     self.host.mapping_demotions += 1
+                    if tdx:
+                        self.ledger.op("tdx_block")
+                        self.vm.tdx_track()
+                        self.ledger.op("tdx_demote")
+                        inside = min(b, p1) - max(a, p0)
+                        self._tdx_remove(inside, inside)
+                elif tdx:
+                    self._tdx_remove(1, fp)
                 huge[k] = 0
                 self.ledger.each("stage2_zap_huge", 1)
+                leaves += 1
+        if leaves:
+            if tdx:
+                self.prepared[p0:p1] = False     # no longer in the S-EPT: re-added at fault
+            self.vm.flush_tlbs()
 
-    def _map(self, p0: int, p1: int, guest: bool, proc: int, state: int) -> None:
+    def _tdx_remove(self, leaves: int, pages: int) -> None:
+        """tdx_sept_remove_private_spte() for `leaves` private leaves holding `pages` 4K pages."""
+        led = self.ledger
+        led.each("tdx_block", leaves)
+        led.each("tdx_track", leaves)
+        led.each("vcpu_kick", leaves * self.vm.vcpus)
+        led.each("fw_tdx_to_shared", pages)
+
+    def _prepare(self, p0: int, p1: int) -> None:
+        """The guest faults private pages in: the platform's step for each page not yet
+        prepared (kvm_gmem_prepare_folio -> SNP sev_gmem_prepare, RMPUPDATE to private;
+        TDX tdx_sept_set_private_spte, TDH.MEM.PAGE.AUG, and the guest's accept)."""
+        seg = self.prepared[p0:p1]
+        n = int(np.count_nonzero(~seg))
+        if n:
+            seg[:] = True
+            if self.vm.plat != "sw":
+                self.ledger.each(f"fw_{self.vm.plat}_to_private", n)
+
+    def _map(self, p0: int, p1: int, guest: bool, proc: int, state: int,
+             fresh: np.ndarray | None = None) -> None:
         """Map [p0, p1) for the host process `proc` or the guest: huge where the folio is
         intact and uniform (and, after a demotion, only if promotion is allowed)."""
         bit = 1 << proc
@@ -420,7 +502,8 @@ class GuestMemfd:
         if n:
             seg[need] |= bit
             if not guest:
-                self.ledger.each("refault_gmem", n)
+                refaults = n if fresh is None else int(np.count_nonzero(need & ~fresh))
+                self.ledger.each("refault_gmem", refaults)
 
     # ---- the v8 guest_memfd ioctl ---------------------------------------------------------
     def set_memory_attributes2(self, offset: int, size: int, attributes: int, flags: int = 0,
@@ -453,7 +536,7 @@ class GuestMemfd:
             bad = self._first_elevated(p0, p1)
             if bad is not None:
                 return errno.EAGAIN, max(offset, bad * PAGE_SIZE)
-        self.zap_stage2(p0, p1)
+        self.zap_stage2(p0, p1, private_leaves=not attributes & PRIVATE)
         if not attributes & PRIVATE:
             self._arch_invalidate(p0, p1)
         self.attrs.set(p0, p1, attributes)
@@ -501,14 +584,23 @@ class GuestMemfd:
         if self.platform == "preserve":
             return
         present = self.present_in(p0, p1)
-        n = int(np.count_nonzero(present))
-        self.ledger.each("firmware_pstate_4k", n)
         if self.platform == "zero":
+            # TDX cleared each page when it left the S-EPT (charged in zap_stage2)
             self.data[p0:p1][present] = 0
-            if n:
-                self.ledger.op("zero_fill", n)
         else:
             self.data[p0:p1][present] = GARBAGE
+            self._snp_make_shared(p0, p1)
+
+    def _snp_make_shared(self, p0: int, p1: int) -> None:
+        """SNP: kvm_arch_gmem_invalidate -> sev_gmem_invalidate, RMPUPDATE to shared and
+        cache flush, for each prepared page (at in-place to-shared, and when a prepared page
+        is freed: kvm_gmem_free_folio)."""
+        seg = self.prepared[p0:p1]
+        n = int(np.count_nonzero(seg))
+        if n:
+            seg[:] = False
+            if self.vm.plat == "snp":
+                self.ledger.each("fw_snp_to_shared", n)
 
     # ---- file operations ----------------------------------------------------------------
     def fallocate_punch_hole(self, offset: int, size: int) -> int:
@@ -519,7 +611,8 @@ class GuestMemfd:
         if p0 >= p1:
             return 0                                   # at or past the end: succeeds
         mapped = self.zap_host(p0, p1, charge=False) > 0
-        self.zap_stage2(p0, p1)
+        self.zap_stage2(p0, p1, private_leaves=True)
+        self._snp_make_shared(p0, p1)        # freeing a prepared folio (kvm_gmem_free_folio)
         freed = zeroed = pooled = 0
         if self.order:
             # kvm_gmem_truncate_inode_range: whole huge pages are truncated (a split one is
@@ -585,10 +678,15 @@ class GuestMemfd:
             return errno.EFAULT, 0                     # dual: shared GPAs map the shared backing
         elif not self.attr_view.is_uniform(p0, p1, want):
             return errno.EFAULT, 0                     # KVM_EXIT_MEMORY_FAULT
+        # the host's first touch of a fresh page is its fault (fault_gmem installs the PTE):
+        # only pages that were already allocated pay a refault when mapped again
+        fresh = None if guest else ~self.present_in(p0, p1)
         self.populate(p0, p1)
+        if guest and want == PRIVATE:
+            self._prepare(p0, p1)
         # in-place: a shared page is mapped in stage 2 like a private one, from the same
         # guest_memfd folio (kvm_gmem_get_pfn serves both states)
-        self._map(p0, p1, guest, 0 if guest else proc, want)
+        self._map(p0, p1, guest, 0 if guest else proc, want, fresh)
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
     # ---- snapshot measures ---------------------------------------------------------------
@@ -767,11 +865,13 @@ class SharedBacking:
                         # the PMD goes, the THP stays whole until a deferred split
                         self.chunk[c] = DEFERRED
                         self.deferred.append(c)
-                        self.ledger.op("thp_split_anon")
+                        # the same madvise call as discard_anon: only what the split adds
+                        self.ledger.op_beyond("thp_split_anon", "discard_anon", 1)
                         self.page_pfn[max(a, p0):min(b, p1)] = 0   # unmapped, still held
                         continue
                     self.chunk[c] = SPLIT                       # shmem splits at once
-                    self.ledger.op("thp_split_shmem")
+                    # the same punch call as punch_shmem_*: only what the split adds
+                    self.ledger.op_beyond("thp_split_shmem", "punch_shmem_unmapped", 1)
                 if self.chunk[c] == DEFERRED:
                     # the THP's own subpages wait for the deferred split; 4K pages faulted
                     # into its holes since then are ordinary pages and go now

@@ -1,0 +1,160 @@
+"""Where the simulator charges costs (docs/model.md): the per-conversion path both strategies
+pay, platform page-state steps per direction, no double charges, the VM attribute xarray and
+start-up, per-vCPU flushes.  Every scenario runs on both engines, which must agree."""
+import numpy as np
+import pytest
+
+from bench.layout import Layout, Memslot
+from bench.ops import (KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, OP_DTYPE, STEP_DTYPE, Obj, OpKind,
+                       Step, Via)
+from bench.sim.backend import SimTarget
+from bench.sim.fast import CoreTarget, core_available
+from bench.strategies import make_strategy
+
+pytestmark = pytest.mark.skipif(not core_available(), reason="the C core cannot be built here")
+
+MiB = 1 << 20
+K4 = 4096
+
+
+def ops_of(*rows):
+    """rows: (kind, offset, size[, token]) -> an op array (slot 0, untimed)."""
+    out = np.zeros(len(rows), OP_DTYPE)
+    for i, r in enumerate(rows):
+        kind, off, size = r[:3]
+        out[i] = (-1, kind, 0, off, size, r[3] if len(r) > 3 else 7, 0)
+    return out
+
+
+def run(strategy, ops, platform="zero", page=K4, vcpus=4, init_shared=False, **opts):
+    """Run ops on both engines; assert they agree; return (python target, results)."""
+    layout = Layout((Memslot(0, 8 * MiB),), gmem_page_size=page, shared_backing="memfd",
+                    platform=platform, init_shared=init_shared, vcpus=vcpus)
+    st = make_strategy(strategy, opts)
+    steps = st.compile(ops, layout)
+    py = SimTarget(layout, st, {"host_memory": "64M"})
+    c = CoreTarget(layout, st, {"host_memory": "64M"})
+    rp, rc = py.execute(steps), c.execute(steps)
+    assert (rp == rc).all()
+    assert py.breakdown() == c.breakdown() and py.snapshot() == c.snapshot()
+    assert py.metadata()["startup"] == c.metadata()["startup"]
+    return py, rp
+
+
+def counts(t):
+    return {k: v["count"] for k, v in t.breakdown().items()}
+
+
+
+ROUND = (
+    (OpKind.PRIVATE_WRITE, 0, 16 * K4),      # the guest faults 16 private pages in
+    (OpKind.TO_SHARED, 0, 16 * K4),
+    (OpKind.SHARED_WRITE, 0, 16 * K4),
+    (OpKind.TO_PRIVATE, 0, 16 * K4),
+    (OpKind.PRIVATE_WRITE, 0, 16 * K4),
+)
+
+
+@pytest.mark.parametrize("platform, exit_key", [("zero", "exit_request_tdx"),
+                                                ("destroy", "exit_request_snp"),
+                                                ("preserve", "exit_request_sw")])
+def test_every_conversion_pays_the_common_path_in_both_strategies(platform, exit_key):
+    ops = ops_of(*ROUND)
+    for strategy in ("in-place", "dual"):
+        t, _ = run(strategy, ops, platform=platform)
+        n = counts(t)
+        assert n[exit_key] == 2 and n["exit_to_userspace"] == 2 and n["vmm_dispatch"] == 2
+        others = {"exit_request_tdx", "exit_request_snp", "exit_request_sw"} - {exit_key}
+        assert not others & set(n)
+
+
+@pytest.mark.parametrize("platform, keys", [
+    ("destroy", ("fw_snp_to_private", "fw_snp_to_shared", "guest_pvalidate_snp")),
+    ("zero", ("fw_tdx_to_private", "fw_tdx_to_shared", "tdx_block", "tdx_track", "vcpu_kick")),
+])
+def test_platform_steps_are_charged_alike_in_both_strategies(platform, keys):
+    ops = ops_of(*ROUND)
+    inp, _ = run("in-place", ops, platform=platform)
+    dual, _ = run("dual", ops, platform=platform)
+    a, b = counts(inp), counts(dual)
+    for k in keys:
+        assert a.get(k, 0) == b.get(k, 0) > 0, (k, a.get(k), b.get(k))
+    # to-private at the guest's fault: 16 pages at first, 16 again after the round trip
+    key = "fw_snp_to_private" if platform == "destroy" else "fw_tdx_to_private"
+    assert a[key] == 32
+    assert a["fw_snp_to_shared" if platform == "destroy" else "fw_tdx_to_shared"] == 16
+
+
+def test_tdx_zap_is_per_leaf_block_track_and_kick_of_every_vcpu():
+    ops = ops_of(*ROUND[:2])
+    for vcpus in (1, 8):
+        t, _ = run("in-place", ops, platform="zero", vcpus=vcpus)
+        n = counts(t)
+        assert n["tdx_block"] == 16 and n["tdx_track"] == 16
+        # one kick per vCPU per tracked leaf, plus the range's flush
+        assert n["vcpu_kick"] == 16 * vcpus + vcpus
+        assert n["tlb_flush"] == 1
+
+
+def test_flush_cost_grows_with_vcpus():
+    ops = ops_of(*ROUND)
+    lat = []
+    for vcpus in (1, 64):
+        t, res = run("dual", ops, platform="destroy", vcpus=vcpus)
+        lat.append(int(res["ns"].sum()))
+    assert lat[1] > lat[0]
+
+
+def test_sw_protected_has_no_firmware_step():
+    ops = ops_of(*ROUND)
+    t, _ = run("in-place", ops, platform="preserve")
+    assert not {k for k in counts(t) if k.startswith(("fw_", "tdx_"))}
+
+
+def test_first_host_touch_of_a_fresh_gmem_page_is_not_a_refault():
+    ops = ops_of((OpKind.SHARED_WRITE, 0, 8 * K4),       # fresh pages: the fault maps them
+                 (OpKind.TO_PRIVATE, 0, 8 * K4), (OpKind.TO_SHARED, 0, 8 * K4),
+                 (OpKind.SHARED_WRITE, 0, 8 * K4))       # zapped, still allocated: refault
+    t, _ = run("in-place", ops, platform="preserve", init_shared=True)
+    n = counts(t)
+    assert n["fault_gmem"] == 1 and n["refault_gmem"] == 8
+
+
+def test_large_folios_never_enter_the_lru_batch():
+    ops = ops_of((OpKind.SHARED_WRITE, 0, 2 * MiB), (OpKind.TO_PRIVATE, 0, 2 * MiB))
+    t, res = run("in-place", ops, platform="preserve", page=2 * MiB, init_shared=True)
+    assert (res["status"] == 0).all()
+    assert "lru_drain" not in counts(t)
+    # 4K folios do: the conversion right after their fault drains the batch
+    t, _ = run("in-place", ops, platform="preserve", init_shared=True)
+    assert counts(t)["lru_drain"] == 1
+
+
+def test_thp_split_and_discard_share_one_syscall():
+    from bench.costs import load_profile
+    prof = load_profile()
+    ops = ops_of((OpKind.TO_SHARED, 0, 2 * MiB), (OpKind.SHARED_WRITE, 0, 2 * MiB),
+                 (OpKind.TO_PRIVATE, 0, K4))
+    layout = Layout((Memslot(0, 8 * MiB),), shared_backing="anon", shared_page="thp",
+                    platform="destroy")
+    st = make_strategy("dual")
+    t = SimTarget(layout, st, {"host_memory": "64M"})
+    t.execute(st.compile(ops, layout))
+    split = t.breakdown()["thp_split_anon"]["ns"]
+    assert split == round(prof.cost("thp_split_anon") - prof.cost("discard_anon", 1))
+
+
+def test_vm_attributes_cost_per_page_and_start_up_is_reported_apart():
+    ops = ops_of((OpKind.TO_SHARED, 0, 64 * K4))
+    dual, _ = run("dual", ops)
+    inp, _ = run("in-place", ops)
+    assert counts(dual)["vm_attr_xa_store"] == 64              # the conversion: per 4K page
+    assert counts(inp)["attr_update"] == 1                     # in-place: one range store
+    su_d, su_i = dual.metadata()["startup"], inp.metadata()["startup"]
+    # QEMU marks all 8 MiB private before the guest runs: one store per 4K page
+    assert su_d["breakdown"]["vm_attr_xa_store"]["count"] == 2048
+    assert su_i["breakdown"] == {"attr_update": {"count": 1, "ns": su_i["ns"]}}
+    assert su_d["ns"] > 100 * su_i["ns"]
+    # start-up is not part of the run's breakdown or clock
+    assert counts(dual)["vm_attr_xa_store"] == 64
+    assert dual.clock_ns == sum(v["ns"] for v in dual.breakdown().values())
