@@ -18,13 +18,21 @@ COMMANDS = {
     "report": ("bench.report.report", "write report.md, plots and pyperf files for a results dir"),
     "compare": ("bench.compare", "regression gate: compare two results dirs (exit 1 regression, 3 inconclusive)"),
     "qualify": ("bench.qualify", "hardware qualification: run a spec, pass/fail per check"),
+    "restore": ("bench.host.state", "restore host settings a run that did not finish left changed"),
     "sweep": ("bench.sweep.cli", "run a sweep file on Dask: tidy table, conclusions, sensitivity, plots"),
     "table": ("bench.runtable", "N results dirs side by side: mean, spread, CV, change vs the first"),
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are bad input like any other: one line, exit 2 (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="gmembench",
         description="In-place vs dual-backing guest_memfd conversion benchmarks.")
     parser.add_argument("--version", action="version", version=f"gmembench {__version__}")
@@ -54,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_func", None):
         parser.print_help()
         return 2
+    _exit_on_hangup_and_term()
     try:
         return int(args._func(args) or 0)
     except InputError as e:
@@ -62,3 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gmembench: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:
+        if isinstance(e.code, int) and e.code > 128:
+            print(f"gmembench: stopped by signal {e.code - 128}", file=sys.stderr)
+        raise
+
+
+def _on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _exit_on_hangup_and_term() -> None:
+    """SIGTERM and SIGHUP (a dropped ssh session) unwind like Ctrl-C: every `finally`
+    runs, so host settings are restored, workers stopped and partial results removed."""
+    import signal
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, _on_signal)

@@ -20,6 +20,7 @@ Conventions shared by all generators:
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -36,6 +37,11 @@ GiB = 1 << 30
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+MAX_COUNT = 1_000_000_000     # generator counts; the memory a stream needs is checked too
+MAX_SIZE = 1 << 52            # sizes: the widest physical address space of any CPU
+MAX_LIST = 4096               # list parameters (sizes, weights, slots)
 
 
 def parse_size(value: Any) -> int:
@@ -115,9 +121,13 @@ def coerce_param(p: Param, value: Any) -> Any:
     """Check and convert a parameter value from a workload file.  ValueError says what was
     expected."""
     k = p.kind
+    if isinstance(value, list) and len(value) > MAX_LIST:
+        raise ValueError(f"expected at most {MAX_LIST} entries, got {len(value)}")
     if k in ("int", "count"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {value!r}")
+        if value > MAX_COUNT:
+            raise ValueError(f"expected an integer <= {MAX_COUNT:,}, got {value}")
         if value < (p.minimum if p.minimum is not None else 0):
             raise ValueError(f"expected an integer >= {p.minimum if p.minimum is not None else 0}, got {value}")
         return value
@@ -125,6 +135,8 @@ def coerce_param(p: Param, value: Any) -> Any:
         if k == "span" and value == "all":
             return "all"
         n = parse_size(value)
+        if n >= MAX_SIZE:
+            raise ValueError(f"expected a size below 4 PiB (2^52), got {value!r}")
         if n % PAGE_SIZE:
             raise ValueError(f"size {value!r} is not a multiple of 4K")
         if n == 0 and k == "size":
@@ -134,6 +146,8 @@ def coerce_param(p: Param, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value) or abs(value) > 1e15:
+            raise ValueError(f"expected a finite number (at most 1e15), got {value}")
         if k == "fraction" and not 0.0 <= value <= 1.0:
             raise ValueError(f"expected a fraction between 0 and 1, got {value}")
         if p.minimum is not None and value < p.minimum:
@@ -153,20 +167,23 @@ def coerce_param(p: Param, value: Any) -> Any:
         out = []
         for v in value:
             n = parse_size(v)
+            if n >= MAX_SIZE:
+                raise ValueError(f"expected sizes below 4 PiB (2^52), got {v!r}")
             if n == 0 or n % PAGE_SIZE:
                 raise ValueError(f"size {v!r} is not a positive multiple of 4K")
             out.append(n)
         return out
     if k == "floats":
         if not isinstance(value, list) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in value):
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1e15
+                for v in value):
             raise ValueError(f"expected a list of non-negative numbers, got {value!r}")
         return [float(v) for v in value]
     if k == "slots":
         if value == "all":
             return "all"
         if not isinstance(value, list) or not value or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 32768 for v in value):
             raise ValueError(f"expected \"all\" or a list of memslot indices, got {value!r}")
         return list(value)
     raise AssertionError(k)

@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import platform
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -172,13 +173,74 @@ def repetition(backend, layout, strategy, params, ops, steps, points=SERIES_POIN
         target.close()
 
 
+def _worker_main(conn, args) -> None:
+    """A spawned repetition worker: dies with its parent (PR_SET_PDEATHSIG), restores what
+    it changed on SIGTERM/SIGHUP/SIGINT (sysfs handlers), sends back its result or error."""
+    _die_with_parent()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
+    try:
+        out = ("ok", repetition(*args))
+    except BaseException as e:     # the parent re-raises it (InputError stays one line)
+        out = ("error", e)
+    try:
+        try:
+            conn.send(out)
+        except (OSError, EOFError):
+            pass                   # the parent is gone or stopped listening
+        except Exception as e:     # an unpicklable error: send its text
+            conn.send(("error", RuntimeError(f"{type(out[1]).__name__}: {out[1]} ({e})")))
+    except (OSError, EOFError):
+        pass
+    finally:
+        conn.close()
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)      # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:          # the parent is already gone
+        raise SystemExit(128 + signal.SIGTERM)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def repetition_in_worker(*args) -> dict:
-    """repetition() in a new process (spawned, so nothing of this one is inherited)."""
+    """repetition() in a new process (spawned, so nothing of this one is inherited).  If
+    this process is interrupted, the worker is stopped (SIGTERM: it restores its settings)
+    and waited for, then killed; a worker that dies without an answer is an error."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                             max_tasks_per_child=1) as ex:
-        return ex.submit(repetition, *args).result()
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker_main, args=(send, args), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        while not recv.poll(0.2):
+            if not proc.is_alive() and not recv.poll(0):
+                raise RuntimeError(f"repetition worker (pid {proc.pid}) died with exit code "
+                                   f"{proc.exitcode} without a result")
+        status, value = recv.recv()
+        proc.join(10)
+    except BaseException:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        raise
+    finally:
+        recv.close()
+    if status == "error":
+        raise value
+    return value
 
 
 def run_suite(workloads: list[str], strategies: list[str] | None = None, backend: str = "sim",
@@ -191,12 +253,32 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
     before the first op runs, and the directory appears only when complete.
     cost_overrides: {cost key: value} replacing single values of the simulator's profile
     (bench.costs.load_profile)."""
+    from bench import output
+    from bench.params import check_params, check_run
     from bench.workload import load_workload
-    strategies = strategies or list(STRATEGIES)
+    # a strategy or workload named twice runs once (same file) or is refused (two files
+    # with one name: results, samples and plots are keyed by name)
+    strategies = list(dict.fromkeys(strategies or list(STRATEGIES)))
     for s in strategies:
         make_strategy(s)
-    loaded = [load_workload(w, quick=quick) for w in workloads]
-    params = dict(params or {})
+    loaded, by_name = [], {}
+    for w in workloads:
+        wl = load_workload(w, quick=quick)
+        first = by_name.get(wl.name)
+        if first is not None:
+            if Path(first.source).resolve() == Path(wl.source).resolve():
+                continue
+            raise InputError(f"two workloads are named {wl.name!r} ({first.source} and "
+                             f"{wl.source}): results are keyed by name; rename one "
+                             f"([workload] name)")
+        by_name[wl.name] = wl
+        loaded.append(wl)
+
+    def bad_param(key, msg):
+        raise InputError(f"--param {key}: {msg}")
+    params = check_params(dict(params or {}), backend, True, bad_param)
+    for wl in loaded:
+        check_run(wl, {**wl.params, **params}, backend)
     prof = None
     if backend == "sim":
         from bench.costs import load_profile
@@ -204,31 +286,41 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
         params["_profile"] = prof
     elif cost_overrides:
         raise InputError("--cost: cost overrides apply to the simulator only (--backend sim)")
-    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S") + f"-{backend}"
-    out = Path(out_dir) if out_dir else Path("results") / run_id
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"results directory {out} exists and is not empty")
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out, tmp = output.claim(out_dir, backend)
     try:
-        doc = _run(loaded, strategies, backend, params, prof, quick, progress_enabled,
-                   repetitions, seed, strategy_options or {}, tmp, jobs)
-        doc["run_id"] = out.name
-        atomic_write_json(tmp / "results.json", doc)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        # a host run changes host settings and measures the host: one at a time
+        if backend == "host":
+            from bench.host.state import host_lock
+            lock = host_lock()
+        else:
+            import contextlib
+            lock = contextlib.nullcontext()
+        with lock:
+            doc = _run(loaded, strategies, backend, params, prof, quick, progress_enabled,
+                       repetitions, seed, strategy_options or {}, tmp, jobs)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        output.discard(tmp)       # interrupted or failed: this run's own partial directory
         raise
+    samples = doc.pop("_samples", None)
+    doc["run_id"] = out.name
+
+    def write(d: Path) -> None:
+        if samples:
+            atomic_write_npz(d / "samples.npz", samples)
+        atomic_write_json(d / "results.json", doc)
+    out = output.finish(tmp, out, write)
     if report:
         try:
             from bench.report.report import write_report
         except ModuleNotFoundError:
             write_report = None
         if write_report:
-            write_report(out, jobs=jobs)
+            try:
+                write_report(out, jobs=jobs)
+            except OSError as e:      # the results are complete; the report can be rebuilt
+                print(f"gmembench: warning: report not written ({e.strerror or e}); the "
+                      f"results are complete in {out}: run `gmembench report {out}` later",
+                      file=sys.stderr)
     return out
 
 
@@ -266,7 +358,8 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
             extras = {}
             # On real hardware the first iteration pays lazy initialisation and page
             # reporting (host-costs.md traps 1-2): run it, discard it.
-            warmups = int(params.get("warmup_repetitions", 1 if backend == "host" else 0))
+            warmups = int({**wl.params, **params}.get("warmup_repetitions",
+                                                      1 if backend == "host" else 0))
             breakdowns = {s: [] for s in strategies}
             pending = []      # parallel simulator repetitions, collected in order
 
@@ -285,6 +378,11 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                                      **{k: out[k] for k in ("fidelity_steps", "breakdown",
                                                             "metadata")}}
                     extras[sname]["metadata"]["process_per_repetition"] = isolate
+                    scale = extras[sname]["metadata"].get("scale", 1) or 1
+                    if backend == "host" and float(scale) > 1:
+                        print(f"gmembench: {wl.name} {sname}: the host memory guard scaled this "
+                              f"run down by {scale} to fit MemAvailable (offsets and sizes "
+                              f"divided; see the run's labels)", file=sys.stderr)
 
             for rep in range(-warmups, reps):
                 ops, info = build_ops(wl, max(rep, 0)) if rep or ops0 is None else ops0
@@ -324,9 +422,8 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                                        extras[sname], prof, quick, info))
                 runs[-1]["warmup_repetitions"] = warmups
     elapsed = time.time() - t_start
-    if samples:
-        atomic_write_npz(tmp / "samples.npz", samples)
     return {
+        "_samples": samples,      # written with results.json, when the run is complete
         "schema": SCHEMA,
         "run_id": None,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -453,7 +550,8 @@ def comparison_table(doc: dict) -> str:
             tot, conv = rt[("all", "total")][0], rt[("all", "conversion")][0]
             per_dir = ", ".join(f"{DIR_LABEL[d]} {fmt_x(rt[(d, 'total')][0])}" for d in DIRS)
             lines.append(f"{'':16} => total time: {winner_text(tot)} (dual/in-place "
-                         f"{fmt_x(tot)}; {per_dir}); conversion only: {winner_text(conv)}")
+                         f"{fmt_x(tot)}; {per_dir}); conversion only: {winner_text(conv)}"
+                         f"{h['caveat']}")
             if h["top"]:
                 lines.append(f"{'':16}    most of the difference (dual - in-place, per run): "
                              + ", ".join(f"{k} {'+' if v > 0 else '-'}{fmt_ns(abs(v))}"
@@ -548,53 +646,30 @@ def add_run_arguments(p) -> None:
     add_progress_arguments(p)
 
 
-def _value(v: str):
-    low = v.lower()
-    if low in ("yes", "true", "on"):
-        return True
-    if low in ("no", "false", "off"):
-        return False
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v
-
-
-def _kv(items, what):
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise InputError(f"{what} {it!r}: expected KEY=VALUE")
-        k, v = it.split("=", 1)
-        out[k.strip()] = _value(v.strip())
-    return out
-
-
 def cli_run(args) -> int:
     from bench.parallel import cpus_available
     from bench.costs import parse_cost_value
-    from bench.workload import DEFAULT_SUITE
-    params = _kv(args.param, "--param")
-    options: dict = {}
-    for k, v in _kv(args.option, "--option").items():
-        if "." not in k:
-            raise InputError(f"--option {k}: expected STRATEGY.KEY=VALUE")
-        s, key = k.split(".", 1)
-        if s not in STRATEGIES:
-            raise InputError(f"--option {k}: unknown strategy {s!r}")
-        options.setdefault(s, {})[key] = v
+    from bench.params import MAX_REPETITIONS, MAX_SEED, check_value, cli_options, cli_params
+    from bench.workload import DEFAULT_SUITE, STRATEGY_OPTIONS
+    # every command-line value is checked here, before any workload file is read or run
+    params = cli_params(args.param, args.backend)
+    options = cli_options(args.option, STRATEGY_OPTIONS)
+    check_value("--seed", args.seed, 0, MAX_SEED)
+    check_value("--repetitions", args.repetitions, 1, MAX_REPETITIONS)
+    if args.profile is not None and args.backend != "sim":
+        raise InputError(f"--profile: a cost profile drives the simulator only; the "
+                         f"{args.backend} backend measures real costs (drop --profile)")
     if args.jobs is not None and args.jobs < 1:
         raise InputError("--jobs must be >= 1")
-    if args.repetitions is not None and args.repetitions < 1:
-        raise InputError("--repetitions must be >= 1")
     costs = {}
     for it in args.cost:
         if "=" not in it:
             raise InputError(f"--cost {it!r}: expected KEY=VALUE")
         k, v = it.split("=", 1)
         costs[k.strip()] = parse_cost_value(v)
+    if costs and args.backend != "sim":
+        raise InputError("--cost: cost overrides drive the simulator only; the "
+                         f"{args.backend} backend measures real costs (drop --cost)")
     out = run_suite(args.workload or DEFAULT_SUITE, args.strategy, args.backend, params, args.out,
                     args.quick, args.progress, args.profile, args.repetitions, args.seed,
                     options, report=not args.no_report, cost_overrides=costs or None,

@@ -16,6 +16,7 @@ With strict=True the first unparsable line or invalid request raises InputError 
 from __future__ import annotations
 
 import re
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,15 @@ EVENT = "kvm_convert_memory"
 DIRECTIONS = {"private_to_shared": OpKind.TO_SHARED, "shared_to_private": OpKind.TO_PRIVATE}
 EXAMPLES_KEPT = 5
 
-# optional timestamp prefix, then an event name, then its arguments
+MAX_SECONDS = (1 << 63) // 1_000_000_000 - 1      # timestamps are int64 nanoseconds
+
+# optional timestamp prefix, then an event name, then its arguments.  QEMU's trace event
+# names are lowercase words joined by underscores (kvm_memory_fault): a line whose first
+# word is not such a name is not a trace line at all (unparsable), not a foreign event.
 _LINE = re.compile(r"^(?:(?P<tid>\d+)@(?P<sec>\d+)\.(?P<usec>\d{1,9}):)?"
-                   r"(?P<event>[A-Za-z_][A-Za-z0-9_]*) (?P<args>.*)$")
-_CONVERT = re.compile(r"^start 0x(?P<start>[0-9a-fA-F]+) size 0x(?P<size>[0-9a-fA-F]+) "
+                   r"(?P<event>[a-z][a-z0-9]*(?:_[a-z0-9]+)+) (?P<args>.*)$")
+# addresses and sizes are 64-bit: at most 16 hex digits
+_CONVERT = re.compile(r"^start 0x(?P<start>[0-9a-fA-F]{1,16}) size 0x(?P<size>[0-9a-fA-F]{1,16}) "
                       r"(?P<dir>shared_to_private|private_to_shared)[ \t]*$")
 
 
@@ -51,34 +57,34 @@ def parse_trace(path: str | Path, layout: Layout, *, strict: bool = False,
     (size 0, unaligned) when they lie in a memslot, so the replay measures the failure path
     too; they are still counted under invalid, and also as replayed_invalid."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a directory, not a trace file", str(path))
     try:
-        data = path.read_bytes()
+        f = open(path, "rb")
     except OSError as e:
-        raise InputError(f"cannot read trace: {e.strerror}", str(path))
-    text = data.decode("utf-8", errors="replace")
-    lines = text.split("\n")
-    truncated_last = bool(lines) and lines[-1] != ""
-    if not truncated_last:
-        lines.pop()     # the empty string after the final newline
+        raise InputError(f"cannot read trace: {e.strerror}", str(path)) from None
 
     info = {
-        "file": str(path), "lines": len(lines), "comments": 0, "blank": 0, "parsed": 0,
+        "file": str(path), "lines": 0, "comments": 0, "blank": 0, "parsed": 0,
         "foreign_events": 0, "foreign_by_event": {},
         "unparsable": 0, "unparsable_examples": [],
         "invalid": {"zero_size": 0, "unaligned": 0, "outside_memslot": 0, "examples": []},
         "valid": 0, "to_shared": 0, "to_private": 0, "bytes_to_shared": 0, "bytes_to_private": 0,
-        "replayed_invalid": 0, "timestamps": "none", "time_backwards": 0, "last_line_unterminated": truncated_last,
+        "replayed_invalid": 0, "timestamps": "none", "time_backwards": 0, "last_line_unterminated": False,
         "stopped_at_limit": None,
     }
     foreign = info["foreign_by_event"]
     inv = info["invalid"]
-    slot_l, off_l, size_l, kind_l, ts_l = [], [], [], [], []
+    # the file is read as a stream, a line at a time; what is kept per request is a few
+    # machine words in typed arrays (a Python list would cost ~10x as much)
+    slot_l, off_l, size_l = array("H"), array("Q"), array("Q")
+    kind_l, ts_l = array("B"), array("q")
     with_ts = without_ts = 0
     starts = [m.gpa for m in layout.memslots]
     ends = [m.gpa + m.size for m in layout.memslots]
 
-    def bad_line(no, raw, why):
-        if no == len(lines) and truncated_last:
+    def bad_line(no, raw, why, last):
+        if last:
             why = "truncated line"      # the log was cut off while QEMU was writing it
         if strict:
             raise InputError(f"{why}: {raw[:80]!r} (expected `[tid@sec.usec:]{EVENT} start 0xHEX "
@@ -86,86 +92,97 @@ def parse_trace(path: str | Path, layout: Layout, *, strict: bool = False,
         info["unparsable"] += 1
         _keep(info["unparsable_examples"], {"line": no, "text": raw[:120], "why": why})
 
-    for no, raw in enumerate(lines, 1):
-        line = raw.rstrip("\r")
-        stripped = line.strip()
-        if not stripped:
-            info["blank"] += 1
-            continue
-        if stripped.startswith("#"):
-            info["comments"] += 1
-            continue
-        # QEMU writes "<name> <args>": the space follows the name even without arguments
-        m = _LINE.match(line.lstrip())
-        if not m:
-            bad_line(no, line, "not a trace event line")
-            continue
-        event = m.group("event")
-        if event != EVENT:
-            info["foreign_events"] += 1
-            foreign[event] = foreign.get(event, 0) + 1
-            continue
-        c = _CONVERT.match(m.group("args"))
-        if not c:
-            bad_line(no, line, "malformed " + EVENT)
-            continue
-        info["parsed"] += 1
-        start = int(c.group("start"), 16)
-        size = int(c.group("size"), 16)
-        kind = DIRECTIONS[c.group("dir")]
-        # the same checks, in the same order, as QEMU's kvm_convert_memory()
-        problem = None
-        slot = None
-        for i, (s0, e0) in enumerate(zip(starts, ends)):
-            if s0 <= start and start + max(size, 1) <= e0:
-                slot = i
-                break
-        if size == 0:
-            problem = "zero_size"
-        elif start % PAGE_SIZE or size % PAGE_SIZE:
-            problem = "unaligned"
-        elif slot is None:
-            problem = "outside_memslot"
-        if problem:
-            if strict:
-                raise InputError(f"{EVENT} request start 0x{start:x} size 0x{size:x} would fail "
-                                 f"validation: {problem.replace('_', ' ')}", str(path), no)
-            inv[problem] += 1
-            _keep(inv["examples"], {"line": no, "problem": problem, "start": start, "size": size})
-            if not (replay_invalid and slot is not None):
+    no = 0
+    with f:
+        for rawb in f:
+            no += 1
+            last = not rawb.endswith(b"\n")        # only the final line can lack it
+            if last:
+                info["last_line_unterminated"] = True
+            raw = rawb.decode("utf-8", errors="replace").rstrip("\n")
+            line = raw.rstrip("\r")
+            stripped = line.strip()
+            if not stripped:
+                info["blank"] += 1
                 continue
-            info["replayed_invalid"] += 1
-        if m.group("sec") is not None:
-            with_ts += 1
-            # the digits after the dot are a fraction of a second (QEMU prints %06 usec)
-            ts_l.append(int(m.group("sec")) * 1_000_000_000 + int(m.group("usec").ljust(9, "0")))
-        else:
-            without_ts += 1
-            ts_l.append(-1)
-        slot_l.append(slot)
-        off_l.append(start - starts[slot])
-        size_l.append(size)
-        kind_l.append(kind)
-        if kind == OpKind.TO_SHARED:
-            info["to_shared"] += 1
-            info["bytes_to_shared"] += size
-        else:
-            info["to_private"] += 1
-            info["bytes_to_private"] += size
-        if limit is not None and len(slot_l) >= limit:
-            info["stopped_at_limit"] = no
-            break
+            if stripped.startswith("#"):
+                info["comments"] += 1
+                continue
+            # QEMU writes "<name> <args>": the space follows the name even without arguments
+            m = _LINE.match(line.lstrip())
+            if not m:
+                bad_line(no, line, "not a trace event line", last)
+                continue
+            event = m.group("event")
+            if event != EVENT:
+                info["foreign_events"] += 1
+                foreign[event] = foreign.get(event, 0) + 1
+                continue
+            c = _CONVERT.match(m.group("args"))
+            if not c:
+                bad_line(no, line, "malformed " + EVENT, last)
+                continue
+            if m.group("sec") is not None and int(m.group("sec")) > MAX_SECONDS:
+                bad_line(no, line, f"timestamp past {MAX_SECONDS} s (64-bit nanoseconds)", last)
+                continue
+            info["parsed"] += 1
+            start = int(c.group("start"), 16)
+            size = int(c.group("size"), 16)
+            kind = DIRECTIONS[c.group("dir")]
+            # the same checks, in the same order, as QEMU's kvm_convert_memory()
+            problem = None
+            slot = None
+            for i, (s0, e0) in enumerate(zip(starts, ends)):
+                if s0 <= start and start + max(size, 1) <= e0:
+                    slot = i
+                    break
+            if size == 0:
+                problem = "zero_size"
+            elif start % PAGE_SIZE or size % PAGE_SIZE:
+                problem = "unaligned"
+            elif slot is None:
+                problem = "outside_memslot"
+            if problem:
+                if strict:
+                    raise InputError(f"{EVENT} request start 0x{start:x} size 0x{size:x} would fail "
+                                     f"validation: {problem.replace('_', ' ')}", str(path), no)
+                inv[problem] += 1
+                _keep(inv["examples"], {"line": no, "problem": problem, "start": start, "size": size})
+                if not (replay_invalid and slot is not None):
+                    continue
+                info["replayed_invalid"] += 1
+            if m.group("sec") is not None:
+                with_ts += 1
+                # the digits after the dot are a fraction of a second (QEMU prints %06 usec)
+                ts_l.append(int(m.group("sec")) * 1_000_000_000 + int(m.group("usec").ljust(9, "0")))
+            else:
+                without_ts += 1
+                ts_l.append(-1)
+            slot_l.append(slot)
+            off_l.append(start - starts[slot])
+            size_l.append(size)
+            kind_l.append(kind)
+            if kind == OpKind.TO_SHARED:
+                info["to_shared"] += 1
+                info["bytes_to_shared"] += size
+            else:
+                info["to_private"] += 1
+                info["bytes_to_private"] += size
+            if limit is not None and len(slot_l) >= limit:
+                info["stopped_at_limit"] = no
+                break
+    info["lines"] = no
 
     n = len(slot_l)
     info["valid"] = n
     ops = np.zeros(n, dtype=OP_DTYPE)
-    ops["kind"] = np.asarray(kind_l, dtype=np.uint8)
-    ops["slot"] = np.asarray(slot_l, dtype=np.uint16)
-    ops["offset"] = np.asarray(off_l, dtype=np.uint64)
-    ops["size"] = np.asarray(size_l, dtype=np.uint64)
+    ops["kind"] = np.frombuffer(kind_l, dtype=np.uint8)
+    ops["slot"] = np.frombuffer(slot_l, dtype=np.uint16)
+    ops["offset"] = np.frombuffer(off_l, dtype=np.uint64)
+    ops["size"] = np.frombuffer(size_l, dtype=np.uint64)
     ops["t_ns"] = -1
     if n and without_ts == 0:
-        ts = np.asarray(ts_l, dtype=np.int64)
+        ts = np.frombuffer(ts_l, dtype=np.int64).copy()
         ts -= ts[0]
         info["timestamps"] = "all"
         backwards = np.diff(ts) < 0

@@ -18,6 +18,7 @@ import os
 import re
 import time
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from bench.generators import (GENERATORS, TOUCHES, Param, Touch,
                               touch_stream)
 from bench.layout import GMEM_PAGE_SIZES, PLATFORMS, SHARED_BACKINGS, SHARED_PAGES, Layout, Memslot
 from bench.ops import MAX_HOST_PROCS, OP_DTYPE, PAGE_SIZE
+from bench.params import MAX_ADDRESS, MAX_REPETITIONS, MAX_SEED
+from bench.strategies import HUGE_MODES
 
 # What plain `gmembench run` runs: the issue's three (SWIOTLB boot, 4K DMA churn on 2M
 # folios, bulk 4 GiB round trips) plus the huge-page fragmentation worst case.  pkvm-share
@@ -44,7 +47,7 @@ QUICK_MAX_REPETITIONS = 3
 # Strategy options a workload may set; bench/strategies.py reads them.
 STRATEGY_OPTIONS = {
     "dual": {"copy": ("auto", True, False), "discard": (True, False)},
-    "in-place": {"promote": (True, False)},
+    "in-place": {"promote": (True, False), "huge": HUGE_MODES},
 }
 
 WORKLOAD_KEYS = {"name", "description", "repetitions", "seed"}
@@ -56,6 +59,12 @@ PHASE_KEYS = {"name", "repeat", "generator", "trace", "touch", "touch_fraction",
 TRACE_KEYS = {"strict", "limit", "invalid"}
 QUICK_KEYS = {"scale", "repetitions", "memslot", "phase", "params"}
 TOP_KEYS = {"workload", "layout", "strategy", "params", "phase", "quick"}
+
+MAX_INT = (1 << 63) - 1
+MAX_REPEAT = 1_000_000
+# KVM's x86 limit of user memslots (KVM_USER_MEM_SLOTS); ops number slots with 16 bits
+MAX_MEMSLOTS = 32764
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 
 # ----------------------------------------------------------------------------- line numbers
@@ -173,17 +182,28 @@ class _Ctx:
     def keys(self, table, allowed, path):
         for k in table:
             if k not in allowed:
+                from bench.params import suggestion
                 self.error(tuple(path) + (k,),
-                           f"unknown key {k!r} (expected one of: {', '.join(sorted(allowed))})")
+                           f"unknown key {k!r}{suggestion(str(k), allowed)} (expected one of: "
+                           f"{', '.join(sorted(allowed))})")
 
-    def int_(self, table, key, path, default=None, minimum=0):
+    def int_(self, table, key, path, default=None, minimum=0, maximum=MAX_INT):
         if key not in table:
             if default is None:
                 self.error(path, f"missing key {key!r}")
             return default
         v = table[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            self.error(tuple(path) + (key,), f"expected an integer >= {minimum}, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
+            self.error(tuple(path) + (key,), f"expected an integer from {minimum} to "
+                       f"{maximum}, got {v!r}")
+        return v
+
+    def name_(self, table, key, path, default):
+        """A name used in result keys and file names: short, no path separators."""
+        v = self.str_(table, key, path, default)
+        if not NAME_RE.fullmatch(v):
+            self.error(tuple(path) + (key,), f"expected a name of 1-64 letters, digits, '.', "
+                       f"'_', '+' or '-' (starting with a letter or digit), got {v!r}")
         return v
 
     def str_(self, table, key, path, default=None, choices=None):
@@ -213,6 +233,9 @@ class _Ctx:
             n = parse_size(table[key])
         except ValueError as e:
             self.error(tuple(path) + (key,), str(e))
+        if n >= MAX_ADDRESS:
+            self.error(tuple(path) + (key,), f"expected a size below 4 PiB (2^52, the widest "
+                       f"physical address of any CPU), got {table[key]!r}")
         if n == 0 and not allow_zero:
             self.error(tuple(path) + (key,), "expected a size > 0")
         if n % aligned:
@@ -221,6 +244,42 @@ class _Ctx:
 
 
 # ----------------------------------------------------------------------------- model
+
+@dataclass
+class _Named:
+    name: str
+
+
+@contextmanager
+def memory_cap():
+    """While a stream is generated, the address space may grow by at most half of
+    MemAvailable (RLIMIT_AS): a stream too large for this machine is a MemoryError, turned
+    into an InputError, instead of an exhausted machine.  Yields the cap in bytes."""
+    import resource
+    from bench.params import mem_available
+    avail = mem_available()
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            vm = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmSize:"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (OSError, StopIteration, ValueError):
+        avail = None
+    if avail is None:
+        yield 0
+        return
+    cap = int(avail * 0.5)
+    limit = vm + cap
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    if soft != resource.RLIM_INFINITY and soft <= limit:
+        yield cap
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield cap
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
 
 @dataclass
 class Phase:
@@ -240,6 +299,16 @@ class Phase:
 
     def generate(self, layout: Layout, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
         """Ops (OP_DTYPE, in execution order) and info about the stream."""
+        with memory_cap() as cap:
+            try:
+                return self._generate(layout, rng)
+            except MemoryError:
+                raise InputError(f"phase {self.name!r}: its op stream does not fit in memory "
+                                 f"(generating it needed more than the {format_size(cap)} "
+                                 f"available; counts, sizes or the trace are too large)",
+                                 self.source, self.line) from None
+
+    def _generate(self, layout: Layout, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
         if self.trace is not None:
             from bench.trace import parse_trace
             conv, info = parse_trace(self.trace, layout, strict=self.strict, limit=self.limit,
@@ -251,10 +320,14 @@ class Phase:
             ops = touch_stream(conv, self.touch, rng)
         else:
             gen = GENERATORS[self.generator]
+            self._refuse_if_too_large(gen, layout)
             try:
                 ops, info = gen.func(layout, rng, self.params, self.touch)
             except ValueError as e:
                 raise InputError(f"phase {self.name!r} ({self.generator}): {e}", self.source, self.line)
+        if len(ops) and int(ops["t_ns"].min()) < -1:
+            raise InputError(f"phase {self.name!r}: arrival times overflow 64-bit nanoseconds "
+                             f"(a rate too low, or timestamps too large)", self.source, self.line)
         asked_for_invalid = (self.trace is not None and self.invalid == "replay") or \
             self.params.get("invalid_fraction", 0) > 0
         problem = check_ops(ops, layout, allow_invalid_conversions=asked_for_invalid)
@@ -263,6 +336,35 @@ class Phase:
         info = dict(info)
         info["ops"] = kind_counts(ops)
         return ops, info
+
+    PROBE_COUNT = 1000
+
+    def _refuse_if_too_large(self, gen, layout: Layout) -> None:
+        """Estimate the stream's length before generating it: generate it with every
+        count above PROBE_COUNT divided down to it, and multiply by the divisors (streams
+        grow linearly with their counts; several large counts are taken as multiplying,
+        an over-estimate).  Refuse, with the estimate, what cannot fit."""
+        from bench.params import mem_available, stream_budget_error
+        factor, probe = 1, dict(self.params)
+        for k, p in gen.params.items():
+            v = probe.get(k)
+            if p.kind in ("count", "int") and isinstance(v, int) and v > self.PROBE_COUNT:
+                f = -(-v // self.PROBE_COUNT)
+                probe[k] = max(1, v // f)
+                factor *= f
+        if factor == 1:
+            return
+        try:
+            small, _ = gen.func(layout, np.random.default_rng(0), probe, self.touch)
+        except (ValueError, MemoryError):
+            return                 # the probe itself is not a valid stream: the cap decides
+        n = len(small) * factor
+        problem = stream_budget_error(_Named(self.name), n, n * OP_DTYPE.itemsize,
+                                      mem_available(), 1, 1)
+        if problem:
+            raise InputError(problem.replace("projected from 1 of 1 streams",
+                                             f"estimated from the stream with counts / {factor}"),
+                             self.source, self.line)
 
     def describe(self) -> dict:
         d = {"name": self.name, "repeat": self.repeat, "touch": self.touch.describe()}
@@ -308,13 +410,31 @@ class Workload:
         parts of later streams shifted to start after the last time so far (each stream's
         t_ns starts at 0).  Each info gets 'phase', 'repeat' and 'first_op'/'n_ops' (its
         slice of the stream)."""
+        from bench.params import mem_available, stream_budget_error
         parts, infos = [], []
         t_end = 0
         n = 0
-        for phase, r, ops, info in self.streams(repetition, rng):
+        nbytes = 0
+        total_streams = sum(p.repeat for p in self.phases)
+        budget = mem_available()
+        for done, (phase, r, ops, info) in enumerate(self.streams(repetition, rng), 1):
+            # the stream is held whole (ops, compiled steps, results): refuse, with the
+            # estimate, a repetition that cannot fit, as soon as the first streams show it
+            nbytes += ops.nbytes
+            n += len(ops)
+            problem = stream_budget_error(self, n * total_streams // done,
+                                          nbytes * total_streams // done, budget, done,
+                                          total_streams)
+            if problem:
+                raise InputError(problem, self.source)
+            n -= len(ops)
             ops = ops.copy()
             timed = ops["t_ns"] >= 0
             if timed.any():
+                if int(ops["t_ns"][timed].max()) + t_end >= (1 << 62):
+                    raise InputError(f"phase {phase.name!r}: arrival times pass 2^62 ns "
+                                     f"(146 years): a rate far too low or a trace timestamp "
+                                     f"far too large", self.source, phase.line)
                 ops["t_ns"][timed] += t_end
                 t_end = int(ops["t_ns"][timed].max()) + 1
             info = dict(info, phase=phase.name, repeat=r, first_op=n, n_ops=len(ops))
@@ -413,6 +533,9 @@ def _read(path: Path) -> tuple[dict, _Ctx]:
         raise InputError("not a UTF-8 text file", str(path))
     try:
         doc = tomllib.loads(text)
+    except RecursionError:
+        raise InputError("not valid TOML for a workload: arrays or tables nested too deep",
+                         str(path)) from None
     except tomllib.TOMLDecodeError as e:
         msg = str(e)
         m = re.search(r"\(at line (\d+), column \d+\)", msg)
@@ -444,6 +567,9 @@ def _layout(ctx: _Ctx, lay: dict, slots_raw, slots_path) -> Layout:
     vcpus = ctx.int_(lay, "vcpus", P, Layout.vcpus, minimum=1)
     if not isinstance(slots_raw, list) or not slots_raw:
         ctx.error(slots_path, "expected at least one [[layout.memslot]] table with gpa and size")
+    if len(slots_raw) > MAX_MEMSLOTS:
+        ctx.error(slots_path + (MAX_MEMSLOTS,), f"{len(slots_raw)} memslots: at most "
+                  f"{MAX_MEMSLOTS} (KVM's limit of user memslots on x86)")
     memslots = []
     for i, ms in enumerate(slots_raw):
         sp = slots_path + (i,)
@@ -451,7 +577,10 @@ def _layout(ctx: _Ctx, lay: dict, slots_raw, slots_path) -> Layout:
         ctx.keys(ms, MEMSLOT_KEYS, sp)
         gpa = ctx.size(ms, "gpa", sp, aligned=page, allow_zero=True)
         size = ctx.size(ms, "size", sp, aligned=page)
-        node = ctx.int_(ms, "numa_node", sp, 0)
+        node = ctx.int_(ms, "numa_node", sp, 0, maximum=1023)
+        if gpa + size > MAX_ADDRESS:
+            ctx.error(sp + ("size",), f"memslot ends at {gpa + size:#x}, past 2^52 (the widest "
+                      f"guest-physical address space)")
         memslots.append(Memslot(gpa=gpa, size=size, numa_node=node))
     order = sorted(range(len(memslots)), key=lambda i: memslots[i].gpa)
     for a, b in zip(order, order[1:]):
@@ -495,8 +624,8 @@ def _touch(ctx: _Ctx, ph: dict, path, default) -> Touch:
 
 def _phase(ctx: _Ctx, ph: dict, path, base: Path, index: int) -> Phase:
     ctx.table(ph, path)
-    name = ctx.str_(ph, "name", path, f"phase{index + 1}")
-    repeat = ctx.int_(ph, "repeat", path, 1, minimum=1)
+    name = ctx.name_(ph, "name", path, f"phase{index + 1}")
+    repeat = ctx.int_(ph, "repeat", path, 1, minimum=1, maximum=MAX_REPEAT)
     line = ctx.lines.line(path)
     if ("generator" in ph) == ("trace" in ph):
         ctx.error(path, "a phase needs exactly one of generator = \"NAME\" or trace = \"FILE\"")
@@ -504,10 +633,12 @@ def _phase(ctx: _Ctx, ph: dict, path, base: Path, index: int) -> Phase:
         ctx.keys(ph, PHASE_KEYS | TRACE_KEYS, path)
         rel = ctx.str_(ph, "trace", path)
         trace = (base / rel) if not os.path.isabs(rel) else Path(rel)
+        if trace.is_dir():
+            ctx.error(path + ("trace",), f"trace {rel!r} is a directory, not a trace file ({trace})")
         if not trace.is_file():
             ctx.error(path + ("trace",), f"trace file {rel!r} not found (looked for {trace})")
         strict = ctx.bool_(ph, "strict", path, False)
-        limit = ctx.int_(ph, "limit", path, 0, minimum=0) or None
+        limit = ctx.int_(ph, "limit", path, 0, minimum=0, maximum=(1 << 32) - 1) or None
         invalid = ctx.str_(ph, "invalid", path, "skip", ("skip", "replay"))
         touch = _touch(ctx, ph, path, ())
         return Phase(name=name, repeat=repeat, trace=trace, strict=strict, limit=limit,
@@ -558,18 +689,13 @@ def _toml_repr(v) -> str:
 
 
 def _params(ctx: _Ctx, raw, path) -> dict:
+    """[params]: the same keys, types and bounds as --param (bench.params), either backend."""
+    from bench.params import check_params
     ctx.table(raw, path)
-    out = {}
-    for k, v in raw.items():
-        if isinstance(v, (dict, list)):
-            ctx.error(path + (k,), "expected a number, string or boolean")
-        if _is_size_key(k):
-            try:
-                v = parse_size(v)
-            except ValueError as e:
-                ctx.error(path + (k,), str(e))
-        out[k] = v
-    return out
+
+    def fail(key, msg):
+        ctx.error(path + (key,), msg)
+    return check_params(raw, None, False, fail)
 
 
 def _scale_down(v: int, factor: int, align: int, minimum: int) -> int:
@@ -620,10 +746,10 @@ def load_workload(name_or_path: str, quick: bool = False, overrides: dict | None
     ctx.keys(doc, TOP_KEYS, ())
     wl = ctx.table(doc.get("workload", {}), ("workload",))
     ctx.keys(wl, WORKLOAD_KEYS, ("workload",))
-    name = ctx.str_(wl, "name", ("workload",), path.stem)
+    name = ctx.name_(wl, "name", ("workload",), path.stem)
     description = ctx.str_(wl, "description", ("workload",))
-    repetitions = ctx.int_(wl, "repetitions", ("workload",), 5, minimum=1)
-    seed = ctx.int_(wl, "seed", ("workload",), 0)
+    repetitions = ctx.int_(wl, "repetitions", ("workload",), 5, minimum=1, maximum=MAX_REPETITIONS)
+    seed = ctx.int_(wl, "seed", ("workload",), 0, maximum=MAX_SEED)
     lay = ctx.table(doc.get("layout", {}), ("layout",))
     q = ctx.table(doc.get("quick", {}), ("quick",))
     ctx.keys(q, QUICK_KEYS, ("quick",))
@@ -665,7 +791,8 @@ def load_workload(name_or_path: str, quick: bool = False, overrides: dict | None
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 1:
             ctx.error(("quick", "scale"), f"expected a number in (0, 1], got {s!r}")
         scale = float(s)
-        repetitions = ctx.int_(q, "repetitions", ("quick",), min(repetitions, QUICK_MAX_REPETITIONS), minimum=1)
+        repetitions = ctx.int_(q, "repetitions", ("quick",), min(repetitions, QUICK_MAX_REPETITIONS),
+                               minimum=1, maximum=MAX_REPETITIONS)
         if "params" in q:
             params.update(_params(ctx, q["params"], ("quick", "params")))
     elif quick:
@@ -779,6 +906,11 @@ def list_workloads() -> list[tuple[str, str, Path]]:
 
 def _resolve(name_or_path: str) -> Path:
     p = Path(name_or_path)
+    if not name_or_path.strip():
+        raise InputError("workload: expected a workload name or a .toml file, got an empty name")
+    if p.is_dir():
+        raise InputError("is a directory, not a workload file (give a .toml file or a "
+                         "workload name)", str(p))
     if p.suffix == ".toml" or os.sep in name_or_path or p.is_file():
         if not p.is_file():
             raise InputError("workload file not found", str(p))
@@ -787,8 +919,10 @@ def _resolve(name_or_path: str) -> Path:
         f = d / f"{name_or_path}.toml"
         if f.is_file():
             return f
-    known = ", ".join(n for n, _, _ in list_workloads())
-    raise InputError(f"unknown workload {name_or_path!r} (known: {known or 'none'}; or give a .toml file)")
+    names = [n for n, _, _ in list_workloads()]
+    from bench.params import suggestion
+    raise InputError(f"unknown workload {name_or_path!r}{suggestion(name_or_path, names)} "
+                     f"(known: {', '.join(names) or 'none'}; or give a .toml file)")
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -9,6 +9,13 @@
 3. Client memory: the client's RSS sampled as results stream in (start, 25%, 50%, 100%).
 
     python benchmarks/sweep_scale.py [--points 200] [--requests 1500]
+
+Measured on the 2-vCPU VM this suite was built on (2026-12-02, shared with other jobs: load
+average 13-16 during the run, so the speed-up is what was left of 2 CPUs):
+    400 tasks: 1 worker 109.4 s, 2 workers 79.4 s: speed-up 1.38x
+    median task 387 ms; empty-task round trip 14.6 ms median (3.8% of it), empty tasks
+    streamed as the sweep submits them 7.9 ms each (2.1%)
+    client RSS by results received: 0: 71 MiB, 100: 73, 200: 74, 400: 75 (flat)
 """
 import argparse
 import os

@@ -54,6 +54,24 @@ def pytest_configure(config):
         raise pytest.UsageError(problem)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The tally of tests/test_malformed_inputs.py: generated bad inputs and what they got."""
+    mod = sys.modules.get("test_malformed_inputs") or sys.modules.get("tests.test_malformed_inputs")
+    tally = getattr(mod, "TALLY", None)
+    if not tally:
+        return
+    tr = terminalreporter
+    tr.section("generated malformed inputs")
+    total = {"tried": 0, "clear error": 0, "traceback": 0, "silently accepted": 0}
+    for kind, t in sorted(tally.items()):
+        tr.write_line(f"{kind:<32} tried {t['tried']:>4}  clear error {t['clear error']:>4}  "
+                      f"traceback {t['traceback']:>3}  silently accepted {t['silently accepted']:>3}")
+        for k in total:
+            total[k] += t[k]
+    tr.write_line(f"{'TOTAL':<32} tried {total['tried']:>4}  clear error {total['clear error']:>4}  "
+                  f"traceback {total['traceback']:>3}  silently accepted {total['silently accepted']:>3}")
+
+
 @pytest.fixture(autouse=True)
 def _every_result_follows_the_schema(request):
     """After each test, every results.json gmembench produced under the test's temporary

@@ -210,6 +210,11 @@ class HostTarget:
             raise InputError(f"--param slowdown_direction: expected one of "
                              f"{', '.join(SLOWDOWN_DIRECTIONS)}, got {self.slowdown_direction!r}")
         self.settings = sysfs.Settings()
+        # the host is measured and its settings changed: one gmembench at a time
+        # (re-entrant; a run's spawned workers work under their parent's lock)
+        from bench.host.state import host_lock
+        self._host = host_lock()
+        self._host.__enter__()
         self._fds: list[int] = []
         self._maps: list[tuple[int, int]] = []      # (addr, length) to munmap
         self._slots_meta: list[dict] = []
@@ -575,8 +580,18 @@ class HostTarget:
         out = steps.copy()
         start = (steps["offset"] // self.scale) // PAGE_SIZE * PAGE_SIZE
         end = -(-((steps["offset"] + steps["size"]) // self.scale) // PAGE_SIZE) * PAGE_SIZE
-        out["offset"] = start
-        out["size"] = np.where(steps["size"] > 0, np.maximum(end - start, PAGE_SIZE), 0)
+        size = np.where(steps["size"] > 0, np.maximum(end - start, PAGE_SIZE), 0)
+        # a request invalid at full size stays invalid scaled (it is measured as a failure):
+        # its misalignment is kept, and a range past its memslot's end still ends past it
+        page = np.uint64(PAGE_SIZE)
+        out["offset"] = start + steps["offset"] % page
+        size = size + np.where(steps["size"] > 0, steps["size"] % page, 0).astype(size.dtype)
+        full = np.asarray([m.size for m in self.layout.memslots] + [0], dtype=np.uint64)
+        scaled = np.asarray(list(self.slot_sizes) + [0], dtype=np.uint64)
+        slot = np.minimum(steps["slot"].astype(np.int64), len(full) - 1)
+        past = steps["offset"] + steps["size"] > full[slot]
+        out["size"] = np.where(past & (out["offset"] < scaled[slot]),
+                               np.maximum(size, scaled[slot] - out["offset"] + page), size)
         return out
 
     def execute(self, steps: np.ndarray) -> np.ndarray:
@@ -776,7 +791,12 @@ class HostTarget:
                 self._lib.gm_unpin_all(self._ctx)
             self._kvm.release(self._maps, self._fds)
         finally:
-            self.settings.close()
+            try:
+                self.settings.close()
+            finally:
+                host, self._host = getattr(self, "_host", None), None
+                if host is not None:
+                    host.__exit__(None, None, None)
 
     def __enter__(self):
         return self

@@ -1,9 +1,11 @@
 """Settings written to sysfs/procfs for a run, each restored afterwards.
 
 A Settings registry remembers the original value of every file it writes and puts them all
-back on close(), when its `with` block exits (also on exceptions), on SIGINT/SIGTERM (the
-handlers restore, then raise KeyboardInterrupt / exit as the signal would), and at
+back on close(), when its `with` block exits (also on exceptions), on SIGINT/SIGTERM/SIGHUP
+(the handlers restore, then raise KeyboardInterrupt / exit as the signal would), and at
 interpreter exit as a last resort.  Values written are recorded for the results metadata.
+Each original value is journalled (bench.host.state) before the first write, under the
+host lock, so that what a SIGKILL leaves changed is restored by the next run.
 """
 import atexit
 import re
@@ -53,7 +55,7 @@ def _install_handlers() -> None:
     # Handlers can only be set from the main thread; elsewhere atexit/close still restore.
     if threading.current_thread() is not threading.main_thread():
         return
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         cur = signal.getsignal(sig)
         if cur is _on_signal:
             continue
@@ -84,14 +86,20 @@ class Settings:
         self._original: list[tuple[str, str]] = []   # (path, original value), in write order
         self.changed: dict[str, dict] = {}            # path -> {"from": old, "to": new}
         self.closed = False
+        self._host = None                             # the host lock, taken on first set()
 
     def set(self, path: str, value) -> None:
+        from bench.host import state
         value = str(value)
+        if self._host is None and not state.lock_held():
+            self._host = state.host_lock()
+            self._host.__enter__()
         old = read_setting(path)
         if old == value:
             return
         with _lock:
             if not self._original or path not in dict(self._original):
+                state.journal_record(path, old)      # before the change, on disk
                 self._original.append((path, old))
             if self not in _live:
                 _live.append(self)
@@ -102,16 +110,21 @@ class Settings:
     def close(self) -> None:
         with _lock:
             errors = []
+            from bench.host import state
             for path, old in reversed(self._original):
                 try:
                     _write(path, old)
-                except OSError as e:      # keep restoring the others
+                    state.journal_forget(path)
+                except OSError as e:      # keep restoring the others (the journal keeps it)
                     errors.append(f"{path}: {e}")
             self._original.clear()
             self.closed = True
             if self in _live:
                 _live.remove(self)
+            host, self._host = self._host, None
         _uninstall_handlers()
+        if host is not None:
+            host.__exit__(None, None, None)
         if errors:
             raise OSError("could not restore: " + "; ".join(errors))
 

@@ -111,6 +111,9 @@ def workload_headlines(results: dict) -> list[dict]:
             m = r.get("metrics") or {}
             h["failures"][s] = (m.get("failed_conversions", 0) or 0,
                                 m.get("failed_accesses", 0) or 0, errors_text(r))
+        # a comparison of runs in which steps failed compares work not done
+        h["caveat"] = (" - STEPS FAILED, not a like-for-like comparison"
+                       if any(fc or fa for fc, fa, _ in h["failures"].values()) else "")
         if "in-place" in runs and "dual" in runs:
             ip, du = runs["in-place"], runs["dual"]
             for d in ("all",) + DIRS:

@@ -489,7 +489,8 @@ def plot_summary(results: dict, samples: dict, path: Path,
                             for d in ("to_shared", "to_private"))
         why = ", ".join(f"{k} {'+' if v > 0 else '-'}{fmt_time(abs(v))}" for k, v in h["top"])
         rows.append(f"{h['workload']}: total time {winner_text(rt[('all', 'total')][0])} "
-                    f"({per_dir}); conversion only {winner_text(rt[('all', 'conversion')][0])}")
+                    f"({per_dir}); conversion only {winner_text(rt[('all', 'conversion')][0])}"
+                    f"{h['caveat']}")
         rows.append(f"    why (dual - in-place per run): {why}")
     axt.text(0, 1, "\n".join(rows), va="top", ha="left", fontsize=FONT - 2.5,
              family="monospace", transform=axt.transAxes)

@@ -24,6 +24,8 @@ CONCLUSIONS = [
     ("peak footprint", "footprint_bytes.peak", "all", "lower"),
     ("huge-page coverage at end", "hugepage_coverage.end", "all", "higher"),
     ("huge-page splits", "huge_splits", "all", "lower"),
+    ("intact huge folios at end", "intact_huge_share.end", "all", "higher"),
+    ("stage-2 huge mappings at end", "stage2_huge_share.end", "all", "higher"),
 ]
 HEADLINE = "total time"
 TIE = 0.01          # medians within 1% of each other: neither wins
@@ -38,6 +40,10 @@ ACCOUNTING = {
     "peak footprint": "peak host memory backing the guest (guest_memfd + shared backing) - bytes",
     "huge-page coverage at end": "fraction of guest memory in intact huge pages at the end",
     "huge-page splits": "huge pages split during the repetition - count",
+    "intact huge folios at end": "physically intact huge folios (guest_memfd + shared backing) "
+                                 "over the huge folios the guest memory could hold - fraction",
+    "stage-2 huge mappings at end": "guest memory mapped in stage 2 by 2M/1G leaves over all "
+                                    "mapped guest memory - fraction",
 }
 
 

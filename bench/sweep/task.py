@@ -128,6 +128,33 @@ def _local_file(path: str | None, text: str | None, tmpdir: str, name: str) -> s
     return str(out)
 
 
+def _delta(series: dict, key: str):
+    v = series.get(key)
+    if not v or v[0] is None or v[-1] is None:
+        return None
+    return int(v[-1] - v[0])
+
+
+def huge_page_measures(series: dict) -> dict:
+    """The huge-page measures a backend reports in its snapshots (absent ones are left out):
+    counters over the repetition, and shares at its end."""
+    out = {k: _delta(series, k) for k in ("mapping_demotions", "folio_splits", "folio_merges")}
+    intact, possible = series.get("intact_huge_folios"), series.get("huge_folios_possible")
+    if intact and possible and intact[-1] is not None and possible[-1]:
+        out["intact_huge_share.end"] = intact[-1] / possible[-1]
+    s2 = series.get("stage2_bytes")
+    if s2 and isinstance(s2[-1], dict):
+        total = sum(s2[-1].values())
+        if total:
+            out["stage2_huge_share.end"] = (s2[-1].get("2m", 0) + s2[-1].get("1g", 0)) / total
+    alloc = (series.get("final") or {}).get("allocatable_huge")
+    if isinstance(alloc, dict):
+        for size in ("2m", "1g"):
+            if isinstance(alloc.get(size), (int, float)):
+                out[f"allocatable_huge_{size}.end"] = alloc[size]
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def run_task(task: Task) -> dict:
     """Run one repetition of one strategy at one point; return its metrics."""
     from bench.metrics import RepetitionRecord, series_metrics
@@ -191,6 +218,7 @@ def run_task(task: Task) -> dict:
         "huge_merges": int(series["huge_merges"][-1] - series["huge_merges"][0]),
         "wall_s": round(out["wall_s"], 4),
     }
+    flat.update(huge_page_measures(series))
     sm = series_metrics(series, guest)
     for group in ("footprint_bytes", "footprint_ratio", "hugepage_coverage"):
         for k, v in sm[group].items():

@@ -18,6 +18,8 @@ def unit_of(metric: str) -> str:
         return "s"
     if metric.startswith("footprint_ratio") or metric.startswith("hugepage_coverage"):
         return "fraction of guest memory"
+    if "_share" in metric:
+        return "fraction"
     if metric.startswith("footprint_bytes") or metric.startswith("bytes_"):
         return "bytes"
     if "_ns" in metric:
@@ -93,8 +95,7 @@ def write_tidy(plan, cache_dir: Path, out_dir: Path, keep=None) -> dict:
                     for direction, metrics in res["metrics"].items():
                         for metric, value in metrics.items():
                             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                                if value is not None:
-                                    continue
+                                continue        # not measured here (None) or not a number
                             cols["sweep"].append(plan.spec.name)
                             cols["workload"].append(p.workload)
                             cols["point"].append(p.index)
@@ -106,7 +107,7 @@ def write_tidy(plan, cache_dir: Path, out_dir: Path, keep=None) -> dict:
                             cols["direction"].append(direction)
                             cols["repetition"].append(t["repetition"])
                             cols["metric"].append(metric)
-                            cols["value"].append(None if value is None else float(value))
+                            cols["value"].append(float(value))
                             cols["unit"].append(unit_of(metric))
                             cols["backend"].append(res["backend"])
                             cols["fidelity"].append(res["fidelity"])

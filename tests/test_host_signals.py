@@ -1,0 +1,158 @@
+"""A host run that is interrupted leaves the host as it found it (real kernel, root).
+
+SIGINT, SIGTERM and SIGHUP, during the warm-up (in the parent) and during a measured
+repetition (in a spawned worker): exit 128+signal, settings restored, no .partial, no
+worker left behind.  SIGKILL cannot be handled: the next run finds the journal, restores
+and says so.  Two host runs started together take turns (host lock) and leave the host
+as it was.  shmem_enabled is set to "never" first, so the memfd-THP workload must change
+it (to "advise") - that is the setting whose restoration is checked.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.host import sysfs
+from bench.host.state import host_lock, journal_path
+
+SHMEM = sysfs.THP_SHMEM_ENABLED
+POOL = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+pytestmark = [
+    pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="no /dev/kvm on this machine"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="host runs and sysfs writes need root"),
+    pytest.mark.skipif(not os.access(SHMEM, os.W_OK), reason=f"{SHMEM} not writable here"),
+]
+
+WORKLOAD = """\
+[workload]
+name = "{name}"
+description = "host signal test: dual backing on {backing}/{page}"
+repetitions = 1
+[layout]
+shared_backing = "{backing}"
+shared_page = "{page}"
+[[layout.memslot]]
+gpa = 0
+size = "64M"
+[[phase]]
+generator = "dma-churn"
+buffers = 3000
+"""
+FAST = ["-r", "1", "-p", "warmup_bytes=0", "-p", "overhead_reps=2", "-p", "overhead_pairs=1",
+        "-p", "series_points=4",
+        "--no-progress", "--no-report"]
+
+
+@pytest.fixture
+def baseline():
+    """shmem_enabled = never for the test (under the host lock), the host's own value back after."""
+    with host_lock():
+        own = sysfs.read_setting(SHMEM)
+        sysfs._write(SHMEM, "never")
+        pool = sysfs.read_setting(POOL)
+    yield {"shmem": "never", "pool": pool}
+    with host_lock():
+        sysfs._write(SHMEM, own)
+
+
+def host_state() -> dict:
+    with host_lock(timeout=120):
+        return {"shmem": sysfs.read_setting(SHMEM), "pool": sysfs.read_setting(POOL)}
+
+
+def start(tmp_path, name="hs", backing="memfd", page="thp", out="out"):
+    wl = tmp_path / f"{name}.toml"
+    wl.write_text(WORKLOAD.format(name=name, backing=backing, page=page))
+    return subprocess.Popen([sys.executable, "-m", "bench", "run", "-b", "host", "-w", str(wl),
+                             "--out", str(tmp_path / out), *FAST],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def journalled_by(pid: int) -> bool:
+    try:
+        doc = json.loads(journal_path().read_text())
+    except (OSError, ValueError):
+        return False
+    return doc.get("pid") == pid and SHMEM in doc.get("settings", {})
+
+
+def wait_for(proc, phase: str, timeout: float = 90) -> list[int]:
+    """Until the run is in `phase`: warm-up (settings changed in the parent, no worker yet)
+    or worker (a spawned repetition worker exists and the setting is changed)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before {phase}: {proc.stderr.read()}")
+        kids = [k for k in children(proc.pid) if alive(k)]
+        # changed by this run: its journal names it (not another process on this machine)
+        changed = sysfs.read_setting(SHMEM) == "advise" and journalled_by(proc.pid)
+        if changed and (phase == "warmup") == (not kids):
+            return kids
+        time.sleep(0.005)
+    pytest.fail(f"run never reached {phase}")
+
+
+@pytest.mark.parametrize("phase", ["warmup", "worker"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_interrupted_host_run_restores_and_leaves_nothing(tmp_path, baseline, phase, sig):
+    proc = start(tmp_path)
+    kids = wait_for(proc, phase)
+    proc.send_signal(sig)
+    rc = proc.wait(60)
+    err = proc.stderr.read().strip().splitlines()
+    assert rc == 128 + sig, (rc, err)
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    deadline = time.monotonic() + 10
+    while any(alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(k) for k in kids), "a repetition worker outlived its parent"
+    assert host_state() == baseline
+    assert not journal_path().exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hs.toml"]     # no out, no .partial
+
+
+def test_after_sigkill_the_next_run_restores_and_says_so(tmp_path, baseline):
+    proc = start(tmp_path, out="killed")
+    wait_for(proc, "warmup")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert sysfs.read_setting(SHMEM) == "advise"          # left changed: it could not help it
+    assert journal_path().exists()
+    nxt = start(tmp_path, name="next", backing="anon", page="4k", out="next")
+    out, err = nxt.communicate(timeout=120)
+    assert nxt.returncode == 0, err
+    assert "restored host settings left changed by a run that did not finish" in err
+    assert f"{SHMEM}: advise -> never" in err
+    assert host_state() == baseline
+    assert not journal_path().exists()
+
+
+def test_two_host_runs_at_once_take_turns_and_leave_the_host_as_it_was(tmp_path, baseline):
+    a = start(tmp_path, name="thp", backing="memfd", page="thp", out="a")
+    b = start(tmp_path, name="hugetlb", backing="anon", page="hugetlb", out="b")
+    (_, ea), (_, eb) = a.communicate(timeout=180), b.communicate(timeout=180)
+    assert a.returncode == 0 and b.returncode == 0, (ea, eb)
+    assert "waiting for the host" in ea + eb             # one of them waited for the other
+    assert host_state() == baseline
+    assert not journal_path().exists()
+    assert (tmp_path / "a" / "results.json").exists() and (tmp_path / "b" / "results.json").exists()
