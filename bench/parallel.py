@@ -24,4 +24,8 @@ def fork_pool(jobs: int):
             or multiprocessing.current_process().daemon:
         return None
     from concurrent.futures import ProcessPoolExecutor
-    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"))
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"))
+    # with fork, the first submit starts every worker: do it now, before this process
+    # starts threads of its own (a progress bar's monitor), which a fork would not carry
+    pool.submit(int)
+    return pool

@@ -21,6 +21,12 @@
 3. Checks the gate's own honesty: no delayed pair may exit 0 while a row's estimated change
    is at or beyond its threshold (that would be a silent pass of a change it saw).
 
+Measured 2026-12-02 on the 2-vCPU reference VM shared with other jobs (load 5.6-14.4),
+6 A + 6 B + 4 P runs, the README's CI configuration (compare.CI_METRICS): A/A 0/30 false
+alarms (5 inconclusive), A/B 36/36 detected, A/P 24/24 detected, no silent pass; the older
+configuration with latency_p50 and the overall latency_min: A/A 9/30 false alarms, A/P 13/24
+(11 inconclusive).  Full tables in the README's CI section.
+
 Writes gate_quality.json (or --report; every pair: exit status, rows beyond threshold, load) in --out.
 """
 import argparse
@@ -159,7 +165,7 @@ def main(argv=None) -> int:
         name, _, pct = t.partition("=")
         th[name] = float(pct) / 100
 
-    pairs = []
+    pairs, drift = [], {}
     for kind in KINDS:
         curs = by_kind[kind]
         for a in by_kind["A"]:
@@ -170,6 +176,10 @@ def main(argv=None) -> int:
                                    args.metric_threshold, tmp)
                 beyond = [f"{r['key']} {r['metric']} {100 * float(r['change']):+.1f}%"
                           for r in doc["rows"] if float(r["change"]) >= r["threshold"]]
+                if kind == "A":     # what identical runs differ by, per metric
+                    for r in doc["rows"]:
+                        if r["change"] not in ("inf", "-inf"):
+                            drift.setdefault(r["metric"], []).append(abs(float(r["change"])))
                 pairs.append({"base": a, "cur": c, "kind": kind, "exit": status,
                               "counts": doc["counts"], "beyond_threshold": beyond,
                               "set_aside": sum(r["set_aside_base"] + r["set_aside_cur"]
@@ -210,6 +220,12 @@ def main(argv=None) -> int:
                          f"{len(silent)}")
         lines.append("")
         table[kind] = {"pairs": len(sel), "exit1": n1, "exit3": n3, "exit0": n0}
+    if drift:
+        lines.append("A/A |change| per metric, median / 95th percentile / max (a threshold "
+                     "below the 95th percentile alarms often):")
+        lines += [f"  {m:<24} {100 * np.median(v):5.1f}% {100 * np.percentile(v, 95):5.1f}% "
+                  f"{100 * max(v):5.1f}%  (threshold {100 * th[m]:g}%)"
+                  for m, v in drift.items()]
     report = "\n".join(lines)
     print(report)
     atomic_write_json(out / args.report,

@@ -398,18 +398,19 @@ def test_injected_slowdown_is_a_measured_delay_and_is_labelled(probed, strategy)
     ops["kind"][2::3] = OpKind.TO_PRIVATE
     ops["offset"] = np.repeat(np.arange(200) * 4 * K4, 3)
     ops["size"] = 4 * K4
-    medians = {}
-    for slow in (1.0, 2.0):
-        t, lay = target(probed, strategy, params={"slowdown": slow})
-        try:
-            steps = strategy.compile(ops, lay)
-            t.execute(steps)                      # warm: pages exist, caches hot
-            res = t.execute(steps)
-            assert t.metadata()["slowdown"] == slow
-            medians[slow] = (np.median(RepetitionRecord(ops, steps, res).latency_ns),)
-        finally:
-            t.close()
-    assert medians[2.0][0] > 1.6 * medians[1.0][0]
+    medians = {1.0: [], 2.0: []}
+    for _ in range(3):                    # alternating; the least median of each setting,
+        for slow in (1.0, 2.0):           # as other load on the machine only adds time
+            t, lay = target(probed, strategy, params={"slowdown": slow})
+            try:
+                steps = strategy.compile(ops, lay)
+                t.execute(steps)                      # warm: pages exist, caches hot
+                res = t.execute(steps)
+                assert t.metadata()["slowdown"] == slow
+                medians[slow].append(np.median(RepetitionRecord(ops, steps, res).latency_ns))
+            finally:
+                t.close()
+    assert min(medians[2.0]) > 1.6 * min(medians[1.0])
     with pytest.raises(InputError):
         target(probed, strategy, params={"slowdown": 0.5})
 

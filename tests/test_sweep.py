@@ -107,8 +107,10 @@ def test_axis_without_effect_is_refused(tmp_path, capsys):
 def test_embedded_sweep_matches_single_runs(tmp_path, capsys):
     f = make(tmp_path, mode="grid")
     out = tmp_path / "out"
-    assert sweep(str(f), "--out", str(out), "--workers", "2") == 0
+    assert main(["sweep", "--no-progress", str(f), "--out", str(out), "--workers", "2"]) == 0
     printed = capsys.readouterr().out
+    plots = {p.name for p in (out / "plots").glob("*.png")}
+    assert {"ratio_vs_folio.png", "ratio_vs_firmware.png", "heatmap_folio_firmware.png"} <= plots
     assert "4 points x 2 strategies x 2 repetitions = 16 tasks (0 cached)" in printed
     rows = tidy(out)
     # one row per point x strategy x direction x repetition x metric, axis values as columns

@@ -219,9 +219,14 @@ def summary_text(results: dict) -> str:
             hp = _m(r, "huge_pages", default={}) or {}
             s2 = hp.get("stage2_huge_share")
             intact = hp.get("intact_huge_folio_share")
+            nm = hp.get("not_measurable") or {}
+
+            def na(k):
+                return "n/a" if nm.get(k, "").startswith("not applicable") else "n/m"
             mem.append(f"{sname} fp/guest {fmt_ratio(_m(r, 'footprint_ratio', 'peak'))}, "
-                       f"stage-2 huge {fmt_pct(s2['end']) if s2 else 'n/m'}, intact huge "
-                       f"folios {fmt_pct(intact['end']) if intact else 'n/m'}")
+                       f"stage-2 huge {fmt_pct(s2['end']) if s2 else na('stage2_huge_share')}, "
+                       f"intact huge folios "
+                       f"{fmt_pct(intact['end']) if intact else na('intact_huge_folio_share')}")
         lines += _wrap("  memory at end: " + "; ".join(mem))
         lines.append("")
     lines += _wrap("Times are per repetition. conv: time in the conversions; induced: "
@@ -229,7 +234,8 @@ def summary_text(results: dict) -> str:
                    "zeroing, firmware, the access itself); total = conv + induced. "
                    "to-sh/to-pr: direction. dual/in-pl.: ratio of dual to in-place "
                    "(>1: in-place better). fail: failed conversions. n/m: not measurable "
-                   "on this backend. *: emulated steps (see NOTE).")
+                   "on this backend; n/a: no huge folio size in this layout. *: emulated "
+                   "steps (see NOTE).")
     return "\n".join(ln.rstrip() for ln in lines) + "\n"
 
 

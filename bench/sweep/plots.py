@@ -10,7 +10,7 @@ import numpy as np
 
 from bench.sweep.analysis import A, B, CONCLUSIONS, HEADLINE
 
-PLOTTED = ("total time", "conversion time", "peak footprint", "huge-page coverage at end")
+PLOTTED = ("total time", "conversion time", "peak footprint", "intact huge folios at end")
 
 
 def _plt():
@@ -34,7 +34,7 @@ def write_plots(plan, result: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     figs = []
     if plan.sensitivity:
-        figs += [f for f in (_tornado(plan, result, out),) if f]
+        figs += [f for f in (_tornado(plan, result, out), _oat(plan, result, out)) if f]
         return figs
     axes = plan.spec.axes
     for a in axes:
@@ -187,6 +187,49 @@ def _tornado(plan, result, out: Path) -> Path | None:
     fig.tight_layout()
     path = out / "tornado.png"
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _oat(plan, result, out: Path) -> Path | None:
+    """The headline and conversion-time ratios against each uncertain cost (one at a time),
+    crossovers of 1 marked: where a conclusion flips inside the documented range."""
+    plt = _plt()
+    names = list(plan.uncertain)
+    if not names:
+        return None
+    fig, axs = plt.subplots(len(names), 2, figsize=(8.4, 2.2 * len(names)), squeeze=False)
+    for row, k in zip(axs, names):
+        for ax, concl in zip(row, (HEADLINE, "conversion time")):
+            for wname in plan.spec.workloads:
+                pts = [p for p in plan.points if p.workload == wname and p.kind == "oat" and p.varied == k]
+                xy = []
+                for p in pts:
+                    x = p.columns.get(f"cost.{k}", p.columns.get(f"cost.{k}.4k"))
+                    r = _results(result, p.index).get(concl)
+                    if r and r["ratio"] is not None and x is not None:
+                        xy.append((x, r["ratio"]))
+                if len(xy) < 2:
+                    continue
+                xy.sort()
+                x, y = np.array(xy).T
+                line, = ax.plot(x, y, "o-", label=wname, ms=3)
+                for i in range(len(y) - 1):
+                    if (y[i] - 1) * (y[i + 1] - 1) < 0:
+                        xc = x[i] + (1 - y[i]) / (y[i + 1] - y[i]) * (x[i + 1] - x[i])
+                        ax.axvline(xc, color=line.get_color(), ls=":", lw=1)
+                        ax.annotate(f"{xc:.3g}", (xc, 1), fontsize=6)
+            ax.axhline(1.0, color="grey", lw=0.8)
+            ax.set_xlabel(f"{k} (ns" + (", 4K figure)" if any(c == f"cost.{k}.4k" for c in plan.columns) else ")"),
+                          fontsize=7)
+            ax.set_ylabel(f"{concl}\n{B}/{A}", fontsize=7)
+            ax.tick_params(labelsize=6)
+    axs[0][0].legend(fontsize=6)
+    fig.suptitle(_title(result, f"{plan.spec.name}: ratios against each uncertain cost, one at a "
+                 f"time (dotted: crossover, interpolated)"), fontsize=9)
+    fig.tight_layout()
+    path = out / "one_at_a_time.png"
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
