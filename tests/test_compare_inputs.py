@@ -44,8 +44,20 @@ def assert_clear_error(status, err):
     assert "Traceback" not in err and "internal error" not in err
 
 
+_SCRATCH: Path | None = None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _scratch(tmp_path_factory):
+    # hypothesis examples cannot take the function-scoped tmp_path; their copies go under
+    # pytest's own temporary tree (pruned by pytest), never straight into /tmp
+    global _SCRATCH
+    _SCRATCH = tmp_path_factory.mktemp("cmp")
+    yield
+
+
 def copy(valid) -> Path:
-    d = Path(tempfile.mkdtemp(prefix="cmp-")) / "r"
+    d = Path(tempfile.mkdtemp(prefix="cmp-", dir=_SCRATCH)) / "r"
     shutil.copytree(valid, d)
     return d
 
