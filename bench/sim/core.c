@@ -161,6 +161,16 @@ typedef struct {
     int64_t nbig;
 } buddy_t;
 
+/* run maps: see rm_seg() */
+#define RM_CHUNK 512
+typedef struct { uint16_t start; uint16_t pad_; uint32_t v; } run_t;
+typedef struct { int32_t n, cap; run_t r[]; } rlist_t;
+typedef struct {
+    int64_t npages, nchunks;
+    int linear;
+    uint64_t *ent;
+} rmap_t;
+
 typedef struct {            /* ranges.py AttrRanges: uniform chunks, or bytes per page */
     int64_t npages, nchunks;
     int last_len;
@@ -174,7 +184,7 @@ typedef struct {
     int split_on_share;     /* in-place.huge=split: GuestMemfd.split_on_share */
     int32_t *page_pfn;      /* pfn + 1 */
     uint8_t *pflags;
-    uint32_t *data;
+    rmap_t data;            /* content token per page, as runs */
     uint16_t *pins;
     int64_t npinned;        /* pages with a pin (skip scans when 0) */
     uint8_t *fstate, *fbits;
@@ -189,7 +199,7 @@ typedef struct {
     int kind, page, huge;   /* kind 0 anon 1 memfd; page 0 4k 1 thp 2 hugetlb */
     int32_t *page_pfn;
     uint8_t *host_map;
-    uint32_t *data;
+    rmap_t data;            /* content token per page, as runs */
     uint16_t *pins;
     uint8_t *chunk;
     int32_t *chunk_pfn;
@@ -818,6 +828,228 @@ static void buddy_destroy(buddy_t *b)
     }
 }
 
+/* ------------------------------------------------------------------ run maps (extents) */
+/* A value per page of [0, npages) kept as runs of pages, per 512-page chunk: one word per
+ * chunk holds the chunk's run when it has one (v << 1, low bit 0; calloc'd = all 0), or a
+ * pointer (low bit 1) to the chunk's sorted list of runs.  Memory grows with the runs a run
+ * of the model creates (and 8 bytes per 2 MiB of guest), not with pages, and a range
+ * operation costs per run and per chunk, never per 4K page.
+ * Linear maps hold pfn + 1 of contiguous memory: a run (start, v != 0) gives page p the value
+ * v + (p - start); v == 0 (no page) is constant. */
+
+static void rm_init(rmap_t *m, int64_t npages, int linear, uint32_t initial)
+{
+    m->npages = npages;
+    m->nchunks = (npages + RM_CHUNK - 1) / RM_CHUNK;
+    m->linear = linear;
+    m->ent = xcalloc((size_t)(m->nchunks ? m->nchunks : 1), sizeof(uint64_t));
+    if (initial)
+        for (int64_t c = 0; c < m->nchunks; c++)
+            m->ent[c] = (uint64_t)(linear ? initial + (uint32_t)(c * RM_CHUNK) : initial) << 1;
+}
+
+static void rm_destroy(rmap_t *m)
+{
+    if (!m->ent) return;
+    for (int64_t c = 0; c < m->nchunks; c++)
+        if (m->ent[c] & 1) free((void *)(uintptr_t)(m->ent[c] & ~1ull));
+    free(m->ent);
+    m->ent = NULL;
+}
+
+static inline uint32_t rm_at(const rmap_t *m, uint32_t v, int64_t start, int64_t p)
+{
+    return m->linear && v ? v + (uint32_t)(p - start) : v;
+}
+
+/* the value at page p (*val) and the end of its run, at most lim; a run continues into
+ * following chunks that carry its continuation inline */
+static int64_t rm_seg(const rmap_t *m, int64_t p, int64_t lim, uint32_t *val)
+{
+    int64_t c = p / RM_CHUNK, base = c * RM_CHUNK, off = p - base, end = base + RM_CHUNK;
+    uint64_t e = m->ent[c];
+    uint32_t v;
+    if (!(e & 1)) {
+        v = rm_at(m, (uint32_t)(e >> 1), base, p);
+        /* uniform chunks after it with the same run */
+        while (end < lim && end < m->npages) {
+            uint64_t n = m->ent[end / RM_CHUNK];
+            if (n & 1 || (uint32_t)(n >> 1) != rm_at(m, v, p, end)) break;
+            end += RM_CHUNK;
+        }
+    } else {
+        const rlist_t *l = (const rlist_t *)(uintptr_t)(e & ~1ull);
+        int lo = 0, hi = l->n - 1;
+        while (lo < hi) {
+            int mid = (lo + hi + 1) >> 1;
+            if (l->r[mid].start <= off) lo = mid;
+            else hi = mid - 1;
+        }
+        v = rm_at(m, l->r[lo].v, base + l->r[lo].start, p);
+        if (lo + 1 < l->n) end = base + l->r[lo + 1].start;
+    }
+    *val = v;
+    return end < lim ? end : lim;
+}
+
+static inline uint32_t rm_get(const rmap_t *m, int64_t p)
+{
+    uint32_t v;
+    rm_seg(m, p, p + 1, &v);
+    return v;
+}
+
+/* run b continues run a (they merge) */
+static inline int rm_continues(const rmap_t *m, const run_t *a, const run_t *b)
+{
+    if (!m->linear || !a->v) return a->v == b->v;
+    return b->v == a->v + (uint32_t)(b->start - a->start);
+}
+
+/* chunk c: pages [s, e) (chunk offsets, s < e <= RM_CHUNK) get v (the value at s) */
+static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
+{
+    uint64_t ent = m->ent[c];
+    run_t one = {0, 0, (uint32_t)(ent >> 1)};
+    rlist_t *l = ent & 1 ? (rlist_t *)(uintptr_t)(ent & ~1ull) : NULL;
+    const run_t *old = l ? l->r : &one;
+    int n = l ? l->n : 1;
+    run_t tmp[RM_CHUNK + 3];
+    int k = 0, i = 0;
+    for (; i < n && old[i].start < s; i++) tmp[k++] = old[i];
+    /* the run holding page e - 1 continues at e */
+    int j = i > 0 ? i - 1 : 0;
+    for (int q = i; q < n && old[q].start < e; q++) j = q;
+    run_t tail = {(uint16_t)e, 0, rm_at(m, old[j].v, old[j].start, e)};
+    tmp[k++] = (run_t){(uint16_t)s, 0, v};
+    if (e < RM_CHUNK) {
+        int q = j + 1;
+        if (!(q < n && old[q].start == e)) tmp[k++] = tail;
+        for (; q < n; q++) tmp[k++] = old[q];
+    }
+    /* merge runs that continue each other */
+    int w = 0;
+    for (int q = 1; q < k; q++) {
+        if (rm_continues(m, &tmp[w], &tmp[q])) continue;
+        tmp[++w] = tmp[q];
+    }
+    k = w + 1;
+    if (k == 1) {
+        free(l);
+        m->ent[c] = (uint64_t)tmp[0].v << 1;
+        return;
+    }
+    if (!l || l->cap < k || l->cap > 4 * k + 8) {
+        int cap = k + 4;
+        rlist_t *nl = realloc(l, sizeof(rlist_t) + (size_t)cap * sizeof(run_t));
+        if (!nl) abort();
+        nl->cap = cap;
+        l = nl;
+    }
+    l->n = k;
+    memcpy(l->r, tmp, (size_t)k * sizeof(run_t));
+    m->ent[c] = (uint64_t)(uintptr_t)l | 1;
+}
+
+/* pages [a, b) get v (linear maps: v at a, v + (p - a) at p, when v != 0) */
+static void rm_set(rmap_t *m, int64_t a, int64_t b, uint32_t v)
+{
+    for (int64_t c = a / RM_CHUNK; a < b; c++) {
+        int64_t base = c * RM_CHUNK, e = b < base + RM_CHUNK ? b : base + RM_CHUNK;
+        int64_t cend = base + RM_CHUNK < m->npages ? base + RM_CHUNK : m->npages;
+        if (a == base && e >= cend) {
+            if (m->ent[c] & 1) free((void *)(uintptr_t)(m->ent[c] & ~1ull));
+            m->ent[c] = (uint64_t)v << 1;
+        } else {
+            rm_chunk_set(m, c, (int)(a - base), (int)(e - base), v);
+        }
+        if (m->linear && v) v += (uint32_t)(e - a);
+        a = e;
+    }
+}
+
+static int rm_is_uniform(const rmap_t *m, int64_t a, int64_t b, uint32_t v)
+{
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(m, a, b, &x);
+        if (x != v) return 0;
+        a = e;
+    }
+    return 1;
+}
+
+static int64_t rm_count_eq(const rmap_t *m, int64_t a, int64_t b, uint32_t v)
+{
+    int64_t n = 0;
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(m, a, b, &x);
+        if (x == v) n += e - a;
+        a = e;
+    }
+    return n;
+}
+
+static int64_t rm_count_nz(const rmap_t *m, int64_t a, int64_t b)
+{
+    return (b - a) - rm_count_eq(m, a, b, 0);
+}
+
+/* dst [a, b) = src [a, b) (both plain maps) */
+static void rm_copy(rmap_t *dst, const rmap_t *src, int64_t a, int64_t b)
+{
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(src, a, b, &x);
+        rm_set(dst, a, e, x);
+        a = e;
+    }
+}
+
+/* pages of [a, b) whose value has `bit`: clear it; returns how many */
+static int64_t rm_clear_bit(rmap_t *m, int64_t a, int64_t b, uint32_t bit)
+{
+    int64_t n = 0;
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(m, a, b, &x);
+        if (x & bit) {
+            n += e - a;
+            rm_set(m, a, e, x & ~bit);
+        }
+        a = e;
+    }
+    return n;
+}
+
+/* pages of [a, b) whose value lacks `bit`: set it; returns how many */
+static int64_t rm_set_bit(rmap_t *m, int64_t a, int64_t b, uint32_t bit)
+{
+    int64_t n = 0;
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(m, a, b, &x);
+        if (!(x & bit)) {
+            n += e - a;
+            rm_set(m, a, e, x | bit);
+        }
+        a = e;
+    }
+    return n;
+}
+
+static int rm_any_bit(const rmap_t *m, int64_t a, int64_t b, uint32_t bits)
+{
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(m, a, b, &x);
+        if (x & bits) return 1;
+        a = e;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ attributes (ranges.py) */
 /* every one of n bytes equals v */
 static int bytes_all(const uint8_t *p, int64_t n, uint8_t v)
@@ -1038,17 +1270,16 @@ static int64_t set_flag_count(uint8_t *fl, int64_t a, int64_t b, uint8_t bit)
 }
 
 /* ------------------------------------------------------------------ touch */
-static int64_t touch(core_t *c, uint32_t *data, int64_t p0, int64_t p1, int write, uint64_t token)
+static int64_t touch(core_t *c, rmap_t *data, int64_t p0, int64_t p1, int write, uint64_t token)
 {
     led_op(c, K_TOUCH_PAGE, p1 - p0);
     if (write) {
-        for (int64_t p = p0; p < p1; p++) data[p] = (uint32_t)token;
+        rm_set(data, p0, p1, (uint32_t)token);
         return 0;
     }
     if (token == NO_CHECK) return 0;
-    int64_t n = 0;
-    for (int64_t p = p0; p < p1; p++) n += (uint64_t)data[p] != token;
-    return n;
+    if (token > UINT32_MAX) return p1 - p0;
+    return (p1 - p0) - rm_count_eq(data, p0, p1, (uint32_t)token);
 }
 
 /* ------------------------------------------------------------------ GuestMemfd */
@@ -1380,8 +1611,13 @@ static void gmem_arch_invalidate(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
 {
     if (g->platform == PLATFORM_PRESERVE) return;
     uint32_t v = g->platform == PLATFORM_ZERO ? 0 : GARBAGE;
-    for (int64_t p = p0; p < p1; p++)
-        if (gmem_present(g, p)) g->data[p] = v;
+    for (int64_t p = p0; p < p1;) {          /* runs of present pages */
+        int pr = gmem_present(g, p);
+        int64_t e = p + 1;
+        while (e < p1 && gmem_present(g, e) == pr) e++;
+        if (pr) rm_set(&g->data, p, e, v);
+        p = e;
+    }
     /* TDX cleared each page when it left the S-EPT (gmem_zap_stage2) */
     if (g->platform != PLATFORM_ZERO) gmem_snp_make_shared(c, g, p0, p1);
 }
@@ -1481,7 +1717,7 @@ static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* 
     }
     g->present -= freed + pooled;
     c->footprint -= freed;
-    memset(g->data + p0, 0, (size_t)(p1 - p0) * sizeof(uint32_t));
+    rm_set(&g->data, p0, p1, 0);
     if (zeroed) led_op(c, K_ZERO_FILL, zeroed);
     freed += pooled;
     /* the kernel walks the whole range; each freed page adds what the populated-range
@@ -1521,7 +1757,7 @@ static int gmem_access(core_t *c, slot_t *s, int64_t p0, int64_t p1, int guest, 
     gmem_populate(c, g, &s->attrs, p0, p1);
     if (guest && want == PRIVATE) gmem_prepare(c, g, p0, p1);
     gmem_map(c, g, &s->attrs, p0, p1, guest != 0, guest ? 0 : proc, want, fresh);
-    *mism = touch(c, g->data, p0, p1, write, token);
+    *mism = touch(c, &g->data, p0, p1, write, token);
     return 0;
 }
 
@@ -1608,7 +1844,7 @@ static int shared_access(core_t *c, shared_t *s, int64_t p0, int64_t p1, int pro
     shared_populate(c, s, p0, p1);
     uint8_t bit = (uint8_t)(1 << proc);
     for (int64_t p = p0; p < p1; p++) s->host_map[p] |= bit;
-    *mism = touch(c, s->data, p0, p1, write, token);
+    *mism = touch(c, &s->data, p0, p1, write, token);
     return 0;
 }
 
@@ -1617,7 +1853,7 @@ static int64_t shared_guest_access(core_t *c, shared_t *s, gmem_t *g, int64_t p0
 {
     shared_populate(c, s, p0, p1);
     for (int64_t p = p0; p < p1; p++) g->pflags[p] |= PF_S2;
-    return touch(c, s->data, p0, p1, write, token);
+    return touch(c, &s->data, p0, p1, write, token);
 }
 
 static int64_t attrs_count(const attrs_t *a, int64_t start, int64_t end, int v)
@@ -1702,7 +1938,7 @@ static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* d
     }
     s->present -= freed;
     c->footprint -= freed;
-    memset(s->data + p0, 0, (size_t)(p1 - p0) * sizeof(uint32_t));
+    rm_set(&s->data, p0, p1, 0);
     if (s->kind == 0) led_op(c, K_DISCARD_ANON, freed > 1 ? freed : 1);
     else {
         led_op(c, mapped ? K_PUNCH_SHMEM_MAPPED : K_PUNCH_SHMEM_UNMAPPED, freed);
@@ -1872,7 +2108,7 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     g->promote = promote;
     g->page_pfn = xcalloc((size_t)g->npages, sizeof(int32_t));
     g->pflags = xcalloc((size_t)g->npages, 1);
-    g->data = xcalloc((size_t)g->npages, sizeof(uint32_t));
+    rm_init(&g->data, g->npages, 0, 0);
     g->pins = xcalloc((size_t)g->npages, sizeof(uint16_t));
     if (order) {
         g->nfolios = g->npages >> order;
@@ -1890,7 +2126,7 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     sh->huge = shared_page != 0;
     sh->page_pfn = xcalloc((size_t)sh->npages, sizeof(int32_t));
     sh->host_map = xcalloc((size_t)sh->npages, 1);
-    sh->data = xcalloc((size_t)sh->npages, sizeof(uint32_t));
+    rm_init(&sh->data, sh->npages, 0, 0);
     sh->pins = xcalloc((size_t)sh->npages, sizeof(uint16_t));
     if (sh->huge) {
         sh->nchunks = (sh->npages + 511) >> 9;
@@ -2025,14 +2261,14 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
                     np = p0 < p1 ? gmem_count_present(&s->g, p0, p1) : 0;
                     if (np) {
                         shared_populate(c, s->s, p0, p1);
-                        memcpy(s->s->data + p0, s->g.data + p0, (size_t)(p1 - p0) * 4);
+                        rm_copy(&s->s->data, &s->g.data, p0, p1);
                         led_op(c, K_MEMCPY, np);
                     }
                 } else {
                     np = p0 < p1 ? shared_count_present(s->s, p0, p1) : 0;
                     if (np) {
                         gmem_populate(c, &s->g, &s->attrs, p0, p1);
-                        memcpy(s->g.data + p0, s->s->data + p0, (size_t)(p1 - p0) * 4);
+                        rm_copy(&s->g.data, &s->s->data, p0, p1);
                         led_op(c, K_MEMCPY, np);
                     }
                 }
@@ -2302,11 +2538,11 @@ void core_free(core_t *c)
     if (!c) return;
     for (int i = 0; i < c->nslots; i++) {
         slot_t *s = &c->slots[i];
-        free(s->g.page_pfn); free(s->g.pflags); free(s->g.data); free(s->g.pins);
+        free(s->g.page_pfn); free(s->g.pflags); rm_destroy(&s->g.data); free(s->g.pins);
         free(s->g.fstate); free(s->g.fbits); free(s->g.fpfn);
         free(s->attrs.uni); free(s->attrs.page);
         if (s->s) {
-            free(s->s->page_pfn); free(s->s->host_map); free(s->s->data); free(s->s->pins);
+            free(s->s->page_pfn); free(s->s->host_map); rm_destroy(&s->s->data); free(s->s->pins);
             free(s->s->chunk); free(s->s->chunk_pfn); free(s->s->deferred);
             free(s->s);
         }
