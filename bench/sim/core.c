@@ -31,7 +31,6 @@
 #define PAGE_SIZE 4096ull
 #define PRIVATE 8
 #define SHARED_ATTR 0
-#define MIXED (-1)
 #define CHUNK_SHIFT 9
 #define CHUNK (1 << CHUNK_SHIFT)
 #define GMEM_FLAG_MMAP 1
@@ -171,12 +170,7 @@ typedef struct {
     uint64_t *ent;
 } rmap_t;
 
-typedef struct {            /* ranges.py AttrRanges: uniform chunks, or bytes per page */
-    int64_t npages, nchunks;
-    int last_len;
-    int8_t *uni;
-    uint8_t *page;
-} attrs_t;
+typedef rmap_t attrs_t;     /* ranges.py AttrRanges: attribute runs */
 
 typedef struct {
     int64_t size, npages, fpages, nfolios;
@@ -1051,83 +1045,19 @@ static int rm_any_bit(const rmap_t *m, int64_t a, int64_t b, uint32_t bits)
 }
 
 /* ------------------------------------------------------------------ attributes (ranges.py) */
-/* every one of n bytes equals v */
-static int bytes_all(const uint8_t *p, int64_t n, uint8_t v)
-{
-    const uint64_t rep = 0x0101010101010101ull * v;
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        if (w != rep) return 0;
-    }
-    for (; i < n; i++)
-        if (p[i] != v) return 0;
-    return 1;
-}
-
 static void attrs_init(attrs_t *a, int64_t npages, int initial)
 {
-    a->npages = npages;
-    a->nchunks = (npages + CHUNK - 1) >> CHUNK_SHIFT;
-    a->last_len = a->nchunks ? (int)(npages - ((a->nchunks - 1) << CHUNK_SHIFT)) : CHUNK;
-    a->uni = malloc((size_t)(a->nchunks ? a->nchunks : 1));
-    if (!a->uni) abort();
-    memset(a->uni, initial, (size_t)a->nchunks);
-    a->page = xcalloc((size_t)(a->nchunks << CHUNK_SHIFT), 1);
-}
-
-static inline int chunk_len(const attrs_t *a, int64_t c)
-{
-    return c == a->nchunks - 1 ? a->last_len : CHUNK;
-}
-
-static int chunk_uniform(const attrs_t *a, int64_t c, int64_t s, int64_t e, int v)
-{
-    int u = a->uni[c];
-    if (u != MIXED) return u == v;
-    return bytes_all(a->page + (c << CHUNK_SHIFT) + s, e - s, (uint8_t)v);
+    rm_init(a, npages, 0, (uint32_t)initial);
 }
 
 static int attrs_is_uniform(const attrs_t *a, int64_t start, int64_t end, int v)
 {
-    int64_t c0 = start >> CHUNK_SHIFT, c1 = (end - 1) >> CHUNK_SHIFT;
-    int64_t s0 = start & (CHUNK - 1);
-    if (c0 == c1) return chunk_uniform(a, c0, s0, end - (c0 << CHUNK_SHIFT), v);
-    if (!chunk_uniform(a, c0, s0, CHUNK, v)) return 0;
-    if (!chunk_uniform(a, c1, 0, end - (c1 << CHUNK_SHIFT), v)) return 0;
-    for (int64_t c = c0 + 1; c < c1; c++)
-        if (a->uni[c] != v) return 0;
-    return 1;
-}
-
-static void set_in_chunk(attrs_t *a, int64_t c, int64_t s, int64_t e, int v)
-{
-    int len = chunk_len(a, c);
-    if (s == 0 && e >= len) {
-        a->uni[c] = (int8_t)v;
-        return;
-    }
-    int old = a->uni[c];
-    if (old == v) return;
-    uint8_t *pg = a->page + (c << CHUNK_SHIFT);
-    if (old != MIXED) memset(pg, old, (size_t)len);
-    if (e > len) e = len;
-    memset(pg + s, v, (size_t)(e - s));
-    a->uni[c] = bytes_all(pg, len, pg[0]) ? (int8_t)pg[0] : MIXED;
+    return rm_is_uniform(a, start, end, (uint32_t)v);
 }
 
 static void attrs_set(attrs_t *a, int64_t start, int64_t end, int v)
 {
-    int64_t c0 = start >> CHUNK_SHIFT, c1 = (end - 1) >> CHUNK_SHIFT;
-    int64_t base0 = c0 << CHUNK_SHIFT;
-    if (c0 == c1) {
-        set_in_chunk(a, c0, start - base0, end - base0, v);
-        return;
-    }
-    set_in_chunk(a, c0, start - base0, CHUNK, v);
-    set_in_chunk(a, c1, 0, end - (c1 << CHUNK_SHIFT), v);
-    if (c1 - c0 >= 2) memset(a->uni + c0 + 1, v, (size_t)(c1 - c0 - 1));
+    rm_set(a, start, end, (uint32_t)v);
 }
 
 /* ------------------------------------------------------------------ host (model.py Host) */
@@ -1858,17 +1788,7 @@ static int64_t shared_guest_access(core_t *c, shared_t *s, gmem_t *g, int64_t p0
 
 static int64_t attrs_count(const attrs_t *a, int64_t start, int64_t end, int v)
 {
-    int64_t n = 0;
-    for (int64_t c0 = start >> CHUNK_SHIFT; c0 <= (end - 1) >> CHUNK_SHIFT; c0++) {
-        int64_t base = c0 << CHUNK_SHIFT;
-        int64_t s = start > base ? start - base : 0, e = end < base + CHUNK ? end - base : CHUNK;
-        if (a->uni[c0] != MIXED) {
-            if (a->uni[c0] == v) n += e - s;
-            continue;
-        }
-        for (int64_t i = s; i < e; i++) n += a->page[base + i] == v;
-    }
-    return n;
+    return rm_count_eq(a, start, end, (uint32_t)v);
 }
 
 static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* discard */
@@ -2416,15 +2336,11 @@ void core_huge_stats(core_t *c, int64_t *out)                  /* SimTarget.snap
         }
         if (s) {                            /* SharedBacking.present_at(VM attrs, PRIVATE) */
             const attrs_t *a = &c->slots[i].attrs;
-            for (int64_t ch = 0; ch < a->nchunks; ch++) {
-                int64_t p0 = ch << CHUNK_SHIFT, p1 = p0 + chunk_len(a, ch);
-                if (a->uni[ch] == PRIVATE) {
-                    out[CORE_H_STALE] += shared_count_present(s, p0, p1) * (int64_t)PAGE_SIZE;
-                } else if (a->uni[ch] == MIXED) {
-                    for (int64_t p = p0; p < p1; p++)
-                        if (a->page[p] == PRIVATE && shared_present(s, p))
-                            out[CORE_H_STALE] += PAGE_SIZE;
-                }
+            for (int64_t p = 0; p < a->npages;) {
+                uint32_t v;
+                int64_t e = rm_seg(a, p, a->npages, &v);
+                if (v == PRIVATE) out[CORE_H_STALE] += shared_count_present(s, p, e) * (int64_t)PAGE_SIZE;
+                p = e;
             }
         }
     }
@@ -2540,7 +2456,7 @@ void core_free(core_t *c)
         slot_t *s = &c->slots[i];
         free(s->g.page_pfn); free(s->g.pflags); rm_destroy(&s->g.data); free(s->g.pins);
         free(s->g.fstate); free(s->g.fbits); free(s->g.fpfn);
-        free(s->attrs.uni); free(s->attrs.page);
+        rm_destroy(&s->attrs);
         if (s->s) {
             free(s->s->page_pfn); free(s->s->host_map); rm_destroy(&s->s->data); free(s->s->pins);
             free(s->s->chunk); free(s->s->chunk_pfn); free(s->s->deferred);
