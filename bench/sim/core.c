@@ -177,7 +177,7 @@ typedef struct {
     int flags, order, platform, promote;
     int split_on_share;     /* in-place.huge=split: GuestMemfd.split_on_share */
     int32_t *page_pfn;      /* pfn + 1 */
-    uint8_t *pflags;
+    rmap_t pflags;          /* PF_* bits per page, as runs */
     rmap_t data;            /* content token per page, as runs */
     uint16_t *pins;
     int64_t npinned;        /* pages with a pin (skip scans when 0) */
@@ -192,7 +192,7 @@ typedef struct {
     int64_t npages, nchunks;
     int kind, page, huge;   /* kind 0 anon 1 memfd; page 0 4k 1 thp 2 hugetlb */
     int32_t *page_pfn;
-    uint8_t *host_map;
+    rmap_t host_map;        /* bit per host process mapping the page, as runs */
     rmap_t data;            /* content token per page, as runs */
     uint16_t *pins;
     uint8_t *chunk;
@@ -234,7 +234,7 @@ struct core {
     int32_t *apfn; int64_t cap_apfn;
     int32_t *fpfn; int64_t cap_fpfn;
     int32_t *sortbuf; int64_t cap_sortbuf;
-    uint8_t *fresh; int64_t cap_fresh;
+    int64_t *fresh; int64_t cap_fresh;   /* runs (start, end) of pages absent before a fault */
     char err[256];
 };
 
@@ -260,6 +260,16 @@ static void grow64(int64_t **buf, int64_t *cap, int64_t need)
     while (n < need) n *= 2;
     free(*buf);
     *buf = malloc((size_t)n * sizeof(int64_t));
+    if (!*buf) abort();
+    *cap = n;
+}
+
+static void grow_keep64(int64_t **buf, int64_t *cap, int64_t need)   /* keeps contents */
+{
+    if (need <= *cap) return;
+    int64_t n = *cap ? *cap : 1024;
+    while (n < need) n *= 2;
+    *buf = realloc(*buf, (size_t)n * sizeof(int64_t));
     if (!*buf) abort();
     *cap = n;
 }
@@ -1155,47 +1165,15 @@ static void host_free_pfns(core_t *c, int32_t *pfns, int64_t n)
     }
 }
 
-/* pages in [a, b) whose flag byte has `bit`, clearing it */
-static int64_t clear_flag_count(uint8_t *fl, int64_t a, int64_t b, uint8_t bit)
+static int64_t rm_count_bit(const rmap_t *m, int64_t a, int64_t b, uint32_t bit)
 {
-    int64_t n = 0, p = a;
-    const uint64_t rep = 0x0101010101010101ull * bit;
-    for (; p < b && (p & 7); p++)
-        if (fl[p] & bit) { fl[p] &= ~bit; n++; }
-    for (; p + 8 <= b; p += 8) {
-        uint64_t w;
-        memcpy(&w, fl + p, 8);
-        uint64_t m = w & rep;
-        if (m) {
-            n += __builtin_popcountll(m);
-            w &= ~rep;
-            memcpy(fl + p, &w, 8);
-        }
+    int64_t n = 0;
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(m, a, b, &x);
+        if (x & bit) n += e - a;
+        a = e;
     }
-    for (; p < b; p++)
-        if (fl[p] & bit) { fl[p] &= ~bit; n++; }
-    return n;
-}
-
-/* pages in [a, b) whose flag byte lacks `bit`, setting it */
-static int64_t set_flag_count(uint8_t *fl, int64_t a, int64_t b, uint8_t bit)
-{
-    int64_t n = 0, p = a;
-    const uint64_t rep = 0x0101010101010101ull * bit;
-    for (; p < b && (p & 7); p++)
-        if (!(fl[p] & bit)) { fl[p] |= bit; n++; }
-    for (; p + 8 <= b; p += 8) {
-        uint64_t w;
-        memcpy(&w, fl + p, 8);
-        uint64_t m = ~w & rep;
-        if (m) {
-            n += __builtin_popcountll(m);
-            w |= rep;
-            memcpy(fl + p, &w, 8);
-        }
-    }
-    for (; p < b; p++)
-        if (!(fl[p] & bit)) { fl[p] |= bit; n++; }
     return n;
 }
 
@@ -1289,6 +1267,16 @@ static inline int gmem_present(const gmem_t *g, int64_t p)
     return g->page_pfn[p] != 0 || (g->order && g->fstate[p >> g->order] == INTACT);
 }
 
+/* the run of pages from p (< lim) that are present or absent as p is (*pr) */
+static int64_t gmem_present_seg(const gmem_t *g, int64_t p, int64_t lim, int *pr)
+{
+    int v = gmem_present(g, p);
+    int64_t e = p + 1;
+    while (e < lim && gmem_present(g, e) == v) e++;
+    *pr = v;
+    return e;
+}
+
 static int64_t count_pfns(const int32_t *page_pfn, int64_t a, int64_t b)
 {
     int64_t n = 0;
@@ -1353,16 +1341,12 @@ static void gmem_demote(core_t *c, gmem_t *g, int64_t f)            /* _demote *
     }
 }
 
-static void set_flag_range(uint8_t *fl, int64_t a, int64_t b, uint8_t bit)
-{
-    for (int64_t p = a; p < b; p++) fl[p] |= bit;
-}
 
 /* zap_host: every process's PTEs and PMDs (unmap_mapping_range) */
 static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int charge)
 {
     int64_t n = 0;
-    for (int q = 0; q < MAX_PROCS; q++) n += clear_flag_count(g->pflags, p0, p1, pf_host(q));
+    for (int q = 0; q < MAX_PROCS; q++) n += rm_clear_bit(&g->pflags, p0, p1, pf_host(q));
     /* inside the ioctl: the measured MADV_DONTNEED figure less its syscall entry */
     if (n && charge) led_op_beyond(c, K_HOST_ZAP_PTE, K_IOCTL_ENTRY, n);
     if (g->order) {
@@ -1376,8 +1360,8 @@ static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int c
             if (a < p0 || b > p1) {
                 for (int q = 0; q < MAX_PROCS; q++) {
                     if (!(pm & fb_pmd(q))) continue;
-                    if (a < p0) set_flag_range(g->pflags, a, p0, pf_host(q));
-                    if (b > p1) set_flag_range(g->pflags, p1, b, pf_host(q));
+                    if (a < p0) rm_set_bit(&g->pflags, a, p0, pf_host(q));
+                    if (b > p1) rm_set_bit(&g->pflags, p1, b, pf_host(q));
                 }
                 gmem_demote(c, g, f);
                 c->mapping_demotions += k;
@@ -1414,7 +1398,7 @@ static void tdx_remove(core_t *c, int64_t leaves, int64_t pages)   /* _tdx_remov
 static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int private_leaves)
 {
     int tdx = private_leaves && c->plat == PLAT_TDX;
-    int64_t n = clear_flag_count(g->pflags, p0, p1, PF_S2), leaves = n;
+    int64_t n = rm_clear_bit(&g->pflags, p0, p1, PF_S2), leaves = n;
     led_each(c, K_STAGE2_ZAP_4K, n);
     if (n && tdx) tdx_remove(c, n, n);
     if (g->order) {
@@ -1424,8 +1408,8 @@ static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int pr
             if (!(g->fbits[f] & FB_S2_HUGE)) continue;
             int64_t a = f * fp, b = (f + 1) * fp;
             if (a < p0 || b > p1) {
-                set_flag_range(g->pflags, a, p0, PF_S2);
-                set_flag_range(g->pflags, p1, b, PF_S2);
+                rm_set_bit(&g->pflags, a, p0, PF_S2);
+                rm_set_bit(&g->pflags, p1, b, PF_S2);
                 gmem_demote(c, g, f);
                 c->mapping_demotions++;
                 if (tdx) {
@@ -1444,41 +1428,51 @@ static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int pr
         }
     }
     if (leaves) {
-        if (tdx) clear_flag_count(g->pflags, p0, p1, PF_PREP);
+        if (tdx) rm_clear_bit(&g->pflags, p0, p1, PF_PREP);
         vm_flush_tlbs(c);
     }
 }
 
 static void gmem_prepare(core_t *c, gmem_t *g, int64_t p0, int64_t p1)   /* _prepare */
 {
-    int64_t n = set_flag_count(g->pflags, p0, p1, PF_PREP);
+    int64_t n = rm_set_bit(&g->pflags, p0, p1, PF_PREP);
     if (n && c->plat != PLAT_SW)
         led_each(c, c->plat == PLAT_TDX ? K_FW_TDX_TO_PRIVATE : K_FW_SNP_TO_PRIVATE, n);
 }
 
 static void gmem_snp_make_shared(core_t *c, gmem_t *g, int64_t p0, int64_t p1)  /* _snp_make_shared */
 {
-    int64_t n = clear_flag_count(g->pflags, p0, p1, PF_PREP);
+    int64_t n = rm_clear_bit(&g->pflags, p0, p1, PF_PREP);
     if (n && c->plat == PLAT_SNP) led_each(c, K_FW_SNP_TO_SHARED, n);
 }
 
-/* set `bit` on [a, b); count the pages newly set that are not fresh (fresh: one byte per
- * page from `base`, or NULL) */
-static int64_t set_flag_count_old(uint8_t *fl, int64_t a, int64_t b, uint8_t bit,
-                                  const uint8_t *fresh, int64_t base)
+/* set `bit` on [a, b); count the pages newly set that are not fresh (fresh: nfresh sorted
+ * runs (start, end) of pages that were absent before the access faulted them in) */
+static int64_t set_flag_count_old(rmap_t *fl, int64_t a, int64_t b, uint32_t bit,
+                                  const int64_t *fresh, int64_t nfresh)
 {
-    if (!fresh) return set_flag_count(fl, a, b, bit);
-    int64_t n = 0;
-    for (int64_t p = a; p < b; p++)
-        if (!(fl[p] & bit)) {
-            fl[p] |= bit;
-            n += !fresh[p - base];
+    int64_t n = 0, k = 0;
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(fl, a, b, &x);
+        if (!(x & bit)) {
+            rm_set(fl, a, e, x | bit);
+            n += e - a;
+            while (k < nfresh && fresh[2 * k + 1] <= a) k++;
+            for (int64_t q = k; q < nfresh && fresh[2 * q] < e; q++) {
+                int64_t lo = fresh[2 * q] > a ? fresh[2 * q] : a;
+                int64_t hi = fresh[2 * q + 1] < e ? fresh[2 * q + 1] : e;
+                if (lo < hi) n -= hi - lo;
+            }
         }
+        a = e;
+    }
     return n;
 }
 
 static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int64_t p1,
-                     int guest, int proc, int state, const uint8_t *fresh)   /* _map */
+                     int guest, int proc, int state, const int64_t *fresh,
+                     int64_t nfresh)   /* _map */
 {
     uint8_t pte = guest ? PF_S2 : pf_host(proc);
     int64_t n = 0;
@@ -1492,8 +1486,7 @@ static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int6
             if ((g->fbits[f] & FB_DEMOTED) && !g->promote) continue;
             if (!attrs_is_uniform(view, f * fp, (f + 1) * fp, state)) continue;
             g->fbits[f] |= pmd;
-            uint8_t *fl = g->pflags + f * fp;
-            for (int64_t i = 0; i < fp; i++) fl[i] &= ~pte;
+            rm_clear_bit(&g->pflags, f * fp, (f + 1) * fp, pte);
             if (g->fbits[f] & FB_DEMOTED) {
                 g->fbits[f] &= ~FB_DEMOTED;
                 c->huge_merges++;
@@ -1502,10 +1495,10 @@ static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int6
         for (int64_t f = f0; f < f1; f++) {
             if (g->fbits[f] & pmd) continue;
             int64_t a = p0 > f * fp ? p0 : f * fp, b = p1 < (f + 1) * fp ? p1 : (f + 1) * fp;
-            n += set_flag_count_old(g->pflags, a, b, pte, fresh, p0);
+            n += set_flag_count_old(&g->pflags, a, b, pte, fresh, nfresh);
         }
     } else {
-        n = set_flag_count_old(g->pflags, p0, p1, pte, fresh, p0);
+        n = set_flag_count_old(&g->pflags, p0, p1, pte, fresh, nfresh);
     }
     if (n && !guest) led_each(c, K_REFAULT_GMEM, n);
 }
@@ -1542,9 +1535,8 @@ static void gmem_arch_invalidate(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
     if (g->platform == PLATFORM_PRESERVE) return;
     uint32_t v = g->platform == PLATFORM_ZERO ? 0 : GARBAGE;
     for (int64_t p = p0; p < p1;) {          /* runs of present pages */
-        int pr = gmem_present(g, p);
-        int64_t e = p + 1;
-        while (e < p1 && gmem_present(g, e) == pr) e++;
+        int pr;
+        int64_t e = gmem_present_seg(g, p, p1, &pr);
         if (pr) rm_set(&g->data, p, e, v);
         p = e;
     }
@@ -1674,19 +1666,23 @@ static int gmem_access(core_t *c, slot_t *s, int64_t p0, int64_t p1, int guest, 
     } else if (!attrs_is_uniform(&s->attrs, p0, p1, want)) {
         return EFAULT;
     }
-    uint8_t *fresh = NULL;
+    int64_t nfresh = 0;
     if (!guest) {       /* the first touch of a fresh page is its fault: no refault */
-        if (c->cap_fresh < p1 - p0) {
-            free(c->fresh);
-            c->cap_fresh = p1 - p0;
-            c->fresh = xcalloc((size_t)c->cap_fresh, 1);
+        for (int64_t p = p0; p < p1;) {
+            int pr;
+            int64_t e = gmem_present_seg(g, p, p1, &pr);
+            if (!pr) {
+                grow_keep64(&c->fresh, &c->cap_fresh, 2 * nfresh + 2);
+                c->fresh[2 * nfresh] = p;
+                c->fresh[2 * nfresh + 1] = e;
+                nfresh++;
+            }
+            p = e;
         }
-        fresh = c->fresh;
-        for (int64_t p = p0; p < p1; p++) fresh[p - p0] = !gmem_present(g, p);
     }
     gmem_populate(c, g, &s->attrs, p0, p1);
     if (guest && want == PRIVATE) gmem_prepare(c, g, p0, p1);
-    gmem_map(c, g, &s->attrs, p0, p1, guest != 0, guest ? 0 : proc, want, fresh);
+    gmem_map(c, g, &s->attrs, p0, p1, guest != 0, guest ? 0 : proc, want, c->fresh, nfresh);
     *mism = touch(c, &g->data, p0, p1, write, token);
     return 0;
 }
@@ -1773,7 +1769,7 @@ static int shared_access(core_t *c, shared_t *s, int64_t p0, int64_t p1, int pro
     if (proc && s->kind == 0) return EFAULT;     /* anonymous memory: the VMM's only */
     shared_populate(c, s, p0, p1);
     uint8_t bit = (uint8_t)(1 << proc);
-    for (int64_t p = p0; p < p1; p++) s->host_map[p] |= bit;
+    rm_set_bit(&s->host_map, p0, p1, bit);
     *mism = touch(c, &s->data, p0, p1, write, token);
     return 0;
 }
@@ -1782,7 +1778,7 @@ static int64_t shared_guest_access(core_t *c, shared_t *s, gmem_t *g, int64_t p0
                                    int write, uint64_t token)            /* guest_access */
 {
     shared_populate(c, s, p0, p1);
-    for (int64_t p = p0; p < p1; p++) g->pflags[p] |= PF_S2;
+    rm_set_bit(&g->pflags, p0, p1, PF_S2);
     return touch(c, &s->data, p0, p1, write, token);
 }
 
@@ -1794,12 +1790,8 @@ static int64_t attrs_count(const attrs_t *a, int64_t start, int64_t end, int v)
 static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* discard */
 {
     if (s->page == 2) return 0;
-    int mapped = 0;
-    for (int64_t p = p0; p < p1; p++)
-        if (s->host_map[p]) {
-            mapped = 1;
-            s->host_map[p] = 0;
-        }
+    int mapped = rm_any_bit(&s->host_map, p0, p1, 0xff);
+    rm_set(&s->host_map, p0, p1, 0);
     int64_t freed = 0;
     if (s->huge) {
         int64_t c0 = p0 >> 9, c1 = ((p1 - 1) >> 9) + 1;
@@ -2027,7 +2019,7 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     g->platform = platform;
     g->promote = promote;
     g->page_pfn = xcalloc((size_t)g->npages, sizeof(int32_t));
-    g->pflags = xcalloc((size_t)g->npages, 1);
+    rm_init(&g->pflags, g->npages, 0, 0);
     rm_init(&g->data, g->npages, 0, 0);
     g->pins = xcalloc((size_t)g->npages, sizeof(uint16_t));
     if (order) {
@@ -2045,7 +2037,7 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     sh->page = shared_page;
     sh->huge = shared_page != 0;
     sh->page_pfn = xcalloc((size_t)sh->npages, sizeof(int32_t));
-    sh->host_map = xcalloc((size_t)sh->npages, 1);
+    rm_init(&sh->host_map, sh->npages, 0, 0);
     rm_init(&sh->data, sh->npages, 0, 0);
     sh->pins = xcalloc((size_t)sh->npages, sizeof(uint16_t));
     if (sh->huge) {
@@ -2312,7 +2304,7 @@ void core_huge_stats(core_t *c, int64_t *out)                  /* SimTarget.snap
     for (int i = 0; i < c->nslots; i++) {
         const gmem_t *g = &c->slots[i].g;
         const shared_t *s = c->slots[i].s;
-        out[CORE_H_S2_4K] += count_flag(g->pflags, g->npages, PF_S2) * (int64_t)PAGE_SIZE;
+        out[CORE_H_S2_4K] += rm_count_bit(&g->pflags, 0, g->npages, PF_S2) * (int64_t)PAGE_SIZE;
         if (g->order) {
             int64_t bytes = g->fpages * (int64_t)PAGE_SIZE;
             out[g->order == 9 ? CORE_H_S2_2M : CORE_H_S2_1G] +=
@@ -2326,11 +2318,7 @@ void core_huge_stats(core_t *c, int64_t *out)                  /* SimTarget.snap
                 if (s->chunk[ch] != INTACT) continue;
                 out[CORE_H_INTACT]++;
                 int64_t a = ch << 9, e = a + 512 < s->npages ? a + 512 : s->npages;
-                for (int64_t p = a; p < e; p++)
-                    if (s->host_map[p]) {
-                        out[CORE_H_HOST_HUGE] += 512 * (int64_t)PAGE_SIZE;
-                        break;
-                    }
+                if (rm_any_bit(&s->host_map, a, e, 0xff)) out[CORE_H_HOST_HUGE] += 512 * (int64_t)PAGE_SIZE;
             }
             out[CORE_H_POSSIBLE] += s->nchunks;
         }
@@ -2454,11 +2442,11 @@ void core_free(core_t *c)
     if (!c) return;
     for (int i = 0; i < c->nslots; i++) {
         slot_t *s = &c->slots[i];
-        free(s->g.page_pfn); free(s->g.pflags); rm_destroy(&s->g.data); free(s->g.pins);
+        free(s->g.page_pfn); rm_destroy(&s->g.pflags); rm_destroy(&s->g.data); free(s->g.pins);
         free(s->g.fstate); free(s->g.fbits); free(s->g.fpfn);
         rm_destroy(&s->attrs);
         if (s->s) {
-            free(s->s->page_pfn); free(s->s->host_map); rm_destroy(&s->s->data); free(s->s->pins);
+            free(s->s->page_pfn); rm_destroy(&s->s->host_map); rm_destroy(&s->s->data); free(s->s->pins);
             free(s->s->chunk); free(s->s->chunk_pfn); free(s->s->deferred);
             free(s->s);
         }
