@@ -176,7 +176,7 @@ typedef struct {
     int64_t size, npages, fpages, nfolios;
     int flags, order, platform, promote;
     int split_on_share;     /* in-place.huge=split: GuestMemfd.split_on_share */
-    int32_t *page_pfn;      /* pfn + 1 */
+    rmap_t page_pfn;        /* pfn + 1 of 4K folios / split parts, as linear runs */
     rmap_t pflags;          /* PF_* bits per page, as runs */
     rmap_t data;            /* content token per page, as runs */
     uint16_t *pins;
@@ -191,7 +191,7 @@ typedef struct {
 typedef struct {
     int64_t npages, nchunks;
     int kind, page, huge;   /* kind 0 anon 1 memfd; page 0 4k 1 thp 2 hugetlb */
-    int32_t *page_pfn;
+    rmap_t page_pfn;        /* pfn + 1 of 4K pages / split parts, as linear runs */
     rmap_t host_map;        /* bit per host process mapping the page, as runs */
     rmap_t data;            /* content token per page, as runs */
     uint16_t *pins;
@@ -231,9 +231,8 @@ struct core {
     int in_step;
     /* scratch buffers */
     int64_t *miss; int64_t cap_miss;
-    int32_t *apfn; int64_t cap_apfn;
-    int32_t *fpfn; int64_t cap_fpfn;
-    int32_t *sortbuf; int64_t cap_sortbuf;
+    int64_t *aruns; int64_t cap_aruns, naruns;   /* (pfn, npages) runs allocated */
+    int64_t *fruns; int64_t cap_fruns;            /* (pfn, npages) runs to free */
     int64_t *fresh; int64_t cap_fresh;   /* runs (start, end) of pages absent before a fault */
     char err[256];
 };
@@ -274,16 +273,6 @@ static void grow_keep64(int64_t **buf, int64_t *cap, int64_t need)   /* keeps co
     *cap = n;
 }
 
-static void grow32(int32_t **buf, int64_t *cap, int64_t need)
-{
-    if (need <= *cap) return;
-    int64_t n = *cap ? *cap : 1024;
-    while (n < need) n *= 2;
-    free(*buf);
-    *buf = malloc((size_t)n * sizeof(int32_t));
-    if (!*buf) abort();
-    *cap = n;
-}
 
 /* ------------------------------------------------------------------ ledger */
 static void led_add(core_t *c, int k, int64_t n, double ns)
@@ -675,14 +664,17 @@ static inline int aligned_order(int64_t pfn, int64_t npages)
     return order;
 }
 
-/* alloc_pages: n order-0 pages into out[] in the order taken; -1 = OOM, nothing changed */
-static int buddy_alloc_pages(buddy_t *b, int64_t n, int movable, int32_t *out)
+/* alloc_pages: n order-0 pages as (pfn, npages) runs in the order taken, adjacent ones
+ * merged (*runs grows as needed, *nruns set); -1 = OOM, nothing changed */
+static int buddy_alloc_pages(buddy_t *b, int64_t n, int movable, int64_t **runs, int64_t *cap,
+                             int64_t *nruns)
 {
+    *nruns = 0;
     if (n == 0) return 0;
     if (n > b->free_pages) return -1;
     int t = movable ? MOVABLE : UNMOVABLE;
     uint8_t v = (uint8_t)(t + 1);
-    int64_t rem = n, k = 0;
+    int64_t rem = n, k = 0, last_end = -1;
     int lowest = 0;
     while (rem) {
         int64_t pfn = -1;
@@ -714,10 +706,19 @@ static int buddy_alloc_pages(buddy_t *b, int64_t n, int movable, int32_t *out)
         }
         if (size == 1) b->state[pfn] = v;
         else memset(b->state + pfn, v, (size_t)size);
-        for (int64_t i = 0; i < size; i++) out[k++] = (int32_t)(pfn + i);
+        if (pfn == last_end) {
+            (*runs)[2 * k - 1] += size;
+        } else {
+            grow_keep64(runs, cap, 2 * k + 2);
+            (*runs)[2 * k] = pfn;
+            (*runs)[2 * k + 1] = size;
+            k++;
+        }
+        last_end = pfn + size;
         rem -= size;
     }
     b->free_pages -= n;
+    *nruns = k;
     return 0;
 }
 
@@ -1107,62 +1108,52 @@ static void host_free_hugetlb(core_t *c, int64_t pfn, int order)      /* free_hu
     c->pool[i][c->npool[i]++] = (int32_t)pfn;
 }
 
-/* alloc_pages: n pfns into c->apfn; OutOfMemory unwinds to the step */
-static int32_t *host_alloc_pages(core_t *c, int64_t n, int movable)
+/* alloc_pages: n pages as runs in c->aruns (c->naruns); OutOfMemory unwinds to the step */
+static void host_alloc_pages(core_t *c, int64_t n, int movable)
 {
-    grow32(&c->apfn, &c->cap_apfn, n);
-    if (buddy_alloc_pages(&c->b, n, movable, c->apfn) == 0) return c->apfn;
-    if (!shrink(c) || buddy_alloc_pages(&c->b, n, movable, c->apfn) < 0) {
+    buddy_t *b = &c->b;
+    if (buddy_alloc_pages(b, n, movable, &c->aruns, &c->cap_aruns, &c->naruns) == 0) return;
+    if (!shrink(c) || buddy_alloc_pages(b, n, movable, &c->aruns, &c->cap_aruns, &c->naruns) < 0) {
         if (c->in_step) longjmp(c->oom, 1);
         abort();
     }
-    return c->apfn;
 }
 
-/* pfns (< 2^31) ascending: insertion sort when short, else LSD radix sort on bytes,
- * skipping the bytes in which all pfns agree */
-static void sort_pfns(core_t *c, int32_t *v, int64_t n)
+static int cmp_run(const void *x, const void *y)
 {
-    if (n <= 32) {
-        for (int64_t i = 1; i < n; i++) {
-            int32_t x = v[i];
-            int64_t j = i;
-            while (j > 0 && v[j - 1] > x) { v[j] = v[j - 1]; j--; }
-            v[j] = x;
-        }
-        return;
-    }
-    uint32_t differ = 0, first = (uint32_t)v[0];
-    for (int64_t i = 1; i < n; i++) differ |= (uint32_t)v[i] ^ first;
-    grow32(&c->sortbuf, &c->cap_sortbuf, n);
-    int32_t *src = v, *dst = c->sortbuf;
-    for (int shift = 0; shift < 32; shift += 8) {
-        if (!((differ >> shift) & 0xff)) continue;
-        int64_t cnt[256] = {0};
-        for (int64_t i = 0; i < n; i++) cnt[((uint32_t)src[i] >> shift) & 0xff]++;
-        int64_t sum = 0;
-        for (int k = 0; k < 256; k++) { int64_t x = cnt[k]; cnt[k] = sum; sum += x; }
-        for (int64_t i = 0; i < n; i++) dst[cnt[((uint32_t)src[i] >> shift) & 0xff]++] = src[i];
-        int32_t *t = src; src = dst; dst = t;
-    }
-    if (src != v) memcpy(v, src, (size_t)n * sizeof(int32_t));
+    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return (a > b) - (a < b);
 }
 
-/* free_pfns: sorted, as contiguous runs (pfns is modified) */
-static void host_free_pfns(core_t *c, int32_t *pfns, int64_t n)
+/* free_pfns: k (pfn, npages) runs of held pages, freed by address as maximal contiguous runs
+ * (runs is reordered) */
+static void host_free_runs(core_t *c, int64_t *runs, int64_t k)
 {
-    if (!n) return;
+    if (!k) return;
     int64_t i;
-    for (i = 1; i < n; i++)
-        if (pfns[i] < pfns[i - 1]) break;
-    if (i < n) sort_pfns(c, pfns, n);
-    int64_t s = 0;
-    for (i = 1; i <= n; i++) {
-        if (i == n || pfns[i] != pfns[i - 1] + 1) {
-            buddy_free_range(&c->b, pfns[s], i - s);
-            s = i;
+    for (i = 1; i < k; i++)
+        if (runs[2 * i] < runs[2 * i - 2]) break;
+    if (i < k) qsort(runs, (size_t)k, 2 * sizeof(int64_t), cmp_run);
+    int64_t s = runs[0], n = runs[1];
+    for (i = 1; i <= k; i++) {
+        if (i < k && runs[2 * i] == s + n) {
+            n += runs[2 * i + 1];
+            continue;
+        }
+        buddy_free_range(&c->b, s, n);
+        if (i < k) {
+            s = runs[2 * i];
+            n = runs[2 * i + 1];
         }
     }
+}
+
+static void push_run(int64_t **v, int64_t *cap, int64_t *k, int64_t start, int64_t n)
+{
+    grow_keep64(v, cap, 2 * *k + 2);
+    (*v)[2 * *k] = start;
+    (*v)[2 * *k + 1] = n;
+    (*k)++;
 }
 
 static int64_t rm_count_bit(const rmap_t *m, int64_t a, int64_t b, uint32_t bit)
@@ -1202,23 +1193,64 @@ static void lru_push(gmem_t *g, int64_t f)
     }
 }
 
-static void gmem_alloc_4k(core_t *c, gmem_t *g, const int64_t *pages, int64_t n)   /* _alloc_4k */
+/* give the absent pages of `map` (nholes (start, end) runs in c->miss, n pages) the pages
+ * of c->aruns in order */
+static void fill_holes(core_t *c, rmap_t *map, int64_t nholes)
 {
-    int32_t *pfns = host_alloc_pages(c, n, 0);
-    for (int64_t i = 0; i < n; i++) g->page_pfn[pages[i]] = pfns[i] + 1;
+    int64_t r = 0, used = 0;
+    for (int64_t h = 0; h < nholes; h++) {
+        int64_t p = c->miss[2 * h], e = c->miss[2 * h + 1];
+        while (p < e) {
+            int64_t avail = c->aruns[2 * r + 1] - used, k = e - p < avail ? e - p : avail;
+            rm_set(map, p, p + k, (uint32_t)(c->aruns[2 * r] + used + 1));
+            p += k;
+            used += k;
+            if (used == c->aruns[2 * r + 1]) {
+                r++;
+                used = 0;
+            }
+        }
+    }
+}
+
+static void gmem_alloc_4k(core_t *c, gmem_t *g, int64_t nholes, int64_t n)   /* _alloc_4k */
+{
+    host_alloc_pages(c, n, 0);
+    fill_holes(c, &g->page_pfn, nholes);
     g->present += n;
     c->footprint += n;
     led_op(c, K_FAULT_GMEM, n);
-    for (int64_t i = n > LRU_BATCH ? n - LRU_BATCH : 0; i < n; i++) lru_push(g, pages[i] >> g->order);
+    /* the last LRU_BATCH pages faulted enter the per-CPU LRU batch */
+    int64_t skip = n > LRU_BATCH ? n - LRU_BATCH : 0, i = 0;
+    for (int64_t h = 0; h < nholes; h++) {
+        int64_t a = c->miss[2 * h], e = c->miss[2 * h + 1];
+        if (i + (e - a) <= skip) {
+            i += e - a;
+            continue;
+        }
+        for (int64_t p = a; p < e; p++, i++)
+            if (i >= skip) lru_push(g, p >> g->order);
+    }
 }
 
-static int64_t collect_missing(core_t *c, const int32_t *page_pfn, int64_t a, int64_t b)
+/* the absent pages of [a, b) as (start, end) runs in c->miss; returns the run count, *n pages */
+static int64_t collect_missing(core_t *c, const rmap_t *map, int64_t a, int64_t b, int64_t *n)
 {
-    grow64(&c->miss, &c->cap_miss, b - a);
-    int64_t n = 0;
-    for (int64_t p = a; p < b; p++)
-        if (!page_pfn[p]) c->miss[n++] = p;
-    return n;
+    int64_t k = 0;
+    *n = 0;
+    while (a < b) {
+        uint32_t v;
+        int64_t e = rm_seg(map, a, b, &v);
+        if (!v) {
+            grow_keep64(&c->miss, &c->cap_miss, 2 * k + 2);
+            c->miss[2 * k] = a;
+            c->miss[2 * k + 1] = e;
+            k++;
+            *n += e - a;
+        }
+        a = e;
+    }
+    return k;
 }
 
 static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f);
@@ -1227,8 +1259,8 @@ static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f);
 static int64_t gmem_populate(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int64_t p1)
 {
     if (!g->order) {
-        int64_t n = collect_missing(c, g->page_pfn, p0, p1);
-        if (n) gmem_alloc_4k(c, g, c->miss, n);
+        int64_t n, k = collect_missing(c, &g->page_pfn, p0, p1, &n);
+        if (n) gmem_alloc_4k(c, g, k, n);
         return n;
     }
     int o = g->order;
@@ -1253,45 +1285,48 @@ static int64_t gmem_populate(core_t *c, gmem_t *g, const attrs_t *view, int64_t 
             }
             g->fstate[f] = FALLBACK;
         }
-        int64_t n = collect_missing(c, g->page_pfn, a, b);
+        int64_t n, k = collect_missing(c, &g->page_pfn, a, b, &n);
         if (n) {
-            gmem_alloc_4k(c, g, c->miss, n);
+            gmem_alloc_4k(c, g, k, n);
             faulted += n;
         }
     }
     return faulted;
 }
 
-static inline int gmem_present(const gmem_t *g, int64_t p)
-{
-    return g->page_pfn[p] != 0 || (g->order && g->fstate[p >> g->order] == INTACT);
-}
-
 /* the run of pages from p (< lim) that are present or absent as p is (*pr) */
 static int64_t gmem_present_seg(const gmem_t *g, int64_t p, int64_t lim, int *pr)
 {
-    int v = gmem_present(g, p);
-    int64_t e = p + 1;
-    while (e < lim && gmem_present(g, e) == v) e++;
-    *pr = v;
-    return e;
-}
-
-static int64_t count_pfns(const int32_t *page_pfn, int64_t a, int64_t b)
-{
-    int64_t n = 0;
-    for (int64_t p = a; p < b; p++) n += page_pfn[p] != 0;
-    return n;
+    int first = -1, o = g->order;
+    while (p < lim) {
+        int v;
+        int64_t e;
+        if (o && g->fstate[p >> o] == INTACT) {
+            v = 1;
+            e = ((p >> o) + 1) << o;
+            if (e > lim) e = lim;
+        } else {
+            uint32_t x;
+            e = rm_seg(&g->page_pfn, p, lim, &x);
+            v = x != 0;
+            if (o && e > (((p >> o) + 1) << o)) e = ((p >> o) + 1) << o;
+        }
+        if (first < 0) first = v;
+        else if (v != first) break;
+        p = e;
+    }
+    *pr = first;
+    return p;
 }
 
 static int64_t gmem_count_present(const gmem_t *g, int64_t p0, int64_t p1)
 {
-    if (!g->order) return count_pfns(g->page_pfn, p0, p1);
+    if (!g->order) return rm_count_nz(&g->page_pfn, p0, p1);
     int o = g->order;
     int64_t fp = g->fpages, n = 0;
     for (int64_t f = p0 >> o; f <= (p1 - 1) >> o; f++) {
         int64_t a = p0 > f * fp ? p0 : f * fp, b = p1 < (f + 1) * fp ? p1 : (f + 1) * fp;
-        n += g->fstate[f] == INTACT ? b - a : count_pfns(g->page_pfn, a, b);
+        n += g->fstate[f] == INTACT ? b - a : rm_count_nz(&g->page_pfn, a, b);
     }
     return n;
 }
@@ -1299,7 +1334,7 @@ static int64_t gmem_count_present(const gmem_t *g, int64_t p0, int64_t p1)
 static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f)        /* _split_folio */
 {
     int64_t fp = g->fpages, base = g->fpfn[f];
-    for (int64_t i = 0; i < fp; i++) g->page_pfn[f * fp + i] = (int32_t)(base + 1 + i);
+    rm_set(&g->page_pfn, f * fp, (f + 1) * fp, (uint32_t)(base + 1));
     g->fstate[f] = SPLIT;
     if (!(g->fbits[f] & FB_DEMOTED))      /* a demoted mapping already counted this folio */
         c->huge_splits++;
@@ -1313,7 +1348,7 @@ static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f)        /* _split_f
 static void gmem_merge_folio(core_t *c, gmem_t *g, int64_t f)        /* _merge_folio */
 {
     int64_t fp = g->fpages;
-    memset(g->page_pfn + f * fp, 0, (size_t)fp * sizeof(int32_t));
+    rm_set(&g->page_pfn, f * fp, (f + 1) * fp, 0);
     g->fstate[f] = INTACT;
     c->huge_pages += fp;
     c->folio_merges++;
@@ -1511,7 +1546,7 @@ static int64_t gmem_first_elevated(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
     if (o) {
         for (int64_t f = f0; f < f1; f++) nfolios += g->fstate[f] != 0;
     } else {
-        for (int64_t p = p0; p < p1; p++) nfolios += g->page_pfn[p] != 0;
+        nfolios = rm_count_nz(&g->page_pfn, p0, p1);
     }
     led_each(c, K_REFCOUNT_SCAN_FOLIO, nfolios);
     int in_lru = 0;
@@ -1578,24 +1613,26 @@ static int gmem_set_attrs2(core_t *c, slot_t *s, uint64_t offset, uint64_t size,
     return 0;
 }
 
-static int64_t free_4k(core_t *c, int32_t *page_pfn, int64_t a, int64_t b)   /* _free_4k */
+static int64_t free_4k(core_t *c, rmap_t *page_pfn, int64_t a, int64_t b)   /* _free_4k */
 {
-    grow32(&c->fpfn, &c->cap_fpfn, b - a);
-    int64_t n = 0;
-    for (int64_t p = a; p < b; p++)
-        if (page_pfn[p]) {
-            c->fpfn[n++] = page_pfn[p] - 1;
-            page_pfn[p] = 0;
+    int64_t n = 0, k = 0;
+    for (int64_t p = a; p < b;) {
+        uint32_t v;
+        int64_t e = rm_seg(page_pfn, p, b, &v);
+        if (v) {
+            push_run(&c->fruns, &c->cap_fruns, &k, (int64_t)v - 1, e - p);
+            n += e - p;
         }
-    host_free_pfns(c, c->fpfn, n);
+        p = e;
+    }
+    if (n) rm_set(page_pfn, a, b, 0);
+    host_free_runs(c, c->fruns, k);
     return n;
 }
 
-static int any_pfn(const int32_t *page_pfn, int64_t a, int64_t b)
+static int any_pfn(const rmap_t *page_pfn, int64_t a, int64_t b)
 {
-    for (int64_t p = a; p < b; p++)
-        if (page_pfn[p]) return 1;
-    return 0;
+    return rm_count_nz(page_pfn, a, b) > 0;
 }
 
 static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* fallocate_punch_hole */
@@ -1621,8 +1658,8 @@ static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* 
             int64_t a = f * fp, b = (f + 1) * fp;
             int64_t a2 = a > p0 ? a : p0, b2 = b < p1 ? b : p1;
             if (state == FALLBACK) {
-                freed += free_4k(c, g->page_pfn, a2, b2);
-                if (!any_pfn(g->page_pfn, a, b)) g->fstate[f] = ABSENT;
+                freed += free_4k(c, &g->page_pfn, a2, b2);
+                if (!any_pfn(&g->page_pfn, a, b)) g->fstate[f] = ABSENT;
             } else if (p0 <= a && b <= p1) {
                 if (state == SPLIT) gmem_merge_folio(c, g, f);
                 host_free_hugetlb(c, g->fpfn[f], o);
@@ -1635,7 +1672,7 @@ static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* 
             }
         }
     } else {
-        freed = free_4k(c, g->page_pfn, p0, p1);
+        freed = free_4k(c, &g->page_pfn, p0, p1);
     }
     g->present -= freed + pooled;
     c->footprint -= freed;
@@ -1702,21 +1739,20 @@ static int pin_pages(uint16_t *pins, int64_t *npinned, int64_t p0, int64_t p1, i
 }
 
 /* ------------------------------------------------------------------ SharedBacking */
-static int shared_alloc_4k(core_t *c, shared_t *s, const int64_t *pages, int64_t n)
+static void shared_alloc_4k(core_t *c, shared_t *s, int64_t nholes, int64_t n)
 {
-    int32_t *pfns = host_alloc_pages(c, n, 1);
-    for (int64_t i = 0; i < n; i++) s->page_pfn[pages[i]] = pfns[i] + 1;
+    host_alloc_pages(c, n, 1);
+    fill_holes(c, &s->page_pfn, nholes);
     s->present += n;
     c->footprint += n;
     led_op(c, s->kind == 0 ? K_FAULT_ANON : K_FAULT_SHMEM, n);
-    return (int)0;
 }
 
 static int64_t shared_populate(core_t *c, shared_t *s, int64_t p0, int64_t p1)
 {
     if (!s->huge) {
-        int64_t n = collect_missing(c, s->page_pfn, p0, p1);
-        if (n) shared_alloc_4k(c, s, c->miss, n);
+        int64_t n, k = collect_missing(c, &s->page_pfn, p0, p1, &n);
+        if (n) shared_alloc_4k(c, s, k, n);
         return n;
     }
     int64_t c0 = p0 >> 9, c1 = ((p1 - 1) >> 9) + 1, faulted = 0;
@@ -1737,27 +1773,23 @@ static int64_t shared_populate(core_t *c, shared_t *s, int64_t p0, int64_t p1)
             }
             s->chunk[ch] = SPLIT;
         }
-        int64_t n = collect_missing(c, s->page_pfn, a, b);
+        int64_t n, k = collect_missing(c, &s->page_pfn, a, b, &n);
         if (n) {
-            shared_alloc_4k(c, s, c->miss, n);
+            shared_alloc_4k(c, s, k, n);
             faulted += n;
         }
     }
     return faulted;
 }
 
-static inline int shared_present(const shared_t *s, int64_t p)
-{
-    return s->page_pfn[p] != 0 || (s->huge && s->chunk[p >> 9] == INTACT);
-}
 
 static int64_t shared_count_present(const shared_t *s, int64_t p0, int64_t p1)
 {
-    if (!s->huge) return count_pfns(s->page_pfn, p0, p1);
+    if (!s->huge) return rm_count_nz(&s->page_pfn, p0, p1);
     int64_t n = 0;
     for (int64_t ch = p0 >> 9; ch <= (p1 - 1) >> 9; ch++) {
         int64_t a = p0 > (ch << 9) ? p0 : (ch << 9), b = p1 < ((ch + 1) << 9) ? p1 : ((ch + 1) << 9);
-        n += s->chunk[ch] == INTACT ? b - a : count_pfns(s->page_pfn, a, b);
+        n += s->chunk[ch] == INTACT ? b - a : rm_count_nz(&s->page_pfn, a, b);
     }
     return n;
 }
@@ -1809,7 +1841,7 @@ static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* d
             }
             if (state == INTACT) {
                 int64_t base = s->chunk_pfn[ch];
-                for (int64_t i = 0; i < 512; i++) s->page_pfn[a + i] = (int32_t)(base + 1 + i);
+                rm_set(&s->page_pfn, a, b, (uint32_t)(base + 1));
                 c->huge_pages -= 512;
                 c->huge_splits++;
                 c->folio_splits++;
@@ -1822,31 +1854,35 @@ static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* d
                     }
                     s->deferred[s->ndeferred++] = ch;
                     led_op_beyond(c, K_THP_SPLIT_ANON, K_DISCARD_ANON, 1);
-                    for (int64_t p = lo; p < hi; p++) s->page_pfn[p] = 0;
+                    rm_set(&s->page_pfn, lo, hi, 0);
                     continue;
                 }
                 s->chunk[ch] = SPLIT;
                 led_op_beyond(c, K_THP_SPLIT_SHMEM, K_PUNCH_SHMEM_UNMAPPED, 1);
             }
             if (s->chunk[ch] == DEFERRED) {
-                int64_t base = s->chunk_pfn[ch], n = 0;
-                grow32(&c->fpfn, &c->cap_fpfn, hi - lo);
-                for (int64_t p = lo; p < hi; p++) {
-                    int32_t v = s->page_pfn[p];
-                    if (v && v != (int32_t)(base + 1 + p - a)) c->fpfn[n++] = v - 1;
-                    s->page_pfn[p] = 0;
+                int64_t base = s->chunk_pfn[ch], n = 0, k = 0;
+                for (int64_t p = lo; p < hi;) {
+                    uint32_t v;
+                    int64_t e = rm_seg(&s->page_pfn, p, hi, &v);
+                    if (v && v != (uint32_t)(base + 1 + p - a)) {     /* not the THP's own */
+                        push_run(&c->fruns, &c->cap_fruns, &k, (int64_t)v - 1, e - p);
+                        n += e - p;
+                    }
+                    p = e;
                 }
+                rm_set(&s->page_pfn, lo, hi, 0);
                 if (n) {
-                    host_free_pfns(c, c->fpfn, n);
+                    host_free_runs(c, c->fruns, k);
                     freed += n;
                 }
                 continue;
             }
-            freed += free_4k(c, s->page_pfn, lo, hi);
-            if (!any_pfn(s->page_pfn, a, b)) s->chunk[ch] = ABSENT;
+            freed += free_4k(c, &s->page_pfn, lo, hi);
+            if (!any_pfn(&s->page_pfn, a, b)) s->chunk[ch] = ABSENT;
         }
     } else {
-        freed = free_4k(c, s->page_pfn, p0, p1);
+        freed = free_4k(c, &s->page_pfn, p0, p1);
     }
     s->present -= freed;
     c->footprint -= freed;
@@ -1863,15 +1899,21 @@ static int shared_deferred_split(core_t *c, shared_t *s)           /* deferred_s
 {
     if (!s->ndeferred) return 0;
     int64_t freed = 0;
-    int32_t holes[512];
     for (int64_t i = 0; i < s->ndeferred; i++) {
         int64_t ch = s->deferred[i];
         if (s->chunk[ch] != DEFERRED) continue;
-        int64_t a = ch << 9, base = s->chunk_pfn[ch];
-        int n = 0;
-        for (int64_t k = 0; k < 512; k++)
-            if (s->page_pfn[a + k] != (int32_t)(base + 1 + k)) holes[n++] = (int32_t)(base + k);
-        host_free_pfns(c, holes, n);
+        int64_t a = ch << 9, base = s->chunk_pfn[ch], n = 0, k = 0;
+        /* subpages no longer mapped (discarded) go back; re-touched holes have new pages */
+        for (int64_t p = a; p < a + 512;) {
+            uint32_t v;
+            int64_t e = rm_seg(&s->page_pfn, p, a + 512, &v);
+            if (v != (uint32_t)(base + 1 + p - a)) {
+                push_run(&c->fruns, &c->cap_fruns, &k, base + p - a, e - p);
+                n += e - p;
+            }
+            p = e;
+        }
+        host_free_runs(c, c->fruns, k);
         freed += n;
         s->chunk[ch] = SPLIT;
         s->present -= n;
@@ -2018,7 +2060,7 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     g->fpages = 1ll << order;
     g->platform = platform;
     g->promote = promote;
-    g->page_pfn = xcalloc((size_t)g->npages, sizeof(int32_t));
+    rm_init(&g->page_pfn, g->npages, 1, 0);
     rm_init(&g->pflags, g->npages, 0, 0);
     rm_init(&g->data, g->npages, 0, 0);
     g->pins = xcalloc((size_t)g->npages, sizeof(uint16_t));
@@ -2036,7 +2078,7 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     sh->kind = shared_kind;
     sh->page = shared_page;
     sh->huge = shared_page != 0;
-    sh->page_pfn = xcalloc((size_t)sh->npages, sizeof(int32_t));
+    rm_init(&sh->page_pfn, sh->npages, 1, 0);
     rm_init(&sh->host_map, sh->npages, 0, 0);
     rm_init(&sh->data, sh->npages, 0, 0);
     sh->pins = xcalloc((size_t)sh->npages, sizeof(uint16_t));
@@ -2409,7 +2451,10 @@ int64_t core_buddy_alloc(core_t *c, int order, int movable)
 
 int core_buddy_alloc_pages(core_t *c, int64_t n, int movable, int32_t *out)
 {
-    return buddy_alloc_pages(&c->b, n, movable, out);
+    if (buddy_alloc_pages(&c->b, n, movable, &c->aruns, &c->cap_aruns, &c->naruns)) return -1;
+    for (int64_t r = 0, k = 0; r < c->naruns; r++)
+        for (int64_t i = 0; i < c->aruns[2 * r + 1]; i++) out[k++] = (int32_t)(c->aruns[2 * r] + i);
+    return 0;
 }
 
 void core_buddy_free(core_t *c, int64_t pfn, int order) { buddy_free(&c->b, pfn, order); }
@@ -2442,11 +2487,11 @@ void core_free(core_t *c)
     if (!c) return;
     for (int i = 0; i < c->nslots; i++) {
         slot_t *s = &c->slots[i];
-        free(s->g.page_pfn); rm_destroy(&s->g.pflags); rm_destroy(&s->g.data); free(s->g.pins);
+        rm_destroy(&s->g.page_pfn); rm_destroy(&s->g.pflags); rm_destroy(&s->g.data); free(s->g.pins);
         free(s->g.fstate); free(s->g.fbits); free(s->g.fpfn);
         rm_destroy(&s->attrs);
         if (s->s) {
-            free(s->s->page_pfn); rm_destroy(&s->s->host_map); rm_destroy(&s->s->data); free(s->s->pins);
+            rm_destroy(&s->s->page_pfn); rm_destroy(&s->s->host_map); rm_destroy(&s->s->data); free(s->s->pins);
             free(s->s->chunk); free(s->s->chunk_pfn); free(s->s->deferred);
             free(s->s);
         }
@@ -2454,7 +2499,7 @@ void core_free(core_t *c)
     free(c->slots);
     free(c->shrinkers);
     free(c->pool[0]); free(c->pool[1]);
-    free(c->miss); free(c->apfn); free(c->fpfn); free(c->sortbuf); free(c->fresh);
+    free(c->miss); free(c->aruns); free(c->fruns); free(c->fresh);
     buddy_destroy(&c->b);
     free(c);
 }
