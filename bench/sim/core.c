@@ -252,16 +252,6 @@ static void *xcalloc(size_t n, size_t sz)
     return p;
 }
 
-static void grow64(int64_t **buf, int64_t *cap, int64_t need)
-{
-    if (need <= *cap) return;
-    int64_t n = *cap ? *cap : 1024;
-    while (n < need) n *= 2;
-    free(*buf);
-    *buf = malloc((size_t)n * sizeof(int64_t));
-    if (!*buf) abort();
-    *cap = n;
-}
 
 static void grow_keep64(int64_t **buf, int64_t *cap, int64_t need)   /* keeps contents */
 {
