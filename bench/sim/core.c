@@ -61,7 +61,6 @@
 #define ST_FREE 0
 #define ST_USED_UNMOVABLE 1
 #define ST_USED_MOVABLE 2
-#define ST_HEAD 0x80
 #define MAXO 18
 #define PBO 9
 #define KMAX 10
@@ -129,36 +128,21 @@ _Static_assert(sizeof(result_t) == CORE_RESULT_SIZE, "RESULT_DTYPE layout");
 
 /* ------------------------------------------------------------------ structures */
 typedef struct {            /* a block on a typed free list; links are node indices */
-    int32_t pfn, older, newer;
+    int64_t pfn;
+    int32_t older, newer;
 } lnode_t;
 
-typedef struct {
-    int32_t key, node;
+typedef struct {            /* a free block's head: pfn, its list node (-1: above KMAX), code */
+    int64_t key;
+    int32_t node, code;     /* code: order << 2 | list kind */
 } hent_t;
 
-typedef struct {            /* hash: pfn -> node (open addressing, linear probing) */
+typedef struct {            /* hash: pfn -> head entry (open addressing, linear probing) */
     hent_t *e;
     uint64_t mask;
     int64_t count;
     int shift;
 } lhash_t;
-
-typedef struct {
-    int64_t total, free_pages, npb, pbsize;
-    uint8_t *state;         /* ST_* or ST_HEAD | code */
-    uint8_t *labels;
-    int64_t nr[MAXO + 1];
-    int32_t lhead[2][KMAX + 1];      /* node of the most recently listed block, -1 empty */
-    lhash_t h;
-    lnode_t *nodes;
-    int64_t cap_nodes, used_nodes;
-    int32_t free_node;               /* chain of free nodes through .older */
-    /* lists of blocks above KMAX: 0 = all (_big), 1 + t = holding a pageblock of type t */
-    int32_t bhead[3][MAXO + 1];
-    int32_t *bolder[3], *bnewer[3];
-    uint8_t *bin[3];
-    int64_t nbig;
-} buddy_t;
 
 /* run maps: see rm_seg() */
 #define RM_CHUNK 512
@@ -169,6 +153,24 @@ typedef struct {
     int linear;
     uint64_t *ent;
 } rmap_t;
+
+typedef struct {
+    int64_t total, free_pages, npb, pbsize;
+    rmap_t st;              /* per page ST_FREE / ST_USED_*, as runs */
+    uint8_t *labels;
+    int64_t nr[MAXO + 1];
+    int32_t lhead[2][KMAX + 1];      /* node of the most recently listed block, -1 empty */
+    lhash_t h;                       /* every free block's head */
+    lnode_t *nodes;
+    int64_t cap_nodes, used_nodes;
+    int32_t free_node;               /* chain of free nodes through .older */
+    /* lists of blocks above KMAX: 0 = all (_big), 1 + t = holding a pageblock of type t */
+    int64_t bhead[3][MAXO + 1];
+    int64_t *bolder[3], *bnewer[3];  /* indexed by pfn >> (KMAX + 1) */
+    uint8_t *bin[3];
+    int64_t nbig;
+} buddy_t;
+
 
 typedef rmap_t attrs_t;     /* ranges.py AttrRanges: attribute runs */
 
@@ -182,7 +184,7 @@ typedef struct {
     uint16_t *pins;
     int64_t npinned;        /* pages with a pin (skip scans when 0) */
     uint8_t *fstate, *fbits;
-    int32_t *fpfn;
+    int64_t *fpfn;
     int64_t lru[LRU_BATCH];
     int lru_len, lru_start;
     int64_t present;
@@ -196,7 +198,7 @@ typedef struct {
     rmap_t data;            /* content token per page, as runs */
     uint16_t *pins;
     uint8_t *chunk;
-    int32_t *chunk_pfn;
+    int64_t *chunk_pfn;
     int64_t *deferred;
     int64_t ndeferred, cap_deferred;
     int64_t present;
@@ -219,7 +221,7 @@ struct core {
     int64_t footprint, huge_pages, huge_splits, huge_merges, huge_fallbacks, pinned_by_aging;
     int64_t mapping_demotions, folio_splits, folio_merges;    /* snapshot counters */
     int64_t private_host_touch_pages;
-    int32_t *pool[2];       /* Host.hugetlb_pool: free hugetlb pages, [0] 2M, [1] 1G */
+    int64_t *pool[2];       /* Host.hugetlb_pool: free hugetlb pages, [0] 2M, [1] 1G */
     int64_t npool[2], cap_pool[2];
     int vm_type, in_place;
     int plat, vcpus;        /* cost platform (PLAT_*), vCPUs kicked by a flush */
@@ -289,538 +291,6 @@ static void led_op_beyond(core_t *c, int k, int base, int64_t pages)  /* Ledger.
 static void led_each(core_t *c, int k, int64_t n)         /* Ledger.each */
 {
     if (n) led_add(c, k, n, c->fixed[k] * (double)n);
-}
-
-/* ------------------------------------------------------------------ pfn hash */
-static inline uint64_t h_idx(const lhash_t *h, int32_t k)
-{
-    return ((uint64_t)(uint32_t)k * 0x9E3779B97F4A7C15ull) >> h->shift;
-}
-
-static void h_init(lhash_t *h, int bits)
-{
-    uint64_t cap = 1ull << bits;
-    h->e = malloc(cap * sizeof(hent_t));
-    if (!h->e) abort();
-    memset(h->e, 0xff, cap * sizeof(hent_t));
-    h->mask = cap - 1;
-    h->count = 0;
-    h->shift = 64 - bits;
-}
-
-static inline int64_t h_find(const lhash_t *h, int32_t k)
-{
-    uint64_t i = h_idx(h, k);
-    for (;;) {
-        int32_t x = h->e[i].key;
-        if (x == k) return (int64_t)i;
-        if (x < 0) return -1;
-        i = (i + 1) & h->mask;
-    }
-}
-
-static void h_insert_raw(lhash_t *h, int32_t k, int32_t node)
-{
-    uint64_t i = h_idx(h, k);
-    while (h->e[i].key >= 0) i = (i + 1) & h->mask;
-    h->e[i].key = k;
-    h->e[i].node = node;
-    h->count++;
-}
-
-static void h_grow(lhash_t *h)
-{
-    lhash_t old = *h;
-    h_init(h, 64 - old.shift + 1);
-    for (uint64_t i = 0; i <= old.mask; i++)
-        if (old.e[i].key >= 0) h_insert_raw(h, old.e[i].key, old.e[i].node);
-    free(old.e);
-}
-
-static void h_delete_at(lhash_t *h, uint64_t i)
-{
-    /* backward-shift deletion (linear probing) */
-    uint64_t j = i;
-    for (;;) {
-        j = (j + 1) & h->mask;
-        int32_t kj = h->e[j].key;
-        if (kj < 0) break;
-        uint64_t home = h_idx(h, kj);
-        /* kj may move to i unless its home lies cyclically in (i, j] */
-        int move = (j > i) ? (home <= i || home > j) : (home <= i && home > j);
-        if (move) {
-            h->e[i] = h->e[j];
-            i = j;
-        }
-    }
-    h->e[i].key = -1;
-    h->count--;
-}
-
-/* ------------------------------------------------------------------ buddy (buddy.py) */
-static inline int ctz64(uint64_t x) { return __builtin_ctzll(x); }
-static inline int flog2(uint64_t x) { return 63 - __builtin_clzll(x); }
-
-static int32_t node_alloc(buddy_t *b)
-{
-    if (b->free_node >= 0) {
-        int32_t n = b->free_node;
-        b->free_node = b->nodes[n].older;
-        return n;
-    }
-    if (b->used_nodes == b->cap_nodes) {
-        b->cap_nodes = b->cap_nodes ? 2 * b->cap_nodes : 4096;
-        b->nodes = realloc(b->nodes, (size_t)b->cap_nodes * sizeof(lnode_t));
-        if (!b->nodes) abort();
-    }
-    return (int32_t)b->used_nodes++;
-}
-
-static void list_push(buddy_t *b, int t, int o, int32_t pfn)
-{
-    int32_t h = b->lhead[t][o];
-    int32_t n = node_alloc(b);
-    b->nodes[n].pfn = pfn;
-    b->nodes[n].older = h;
-    b->nodes[n].newer = -1;
-    if (h >= 0) b->nodes[h].newer = n;
-    b->lhead[t][o] = n;
-    if ((uint64_t)(b->h.count + 1) * 2 > b->h.mask + 1) h_grow(&b->h);
-    h_insert_raw(&b->h, pfn, n);
-}
-
-static void list_unlink(buddy_t *b, int t, int o, int32_t n)
-{
-    int32_t older = b->nodes[n].older, newer = b->nodes[n].newer;
-    if (newer >= 0) b->nodes[newer].older = older;
-    else b->lhead[t][o] = older;
-    if (older >= 0) b->nodes[older].newer = newer;
-    b->nodes[n].older = b->free_node;
-    b->free_node = n;
-}
-
-static void list_del(buddy_t *b, int t, int o, int32_t pfn)
-{
-    int64_t i = h_find(&b->h, pfn);
-    if (i < 0) abort();
-    list_unlink(b, t, o, b->h.e[i].node);
-    h_delete_at(&b->h, (uint64_t)i);
-}
-
-static inline int32_t list_head_pfn(const buddy_t *b, int t, int o)
-{
-    int32_t n = b->lhead[t][o];
-    return n >= 0 ? b->nodes[n].pfn : -1;
-}
-
-static void blist_push(buddy_t *b, int l, int o, int32_t pfn)
-{
-    int64_t e = pfn >> (KMAX + 1);
-    int32_t h = b->bhead[l][o];
-    b->bolder[l][e] = h;
-    b->bnewer[l][e] = -1;
-    if (h >= 0) b->bnewer[l][h >> (KMAX + 1)] = pfn;
-    b->bhead[l][o] = pfn;
-    b->bin[l][e] = 1;
-}
-
-static void blist_del(buddy_t *b, int l, int o, int32_t pfn)
-{
-    int64_t e = pfn >> (KMAX + 1);
-    if (!b->bin[l][e]) return;
-    int32_t older = b->bolder[l][e], newer = b->bnewer[l][e];
-    if (newer >= 0) b->bolder[l][newer >> (KMAX + 1)] = older;
-    else b->bhead[l][o] = older;
-    if (older >= 0) b->bnewer[l][older >> (KMAX + 1)] = newer;
-    b->bin[l][e] = 0;
-}
-
-static int labels_has(const buddy_t *b, int t, int64_t a, int64_t e)
-{
-    return memchr(b->labels + a, t, (size_t)(e - a)) != NULL;
-}
-
-static void add_free(buddy_t *b, int64_t pfn, int order)           /* _add_free */
-{
-    if (order > KMAX) {
-        blist_push(b, 0, order, (int32_t)pfn);
-        int64_t a = pfn >> PBO, e = a + (1ll << (order - PBO));
-        if (labels_has(b, UNMOVABLE, a, e)) blist_push(b, 1 + UNMOVABLE, order, (int32_t)pfn);
-        if (labels_has(b, MOVABLE, a, e)) blist_push(b, 1 + MOVABLE, order, (int32_t)pfn);
-        b->state[pfn] = ST_HEAD | (order << 2) | BIG;
-    } else {
-        int t = b->labels[pfn >> PBO];
-        list_push(b, t, order, (int32_t)pfn);
-        b->state[pfn] = ST_HEAD | (order << 2) | t;
-    }
-    b->nr[order]++;
-}
-
-static void remove_free(buddy_t *b, int64_t pfn)                     /* _remove_free */
-{
-    int code = b->state[pfn] & 0x7f;
-    int order = code >> 2, kind = code & 3;
-    if (kind == BIG) {
-        blist_del(b, 0, order, (int32_t)pfn);
-        blist_del(b, 1, order, (int32_t)pfn);
-        blist_del(b, 2, order, (int32_t)pfn);
-    } else {
-        list_del(b, kind, order, (int32_t)pfn);
-    }
-    b->state[pfn] = ST_FREE;
-    b->nr[order]--;
-}
-
-static int32_t list_pop(buddy_t *b, int t, int o)   /* d.popitem(); del head; nr -= 1 */
-{
-    int32_t pfn = list_head_pfn(b, t, o);
-    list_del(b, t, o, pfn);
-    b->state[pfn] = ST_FREE;
-    b->nr[o]--;
-    return pfn;
-}
-
-static void carve(buddy_t *b, int64_t block, int bo, int64_t want, int wo)   /* _carve */
-{
-    (void)block;
-    for (int k = bo - 1; k >= wo; k--) {
-        int64_t p = (want & ~((1ll << k) - 1)) ^ (1ll << k);
-        add_free(b, p, k);
-    }
-}
-
-static void relabel(buddy_t *b, int64_t pfn, int order, int t)       /* _relabel */
-{
-    if (order >= PBO) memset(b->labels + (pfn >> PBO), t, (size_t)1 << (order - PBO));
-}
-
-static inline int is_free(uint8_t s) { return s == ST_FREE || (s & ST_HEAD); }
-
-static int64_t find_free(const buddy_t *b, int64_t s, int64_t e)
-{
-    for (int64_t p = s; p < e; p++)
-        if (is_free(b->state[p])) return p;
-    return -1;
-}
-
-static void set_pageblock_type(buddy_t *b, int64_t pb, int t)      /* _set_pageblock_type */
-{
-    b->labels[pb] = (uint8_t)t;
-    int64_t s = pb << PBO, e = s + b->pbsize;
-    if (e > b->total) e = b->total;
-    int32_t moved[1 << PBO];
-    int8_t mo[1 << PBO];
-    int nm = 0;
-    int64_t p = find_free(b, s, e);
-    while (p >= 0) {
-        uint8_t st = b->state[p];
-        if (!(st & ST_HEAD)) abort();
-        int order = (st & 0x7f) >> 2, kind = st & 3;
-        if (kind != t) {
-            list_del(b, kind, order, (int32_t)p);
-            moved[nm] = (int32_t)p;
-            mo[nm++] = (int8_t)order;
-        }
-        p = find_free(b, p + (1ll << order), e);
-    }
-    for (int i = nm - 1; i >= 0; i--) {
-        list_push(b, t, mo[i], moved[i]);
-        b->state[moved[i]] = ST_HEAD | (mo[i] << 2) | t;
-    }
-}
-
-static int64_t take_big_chunk(buddy_t *b)                            /* _take_big_chunk */
-{
-    for (int o = KMAX + 1; o <= MAXO; o++) {
-        int32_t block = b->bhead[0][o];
-        if (block >= 0) {
-            remove_free(b, block);
-            carve(b, block, o, block, KMAX);
-            return block;
-        }
-    }
-    return -1;
-}
-
-/* _take_slow: returns 0 and sets *pfn_out and *o_out, or -1 (OutOfMemory, nothing changed) */
-static int take_slow(buddy_t *b, int order, int t, int64_t *pfn_out, int *o_out)
-{
-    for (int o = KMAX + 1; o <= MAXO; o++) {
-        int32_t block = b->bhead[1 + t][o];
-        if (block >= 0) {
-            remove_free(b, block);
-            int64_t a = block >> PBO;
-            const uint8_t *q = memchr(b->labels + a, t, (size_t)1 << (o - PBO));
-            int64_t pb = q - b->labels;
-            int64_t chunk = (pb << PBO) & ~((1ll << KMAX) - 1);
-            carve(b, block, o, chunk, KMAX);
-            *pfn_out = chunk;
-            *o_out = KMAX;
-            return 0;
-        }
-    }
-    int u = 1 - t;
-    for (int co = KMAX; co >= order; co--) {
-        if (t == MOVABLE && co < PBO / 2) break;     /* should_try_claim_block */
-        int32_t head = list_head_pfn(b, u, co);
-        if (co >= PBO) {
-            int64_t pfn;
-            if (head >= 0) pfn = list_pop(b, u, co);
-            else if (co == KMAX) {
-                pfn = take_big_chunk(b);
-                if (pfn < 0) continue;
-            } else continue;
-            relabel(b, pfn, co, t);
-            *pfn_out = pfn;
-            *o_out = co;
-            return 0;
-        }
-        if (head < 0) continue;
-        int64_t s = ((int64_t)head >> PBO) << PBO, e = s + b->pbsize;
-        if (e > b->total) continue;
-        int64_t nfree = 0, nmovable = 0;
-        for (int64_t p = s; p < e; p++) {
-            uint8_t st = b->state[p];
-            if (st == ST_USED_MOVABLE) nmovable++;
-            else if (is_free(st)) nfree++;
-        }
-        int64_t alike = t == MOVABLE ? nmovable : b->pbsize - nfree - nmovable;
-        if (nfree + alike >= (b->pbsize >> 1)) {
-            set_pageblock_type(b, head >> PBO, t);
-            for (int o = order; o <= KMAX; o++) {
-                if (b->lhead[t][o] >= 0) {
-                    *pfn_out = list_pop(b, t, o);
-                    *o_out = o;
-                    return 0;
-                }
-            }
-            abort();    /* claimed pageblock yielded no block */
-        }
-    }
-    for (int co = order; co <= KMAX; co++) {
-        if (b->lhead[u][co] >= 0) {
-            *pfn_out = list_pop(b, u, co);
-            *o_out = co;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-static int64_t alloc_big(buddy_t *b, int order, int t)             /* _alloc_big */
-{
-    for (int o = order; o <= MAXO; o++) {
-        int32_t block = b->bhead[0][o];
-        if (block >= 0) {
-            remove_free(b, block);
-            carve(b, block, o, block, order);
-            relabel(b, block, order, t);
-            int64_t size = 1ll << order;
-            memset(b->state + block, t + 1, (size_t)size);
-            b->free_pages -= size;
-            return block;
-        }
-    }
-    return -1;
-}
-
-static int64_t buddy_alloc(buddy_t *b, int order, int movable)     /* alloc; -1 = OOM */
-{
-    int t = movable ? MOVABLE : UNMOVABLE;
-    if (order > KMAX) return alloc_big(b, order, t);
-    int64_t pfn = -1;
-    int o;
-    for (o = order; o <= KMAX; o++)
-        if (b->lhead[t][o] >= 0) {
-            pfn = list_pop(b, t, o);
-            break;
-        }
-    if (pfn < 0 && take_slow(b, order, t, &pfn, &o) < 0) return -1;
-    if (o > order) carve(b, pfn, o, pfn, order);
-    int64_t size = 1ll << order;
-    if (size == 1) b->state[pfn] = (uint8_t)(t + 1);
-    else memset(b->state + pfn, t + 1, (size_t)size);
-    b->free_pages -= size;
-    return pfn;
-}
-
-/* aligned_blocks(): next maximal aligned block of [pfn, pfn + npages) */
-static inline int aligned_order(int64_t pfn, int64_t npages)
-{
-    int order = pfn ? ctz64((uint64_t)pfn) : MAXO;
-    int lim = flog2((uint64_t)npages);
-    if (lim < order) order = lim;
-    if (MAXO < order) order = MAXO;
-    return order;
-}
-
-/* alloc_pages: n order-0 pages as (pfn, npages) runs in the order taken, adjacent ones
- * merged (*runs grows as needed, *nruns set); -1 = OOM, nothing changed */
-static int buddy_alloc_pages(buddy_t *b, int64_t n, int movable, int64_t **runs, int64_t *cap,
-                             int64_t *nruns)
-{
-    *nruns = 0;
-    if (n == 0) return 0;
-    if (n > b->free_pages) return -1;
-    int t = movable ? MOVABLE : UNMOVABLE;
-    uint8_t v = (uint8_t)(t + 1);
-    int64_t rem = n, k = 0, last_end = -1;
-    int lowest = 0;
-    while (rem) {
-        int64_t pfn = -1;
-        int o;
-        for (o = lowest; o <= KMAX; o++)
-            if (b->lhead[t][o] >= 0) {
-                pfn = list_pop(b, t, o);
-                lowest = o;
-                break;
-            }
-        if (pfn < 0) {
-            lowest = 0;
-            if (take_slow(b, 0, t, &pfn, &o) < 0) abort();   /* n <= free_pages */
-            if (o && b->labels[pfn >> PBO] != t) {
-                carve(b, pfn, o, pfn, 0);
-                o = 0;
-            }
-        }
-        int64_t size = 1ll << o;
-        if (size > rem) {
-            int64_t p = pfn + rem, np = size - rem;
-            while (np > 0) {
-                int ko = aligned_order(p, np);
-                add_free(b, p, ko);
-                p += 1ll << ko;
-                np -= 1ll << ko;
-            }
-            size = rem;
-        }
-        if (size == 1) b->state[pfn] = v;
-        else memset(b->state + pfn, v, (size_t)size);
-        if (pfn == last_end) {
-            (*runs)[2 * k - 1] += size;
-        } else {
-            grow_keep64(runs, cap, 2 * k + 2);
-            (*runs)[2 * k] = pfn;
-            (*runs)[2 * k + 1] = size;
-            k++;
-        }
-        last_end = pfn + size;
-        rem -= size;
-    }
-    b->free_pages -= n;
-    *nruns = k;
-    return 0;
-}
-
-static void make_chunks_uniform(buddy_t *b, int64_t pfn, int order)  /* _make_chunks_uniform */
-{
-    int64_t a = pfn >> PBO, e = a + (1ll << (order - PBO));
-    uint8_t first = b->labels[a];
-    int64_t i;
-    for (i = a; i < e; i++)
-        if (b->labels[i] != first) break;
-    if (i == e) return;
-    int64_t per = 1ll << ((order < KMAX ? order : KMAX) - PBO);
-    for (int64_t s = a; s < e; s += per) {
-        uint8_t last = b->labels[s + per - 1];
-        for (i = s; i < s + per; i++)
-            if (b->labels[i] != last) break;
-        if (i < s + per) memset(b->labels + s, last, (size_t)per);
-    }
-}
-
-static void free_block(buddy_t *b, int64_t pfn, int order)          /* _free_block */
-{
-    if (order > PBO) make_chunks_uniform(b, pfn, order);
-    int t = b->labels[pfn >> PBO];
-    while (order < MAXO) {
-        int64_t buddy = pfn ^ (1ll << order);
-        if (buddy >= b->total) break;
-        uint8_t st = b->state[buddy];
-        if (!(st & ST_HEAD) || ((st & 0x7f) >> 2) != order) break;
-        int kind = st & 3;
-        if (kind == BIG) {
-            remove_free(b, buddy);
-        } else {
-            if (kind != t && PBO <= order && order < KMAX) relabel(b, buddy, order, t);
-            list_del(b, kind, order, (int32_t)buddy);
-            b->state[buddy] = ST_FREE;
-            b->nr[order]--;
-        }
-        pfn &= buddy;
-        order++;
-    }
-    add_free(b, pfn, order);
-}
-
-static void buddy_free(buddy_t *b, int64_t pfn, int order)          /* free */
-{
-    int64_t size = 1ll << order;
-    memset(b->state + pfn, ST_FREE, (size_t)size);
-    b->free_pages += size;
-    free_block(b, pfn, order);
-}
-
-static void buddy_free_range(buddy_t *b, int64_t pfn, int64_t npages)   /* free_range */
-{
-    memset(b->state + pfn, ST_FREE, (size_t)npages);
-    b->free_pages += npages;
-    while (npages > 0) {
-        int o = aligned_order(pfn, npages);
-        free_block(b, pfn, o);
-        pfn += 1ll << o;
-        npages -= 1ll << o;
-    }
-}
-
-static void buddy_init(buddy_t *b, int64_t total)
-{
-    memset(b, 0, sizeof(*b));
-    b->total = total;
-    b->pbsize = 1 << PBO;
-    b->npb = (total + b->pbsize - 1) >> PBO;
-    b->state = xcalloc((size_t)total, 1);
-    b->labels = malloc((size_t)b->npb);
-    if (!b->labels) abort();
-    memset(b->labels, MOVABLE, (size_t)b->npb);
-    memset(b->lhead, 0xff, sizeof(b->lhead));
-    memset(b->bhead, 0xff, sizeof(b->bhead));
-    h_init(&b->h, 10);
-    b->free_node = -1;
-    b->nbig = (total >> (KMAX + 1)) + 1;
-    for (int l = 0; l < 3; l++) {
-        b->bolder[l] = xcalloc((size_t)b->nbig, sizeof(int32_t));
-        b->bnewer[l] = xcalloc((size_t)b->nbig, sizeof(int32_t));
-        b->bin[l] = xcalloc((size_t)b->nbig, 1);
-    }
-    /* boot memory: lowest address at the list heads (insert highest first) */
-    int64_t nblk = 0, p = 0, np = total;
-    while (np > 0) { int o = aligned_order(p, np); p += 1ll << o; np -= 1ll << o; nblk++; }
-    int64_t *bp = malloc((size_t)nblk * sizeof(int64_t));
-    int *bo = malloc((size_t)nblk * sizeof(int));
-    p = 0; np = total; nblk = 0;
-    while (np > 0) {
-        int o = aligned_order(p, np);
-        bp[nblk] = p; bo[nblk++] = o;
-        p += 1ll << o; np -= 1ll << o;
-    }
-    for (int64_t i = nblk - 1; i >= 0; i--) add_free(b, bp[i], bo[i]);
-    free(bp);
-    free(bo);
-    b->free_pages = total;
-}
-
-static void buddy_destroy(buddy_t *b)
-{
-    free(b->state);
-    free(b->labels);
-    free(b->h.e);
-    free(b->nodes);
-    for (int l = 0; l < 3; l++) {
-        free(b->bolder[l]);
-        free(b->bnewer[l]);
-        free(b->bin[l]);
-    }
 }
 
 /* ------------------------------------------------------------------ run maps (extents) */
@@ -1045,6 +515,547 @@ static int rm_any_bit(const rmap_t *m, int64_t a, int64_t b, uint32_t bits)
     return 0;
 }
 
+/* ------------------------------------------------------------------ pfn hash */
+static inline uint64_t h_idx(const lhash_t *h, int64_t k)
+{
+    return ((uint64_t)k * 0x9E3779B97F4A7C15ull) >> h->shift;
+}
+
+static void h_init(lhash_t *h, int bits)
+{
+    uint64_t cap = 1ull << bits;
+    h->e = malloc(cap * sizeof(hent_t));
+    if (!h->e) abort();
+    memset(h->e, 0xff, cap * sizeof(hent_t));
+    h->mask = cap - 1;
+    h->count = 0;
+    h->shift = 64 - bits;
+}
+
+static inline int64_t h_find(const lhash_t *h, int64_t k)
+{
+    uint64_t i = h_idx(h, k);
+    for (;;) {
+        int64_t x = h->e[i].key;
+        if (x == k) return (int64_t)i;
+        if (x < 0) return -1;
+        i = (i + 1) & h->mask;
+    }
+}
+
+static void h_insert_raw(lhash_t *h, int64_t k, int32_t node, int32_t code)
+{
+    uint64_t i = h_idx(h, k);
+    while (h->e[i].key >= 0) i = (i + 1) & h->mask;
+    h->e[i].key = k;
+    h->e[i].node = node;
+    h->e[i].code = code;
+    h->count++;
+}
+
+static void h_grow(lhash_t *h)
+{
+    lhash_t old = *h;
+    h_init(h, 64 - old.shift + 1);
+    for (uint64_t i = 0; i <= old.mask; i++)
+        if (old.e[i].key >= 0) h_insert_raw(h, old.e[i].key, old.e[i].node, old.e[i].code);
+    free(old.e);
+}
+
+static void h_insert(lhash_t *h, int64_t k, int32_t node, int32_t code)
+{
+    if ((uint64_t)(h->count + 1) * 2 > h->mask + 1) h_grow(h);
+    h_insert_raw(h, k, node, code);
+}
+
+static void h_delete_at(lhash_t *h, uint64_t i)
+{
+    /* backward-shift deletion (linear probing) */
+    uint64_t j = i;
+    for (;;) {
+        j = (j + 1) & h->mask;
+        int64_t kj = h->e[j].key;
+        if (kj < 0) break;
+        uint64_t home = h_idx(h, kj);
+        /* kj may move to i unless its home lies cyclically in (i, j] */
+        int move = (j > i) ? (home <= i || home > j) : (home <= i && home > j);
+        if (move) {
+            h->e[i] = h->e[j];
+            i = j;
+        }
+    }
+    h->e[i].key = -1;
+    h->count--;
+}
+
+/* ------------------------------------------------------------------ buddy (buddy.py) */
+/* Host memory without per-page arrays: which pages are free or held (and for which
+ * migratetype) is a run map over host pages (BuddyAllocator._state), every free block's
+ * head is a hash entry pfn -> (list node, order << 2 | list kind), and the typed free lists
+ * are linked nodes; pageblock labels are one byte per 2 MiB. */
+static inline int ctz64(uint64_t x) { return __builtin_ctzll(x); }
+static inline int flog2(uint64_t x) { return 63 - __builtin_clzll(x); }
+
+/* the code of the free block whose head is pfn, or -1 */
+static inline int head_code(const buddy_t *b, int64_t pfn)
+{
+    int64_t i = h_find(&b->h, pfn);
+    return i < 0 ? -1 : b->h.e[i].code;
+}
+
+static int32_t node_alloc(buddy_t *b)
+{
+    if (b->free_node >= 0) {
+        int32_t n = b->free_node;
+        b->free_node = b->nodes[n].older;
+        return n;
+    }
+    if (b->used_nodes == b->cap_nodes) {
+        b->cap_nodes = b->cap_nodes ? 2 * b->cap_nodes : 4096;
+        b->nodes = realloc(b->nodes, (size_t)b->cap_nodes * sizeof(lnode_t));
+        if (!b->nodes) abort();
+    }
+    return (int32_t)b->used_nodes++;
+}
+
+static void list_push(buddy_t *b, int t, int o, int64_t pfn)
+{
+    int32_t h = b->lhead[t][o];
+    int32_t n = node_alloc(b);
+    b->nodes[n].pfn = pfn;
+    b->nodes[n].older = h;
+    b->nodes[n].newer = -1;
+    if (h >= 0) b->nodes[h].newer = n;
+    b->lhead[t][o] = n;
+    h_insert(&b->h, pfn, n, (o << 2) | t);
+}
+
+static void list_unlink(buddy_t *b, int t, int o, int32_t n)
+{
+    int32_t older = b->nodes[n].older, newer = b->nodes[n].newer;
+    if (newer >= 0) b->nodes[newer].older = older;
+    else b->lhead[t][o] = older;
+    if (older >= 0) b->nodes[older].newer = newer;
+    b->nodes[n].older = b->free_node;
+    b->free_node = n;
+}
+
+static void list_del(buddy_t *b, int t, int o, int64_t pfn)
+{
+    int64_t i = h_find(&b->h, pfn);
+    if (i < 0) abort();
+    list_unlink(b, t, o, b->h.e[i].node);
+    h_delete_at(&b->h, (uint64_t)i);
+}
+
+static inline int64_t list_head_pfn(const buddy_t *b, int t, int o)
+{
+    int32_t n = b->lhead[t][o];
+    return n >= 0 ? b->nodes[n].pfn : -1;
+}
+
+static void blist_push(buddy_t *b, int l, int o, int64_t pfn)
+{
+    int64_t e = pfn >> (KMAX + 1);
+    int64_t h = b->bhead[l][o];
+    b->bolder[l][e] = h;
+    b->bnewer[l][e] = -1;
+    if (h >= 0) b->bnewer[l][h >> (KMAX + 1)] = pfn;
+    b->bhead[l][o] = pfn;
+    b->bin[l][e] = 1;
+}
+
+static void blist_del(buddy_t *b, int l, int o, int64_t pfn)
+{
+    int64_t e = pfn >> (KMAX + 1);
+    if (!b->bin[l][e]) return;
+    int64_t older = b->bolder[l][e], newer = b->bnewer[l][e];
+    if (newer >= 0) b->bolder[l][newer >> (KMAX + 1)] = older;
+    else b->bhead[l][o] = older;
+    if (older >= 0) b->bnewer[l][older >> (KMAX + 1)] = newer;
+    b->bin[l][e] = 0;
+}
+
+static int labels_has(const buddy_t *b, int t, int64_t a, int64_t e)
+{
+    return memchr(b->labels + a, t, (size_t)(e - a)) != NULL;
+}
+
+static void add_free(buddy_t *b, int64_t pfn, int order)           /* _add_free */
+{
+    if (order > KMAX) {
+        blist_push(b, 0, order, pfn);
+        int64_t a = pfn >> PBO, e = a + (1ll << (order - PBO));
+        if (labels_has(b, UNMOVABLE, a, e)) blist_push(b, 1 + UNMOVABLE, order, pfn);
+        if (labels_has(b, MOVABLE, a, e)) blist_push(b, 1 + MOVABLE, order, pfn);
+        h_insert(&b->h, pfn, -1, (order << 2) | BIG);
+    } else {
+        list_push(b, b->labels[pfn >> PBO], order, pfn);
+    }
+    b->nr[order]++;
+}
+
+static void remove_free(buddy_t *b, int64_t pfn)                     /* _remove_free */
+{
+    int64_t i = h_find(&b->h, pfn);
+    if (i < 0) abort();
+    int code = b->h.e[i].code;
+    int order = code >> 2, kind = code & 3;
+    if (kind == BIG) {
+        blist_del(b, 0, order, pfn);
+        blist_del(b, 1, order, pfn);
+        blist_del(b, 2, order, pfn);
+    } else {
+        list_unlink(b, kind, order, b->h.e[i].node);
+    }
+    h_delete_at(&b->h, (uint64_t)i);
+    b->nr[order]--;
+}
+
+static int64_t list_pop(buddy_t *b, int t, int o)   /* d.popitem(); del head; nr -= 1 */
+{
+    int64_t pfn = list_head_pfn(b, t, o);
+    list_del(b, t, o, pfn);
+    b->nr[o]--;
+    return pfn;
+}
+
+static void carve(buddy_t *b, int64_t block, int bo, int64_t want, int wo)   /* _carve */
+{
+    (void)block;
+    for (int k = bo - 1; k >= wo; k--) {
+        int64_t p = (want & ~((1ll << k) - 1)) ^ (1ll << k);
+        add_free(b, p, k);
+    }
+}
+
+static void relabel(buddy_t *b, int64_t pfn, int order, int t)       /* _relabel */
+{
+    if (order >= PBO) memset(b->labels + (pfn >> PBO), t, (size_t)1 << (order - PBO));
+}
+
+/* the first free page of [s, e), or -1 */
+static int64_t find_free(const buddy_t *b, int64_t s, int64_t e)
+{
+    while (s < e) {
+        uint32_t v;
+        int64_t n = rm_seg(&b->st, s, e, &v);
+        if (v == ST_FREE) return s;
+        s = n;
+    }
+    return -1;
+}
+
+static void set_pageblock_type(buddy_t *b, int64_t pb, int t)      /* _set_pageblock_type */
+{
+    b->labels[pb] = (uint8_t)t;
+    int64_t s = pb << PBO, e = s + b->pbsize;
+    if (e > b->total) e = b->total;
+    int64_t moved[1 << PBO];
+    int8_t mo[1 << PBO];
+    int nm = 0;
+    int64_t p = find_free(b, s, e);
+    while (p >= 0) {
+        int code = head_code(b, p);
+        if (code < 0) abort();
+        int order = code >> 2, kind = code & 3;
+        if (kind != t) {
+            list_del(b, kind, order, p);
+            moved[nm] = p;
+            mo[nm++] = (int8_t)order;
+        }
+        p = find_free(b, p + (1ll << order), e);
+    }
+    for (int i = nm - 1; i >= 0; i--) list_push(b, t, mo[i], moved[i]);
+}
+
+static int64_t take_big_chunk(buddy_t *b)                            /* _take_big_chunk */
+{
+    for (int o = KMAX + 1; o <= MAXO; o++) {
+        int64_t block = b->bhead[0][o];
+        if (block >= 0) {
+            remove_free(b, block);
+            carve(b, block, o, block, KMAX);
+            return block;
+        }
+    }
+    return -1;
+}
+
+/* _take_slow: returns 0 and sets *pfn_out and *o_out, or -1 (OutOfMemory, nothing changed) */
+static int take_slow(buddy_t *b, int order, int t, int64_t *pfn_out, int *o_out)
+{
+    for (int o = KMAX + 1; o <= MAXO; o++) {
+        int64_t block = b->bhead[1 + t][o];
+        if (block >= 0) {
+            remove_free(b, block);
+            int64_t a = block >> PBO;
+            const uint8_t *q = memchr(b->labels + a, t, (size_t)1 << (o - PBO));
+            int64_t pb = q - b->labels;
+            int64_t chunk = (pb << PBO) & ~((1ll << KMAX) - 1);
+            carve(b, block, o, chunk, KMAX);
+            *pfn_out = chunk;
+            *o_out = KMAX;
+            return 0;
+        }
+    }
+    int u = 1 - t;
+    for (int co = KMAX; co >= order; co--) {
+        if (t == MOVABLE && co < PBO / 2) break;     /* should_try_claim_block */
+        int64_t head = list_head_pfn(b, u, co);
+        if (co >= PBO) {
+            int64_t pfn;
+            if (head >= 0) pfn = list_pop(b, u, co);
+            else if (co == KMAX) {
+                pfn = take_big_chunk(b);
+                if (pfn < 0) continue;
+            } else continue;
+            relabel(b, pfn, co, t);
+            *pfn_out = pfn;
+            *o_out = co;
+            return 0;
+        }
+        if (head < 0) continue;
+        int64_t s = (head >> PBO) << PBO, e = s + b->pbsize;
+        if (e > b->total) continue;
+        int64_t nfree = rm_count_eq(&b->st, s, e, ST_FREE);
+        int64_t nmovable = rm_count_eq(&b->st, s, e, ST_USED_MOVABLE);
+        int64_t alike = t == MOVABLE ? nmovable : b->pbsize - nfree - nmovable;
+        if (nfree + alike >= (b->pbsize >> 1)) {
+            set_pageblock_type(b, head >> PBO, t);
+            for (int o = order; o <= KMAX; o++) {
+                if (b->lhead[t][o] >= 0) {
+                    *pfn_out = list_pop(b, t, o);
+                    *o_out = o;
+                    return 0;
+                }
+            }
+            abort();    /* claimed pageblock yielded no block */
+        }
+    }
+    for (int co = order; co <= KMAX; co++) {
+        if (b->lhead[u][co] >= 0) {
+            *pfn_out = list_pop(b, u, co);
+            *o_out = co;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int64_t alloc_big(buddy_t *b, int order, int t)             /* _alloc_big */
+{
+    for (int o = order; o <= MAXO; o++) {
+        int64_t block = b->bhead[0][o];
+        if (block >= 0) {
+            remove_free(b, block);
+            carve(b, block, o, block, order);
+            relabel(b, block, order, t);
+            int64_t size = 1ll << order;
+            rm_set(&b->st, block, block + size, (uint32_t)(t + 1));
+            b->free_pages -= size;
+            return block;
+        }
+    }
+    return -1;
+}
+
+static int64_t buddy_alloc(buddy_t *b, int order, int movable)     /* alloc; -1 = OOM */
+{
+    int t = movable ? MOVABLE : UNMOVABLE;
+    if (order > KMAX) return alloc_big(b, order, t);
+    int64_t pfn = -1;
+    int o;
+    for (o = order; o <= KMAX; o++)
+        if (b->lhead[t][o] >= 0) {
+            pfn = list_pop(b, t, o);
+            break;
+        }
+    if (pfn < 0 && take_slow(b, order, t, &pfn, &o) < 0) return -1;
+    if (o > order) carve(b, pfn, o, pfn, order);
+    int64_t size = 1ll << order;
+    rm_set(&b->st, pfn, pfn + size, (uint32_t)(t + 1));
+    b->free_pages -= size;
+    return pfn;
+}
+
+/* aligned_blocks(): next maximal aligned block of [pfn, pfn + npages) */
+static inline int aligned_order(int64_t pfn, int64_t npages)
+{
+    int order = pfn ? ctz64((uint64_t)pfn) : MAXO;
+    int lim = flog2((uint64_t)npages);
+    if (lim < order) order = lim;
+    if (MAXO < order) order = MAXO;
+    return order;
+}
+
+/* alloc_pages: n order-0 pages as (pfn, npages) runs in the order taken, adjacent ones
+ * merged (*runs grows as needed, *nruns set); -1 = OOM, nothing changed */
+static int buddy_alloc_pages(buddy_t *b, int64_t n, int movable, int64_t **runs, int64_t *cap,
+                             int64_t *nruns)
+{
+    *nruns = 0;
+    if (n == 0) return 0;
+    if (n > b->free_pages) return -1;
+    int t = movable ? MOVABLE : UNMOVABLE;
+    int64_t rem = n, k = 0, last_end = -1;
+    int lowest = 0;
+    while (rem) {
+        int64_t pfn = -1;
+        int o;
+        for (o = lowest; o <= KMAX; o++)
+            if (b->lhead[t][o] >= 0) {
+                pfn = list_pop(b, t, o);
+                lowest = o;
+                break;
+            }
+        if (pfn < 0) {
+            lowest = 0;
+            if (take_slow(b, 0, t, &pfn, &o) < 0) abort();   /* n <= free_pages */
+            if (o && b->labels[pfn >> PBO] != t) {
+                carve(b, pfn, o, pfn, 0);
+                o = 0;
+            }
+        }
+        int64_t size = 1ll << o;
+        if (size > rem) {
+            int64_t p = pfn + rem, np = size - rem;
+            while (np > 0) {
+                int ko = aligned_order(p, np);
+                add_free(b, p, ko);
+                p += 1ll << ko;
+                np -= 1ll << ko;
+            }
+            size = rem;
+        }
+        rm_set(&b->st, pfn, pfn + size, (uint32_t)(t + 1));
+        if (pfn == last_end) {
+            (*runs)[2 * k - 1] += size;
+        } else {
+            grow_keep64(runs, cap, 2 * k + 2);
+            (*runs)[2 * k] = pfn;
+            (*runs)[2 * k + 1] = size;
+            k++;
+        }
+        last_end = pfn + size;
+        rem -= size;
+    }
+    b->free_pages -= n;
+    *nruns = k;
+    return 0;
+}
+
+static void make_chunks_uniform(buddy_t *b, int64_t pfn, int order)  /* _make_chunks_uniform */
+{
+    int64_t a = pfn >> PBO, e = a + (1ll << (order - PBO));
+    uint8_t first = b->labels[a];
+    int64_t i;
+    for (i = a; i < e; i++)
+        if (b->labels[i] != first) break;
+    if (i == e) return;
+    int64_t per = 1ll << ((order < KMAX ? order : KMAX) - PBO);
+    for (int64_t s = a; s < e; s += per) {
+        uint8_t last = b->labels[s + per - 1];
+        for (i = s; i < s + per; i++)
+            if (b->labels[i] != last) break;
+        if (i < s + per) memset(b->labels + s, last, (size_t)per);
+    }
+}
+
+static void free_block(buddy_t *b, int64_t pfn, int order)          /* _free_block */
+{
+    if (order > PBO) make_chunks_uniform(b, pfn, order);
+    int t = b->labels[pfn >> PBO];
+    while (order < MAXO) {
+        int64_t buddy = pfn ^ (1ll << order);
+        if (buddy >= b->total) break;
+        int64_t i = h_find(&b->h, buddy);
+        if (i < 0 || (b->h.e[i].code >> 2) != order) break;
+        int kind = b->h.e[i].code & 3;
+        if (kind == BIG) {
+            remove_free(b, buddy);
+        } else {
+            if (kind != t && PBO <= order && order < KMAX) relabel(b, buddy, order, t);
+            list_unlink(b, kind, order, b->h.e[i].node);
+            h_delete_at(&b->h, (uint64_t)i);
+            b->nr[order]--;
+        }
+        pfn &= buddy;
+        order++;
+    }
+    add_free(b, pfn, order);
+}
+
+static void buddy_free(buddy_t *b, int64_t pfn, int order)          /* free */
+{
+    int64_t size = 1ll << order;
+    rm_set(&b->st, pfn, pfn + size, ST_FREE);
+    b->free_pages += size;
+    free_block(b, pfn, order);
+}
+
+static void buddy_free_range(buddy_t *b, int64_t pfn, int64_t npages)   /* free_range */
+{
+    rm_set(&b->st, pfn, pfn + npages, ST_FREE);
+    b->free_pages += npages;
+    while (npages > 0) {
+        int o = aligned_order(pfn, npages);
+        free_block(b, pfn, o);
+        pfn += 1ll << o;
+        npages -= 1ll << o;
+    }
+}
+
+static void buddy_init(buddy_t *b, int64_t total)
+{
+    memset(b, 0, sizeof(*b));
+    b->total = total;
+    b->pbsize = 1 << PBO;
+    b->npb = (total + b->pbsize - 1) >> PBO;
+    rm_init(&b->st, total, 0, ST_FREE);
+    b->labels = malloc((size_t)b->npb);
+    if (!b->labels) abort();
+    memset(b->labels, MOVABLE, (size_t)b->npb);
+    memset(b->lhead, 0xff, sizeof(b->lhead));
+    memset(b->bhead, 0xff, sizeof(b->bhead));
+    h_init(&b->h, 10);
+    b->free_node = -1;
+    b->nbig = (total >> (KMAX + 1)) + 1;
+    for (int l = 0; l < 3; l++) {
+        b->bolder[l] = xcalloc((size_t)b->nbig, sizeof(int64_t));
+        b->bnewer[l] = xcalloc((size_t)b->nbig, sizeof(int64_t));
+        b->bin[l] = xcalloc((size_t)b->nbig, 1);
+    }
+    /* boot memory: lowest address at the list heads (insert highest first) */
+    int64_t nblk = 0, p = 0, np = total;
+    while (np > 0) { int o = aligned_order(p, np); p += 1ll << o; np -= 1ll << o; nblk++; }
+    int64_t *bp = malloc((size_t)nblk * sizeof(int64_t));
+    int *bo = malloc((size_t)nblk * sizeof(int));
+    p = 0; np = total; nblk = 0;
+    while (np > 0) {
+        int o = aligned_order(p, np);
+        bp[nblk] = p; bo[nblk++] = o;
+        p += 1ll << o; np -= 1ll << o;
+    }
+    for (int64_t i = nblk - 1; i >= 0; i--) add_free(b, bp[i], bo[i]);
+    free(bp);
+    free(bo);
+    b->free_pages = total;
+}
+
+static void buddy_destroy(buddy_t *b)
+{
+    rm_destroy(&b->st);
+    free(b->labels);
+    free(b->h.e);
+    free(b->nodes);
+    for (int l = 0; l < 3; l++) {
+        free(b->bolder[l]);
+        free(b->bnewer[l]);
+        free(b->bin[l]);
+    }
+}
+
 /* ------------------------------------------------------------------ attributes (ranges.py) */
 static void attrs_init(attrs_t *a, int64_t npages, int initial)
 {
@@ -1092,10 +1103,10 @@ static void host_free_hugetlb(core_t *c, int64_t pfn, int order)      /* free_hu
     int i = order == 9 ? 0 : 1;
     if (c->npool[i] == c->cap_pool[i]) {
         c->cap_pool[i] = c->cap_pool[i] ? 2 * c->cap_pool[i] : 64;
-        c->pool[i] = realloc(c->pool[i], (size_t)c->cap_pool[i] * sizeof(int32_t));
+        c->pool[i] = realloc(c->pool[i], (size_t)c->cap_pool[i] * sizeof(int64_t));
         if (!c->pool[i]) abort();
     }
-    c->pool[i][c->npool[i]++] = (int32_t)pfn;
+    c->pool[i][c->npool[i]++] = pfn;
 }
 
 /* alloc_pages: n pages as runs in c->aruns (c->naruns); OutOfMemory unwinds to the step */
@@ -1263,7 +1274,7 @@ static int64_t gmem_populate(core_t *c, gmem_t *g, const attrs_t *view, int64_t 
             int64_t pfn = host_alloc_hugetlb(c, o, &pooled);
             if (pfn >= 0) {
                 g->fstate[f] = INTACT;
-                g->fpfn[f] = (int32_t)pfn;
+                g->fpfn[f] = pfn;
                 g->present += fp;
                 if (!pooled) c->footprint += fp;
                 c->huge_pages += fp;
@@ -1753,7 +1764,7 @@ static int64_t shared_populate(core_t *c, shared_t *s, int64_t p0, int64_t p1)
             int64_t pfn = host_alloc_huge(c, 9, 1);
             if (pfn >= 0) {
                 s->chunk[ch] = INTACT;
-                s->chunk_pfn[ch] = (int32_t)pfn;
+                s->chunk_pfn[ch] = pfn;
                 s->present += 512;
                 c->footprint += 512;
                 c->huge_pages += 512;
@@ -1957,7 +1968,7 @@ const char *core_key_name(int key) { return key >= 0 && key < NKEYS ? key_names[
 
 core_t *core_new(int64_t total_pages, const double *fixed, const double *per_page)
 {
-    if (total_pages < 1 || total_pages > INT32_MAX - 1) return NULL;
+    if (total_pages < 1 || total_pages > (int64_t)UINT32_MAX - 1) return NULL;   /* pfn + 1 in a uint32 */
     core_t *c = xcalloc(1, sizeof(*c));
     memcpy(c->fixed, fixed, sizeof(c->fixed));
     memcpy(c->per_page, per_page, sizeof(c->per_page));
@@ -1975,24 +1986,25 @@ int64_t core_prefragment(core_t *c, const int64_t *chosen, const int64_t *offset
     int64_t pinned = 0;
     for (int64_t i = 0; i < k; i++) {
         int64_t pb = chosen[i], s = pb << PBO, p = s + offsets[i];
-        if (!is_free(b->state[p])) {
+        if (rm_get(&b->st, p) != ST_FREE) {
             p = find_free(b, s, s + b->pbsize);
             if (p < 0) continue;
         }
         int64_t block = -1;
+        int order = 0;
         for (int o = 0; o <= MAXO; o++) {
             int64_t blk = p & ~((1ll << o) - 1);
-            uint8_t st = b->state[blk];
-            if ((st & ST_HEAD) && p < blk + (1ll << ((st & 0x7f) >> 2))) {
+            int code = head_code(b, blk);
+            if (code >= 0 && p < blk + (1ll << (code >> 2))) {
                 block = blk;
+                order = code >> 2;
                 break;
             }
         }
         if (block < 0) abort();
-        int order = (b->state[block] & 0x7f) >> 2;
         remove_free(b, block);
         carve(b, block, order, p, 0);
-        b->state[p] = ST_USED_UNMOVABLE;
+        rm_set(&b->st, p, p + 1, ST_USED_UNMOVABLE);
         b->free_pages--;
         set_pageblock_type(b, pb, UNMOVABLE);
         pinned++;
@@ -2058,7 +2070,7 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
         g->nfolios = g->npages >> order;
         g->fstate = xcalloc((size_t)g->nfolios, 1);
         g->fbits = xcalloc((size_t)g->nfolios, 1);
-        g->fpfn = xcalloc((size_t)g->nfolios, sizeof(int32_t));
+        g->fpfn = xcalloc((size_t)g->nfolios, sizeof(int64_t));
     }
     attrs_init(&s->attrs, g->npages, initial);
     if (shared_kind < 0) return 0;
@@ -2075,7 +2087,7 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     if (sh->huge) {
         sh->nchunks = (sh->npages + 511) >> 9;
         sh->chunk = xcalloc((size_t)sh->nchunks, 1);
-        sh->chunk_pfn = xcalloc((size_t)sh->nchunks, sizeof(int32_t));
+        sh->chunk_pfn = xcalloc((size_t)sh->nchunks, sizeof(int64_t));
     }
     if (shared_kind == 0 && shared_page == 1) {
         c->shrinkers = realloc(c->shrinkers, (size_t)(c->nshrinkers + 1) * sizeof(int));
@@ -2306,28 +2318,36 @@ static int64_t count_flag(const uint8_t *fl, int64_t n, uint8_t bit)
 static void allocatable_huge(const core_t *c, int64_t *out2m, int64_t *out1g)
 {
     const buddy_t *b = &c->b;
-    int64_t n2 = b->total >> 9, free2 = 0, free1 = 0, run = 0;
+    int64_t n2 = b->total >> 9, n1 = n2 >> 9, blocked2 = 0, blocked1 = 0;
     uint8_t *pool = NULL;                  /* 2M ranges held by a free hugetlb pool page */
     if (c->npool[0] || c->npool[1]) {
         pool = xcalloc((size_t)n2 + 1, 1);
         for (int k = 0; k < 2; k++)
             for (int64_t j = 0; j < c->npool[k]; j++) {
                 int64_t a = c->pool[k][j] >> 9, n = k ? 512 : 1;
-                memset(pool + a, 1, (size_t)(a + n <= n2 ? n : n2 - a));
+                if (a < n2) memset(pool + a, 1, (size_t)(a + n <= n2 ? n : n2 - a));
             }
     }
-    for (int64_t i = 0; i < n2; i++) {
-        int ok = (pool && pool[i]) || memchr(b->state + (i << 9), ST_USED_UNMOVABLE, 512) == NULL;
-        free2 += ok;
-        run = ok ? run + 1 : 0;
-        if ((i & 511) == 511) {         /* the last 2M range of a 1G range */
-            free1 += run >= 512;
-            run = 0;
-        }
+    /* the 2M ranges holding an unmovable page in use, from the runs of such pages */
+    int64_t last2 = -1, last1 = -1;
+    for (int64_t p = 0; p < n2 << 9;) {
+        uint32_t v;
+        int64_t e = rm_seg(&b->st, p, n2 << 9, &v);
+        if (v == ST_USED_UNMOVABLE)
+            for (int64_t i = p >> 9; i <= (e - 1) >> 9; i++) {
+                if (i == last2 || (pool && pool[i])) continue;
+                last2 = i;
+                blocked2++;
+                if (i >> 9 != last1 && (i >> 9) < n1) {
+                    last1 = i >> 9;
+                    blocked1++;
+                }
+            }
+        p = e;
     }
     free(pool);
-    *out2m = free2;
-    *out1g = free1;
+    *out2m = n2 - blocked2;
+    *out1g = n1 - blocked1;
 }
 
 void core_huge_stats(core_t *c, int64_t *out)                  /* SimTarget.snapshot */
@@ -2380,58 +2400,83 @@ void core_ledger(core_t *c, int64_t *count, double *ns, int64_t *first)
     }
 }
 
+static int cmp_i64(const void *x, const void *y)
+{
+    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return (a > b) - (a < b);
+}
+
+/* the heads of all free blocks, by address (malloc'd; *n set) */
+static int64_t *free_heads(const buddy_t *b, int64_t *n)
+{
+    int64_t *v = malloc((size_t)(b->h.count + 1) * sizeof(int64_t)), k = 0;
+    if (!v) abort();
+    for (uint64_t i = 0; i <= b->h.mask; i++)
+        if (b->h.e[i].key >= 0) v[k++] = b->h.e[i].key;
+    qsort(v, (size_t)k, sizeof(int64_t), cmp_i64);
+    *n = k;
+    return v;
+}
+
 int core_check(core_t *c)
 {
     buddy_t *b = &c->b;
-    int64_t nr[MAXO + 1] = {0}, total = 0;
-    int64_t p = 0;
-    /* walk memory: every free page belongs to exactly one listed head block */
-    while (p < b->total) {
-        uint8_t st = b->state[p];
-        if (st == ST_FREE) { fail(c, "free page %lld outside any free block", (long long)p); return -1; }
-        if (!(st & ST_HEAD)) { p++; continue; }
-        int order = (st & 0x7f) >> 2, kind = st & 3;
+    int64_t nr[MAXO + 1] = {0}, total = 0, nheads, end = 0;
+    int64_t *heads = free_heads(b, &nheads);
+    int rc = -1;
+    for (int64_t k = 0; k < nheads; k++) {
+        int64_t p = heads[k];
+        int code = head_code(b, p);
+        int order = code >> 2, kind = code & 3;
         int64_t size = 1ll << order;
-        if (p & (size - 1) || p + size > b->total) { fail(c, "block %lld bad", (long long)p); return -1; }
-        for (int64_t q = p + 1; q < p + size; q++)
-            if (b->state[q] != ST_FREE) { fail(c, "block %lld overlaps page %lld", (long long)p, (long long)q); return -1; }
+        if (p & (size - 1) || p + size > b->total || p < end) { fail(c, "block %lld bad or overlapping", (long long)p); goto out; }
+        end = p + size;
+        if (!rm_is_uniform(&b->st, p, p + size, ST_FREE)) { fail(c, "block %lld holds pages in use", (long long)p); goto out; }
         if (kind == BIG) {
-            if (order <= KMAX || !b->bin[0][p >> (KMAX + 1)]) { fail(c, "big block %lld not listed", (long long)p); return -1; }
+            if (order <= KMAX || !b->bin[0][p >> (KMAX + 1)]) { fail(c, "big block %lld not listed", (long long)p); goto out; }
             int64_t a = p >> PBO, e = a + (1ll << (order - PBO));
             for (int t = 0; t < 2; t++)
-                if (labels_has(b, t, a, e) != b->bin[1 + t][p >> (KMAX + 1)]) { fail(c, "big block %lld label index", (long long)p); return -1; }
+                if (labels_has(b, t, a, e) != b->bin[1 + t][p >> (KMAX + 1)]) { fail(c, "big block %lld label index", (long long)p); goto out; }
         } else {
-            if (order > KMAX || h_find(&b->h, (int32_t)p) < 0) { fail(c, "block %lld not listed", (long long)p); return -1; }
+            int64_t i = h_find(&b->h, p);
+            if (order > KMAX || b->h.e[i].node < 0) { fail(c, "block %lld not listed", (long long)p); goto out; }
             int64_t a = p >> PBO, e = a + (order > PBO ? (1ll << (order - PBO)) : 1);
-            for (int64_t i = a; i < e; i++)
-                if (b->labels[i] != kind) { fail(c, "block %lld on list %d but labels differ", (long long)p, kind); return -1; }
+            for (int64_t q = a; q < e; q++)
+                if (b->labels[q] != kind) { fail(c, "block %lld on list %d but labels differ", (long long)p, kind); goto out; }
         }
         if (order < MAXO) {
             int64_t bud = p ^ size;
-            if (bud < b->total && (b->state[bud] & ST_HEAD) && ((b->state[bud] & 0x7f) >> 2) == order) {
+            int bc = bud < b->total ? head_code(b, bud) : -1;
+            if (bc >= 0 && (bc >> 2) == order) {
                 fail(c, "free buddies %lld %lld not merged", (long long)p, (long long)bud);
-                return -1;
+                goto out;
             }
         }
         nr[order]++;
         total += size;
-        p += size;
     }
+    /* free pages (the page-state runs) are exactly the pages of the free blocks */
+    if (rm_count_eq(&b->st, 0, b->total, ST_FREE) != total) { fail(c, "free pages outside free blocks"); goto out; }
     int64_t listed = 0;
     for (int t = 0; t < 2; t++)
         for (int o = 0; o <= KMAX; o++)
             for (int32_t n = b->lhead[t][o]; n >= 0; n = b->nodes[n].older) {
-                int32_t x = b->nodes[n].pfn;
+                int64_t x = b->nodes[n].pfn;
                 int64_t i = h_find(&b->h, x);
-                if (i < 0 || b->h.e[i].node != n) { fail(c, "list %d/%d: block %d not indexed", t, o, x); return -1; }
-                if (b->state[x] != (ST_HEAD | (o << 2) | t)) { fail(c, "list %d/%d holds %d", t, o, x); return -1; }
+                if (i < 0 || b->h.e[i].node != n) { fail(c, "list %d/%d: block %lld not indexed", t, o, (long long)x); goto out; }
+                if (b->h.e[i].code != ((o << 2) | t)) { fail(c, "list %d/%d holds %lld", t, o, (long long)x); goto out; }
                 listed++;
             }
-    if (listed != b->h.count) { fail(c, "hash holds %lld, lists %lld", (long long)b->h.count, (long long)listed); return -1; }
+    int64_t big = 0;
+    for (int o = 0; o <= MAXO; o++) big += o > KMAX ? nr[o] : 0;
+    if (listed + big != b->h.count) { fail(c, "hash holds %lld, lists %lld", (long long)b->h.count, (long long)(listed + big)); goto out; }
     for (int o = 0; o <= MAXO; o++)
-        if (nr[o] != b->nr[o]) { fail(c, "nr_free[%d] %lld != counted %lld", o, (long long)b->nr[o], (long long)nr[o]); return -1; }
-    if (total != b->free_pages) { fail(c, "free_pages %lld != counted %lld", (long long)b->free_pages, (long long)total); return -1; }
-    return 0;
+        if (nr[o] != b->nr[o]) { fail(c, "nr_free[%d] %lld != counted %lld", o, (long long)b->nr[o], (long long)nr[o]); goto out; }
+    if (total != b->free_pages) { fail(c, "free_pages %lld != counted %lld", (long long)b->free_pages, (long long)total); goto out; }
+    rc = 0;
+out:
+    free(heads);
+    return rc;
 }
 
 int64_t core_buddy_alloc(core_t *c, int order, int movable)
@@ -2456,17 +2501,13 @@ void core_buddy_free_range(core_t *c, int64_t pfn, int64_t npages)
 
 int64_t core_buddy_free_blocks(core_t *c, int64_t *pfn, int64_t *order, int64_t cap)
 {
-    int64_t n = 0;
-    for (int64_t p = 0; p < c->b.total; p++) {
-        uint8_t st = c->b.state[p];
-        if (!(st & ST_HEAD)) continue;
-        if (n < cap) {
-            pfn[n] = p;
-            order[n] = (st & 0x7f) >> 2;
-        }
-        n++;
-        p += (1ll << ((st & 0x7f) >> 2)) - 1;
+    int64_t n;
+    int64_t *heads = free_heads(&c->b, &n);
+    for (int64_t k = 0; k < n && k < cap; k++) {
+        pfn[k] = heads[k];
+        order[k] = head_code(&c->b, heads[k]) >> 2;
     }
+    free(heads);
     return n;
 }
 
