@@ -181,7 +181,7 @@ typedef struct {
     rmap_t page_pfn;        /* pfn + 1 of 4K folios / split parts, as linear runs */
     rmap_t pflags;          /* PF_* bits per page, as runs */
     rmap_t data;            /* content token per page, as runs */
-    uint16_t *pins;
+    rmap_t pins;            /* extra references (GUP pins) per page, as runs */
     int64_t npinned;        /* pages with a pin (skip scans when 0) */
     uint8_t *fstate, *fbits;
     int64_t *fpfn;
@@ -196,7 +196,7 @@ typedef struct {
     rmap_t page_pfn;        /* pfn + 1 of 4K pages / split parts, as linear runs */
     rmap_t host_map;        /* bit per host process mapping the page, as runs */
     rmap_t data;            /* content token per page, as runs */
-    uint16_t *pins;
+    rmap_t pins;
     uint8_t *chunk;
     int64_t *chunk_pfn;
     int64_t *deferred;
@@ -1561,8 +1561,11 @@ static int64_t gmem_first_elevated(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
         g->lru_start = 0;
     }
     if (g->npinned)
-        for (int64_t p = f0 * fp; p < f1 * fp; p++)
-            if (g->pins[p]) return ((p >> o)) << o;
+        for (int64_t p = f0 * fp, e; p < f1 * fp; p = e) {
+            uint32_t v;
+            e = rm_seg(&g->pins, p, f1 * fp, &v);
+            if (v) return ((p >> o)) << o;
+        }
     return -1;
 }
 
@@ -1725,16 +1728,15 @@ static int gmem_access(core_t *c, slot_t *s, int64_t p0, int64_t p1, int guest, 
     return 0;
 }
 
-static int pin_pages(uint16_t *pins, int64_t *npinned, int64_t p0, int64_t p1, int delta)
+static int pin_pages(rmap_t *pins, int64_t *npinned, int64_t p0, int64_t p1, int delta)
 {
-    if (delta < 0) {
-        for (int64_t p = p0; p < p1; p++)
-            if (!pins[p]) return EINVAL;
-    }
-    for (int64_t p = p0; p < p1; p++) {
-        uint16_t old = pins[p];
-        pins[p] = (uint16_t)(old + (delta > 0 ? 1 : 0xFFFF));
-        if (npinned) *npinned += (pins[p] != 0) - (old != 0);
+    if (delta < 0 && rm_count_eq(pins, p0, p1, 0)) return EINVAL;
+    for (int64_t p = p0, e; p < p1; p = e) {
+        uint32_t old;
+        e = rm_seg(pins, p, p1, &old);
+        uint32_t v = (old + (delta > 0 ? 1u : 0xFFFFu)) & 0xFFFFu;    /* a uint16 count */
+        rm_set(pins, p, e, v);
+        if (npinned) *npinned += ((v != 0) - (old != 0)) * (e - p);
     }
     return 0;
 }
@@ -2065,7 +2067,7 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     rm_init(&g->page_pfn, g->npages, 1, 0);
     rm_init(&g->pflags, g->npages, 0, 0);
     rm_init(&g->data, g->npages, 0, 0);
-    g->pins = xcalloc((size_t)g->npages, sizeof(uint16_t));
+    rm_init(&g->pins, g->npages, 0, 0);
     if (order) {
         g->nfolios = g->npages >> order;
         g->fstate = xcalloc((size_t)g->nfolios, 1);
@@ -2083,7 +2085,7 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     rm_init(&sh->page_pfn, sh->npages, 1, 0);
     rm_init(&sh->host_map, sh->npages, 0, 0);
     rm_init(&sh->data, sh->npages, 0, 0);
-    sh->pins = xcalloc((size_t)sh->npages, sizeof(uint16_t));
+    rm_init(&sh->pins, sh->npages, 0, 0);
     if (sh->huge) {
         sh->nchunks = (sh->npages + 511) >> 9;
         sh->chunk = xcalloc((size_t)sh->nchunks, 1);
@@ -2254,9 +2256,9 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
                 int delta = st.code == 8 ? 1 : -1;
                 if (st.obj == 0) {
                     if (delta > 0) gmem_populate(c, &s->g, &s->attrs, p0, p1);
-                    status = pin_pages(s->g.pins, &s->g.npinned, p0, p1, delta);
+                    status = pin_pages(&s->g.pins, &s->g.npinned, p0, p1, delta);
                 } else {
-                    status = pin_pages(s->s->pins, NULL, p0, p1, delta);
+                    status = pin_pages(&s->s->pins, NULL, p0, p1, delta);
                 }
                 break;
             }
@@ -2518,11 +2520,11 @@ void core_free(core_t *c)
     if (!c) return;
     for (int i = 0; i < c->nslots; i++) {
         slot_t *s = &c->slots[i];
-        rm_destroy(&s->g.page_pfn); rm_destroy(&s->g.pflags); rm_destroy(&s->g.data); free(s->g.pins);
+        rm_destroy(&s->g.page_pfn); rm_destroy(&s->g.pflags); rm_destroy(&s->g.data); rm_destroy(&s->g.pins);
         free(s->g.fstate); free(s->g.fbits); free(s->g.fpfn);
         rm_destroy(&s->attrs);
         if (s->s) {
-            rm_destroy(&s->s->page_pfn); rm_destroy(&s->s->host_map); rm_destroy(&s->s->data); free(s->s->pins);
+            rm_destroy(&s->s->page_pfn); rm_destroy(&s->s->host_map); rm_destroy(&s->s->data); rm_destroy(&s->s->pins);
             free(s->s->chunk); free(s->s->chunk_pfn); free(s->s->deferred);
             free(s->s);
         }
