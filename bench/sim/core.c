@@ -4,13 +4,18 @@
  * readable reference: every function here names the Python method it ports, and the order
  * of ledger charges inside a step follows Python exactly (step ns are float sums).
  *
- * State is compact and allocated with calloc, so the untouched parts of a large guest cost
- * no memory: per 4K page an int32 pfn+1, a flags byte, a uint32 content token, a uint16
- * pin count (gmem) / the same minus stage-2 (shared backing); per page of host memory one
- * state byte, which also marks free block heads (0x80 | order << 2 | list kind) so that the
- * buddy's block index needs no extra memory.  The free lists' links live in a hash table
- * keyed by pfn (typed lists) and in small arrays indexed by pfn >> 11 (lists of blocks
- * above kernel_max_order).
+ * State is kept as extents, not per 4K page: every per-page quantity (a page's pfn + 1, its
+ * mapping/prepared flags, content token and pin count, in guest_memfd and in the shared
+ * backing; the memory attributes; the state of every page of host memory) is a run map
+ * (rmap_t): per 2 MiB chunk one word holding the chunk's single run inline, or a pointer to
+ * its sorted list of runs.  Pfn maps are linear (a run holds contiguous pfns), so pages are
+ * allocated from and freed to the buddy allocator as runs.  A range operation costs per run
+ * and per chunk, and memory grows with the runs a workload creates plus 8 bytes per 2 MiB
+ * per map.  Per huge folio / pageblock there are small arrays (folio state, pageblock
+ * labels).  The buddy allocator's free blocks are hash entries keyed by pfn (head, list
+ * node, order and list kind), linked in typed free lists, and in small arrays indexed by
+ * pfn >> 11 (lists of blocks above kernel_max_order).  Pfns are 64-bit; a run map holds
+ * pfn + 1 in 32 bits, so host memory is limited to 16 TiB.
  *
  * Errors that Python raises as OutOfMemory inside a step unwind with longjmp to the step
  * dispatcher (status ENOMEM), leaving the partial state exactly as Python's exception does;
