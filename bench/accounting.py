@@ -53,6 +53,33 @@ def _unit(ops: np.ndarray) -> int:
     return max(4096, low)
 
 
+def _min_cover(a: np.ndarray, b: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
+    """For every point p of [0, n): the least v over the ranges [a, b) that cover p, or
+    _NEVER.  Each range is split into the aligned power-of-two blocks of a segment tree
+    (at most two per level), minima are placed on the blocks, then pushed down to the
+    points: O((ranges + n) log n) in a few dozen numpy calls, whatever the ranges."""
+    size = 1 << max(0, (n - 1).bit_length())
+    tree = [np.full(size >> k, _NEVER, dtype=np.int64) for k in range(size.bit_length())]
+    lo, hi, val = a.astype(np.int64), b.astype(np.int64), v.astype(np.int64)
+    for level in tree:
+        keep = lo < hi
+        if not keep.all():
+            lo, hi, val = lo[keep], hi[keep], val[keep]
+        if not len(lo):
+            break
+        odd = (lo & 1) == 1
+        np.minimum.at(level, lo[odd], val[odd])
+        lo = lo + odd
+        odd = (hi & 1) == 1
+        np.minimum.at(level, hi[odd] - 1, val[odd])
+        hi = hi - odd
+        lo >>= 1
+        hi >>= 1
+    for k in range(len(tree) - 1, 0, -1):
+        np.minimum(tree[k - 1], np.repeat(tree[k], 2), out=tree[k - 1])
+    return tree[0][:n]
+
+
 def attribute_touches(ops: np.ndarray) -> np.ndarray:
     """Per op (uint8): for touch ops the direction that induced them (TO_SHARED /
     TO_PRIVATE) or BASELINE; for conversions their own direction; OTHER for the rest."""
@@ -78,24 +105,25 @@ def attribute_touches(ops: np.ndarray) -> np.ndarray:
             t = touch_idx[ops["slot"][touch_idx] == slot]
             if not len(c):
                 continue
-            end = int(max((ops["offset"][c] + ops["size"][c]).max(),
-                          (ops["offset"][t] + ops["size"][t]).max())) // unit
-            # first[p] = index of the first op that converted page p to this state
-            # (+1: a sentinel so that every range end is a valid reduceat index)
-            first = np.full(end + 1, _NEVER, dtype=np.int64)
             a = (ops["offset"][c] // unit).astype(np.int64)
             b = ((ops["offset"][c] + ops["size"][c]) // unit).astype(np.int64)
-            # a range converted many times only needs its first conversion
-            key = a * (end + 1) + b
-            _, keep = np.unique(key, return_index=True)      # first occurrence = earliest
-            order = keep[np.argsort(-c[keep])]               # latest first: earliest wins
-            for i in order:
-                first[a[i]:b[i]] = c[i]
             ta = (ops["offset"][t] // unit).astype(np.int64)
             tb = ((ops["offset"][t] + ops["size"][t]) // unit).astype(np.int64)
+            n = int(max(b.max(), tb.max())) + 1
+            if n > 4 * (len(a) + len(ta)):
+                # a large guest touched in few places: only the ranges' ends matter, so
+                # number them (the units between two successive ends are covered by the
+                # same ranges) and the work follows the op count, not the guest's size
+                ends, idx = np.unique(np.concatenate([a, b, ta, tb]), return_inverse=True)
+                a, b, ta, tb = np.split(idx.ravel(), np.cumsum([len(a), len(b), len(ta)]))
+                n = len(ends)
+            # first[k] = index of the first op that converted unit (or numbered end) k to
+            # this state (the last one is a sentinel: every range end is a valid reduceat
+            # index)
+            first = _min_cover(a, b, c, n)
             # min of first[ta:tb] once per distinct touched range
-            ukey, inv = np.unique(ta * (end + 1) + tb, return_inverse=True)
-            ua, ub = ukey // (end + 1), ukey % (end + 1)
+            ukey, inv = np.unique(ta * n + tb, return_inverse=True)
+            ua, ub = ukey // n, ukey % n
             # reduceat over (start, end) pairs: sorted by start, the gaps between pairs
             # add up to at most the array once (unique keys sort by start already)
             nonempty = ub > ua
