@@ -179,7 +179,10 @@ class CoreTarget:
         self.wall_s += time.perf_counter() - t0
         return out
 
-    def snapshot(self) -> dict:
+    def snapshot(self, recount: bool = False) -> dict:
+        """The model's state now.  The huge-page measures come from counters the engine keeps
+        as folios and mappings change; recount=True computes them by a full scan instead
+        (for tests: both must agree)."""
         lib = self._lib
         cnt = self._counters()
         return {
@@ -189,13 +192,14 @@ class CoreTarget:
             "huge_merges": int(cnt[lib.CORE_C_HUGE_MERGES]),
             "nr_free": self.nr_free(),
             "t_ns": int(lib.core_clock_ns(self._c)),
-            **self._huge_stats(),
+            **self._huge_stats(recount),
         }
 
-    def _huge_stats(self) -> dict:
+    def _huge_stats(self, recount: bool = False) -> dict:
         lib, ffi = self._lib, self._ffi
         h = np.zeros(lib.CORE_H_COUNT, np.int64)
-        lib.core_huge_stats(self._c, ffi.cast("int64_t *", ffi.from_buffer(h)))
+        (lib.core_huge_recount if recount else lib.core_huge_stats)(
+            self._c, ffi.cast("int64_t *", ffi.from_buffer(h)))
         return {
             "stage2_bytes": {"4k": int(h[lib.CORE_H_S2_4K]), "2m": int(h[lib.CORE_H_S2_2M]),
                              "1g": int(h[lib.CORE_H_S2_1G])},
