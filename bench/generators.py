@@ -1,7 +1,7 @@
 """Conversion-stream generators: each turns a few parameters into an op stream (OP_DTYPE).
 
-Every family is grounded in a fact about real guests (shared/reference/guest_memfd.md,
-section 6); the workload files say which.  Streams are built with numpy, a whole array at
+Every family is grounded in a fact about real guests (each generator's `grounding`, shown by
+`gmembench workloads show`); the workload files say which.  Streams are built with numpy, a whole array at
 a time, so a stream of millions of ops takes seconds, not minutes.
 
 A generator is called as gen.func(layout, rng, params, touch) with params already checked

@@ -5,6 +5,7 @@ Recorded in every results.json ("provenance").  A fact that cannot be read is re
 "unknown" with the reason, never left out silently.
 """
 import gzip
+import json
 import platform
 import re
 import subprocess
@@ -48,8 +49,16 @@ def git_commit() -> dict:
         if commit.returncode == 0:
             return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip()),
                     "checkout": str(root)}
-    return _unknown("not run from a git checkout (installed package; run from the "
-                    "checkout to record the commit)")
+    # an installed package: the commit recorded when it was built (setup.py)
+    try:
+        info = json.loads((here / "bench" / "build_info.json").read_text())
+    except (OSError, ValueError):
+        info = None
+    if isinstance(info, dict) and info.get("commit"):
+        return {"commit": info["commit"], "dirty": bool(info.get("dirty")),
+                "checkout": "recorded at install"}
+    return _unknown("not run from a git checkout, and the installed package recorded no "
+                    "commit (installed from a tree without git)")
 
 
 def kernel_config(release: str | None = None) -> dict:

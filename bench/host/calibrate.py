@@ -2,7 +2,7 @@
 
 Each key of bench/profiles/default.toml is measured with the C helper (gm_time_prim: the
 loop and its clock reads are in C), in the units of the default (ns per operation; {4k, 2m}
-pairs as one operation over 4 KiB and over 2 MiB).  Hygiene (shared/reference/host-costs.md):
+pairs as one operation over 4 KiB and over 2 MiB).  Hygiene (the traps that distort host timings):
 a warm-up touches fresh memory first (trap 1), every measurement runs `rounds` back-to-back
 rounds and discards the first (trap 2), a VM fd is held throughout and every measured object
 is bound to a memslot as in a run (trap 3: KVM's invalidation work on each zap), and the result

@@ -2,7 +2,7 @@
 
 Every wrapper goes through the C helper's non-variadic gm_ioctl_* so the call costs what a
 cffi API-mode call costs, and raises OSError(errno) on failure.  Numbers are the x86-64
-uapi values (shared/reference/guest_memfd.md sections 2-3).
+uapi values (include/uapi/linux/kvm.h, plus the v8 series' additions).
 """
 import errno as _errno
 import os
