@@ -92,9 +92,12 @@ class SimTarget:
                 if not in_place:
                     g.attr_view = self.vm.slot_attrs[-1]
                 self.gmem.append(g)
-                self.shared.append(SharedBacking(self.host, m.size // PAGE_SIZE,
-                                                 layout.shared_backing, layout.shared_page)
-                                   if strategy.needs_shared_backing else None)
+                sh = None
+                if strategy.needs_shared_backing:
+                    sh = SharedBacking(self.host, m.size // PAGE_SIZE, layout.shared_backing,
+                                       layout.shared_page, self.vm.slot_attrs[-1])
+                    self.vm.attach_shared(len(self.gmem) - 1, sh)
+                self.shared.append(sh)
         except OutOfMemory as e:
             raise InputError(f"host_memory {host_bytes} too small for this layout: {e}")
         self.startup = self._start_up(in_place, initial)
@@ -267,30 +270,27 @@ class SimTarget:
         self.wall_s += time.perf_counter() - t0
         return out
 
-    def snapshot(self) -> dict:
-        nr_free = self.host.buddy.nr_free()
+    def snapshot(self, recount: bool = False) -> dict:
+        """The model's state now.  The huge-page measures come from counters kept as folios
+        and mappings change (Host.st_*); recount=True computes them by a full scan of every
+        page and folio instead (for tests: both must agree)."""
         h = self.host
-        stage2 = {"4k": 0, "2m": 0, "1g": 0}
-        host_huge = intact = possible = stale = 0
-        for i, (g, s) in enumerate(zip(self.gmem, self.shared)):
-            small, huge = g.stage2_bytes()
-            stage2["4k"] += small
-            if huge:
-                stage2["2m" if g.order == 9 else "1g"] += huge
-            host_huge += g.host_huge_mapped_bytes()
-            intact += g.intact_folios()
+        if recount:
+            stage2, host_huge, intact, stale = self._recount()
+        else:
+            stage2 = {"4k": h.st_s2_4k_pages * PAGE_SIZE, **h.st_s2_huge_bytes}
+            host_huge, intact, stale = h.st_host_huge_bytes, h.st_intact_folios, h.st_stale_pages
+        possible = 0
+        for g, s in zip(self.gmem, self.shared):
             possible += g.npages >> g.order if g.order else 0
             if s is not None:
-                host_huge += s.host_huge_mapped_bytes()
-                intact += s.intact_folios()
                 possible += len(s.chunk) if s.huge else 0
-                stale += s.present_at(self.vm.slot_attrs[i], PRIVATE)
         return {
             "footprint_bytes": h.footprint_pages * PAGE_SIZE,
             "huge_bytes": min(h.huge_pages * PAGE_SIZE, self.layout.guest_size),
             "huge_splits": h.huge_splits,
             "huge_merges": h.huge_merges,
-            "nr_free": nr_free,
+            "nr_free": h.buddy.nr_free(),
             "t_ns": int(self.ledger.clock_ns),
             "stage2_bytes": stage2,
             "host_pmd_mapped_bytes": host_huge,
@@ -303,6 +303,24 @@ class SimTarget:
             "private_host_touch_pages": h.private_host_touch_pages,
             "shared_at_private_bytes": stale * PAGE_SIZE,
         }
+
+    def _recount(self) -> tuple[dict, int, int, int]:
+        """The counted snapshot measures by a full scan: stage-2 bytes by leaf size, bytes
+        mapped huge by the host, intact huge folios, shared pages at private GPAs."""
+        stage2 = {"4k": 0, "2m": 0, "1g": 0}
+        host_huge = intact = stale = 0
+        for i, (g, s) in enumerate(zip(self.gmem, self.shared)):
+            small, huge = g.stage2_bytes()
+            stage2["4k"] += small
+            if huge:
+                stage2["2m" if g.order == 9 else "1g"] += huge
+            host_huge += g.host_huge_mapped_bytes()
+            intact += g.intact_folios()
+            if s is not None:
+                host_huge += s.host_huge_mapped_bytes()
+                intact += s.intact_folios()
+                stale += s.present_at(self.vm.slot_attrs[i], PRIVATE)
+        return stage2, host_huge, intact, stale
 
     def fidelity(self) -> dict[str, str]:
         return {s.name: "simulated" for s in Step}

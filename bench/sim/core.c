@@ -4,13 +4,18 @@
  * readable reference: every function here names the Python method it ports, and the order
  * of ledger charges inside a step follows Python exactly (step ns are float sums).
  *
- * State is compact and allocated with calloc, so the untouched parts of a large guest cost
- * no memory: per 4K page an int32 pfn+1, a flags byte, a uint32 content token, a uint16
- * pin count (gmem) / the same minus stage-2 (shared backing); per page of host memory one
- * state byte, which also marks free block heads (0x80 | order << 2 | list kind) so that the
- * buddy's block index needs no extra memory.  The free lists' links live in a hash table
- * keyed by pfn (typed lists) and in small arrays indexed by pfn >> 11 (lists of blocks
- * above kernel_max_order).
+ * State is kept as extents, not per 4K page: every per-page quantity (a page's pfn + 1, its
+ * mapping/prepared flags, content token and pin count, in guest_memfd and in the shared
+ * backing; the memory attributes; the state of every page of host memory) is a run map
+ * (rmap_t): per 2 MiB chunk one word holding the chunk's single run inline, or a pointer to
+ * its sorted list of runs.  Pfn maps are linear (a run holds contiguous pfns), so pages are
+ * allocated from and freed to the buddy allocator as runs.  A range operation costs per run
+ * and per chunk, and memory grows with the runs a workload creates plus 8 bytes per 2 MiB
+ * per map.  Per huge folio / pageblock there are small arrays (folio state, pageblock
+ * labels).  The buddy allocator's free blocks are hash entries keyed by pfn (head, list
+ * node, order and list kind), linked in typed free lists, and in small arrays indexed by
+ * pfn >> 11 (lists of blocks above kernel_max_order).  Pfns are 64-bit; a run map holds
+ * pfn + 1 in 32 bits, so host memory is limited to 16 TiB.
  *
  * Errors that Python raises as OutOfMemory inside a step unwind with longjmp to the step
  * dispatcher (status ENOMEM), leaving the partial state exactly as Python's exception does;
@@ -181,7 +186,7 @@ typedef struct {
     rmap_t page_pfn;        /* pfn + 1 of 4K folios / split parts, as linear runs */
     rmap_t pflags;          /* PF_* bits per page, as runs */
     rmap_t data;            /* content token per page, as runs */
-    uint16_t *pins;
+    rmap_t pins;            /* extra references (GUP pins) per page, as runs */
     int64_t npinned;        /* pages with a pin (skip scans when 0) */
     uint8_t *fstate, *fbits;
     int64_t *fpfn;
@@ -196,12 +201,14 @@ typedef struct {
     rmap_t page_pfn;        /* pfn + 1 of 4K pages / split parts, as linear runs */
     rmap_t host_map;        /* bit per host process mapping the page, as runs */
     rmap_t data;            /* content token per page, as runs */
-    uint16_t *pins;
+    rmap_t pins;
     uint8_t *chunk;
     int64_t *chunk_pfn;
     int64_t *deferred;
     int64_t ndeferred, cap_deferred;
     int64_t present;
+    uint16_t *chunk_mapped; /* per huge chunk: pages some host process maps */
+    int slot;               /* index of its slot (whose attrs are the VM's attributes) */
 } shared_t;
 
 typedef struct {
@@ -220,6 +227,12 @@ struct core {
     int64_t narrival, last_op, saturated;
     int64_t footprint, huge_pages, huge_splits, huge_merges, huge_fallbacks, pinned_by_aging;
     int64_t mapping_demotions, folio_splits, folio_merges;    /* snapshot counters */
+    /* snapshot statistics kept up to date where folios and mappings change (summed over
+     * slots; core_huge_recount() computes the same by a full scan, for tests): 4K pages
+     * mapped at 4K in stage 2, bytes mapped by huge stage-2 leaves ([0] 2M, [1] 1G),
+     * bytes some host process maps with one PMD/PUD, intact huge folios (gmem and shared
+     * backing), shared-backing pages held at VM-private GPAs */
+    int64_t st_s2_4k, st_s2_huge[2], st_host_huge, st_intact, st_stale;
     int64_t private_host_touch_pages;
     int64_t *pool[2];       /* Host.hugetlb_pool: free hugetlb pages, [0] 2M, [1] 1G */
     int64_t npool[2], cap_pool[2];
@@ -1194,6 +1207,24 @@ static void lru_push(gmem_t *g, int64_t f)
     }
 }
 
+/* A huge folio's state and huge-mapping bits change only through these two, which keep
+ * the snapshot counters (core_t st_*) equal to a recount */
+static void gmem_set_fstate(core_t *c, gmem_t *g, int64_t f, int st)
+{
+    c->st_intact += (st == INTACT) - (g->fstate[f] == INTACT);
+    g->fstate[f] = (uint8_t)st;
+}
+
+static void gmem_set_fbits(core_t *c, gmem_t *g, int64_t f, uint8_t bits)
+{
+    uint8_t old = g->fbits[f];
+    int64_t bytes = g->fpages * (int64_t)PAGE_SIZE;
+    c->st_s2_huge[g->order == 9 ? 0 : 1] +=
+        (((bits & FB_S2_HUGE) != 0) - ((old & FB_S2_HUGE) != 0)) * bytes;
+    c->st_host_huge += (((bits & FB_PMD_ALL) != 0) - ((old & FB_PMD_ALL) != 0)) * bytes;
+    g->fbits[f] = bits;
+}
+
 /* give the absent pages of `map` (nholes (start, end) runs in c->miss, n pages) the pages
  * of c->aruns in order */
 static void fill_holes(core_t *c, rmap_t *map, int64_t nholes)
@@ -1273,7 +1304,7 @@ static int64_t gmem_populate(core_t *c, gmem_t *g, const attrs_t *view, int64_t 
             int pooled;
             int64_t pfn = host_alloc_hugetlb(c, o, &pooled);
             if (pfn >= 0) {
-                g->fstate[f] = INTACT;
+                gmem_set_fstate(c, g, f, INTACT);
                 g->fpfn[f] = pfn;
                 g->present += fp;
                 if (!pooled) c->footprint += fp;
@@ -1284,7 +1315,7 @@ static int64_t gmem_populate(core_t *c, gmem_t *g, const attrs_t *view, int64_t 
                     gmem_split_folio(c, g, f);
                 continue;
             }
-            g->fstate[f] = FALLBACK;
+            gmem_set_fstate(c, g, f, FALLBACK);
         }
         int64_t n, k = collect_missing(c, &g->page_pfn, a, b, &n);
         if (n) {
@@ -1336,7 +1367,7 @@ static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f)        /* _split_f
 {
     int64_t fp = g->fpages, base = g->fpfn[f];
     rm_set(&g->page_pfn, f * fp, (f + 1) * fp, (uint32_t)(base + 1));
-    g->fstate[f] = SPLIT;
+    gmem_set_fstate(c, g, f, SPLIT);
     if (!(g->fbits[f] & FB_DEMOTED))      /* a demoted mapping already counted this folio */
         c->huge_splits++;
     g->fbits[f] |= FB_DEMOTED;            /* its mappings can only be 4K now */
@@ -1350,7 +1381,7 @@ static void gmem_merge_folio(core_t *c, gmem_t *g, int64_t f)        /* _merge_f
 {
     int64_t fp = g->fpages;
     rm_set(&g->page_pfn, f * fp, (f + 1) * fp, 0);
-    g->fstate[f] = INTACT;
+    gmem_set_fstate(c, g, f, INTACT);
     c->huge_pages += fp;
     c->folio_merges++;
     led_op(c, K_FOLIO_MERGE, 1);
@@ -1405,7 +1436,7 @@ static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int c
             n += k;
             if (charge)
                 for (int i = 0; i < k; i++) led_op(c, K_HOST_ZAP_PMD, 1);
-            g->fbits[f] &= ~FB_PMD_ALL;
+            gmem_set_fbits(c, g, f, g->fbits[f] & ~FB_PMD_ALL);
         }
     }
     return n;
@@ -1435,6 +1466,7 @@ static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int pr
 {
     int tdx = private_leaves && c->plat == PLAT_TDX;
     int64_t n = rm_clear_bit(&g->pflags, p0, p1, PF_S2), leaves = n;
+    c->st_s2_4k -= n;
     led_each(c, K_STAGE2_ZAP_4K, n);
     if (n && tdx) tdx_remove(c, n, n);
     if (g->order) {
@@ -1444,8 +1476,8 @@ static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int pr
             if (!(g->fbits[f] & FB_S2_HUGE)) continue;
             int64_t a = f * fp, b = (f + 1) * fp;
             if (a < p0 || b > p1) {
-                rm_set_bit(&g->pflags, a, p0, PF_S2);
-                rm_set_bit(&g->pflags, p1, b, PF_S2);
+                c->st_s2_4k += rm_set_bit(&g->pflags, a, p0, PF_S2)
+                               + rm_set_bit(&g->pflags, p1, b, PF_S2);
                 gmem_demote(c, g, f);
                 c->mapping_demotions++;
                 if (tdx) {
@@ -1458,7 +1490,7 @@ static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int pr
             } else if (tdx) {
                 tdx_remove(c, 1, fp);
             }
-            g->fbits[f] &= ~FB_S2_HUGE;
+            gmem_set_fbits(c, g, f, g->fbits[f] & ~FB_S2_HUGE);
             led_each(c, K_STAGE2_ZAP_HUGE, 1);
             leaves++;
         }
@@ -1521,8 +1553,9 @@ static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int6
             if (g->fbits[f] & pmd) continue;
             if ((g->fbits[f] & FB_DEMOTED) && !g->promote) continue;
             if (!attrs_is_uniform(view, f * fp, (f + 1) * fp, state)) continue;
-            g->fbits[f] |= pmd;
-            rm_clear_bit(&g->pflags, f * fp, (f + 1) * fp, pte);
+            gmem_set_fbits(c, g, f, g->fbits[f] | pmd);
+            int64_t cleared = rm_clear_bit(&g->pflags, f * fp, (f + 1) * fp, pte);
+            if (guest) c->st_s2_4k -= cleared;
             if (g->fbits[f] & FB_DEMOTED) {
                 g->fbits[f] &= ~FB_DEMOTED;
                 c->huge_merges++;
@@ -1536,6 +1569,7 @@ static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int6
     } else {
         n = set_flag_count_old(&g->pflags, p0, p1, pte, fresh, nfresh);
     }
+    if (guest) c->st_s2_4k += n;          /* fresh is NULL for the guest: n pages newly set */
     if (n && !guest) led_each(c, K_REFAULT_GMEM, n);
 }
 
@@ -1561,8 +1595,11 @@ static int64_t gmem_first_elevated(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
         g->lru_start = 0;
     }
     if (g->npinned)
-        for (int64_t p = f0 * fp; p < f1 * fp; p++)
-            if (g->pins[p]) return ((p >> o)) << o;
+        for (int64_t p = f0 * fp, e; p < f1 * fp; p = e) {
+            uint32_t v;
+            e = rm_seg(&g->pins, p, f1 * fp, &v);
+            if (v) return ((p >> o)) << o;
+        }
     return -1;
 }
 
@@ -1581,6 +1618,7 @@ static void gmem_arch_invalidate(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
 }
 
 static int vm_has_private(const core_t *c) { return c->vm_type != VM_TYPE_DEFAULT; }
+static void slot_attrs_set(core_t *c, slot_t *s, int64_t p0, int64_t p1, int v);
 
 /* set_memory_attributes2 (flags 0, no reserved bits, struct copied): status, *err_off */
 static int gmem_set_attrs2(core_t *c, slot_t *s, uint64_t offset, uint64_t size,
@@ -1608,7 +1646,7 @@ static int gmem_set_attrs2(core_t *c, slot_t *s, uint64_t offset, uint64_t size,
     }
     gmem_zap_stage2(c, g, p0, p1, !(v & PRIVATE));
     if (!(v & PRIVATE)) gmem_arch_invalidate(c, g, p0, p1);
-    attrs_set(&s->attrs, p0, p1, v);
+    slot_attrs_set(c, s, p0, p1, v);
     led_op(c, K_ATTR_UPDATE, 1);
     if (g->split_on_share) gmem_restructure(c, g, &s->attrs, p0, p1, !(v & PRIVATE));
     return 0;
@@ -1660,11 +1698,11 @@ static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* 
             int64_t a2 = a > p0 ? a : p0, b2 = b < p1 ? b : p1;
             if (state == FALLBACK) {
                 freed += free_4k(c, &g->page_pfn, a2, b2);
-                if (!any_pfn(&g->page_pfn, a, b)) g->fstate[f] = ABSENT;
+                if (!any_pfn(&g->page_pfn, a, b)) gmem_set_fstate(c, g, f, ABSENT);
             } else if (p0 <= a && b <= p1) {
                 if (state == SPLIT) gmem_merge_folio(c, g, f);
                 host_free_hugetlb(c, g->fpfn[f], o);
-                g->fstate[f] = ABSENT;
+                gmem_set_fstate(c, g, f, ABSENT);
                 g->fbits[f] &= ~FB_DEMOTED;
                 c->huge_pages -= fp;
                 pooled += fp;
@@ -1725,25 +1763,111 @@ static int gmem_access(core_t *c, slot_t *s, int64_t p0, int64_t p1, int guest, 
     return 0;
 }
 
-static int pin_pages(uint16_t *pins, int64_t *npinned, int64_t p0, int64_t p1, int delta)
+static int pin_pages(rmap_t *pins, int64_t *npinned, int64_t p0, int64_t p1, int delta)
 {
-    if (delta < 0) {
-        for (int64_t p = p0; p < p1; p++)
-            if (!pins[p]) return EINVAL;
-    }
-    for (int64_t p = p0; p < p1; p++) {
-        uint16_t old = pins[p];
-        pins[p] = (uint16_t)(old + (delta > 0 ? 1 : 0xFFFF));
-        if (npinned) *npinned += (pins[p] != 0) - (old != 0);
+    if (delta < 0 && rm_count_eq(pins, p0, p1, 0)) return EINVAL;
+    for (int64_t p = p0, e; p < p1; p = e) {
+        uint32_t old;
+        e = rm_seg(pins, p, p1, &old);
+        uint32_t v = (old + (delta > 0 ? 1u : 0xFFFFu)) & 0xFFFFu;    /* a uint16 count */
+        rm_set(pins, p, e, v);
+        if (npinned) *npinned += ((v != 0) - (old != 0)) * (e - p);
     }
     return 0;
 }
 
 /* ------------------------------------------------------------------ SharedBacking */
+static int64_t attrs_count(const attrs_t *a, int64_t start, int64_t end, int v);
+
+static inline const attrs_t *shared_vm_attrs(const core_t *c, const shared_t *s)
+{
+    return &c->slots[s->slot].attrs;
+}
+
+/* A huge chunk's state and the host's mappings change only through these, which keep the
+ * snapshot counters (intact folios, PMD-mapped bytes) equal to a recount */
+static void shared_set_chunk(core_t *c, shared_t *s, int64_t ch, int st)
+{
+    int delta = (st == INTACT) - (s->chunk[ch] == INTACT);
+    c->st_intact += delta;
+    if (s->chunk_mapped[ch]) c->st_host_huge += delta * 512 * (int64_t)PAGE_SIZE;
+    s->chunk[ch] = (uint8_t)st;
+}
+
+/* pages [a, e) of one run of host_map were (mapped = 1: become) mapped or unmapped: the
+ * per-chunk count of mapped pages, and a chunk's PMD-mapped bytes while it is intact */
+static void shared_count_mapped(core_t *c, shared_t *s, int64_t a, int64_t e, int mapped)
+{
+    if (!s->huge) return;
+    for (int64_t ch = a >> 9; ch <= (e - 1) >> 9; ch++) {
+        int64_t lo = a > (ch << 9) ? a : (ch << 9), hi = e < ((ch + 1) << 9) ? e : ((ch + 1) << 9);
+        uint16_t old = s->chunk_mapped[ch];
+        s->chunk_mapped[ch] = (uint16_t)(mapped ? old + (hi - lo) : old - (hi - lo));
+        if (s->chunk[ch] == INTACT && (old == 0) != (s->chunk_mapped[ch] == 0))
+            c->st_host_huge += (mapped ? 512 : -512) * (int64_t)PAGE_SIZE;
+    }
+}
+
+static void shared_host_map(core_t *c, shared_t *s, int64_t p0, int64_t p1, uint8_t bit)
+{
+    for (int64_t p = p0, e; p < p1; p = e) {
+        uint32_t v;
+        e = rm_seg(&s->host_map, p, p1, &v);
+        if (!v) shared_count_mapped(c, s, p, e, 1);
+        if (!(v & bit)) rm_set(&s->host_map, p, e, v | bit);
+    }
+}
+
+/* unmap [p0, p1) from every process; whether anything was mapped */
+static int shared_host_unmap(core_t *c, shared_t *s, int64_t p0, int64_t p1)
+{
+    int mapped = 0;
+    for (int64_t p = p0, e; p < p1; p = e) {
+        uint32_t v;
+        e = rm_seg(&s->host_map, p, p1, &v);
+        if (v) {
+            mapped = 1;
+            shared_count_mapped(c, s, p, e, 0);
+        }
+    }
+    if (mapped) rm_set(&s->host_map, p0, p1, 0);
+    return mapped;
+}
+
+static int64_t shared_count_present(const shared_t *s, int64_t p0, int64_t p1);
+
+/* pages of [p0, p1) the shared backing holds whose attribute in `a` is (private = 1) or is
+ * not (private = 0) PRIVATE */
+static int64_t shared_present_where(const shared_t *s, const attrs_t *a, int64_t p0,
+                                    int64_t p1, int private)
+{
+    int64_t n = 0;
+    for (int64_t p = p0, e; p < p1; p = e) {
+        uint32_t v;
+        e = rm_seg(a, p, p1, &v);
+        if ((v == PRIVATE) == private) n += shared_count_present(s, p, e);
+    }
+    return n;
+}
+
+/* the slot's attributes set to v on [p0, p1), keeping the count of shared-backing pages
+ * held at private GPAs */
+static void slot_attrs_set(core_t *c, slot_t *s, int64_t p0, int64_t p1, int v)
+{
+    if (s->s) {
+        if (v == PRIVATE) c->st_stale += shared_present_where(s->s, &s->attrs, p0, p1, 0);
+        else c->st_stale -= shared_present_where(s->s, &s->attrs, p0, p1, 1);
+    }
+    attrs_set(&s->attrs, p0, p1, v);
+}
+
 static void shared_alloc_4k(core_t *c, shared_t *s, int64_t nholes, int64_t n)
 {
     host_alloc_pages(c, n, 1);
     fill_holes(c, &s->page_pfn, nholes);
+    const attrs_t *a = shared_vm_attrs(c, s);
+    for (int64_t h = 0; h < nholes; h++)
+        c->st_stale += attrs_count(a, c->miss[2 * h], c->miss[2 * h + 1], PRIVATE);
     s->present += n;
     c->footprint += n;
     led_op(c, s->kind == 0 ? K_FAULT_ANON : K_FAULT_SHMEM, n);
@@ -1763,7 +1887,9 @@ static int64_t shared_populate(core_t *c, shared_t *s, int64_t p0, int64_t p1)
         if (s->chunk[ch] == ABSENT) {
             int64_t pfn = host_alloc_huge(c, 9, 1);
             if (pfn >= 0) {
-                s->chunk[ch] = INTACT;
+                shared_set_chunk(c, s, ch, INTACT);
+                int64_t e = (ch + 1) << 9 < s->npages ? (ch + 1) << 9 : s->npages;
+                c->st_stale += attrs_count(shared_vm_attrs(c, s), ch << 9, e, PRIVATE);
                 s->chunk_pfn[ch] = pfn;
                 s->present += 512;
                 c->footprint += 512;
@@ -1772,7 +1898,7 @@ static int64_t shared_populate(core_t *c, shared_t *s, int64_t p0, int64_t p1)
                 faulted += 512;
                 continue;
             }
-            s->chunk[ch] = SPLIT;
+            shared_set_chunk(c, s, ch, SPLIT);
         }
         int64_t n, k = collect_missing(c, &s->page_pfn, a, b, &n);
         if (n) {
@@ -1801,8 +1927,7 @@ static int shared_access(core_t *c, shared_t *s, int64_t p0, int64_t p1, int pro
 {
     if (proc && s->kind == 0) return EFAULT;     /* anonymous memory: the VMM's only */
     shared_populate(c, s, p0, p1);
-    uint8_t bit = (uint8_t)(1 << proc);
-    rm_set_bit(&s->host_map, p0, p1, bit);
+    shared_host_map(c, s, p0, p1, (uint8_t)(1 << proc));
     *mism = touch(c, &s->data, p0, p1, write, token);
     return 0;
 }
@@ -1811,7 +1936,7 @@ static int64_t shared_guest_access(core_t *c, shared_t *s, gmem_t *g, int64_t p0
                                    int write, uint64_t token)            /* guest_access */
 {
     shared_populate(c, s, p0, p1);
-    rm_set_bit(&g->pflags, p0, p1, PF_S2);
+    c->st_s2_4k += rm_set_bit(&g->pflags, p0, p1, PF_S2);
     return touch(c, &s->data, p0, p1, write, token);
 }
 
@@ -1823,8 +1948,9 @@ static int64_t attrs_count(const attrs_t *a, int64_t start, int64_t end, int v)
 static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* discard */
 {
     if (s->page == 2) return 0;
-    int mapped = rm_any_bit(&s->host_map, p0, p1, 0xff);
-    rm_set(&s->host_map, p0, p1, 0);
+    /* nothing in [p0, p1) stays held, nothing outside changes */
+    c->st_stale -= shared_present_where(s, shared_vm_attrs(c, s), p0, p1, 1);
+    int mapped = shared_host_unmap(c, s, p0, p1);
     int64_t freed = 0;
     if (s->huge) {
         int64_t c0 = p0 >> 9, c1 = ((p1 - 1) >> 9) + 1;
@@ -1835,7 +1961,7 @@ static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* d
             int state = s->chunk[ch];
             if (state == INTACT && p0 <= a && b <= p1) {
                 buddy_free(&c->b, s->chunk_pfn[ch], 9);
-                s->chunk[ch] = ABSENT;
+                shared_set_chunk(c, s, ch, ABSENT);
                 c->huge_pages -= 512;
                 freed += 512;
                 continue;
@@ -1847,7 +1973,7 @@ static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* d
                 c->huge_splits++;
                 c->folio_splits++;
                 if (s->kind == 0) {
-                    s->chunk[ch] = DEFERRED;
+                    shared_set_chunk(c, s, ch, DEFERRED);
                     if (s->ndeferred == s->cap_deferred) {
                         s->cap_deferred = s->cap_deferred ? 2 * s->cap_deferred : 64;
                         s->deferred = realloc(s->deferred, (size_t)s->cap_deferred * sizeof(int64_t));
@@ -1858,7 +1984,7 @@ static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* d
                     rm_set(&s->page_pfn, lo, hi, 0);
                     continue;
                 }
-                s->chunk[ch] = SPLIT;
+                shared_set_chunk(c, s, ch, SPLIT);
                 led_op_beyond(c, K_THP_SPLIT_SHMEM, K_PUNCH_SHMEM_UNMAPPED, 1);
             }
             if (s->chunk[ch] == DEFERRED) {
@@ -1880,7 +2006,7 @@ static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* d
                 continue;
             }
             freed += free_4k(c, &s->page_pfn, lo, hi);
-            if (!any_pfn(&s->page_pfn, a, b)) s->chunk[ch] = ABSENT;
+            if (!any_pfn(&s->page_pfn, a, b)) shared_set_chunk(c, s, ch, ABSENT);
         }
     } else {
         freed = free_4k(c, &s->page_pfn, p0, p1);
@@ -1916,7 +2042,7 @@ static int shared_deferred_split(core_t *c, shared_t *s)           /* deferred_s
         }
         host_free_runs(c, c->fruns, k);
         freed += n;
-        s->chunk[ch] = SPLIT;
+        shared_set_chunk(c, s, ch, SPLIT);
         s->present -= n;
     }
     c->footprint -= freed;
@@ -1946,7 +2072,7 @@ static int vm_set_attrs(core_t *c, slot_t *s, uint64_t offset, uint64_t size, ui
     if (offset >> PAGE_SHIFT >= (uint64_t)s->attrs.npages || p0 >= p1) return 0;
     if (attrs_is_uniform(&s->attrs, p0, p1, (int)attributes)) return 0;
     gmem_zap_stage2(c, &s->g, p0, p1, !(attributes & PRIVATE));
-    attrs_set(&s->attrs, p0, p1, (int)attributes);
+    slot_attrs_set(c, s, p0, p1, (int)attributes);
     led_each(c, K_VM_ATTR_XA_STORE, p1 - p0);   /* xa_store per 4K under slots_lock */
     return 0;
 }
@@ -2065,7 +2191,7 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     rm_init(&g->page_pfn, g->npages, 1, 0);
     rm_init(&g->pflags, g->npages, 0, 0);
     rm_init(&g->data, g->npages, 0, 0);
-    g->pins = xcalloc((size_t)g->npages, sizeof(uint16_t));
+    rm_init(&g->pins, g->npages, 0, 0);
     if (order) {
         g->nfolios = g->npages >> order;
         g->fstate = xcalloc((size_t)g->nfolios, 1);
@@ -2080,14 +2206,16 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     sh->kind = shared_kind;
     sh->page = shared_page;
     sh->huge = shared_page != 0;
+    sh->slot = idx;
     rm_init(&sh->page_pfn, sh->npages, 1, 0);
     rm_init(&sh->host_map, sh->npages, 0, 0);
     rm_init(&sh->data, sh->npages, 0, 0);
-    sh->pins = xcalloc((size_t)sh->npages, sizeof(uint16_t));
+    rm_init(&sh->pins, sh->npages, 0, 0);
     if (sh->huge) {
         sh->nchunks = (sh->npages + 511) >> 9;
         sh->chunk = xcalloc((size_t)sh->nchunks, 1);
         sh->chunk_pfn = xcalloc((size_t)sh->nchunks, sizeof(int64_t));
+        sh->chunk_mapped = xcalloc((size_t)sh->nchunks, sizeof(uint16_t));
     }
     if (shared_kind == 0 && shared_page == 1) {
         c->shrinkers = realloc(c->shrinkers, (size_t)(c->nshrinkers + 1) * sizeof(int));
@@ -2100,9 +2228,10 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
                 fail(c, "host memory too small for the hugetlb pool");
                 return -1;
             }
-            sh->chunk[ch] = INTACT;
+            shared_set_chunk(c, sh, ch, INTACT);
             sh->chunk_pfn[ch] = (int32_t)pfn;
         }
+        c->st_stale += attrs_count(&s->attrs, 0, sh->npages, PRIVATE);
         int64_t n = sh->nchunks * 512;
         sh->present += n;
         c->footprint += n;
@@ -2254,9 +2383,9 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
                 int delta = st.code == 8 ? 1 : -1;
                 if (st.obj == 0) {
                     if (delta > 0) gmem_populate(c, &s->g, &s->attrs, p0, p1);
-                    status = pin_pages(s->g.pins, &s->g.npinned, p0, p1, delta);
+                    status = pin_pages(&s->g.pins, &s->g.npinned, p0, p1, delta);
                 } else {
-                    status = pin_pages(s->s->pins, NULL, p0, p1, delta);
+                    status = pin_pages(&s->s->pins, NULL, p0, p1, delta);
                 }
                 break;
             }
@@ -2350,7 +2479,33 @@ static void allocatable_huge(const core_t *c, int64_t *out2m, int64_t *out1g)
     *out1g = n1 - blocked1;
 }
 
-void core_huge_stats(core_t *c, int64_t *out)                  /* SimTarget.snapshot */
+/* SimTarget.snapshot from the counters kept as the model changes: O(slots) but for
+ * allocatable_huge, which scans host memory */
+void core_huge_stats(core_t *c, int64_t *out)
+{
+    memset(out, 0, CORE_H_COUNT * sizeof(int64_t));
+    out[CORE_H_S2_4K] = c->st_s2_4k * (int64_t)PAGE_SIZE;
+    out[CORE_H_S2_2M] = c->st_s2_huge[0];
+    out[CORE_H_S2_1G] = c->st_s2_huge[1];
+    out[CORE_H_HOST_HUGE] = c->st_host_huge;
+    out[CORE_H_INTACT] = c->st_intact;
+    out[CORE_H_STALE] = c->st_stale * (int64_t)PAGE_SIZE;
+    for (int i = 0; i < c->nslots; i++) {
+        const gmem_t *g = &c->slots[i].g;
+        const shared_t *s = c->slots[i].s;
+        if (g->order) out[CORE_H_POSSIBLE] += g->nfolios;
+        if (s && s->huge) out[CORE_H_POSSIBLE] += s->nchunks;
+    }
+    out[CORE_H_DEMOTIONS] = c->mapping_demotions;
+    out[CORE_H_SPLITS] = c->folio_splits;
+    out[CORE_H_MERGES] = c->folio_merges;
+    out[CORE_H_PRIVATE_TOUCHES] = c->private_host_touch_pages;
+    allocatable_huge(c, &out[CORE_H_ALLOC_2M], &out[CORE_H_ALLOC_1G]);
+}
+
+/* the same as core_huge_stats by a full scan of every page and folio (tests: the counters
+ * must equal it after any sequence of steps) */
+void core_huge_recount(core_t *c, int64_t *out)
 {
     memset(out, 0, CORE_H_COUNT * sizeof(int64_t));
     for (int i = 0; i < c->nslots; i++) {
@@ -2518,12 +2673,13 @@ void core_free(core_t *c)
     if (!c) return;
     for (int i = 0; i < c->nslots; i++) {
         slot_t *s = &c->slots[i];
-        rm_destroy(&s->g.page_pfn); rm_destroy(&s->g.pflags); rm_destroy(&s->g.data); free(s->g.pins);
+        rm_destroy(&s->g.page_pfn); rm_destroy(&s->g.pflags); rm_destroy(&s->g.data); rm_destroy(&s->g.pins);
         free(s->g.fstate); free(s->g.fbits); free(s->g.fpfn);
         rm_destroy(&s->attrs);
         if (s->s) {
-            rm_destroy(&s->s->page_pfn); rm_destroy(&s->s->host_map); rm_destroy(&s->s->data); free(s->s->pins);
+            rm_destroy(&s->s->page_pfn); rm_destroy(&s->s->host_map); rm_destroy(&s->s->data); rm_destroy(&s->s->pins);
             free(s->s->chunk); free(s->s->chunk_pfn); free(s->s->deferred);
+            free(s->s->chunk_mapped);
             free(s->s);
         }
     }

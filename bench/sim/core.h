@@ -75,6 +75,8 @@ void core_set_arrivals(core_t *c, const int64_t *t_ns, int64_t n);
 int64_t core_saturated(core_t *c);
 
 void core_huge_stats(core_t *c, int64_t *out);
+/* core_huge_stats by a full scan instead of the counters kept as the model changes */
+void core_huge_recount(core_t *c, int64_t *out);
 /* per key: count, ns total, order of first charge (-1: never charged) */
 void core_ledger(core_t *c, int64_t *count, double *ns, int64_t *first);
 /* full consistency check of the buddy model; 0 or -1 (message in core_error()) */

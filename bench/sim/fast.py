@@ -1,8 +1,9 @@
 """CoreTarget: the simulator's model run by the C core (bench/sim/core.c), one C call per
 step batch.  It is a second implementation of SimTarget (bench/sim/backend.py), which stays
 the readable reference: both give identical results, snapshots, breakdowns and metadata for
-the same steps (tests/test_sim_engines.py), CoreTarget at ~100x the speed and with compact
-per-page state (a 128 GiB guest with a million conversions runs in seconds).
+the same steps (tests/test_sim_engines.py), CoreTarget at ~100x the speed and with its state
+kept as extents instead of per-page arrays (a 1 TiB guest with a million conversions runs in
+seconds in a few hundred MiB; benchmarks/sim_scale.py).
 
 make_sim_target() picks the engine: params["engine"] = "c" (default) or "python".
 """
@@ -178,7 +179,10 @@ class CoreTarget:
         self.wall_s += time.perf_counter() - t0
         return out
 
-    def snapshot(self) -> dict:
+    def snapshot(self, recount: bool = False) -> dict:
+        """The model's state now.  The huge-page measures come from counters the engine keeps
+        as folios and mappings change; recount=True computes them by a full scan instead
+        (for tests: both must agree)."""
         lib = self._lib
         cnt = self._counters()
         return {
@@ -188,13 +192,14 @@ class CoreTarget:
             "huge_merges": int(cnt[lib.CORE_C_HUGE_MERGES]),
             "nr_free": self.nr_free(),
             "t_ns": int(lib.core_clock_ns(self._c)),
-            **self._huge_stats(),
+            **self._huge_stats(recount),
         }
 
-    def _huge_stats(self) -> dict:
+    def _huge_stats(self, recount: bool = False) -> dict:
         lib, ffi = self._lib, self._ffi
         h = np.zeros(lib.CORE_H_COUNT, np.int64)
-        lib.core_huge_stats(self._c, ffi.cast("int64_t *", ffi.from_buffer(h)))
+        (lib.core_huge_recount if recount else lib.core_huge_stats)(
+            self._c, ffi.cast("int64_t *", ffi.from_buffer(h)))
         return {
             "stage2_bytes": {"4k": int(h[lib.CORE_H_S2_4K]), "2m": int(h[lib.CORE_H_S2_2M]),
                              "1g": int(h[lib.CORE_H_S2_1G])},

@@ -110,6 +110,16 @@ class Host:
         self.folio_splits = 0
         self.folio_merges = 0
         self.private_host_touch_pages = 0   # dual: host touches of private GPAs (zero pages)
+        # snapshot statistics, kept up to date where folios and mappings change (the
+        # recount methods of GuestMemfd / SharedBacking compute the same by a full scan):
+        # 4K pages mapped at 4K in stage 2; bytes mapped by huge stage-2 leaves; bytes some
+        # host process maps with one PMD/PUD; intact huge folios (gmem and shared backing);
+        # shared-backing pages held at VM-private GPAs
+        self.st_s2_4k_pages = 0
+        self.st_s2_huge_bytes = {"2m": 0, "1g": 0}
+        self.st_host_huge_bytes = 0
+        self.st_intact_folios = 0
+        self.st_stale_pages = 0
         self.shrinkers = []           # callables freeing memory under pressure (deferred split)
         # hugetlb pages that huge guest_memfd folios returned (free_huge_folio enqueues them
         # on the hstate's free list): reused by the next huge fault, never given back to the
@@ -175,6 +185,7 @@ class VM:
         self.plat = VM_TYPE_KEY[vm_type]
         self.slot_attrs: list[AttrRanges] = []
         self.slot_gmem: list["GuestMemfd"] = []
+        self.slot_shared: dict[int, "SharedBacking"] = {}    # dual: the slot's shared memory
 
     def conversion_request(self, pages: int) -> None:
         """What one guest conversion request costs before the VMM's ioctl, in both
@@ -214,6 +225,10 @@ class VM:
         self.slot_attrs.append(AttrRanges(gmem.npages, initial))
         self.slot_gmem.append(gmem)
 
+    def attach_shared(self, slot: int, shared: "SharedBacking") -> None:
+        """Dual backing: the slot's shared memory, told before its attributes change."""
+        self.slot_shared[slot] = shared
+
     def set_memory_attributes(self, slot: int, offset: int, size: int, attributes: int,
                               flags: int = 0) -> int:
         """KVM_SET_MEMORY_ATTRIBUTES on the VM fd: errno or 0.  No pin check, no error_offset."""
@@ -230,6 +245,9 @@ class VM:
         if p0 >= p1 or attrs.is_uniform(p0, p1, attributes):
             return 0
         gmem.zap_stage2(p0, p1, private_leaves=not attributes & PRIVATE)
+        sh = self.slot_shared.get(slot)
+        if sh is not None:
+            sh.attrs_changing(p0, p1, attributes)
         attrs.set(p0, p1, attributes)
         # kvm_vm_set_mem_attributes(): xa_reserve + xa_store per 4K page under slots_lock
         self.ledger.each("vm_attr_xa_store", p1 - p0)
@@ -274,6 +292,21 @@ class GuestMemfd:
             self.s2_huge = np.zeros(n, np.uint8)
             self.demoted = np.zeros(n, bool)             # a huge mapping was split
 
+    # ---- snapshot counters: folio states and huge mappings change only through these ----
+    def _set_folio_state(self, f: int, st: int) -> None:
+        self.host.st_intact_folios += int(st == INTACT) - int(self.folio_state[f] == INTACT)
+        self.folio_state[f] = st
+
+    def _huge_bytes_key(self) -> str:
+        return "2m" if self.order == 9 else "1g"
+
+    def _set_s2_4k(self, a: int, b: int) -> None:
+        """Map [a, b) at 4K in stage 2."""
+        if a < b:
+            seg = self.s2_map[a:b]
+            self.host.st_s2_4k_pages += (b - a) - int(np.count_nonzero(seg))
+            seg[:] = 1
+
     # ---- allocation -------------------------------------------------------------------
     def _alloc_4k(self, pages: np.ndarray) -> None:
         """Fault in order-0 folios for the absent page indices `pages`."""
@@ -307,7 +340,7 @@ class GuestMemfd:
             if st[k] == ABSENT:
                 pfn, pooled = self.host.alloc_hugetlb(o)
                 if pfn is not None:
-                    self.folio_state[f] = INTACT
+                    self._set_folio_state(f, INTACT)
                     self.folio_pfn[f] = pfn
                     self.present += fp
                     if not pooled:
@@ -322,7 +355,7 @@ class GuestMemfd:
                                                                           PRIVATE):
                         self._split_folio(f)
                     continue
-                self.folio_state[f] = FALLBACK    # no aligned block free: 4K folios
+                self._set_folio_state(f, FALLBACK)   # no aligned block free: 4K folios
             miss = np.flatnonzero(self.page_pfn[a:b] == 0) + a
             if len(miss):
                 self._alloc_4k(miss)
@@ -347,7 +380,7 @@ class GuestMemfd:
         fp = self.fpages
         base = int(self.folio_pfn[f])
         self.page_pfn[f * fp:(f + 1) * fp] = np.arange(base + 1, base + 1 + fp)
-        self.folio_state[f] = SPLIT
+        self._set_folio_state(f, SPLIT)
         if not self.demoted[f]:      # a demoted mapping already counted this folio
             self.host.huge_splits += 1
         self.demoted[f] = True       # its mappings can only be 4K now
@@ -362,7 +395,7 @@ class GuestMemfd:
         again: hugetlb_vmemmap_optimize_folio).  Mappings stay 4K until promoted."""
         fp = self.fpages
         self.page_pfn[f * fp:(f + 1) * fp] = 0
-        self.folio_state[f] = INTACT
+        self._set_folio_state(f, INTACT)
         self.host.huge_pages += fp
         self.host.folio_merges += 1
         self.ledger.op("folio_merge")
@@ -402,6 +435,7 @@ class GuestMemfd:
                     for _ in range(int(pmd[k]).bit_count()):
                         self.ledger.op("host_zap_pmd")
                 pmd[k] = 0
+                self.host.st_host_huge_bytes -= fp * PAGE_SIZE
         return n
 
     def zap_stage2(self, p0: int, p1: int, private_leaves: bool = False) -> None:
@@ -418,6 +452,7 @@ class GuestMemfd:
         leaves = n
         if n:
             s2[:] = 0
+            self.host.st_s2_4k_pages -= n
             self.ledger.each("stage2_zap_4k", n)
             if tdx:
                 self._tdx_remove(n, n)
@@ -429,8 +464,8 @@ class GuestMemfd:
                 f = f0 + int(k)
                 a, b = f * fp, (f + 1) * fp
                 if a < p0 or b > p1:       # split the huge leaf, keep the rest mapped at 4K
-                    self.s2_map[a:p0] = 1
-                    self.s2_map[p1:b] = 1
+                    self._set_s2_4k(a, p0)
+                    self._set_s2_4k(p1, b)
                     self._demote(f)
                     self.host.mapping_demotions += 1
                     if tdx:
@@ -442,6 +477,7 @@ class GuestMemfd:
                 elif tdx:
                     self._tdx_remove(1, fp)
                 huge[k] = 0
+                self.host.st_s2_huge_bytes[self._huge_bytes_key()] -= fp * PAGE_SIZE
                 self.ledger.each("stage2_zap_huge", 1)
                 leaves += 1
         if leaves:
@@ -486,6 +522,11 @@ class GuestMemfd:
                     continue
                 if not self.attr_view.is_uniform(f * fp, (f + 1) * fp, state):
                     continue
+                if guest:
+                    self.host.st_s2_huge_bytes[self._huge_bytes_key()] += fp * PAGE_SIZE
+                    self.host.st_s2_4k_pages -= int(np.count_nonzero(ptes[f * fp:(f + 1) * fp]))
+                elif not pmds[f]:
+                    self.host.st_host_huge_bytes += fp * PAGE_SIZE
                 pmds[f] |= bit
                 ptes[f * fp:(f + 1) * fp] &= ~bit & 0xFF
                 if self.demoted[f]:
@@ -501,7 +542,9 @@ class GuestMemfd:
         n = int(np.count_nonzero(need))
         if n:
             seg[need] |= bit
-            if not guest:
+            if guest:
+                self.host.st_s2_4k_pages += n
+            else:
                 refaults = n if fresh is None else int(np.count_nonzero(need & ~fresh))
                 self.ledger.each("refault_gmem", refaults)
 
@@ -628,12 +671,12 @@ class GuestMemfd:
                 if state == FALLBACK:
                     freed += self._free_4k(max(a, p0), min(b, p1))
                     if not self.page_pfn[a:b].any():
-                        self.folio_state[f] = ABSENT
+                        self._set_folio_state(f, ABSENT)
                 elif p0 <= a and b <= p1:
                     if state == SPLIT:
                         self._merge_folio(f)
                     self.host.free_hugetlb(int(self.folio_pfn[f]), o)
-                    self.folio_state[f] = ABSENT
+                    self._set_folio_state(f, ABSENT)
                     self.demoted[f] = False
                     self.host.huge_pages -= fp
                     pooled += fp
@@ -737,9 +780,13 @@ def touch(data: np.ndarray, ledger: Ledger, p0: int, p1: int, write: bool, token
 class SharedBacking:
     """Dual backing's shared memory for one memslot: anon or memfd; 4K, THP or hugetlb."""
 
-    def __init__(self, host: Host, npages: int, kind: str, page: str):
+    def __init__(self, host: Host, npages: int, kind: str, page: str,
+                 attrs: AttrRanges | None = None):
         self.host, self.ledger = host, host.ledger
         self.npages, self.kind, self.page = npages, kind, page
+        # the VM's attributes of this memslot (VM.attach_shared keeps the count of pages
+        # held at private GPAs up to date through attrs_changing)
+        self.attrs = attrs if attrs is not None else AttrRanges(npages, SHARED)
         self.page_pfn = np.zeros(npages, np.int64)       # pfn+1 of 4K pages / split parts
         self.host_map = np.zeros(npages, np.uint8)
         self.data = np.zeros(npages, np.uint32)
@@ -750,6 +797,7 @@ class SharedBacking:
             n = (npages + 511) >> 9
             self.chunk = np.zeros(n, np.uint8)           # ABSENT / INTACT / SPLIT / DEFERRED
             self.chunk_pfn = np.zeros(n, np.int64)
+            self.chunk_mapped = np.zeros(n, np.int32)    # pages some host process maps
         self.deferred: list[int] = []                    # anon THPs awaiting deferred split
         if kind == "anon" and page == "thp":
             host.shrinkers.append(self.deferred_split)
@@ -759,13 +807,56 @@ class SharedBacking:
     def _fault_key(self) -> str:
         return "fault_anon" if self.kind == "anon" else "fault_shmem"
 
+    # ---- snapshot counters: chunk states and host mappings change only through these -----
+    def _set_chunk(self, c: int, st: int) -> None:
+        delta = int(st == INTACT) - int(self.chunk[c] == INTACT)
+        self.host.st_intact_folios += delta
+        if self.chunk_mapped[c]:
+            self.host.st_host_huge_bytes += delta * 512 * PAGE_SIZE
+        self.chunk[c] = st
+
+    def _chunks_mapped(self, pages: np.ndarray, delta: int) -> None:
+        """Pages (ascending) that became mapped (delta 1) / unmapped (-1) by the host."""
+        if not self.huge or not len(pages):
+            return
+        cs, cnt = np.unique(pages >> 9, return_counts=True)
+        before = self.chunk_mapped[cs] != 0
+        self.chunk_mapped[cs] += delta * cnt.astype(np.int32)
+        flipped = cs[before != (self.chunk_mapped[cs] != 0)]
+        n = int(np.count_nonzero(self.chunk[flipped] == INTACT))
+        self.host.st_host_huge_bytes += delta * n * 512 * PAGE_SIZE
+
+    def _private_among(self, pages: np.ndarray) -> int:
+        """How many of `pages` (ascending) are at GPAs whose VM attribute is PRIVATE."""
+        if not len(pages):
+            return 0
+        lo, hi = int(pages[0]), int(pages[-1]) + 1
+        return sum(int(np.searchsorted(pages, b) - np.searchsorted(pages, a))
+                   for a, b, v in self.attrs.segments(lo, hi) if v == PRIVATE)
+
+    def _present_where(self, p0: int, p1: int, private: bool) -> int:
+        """Pages held in [p0, p1) whose VM attribute is (private) / is not PRIVATE."""
+        if p0 >= p1:
+            return 0
+        return sum(int(np.count_nonzero(self.present_in(a, b)))
+                   for a, b, v in self.attrs.segments(p0, p1) if (v == PRIVATE) == private)
+
+    def attrs_changing(self, p0: int, p1: int, value: int) -> None:
+        """The VM's attributes of [p0, p1) are about to become `value`."""
+        if value == PRIVATE:
+            self.host.st_stale_pages += self._present_where(p0, p1, False)
+        else:
+            self.host.st_stale_pages -= self._present_where(p0, p1, True)
+
     def _preallocate(self) -> None:
         """hugetlb pool pages are reserved up front (QEMU never discards them)."""
         for c in range(len(self.chunk)):
             pfn = self.host.alloc_huge(9, movable=False)
             if pfn is None:
                 raise OutOfMemory("host memory too small for the hugetlb pool")
-            self.chunk[c], self.chunk_pfn[c] = INTACT, pfn
+            self._set_chunk(c, INTACT)
+            self.chunk_pfn[c] = pfn
+        self.host.st_stale_pages += self.attrs.count(PRIVATE)
         n = len(self.chunk) * 512
         self.present += n
         self.host.footprint_pages += n
@@ -789,14 +880,19 @@ class SharedBacking:
             if st[k] == ABSENT:
                 pfn = self.host.alloc_huge(9, movable=True)
                 if pfn is not None:
-                    self.chunk[c], self.chunk_pfn[c] = INTACT, pfn
+                    self._set_chunk(c, INTACT)
+                    self.chunk_pfn[c] = pfn
+                    self.host.st_stale_pages += sum(
+                        b2 - a2 for a2, b2, v in self.attrs.segments(c << 9, min((c + 1) << 9,
+                                                                             self.npages))
+                        if v == PRIVATE)
                     self.present += 512
                     self.host.footprint_pages += 512
                     self.host.huge_pages += 512
                     self.ledger.op("fault_thp_anon" if self.kind == "anon" else "fault_thp_shmem")
                     faulted += 512
                     continue
-                self.chunk[c] = SPLIT                  # thp_fault_fallback
+                self._set_chunk(c, SPLIT)              # thp_fault_fallback
             miss = np.flatnonzero(self.page_pfn[a:b] == 0) + a
             if len(miss):
                 faulted += self._alloc_4k(miss)
@@ -805,6 +901,7 @@ class SharedBacking:
     def _alloc_4k(self, pages: np.ndarray) -> int:
         n = len(pages)
         self.page_pfn[pages] = self.host.alloc_pages(n, movable=True) + 1
+        self.host.st_stale_pages += self._private_among(pages)
         self.present += n
         self.host.footprint_pages += n
         self.ledger.op(self._fault_key(), n)
@@ -826,6 +923,7 @@ class SharedBacking:
         if proc and self.kind == "anon":
             return errno.EFAULT, 0
         self.populate(p0, p1)
+        self._chunks_mapped(np.flatnonzero(self.host_map[p0:p1] == 0) + p0, 1)
         self.host_map[p0:p1] |= np.uint8(1 << proc)
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
@@ -833,6 +931,7 @@ class SharedBacking:
         """A guest access to shared GPAs under dual backing: KVM maps the shared backing's
         page (through the memslot's userspace address) into stage 2 at 4K."""
         self.populate(p0, p1)
+        self.host.st_s2_4k_pages += (p1 - p0) - int(np.count_nonzero(s2_map[p0:p1]))
         s2_map[p0:p1] = 1
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
@@ -841,7 +940,11 @@ class SharedBacking:
         MADV_DONTNEED (memfd)."""
         if self.page == "hugetlb":
             return 0      # never reached from the strategy; hugetlb stays preallocated
-        mapped = bool(self.host_map[p0:p1].any())
+        # nothing in [p0, p1) stays held, nothing outside changes
+        self.host.st_stale_pages -= self._present_where(p0, p1, True)
+        was_mapped = np.flatnonzero(self.host_map[p0:p1]) + p0
+        mapped = bool(len(was_mapped))
+        self._chunks_mapped(was_mapped, -1)
         self.host_map[p0:p1] = 0
         freed = 0
         if self.huge:
@@ -851,7 +954,7 @@ class SharedBacking:
                 state = self.chunk[c]
                 if state == INTACT and p0 <= a and b <= p1:
                     self.host.buddy.free(int(self.chunk_pfn[c]), 9)
-                    self.chunk[c] = ABSENT
+                    self._set_chunk(c, ABSENT)
                     self.host.huge_pages -= 512
                     freed += 512
                     continue
@@ -863,13 +966,13 @@ class SharedBacking:
                     self.host.folio_splits += 1
                     if self.kind == "anon":
                         # the PMD goes, the THP stays whole until a deferred split
-                        self.chunk[c] = DEFERRED
+                        self._set_chunk(c, DEFERRED)
                         self.deferred.append(c)
                         # the same madvise call as discard_anon: only what the split adds
                         self.ledger.op_beyond("thp_split_anon", "discard_anon", 1)
                         self.page_pfn[max(a, p0):min(b, p1)] = 0   # unmapped, still held
                         continue
-                    self.chunk[c] = SPLIT                       # shmem splits at once
+                    self._set_chunk(c, SPLIT)                   # shmem splits at once
                     # the same punch call as punch_shmem_*: only what the split adds
                     self.ledger.op_beyond("thp_split_shmem", "punch_shmem_unmapped", 1)
                 if self.chunk[c] == DEFERRED:
@@ -887,7 +990,7 @@ class SharedBacking:
                     continue
                 freed += self._free_4k(max(a, p0), min(b, p1))
                 if not self.page_pfn[a:b].any():
-                    self.chunk[c] = ABSENT
+                    self._set_chunk(c, ABSENT)
         else:
             freed = self._free_4k(p0, p1)
         self.present -= freed
@@ -943,7 +1046,7 @@ class SharedBacking:
             holes = np.flatnonzero(~own)
             self.host.free_pfns(base + holes)
             freed += len(holes)
-            self.chunk[c] = SPLIT
+            self._set_chunk(c, SPLIT)
             self.present -= len(holes)
         self.host.footprint_pages -= freed
         self.deferred.clear()
