@@ -197,3 +197,36 @@ def test_accepted_guest_memory_is_mapped_in_stage2_before_the_run():
     acc, _ = run("in-place", ops_of((OpKind.PRIVATE_READ, 0, K4, 0)), accepted=True)
     assert acc.snapshot()["stage2_bytes"]["4k"] == 8 * MiB
     assert set(counts(acc)) == {"touch_page"}     # the read finds its page mapped and accepted
+
+
+M2 = 2 * MiB
+
+
+@pytest.mark.parametrize("strategy", ["in-place", "dual"])
+def test_tdx_maps_private_memory_at_4k_upstream(strategy):
+    """Upstream TDX maps private memory at 4K only (tdx_sept_set_private_spte): a guest write
+    of a whole 2M folio gives 512 4K leaves; a 4K to-shared conversion removes one leaf and
+    demotes nothing."""
+    ops = ops_of((OpKind.PRIVATE_WRITE, 0, M2), (OpKind.TO_SHARED, 0, K4))
+    t, _ = run(strategy, ops, page=M2)
+    n = counts(t)
+    assert n["fw_tdx_to_private"] == 512 and "fw_tdx_to_private_2m" not in n
+    assert "tdx_demote" not in n and n["tdx_block"] == 1 and n["fw_tdx_to_shared"] == 1
+    assert t.snapshot()["stage2_bytes"] == {"4k": M2 - K4, "2m": 0, "1g": 0}
+
+
+@pytest.mark.parametrize("strategy", ["in-place", "dual"])
+def test_tdx_huge_page_series_maps_2m_only_where_the_guest_accepts_2m(strategy):
+    """tdx_private_2m (the TDX huge-page series): a whole-folio private write is one 2M
+    AUG + accept and a 2M leaf with all 512 pages accepted; a 4K to-shared conversion
+    demotes it and removes one 4K leaf; a later one removes another accepted 4K leaf.  A
+    partial write accepts at 4K and maps 4K."""
+    ops = ops_of((OpKind.PRIVATE_WRITE, 0, M2), (OpKind.TO_SHARED, 0, K4),
+                 (OpKind.TO_SHARED, K4, K4), (OpKind.PRIVATE_WRITE, M2, K4))
+    t, _ = run(strategy, ops, page=M2, tdx_private_2m=True)
+    n = counts(t)
+    assert n["fw_tdx_to_private_2m"] == 1 and n["fw_tdx_to_private"] == 1   # 2nd folio: 4K
+    assert n["tdx_demote"] == 1 and n["fw_tdx_to_shared"] == 2 and n["tdx_block"] == 3
+    assert t.snapshot()["stage2_bytes"] == {"4k": M2 - 2 * K4 + K4, "2m": 0, "1g": 0}
+    t, _ = run(strategy, ops_of((OpKind.PRIVATE_WRITE, 0, M2)), page=M2, tdx_private_2m=True)
+    assert t.snapshot()["stage2_bytes"] == {"4k": 0, "2m": M2, "1g": 0}

@@ -258,7 +258,8 @@ class GuestMemfd:
     """One guest_memfd file."""
 
     def __init__(self, host: Host, vm: VM, size: int, flags: int, folio_order: int,
-                 platform: str, promote: bool = True, huge: str = "split"):
+                 platform: str, promote: bool = True, huge: str = "split",
+                 tdx_private_2m: bool = False):
         self.host, self.vm, self.ledger = host, vm, host.ledger
         self.size = size
         self.flags = flags
@@ -267,6 +268,9 @@ class GuestMemfd:
         self.fpages = 1 << folio_order
         self.platform = platform
         self.promote = promote           # map huge again once a folio is uniform
+        # TDX private leaves: 4K only upstream (tdx_sept_set_private_spte rejects other
+        # levels); the TDX huge-page series maps 2M where the guest accepts a whole 2M folio
+        self.tdx_private_2m = tdx_private_2m and folio_order == 9
         # in-place with huge folios, as the HugeTLB guest_memfd series does it: a folio with
         # any shared page is split into 4K folios, merged back once all private ("split");
         # or only its mappings are demoted, the folio stays whole ("demote")
@@ -493,21 +497,40 @@ class GuestMemfd:
         led.each("vcpu_kick", leaves * self.vm.vcpus)
         led.each("fw_tdx_to_shared", pages)
 
-    def _prepare(self, p0: int, p1: int) -> None:
+    def _prepare(self, p0: int, p1: int) -> set:
         """The guest faults private pages in: the platform's step for each page not yet
         prepared (kvm_gmem_prepare_folio -> SNP sev_gmem_prepare, RMPUPDATE to private;
-        TDX tdx_sept_set_private_spte, TDH.MEM.PAGE.AUG, and the guest's accept)."""
+        TDX tdx_sept_set_private_spte, TDH.MEM.PAGE.AUG, and the guest's accept).  With the
+        TDX huge-page series (tdx_private_2m), a whole intact 2M folio none of whose pages is
+        accepted yet is added and accepted at 2M (one AUG + accept of 2M); returns those
+        folios, the only private ones _map may map huge on TDX."""
+        acc2m = set()
+        if self.tdx_private_2m and self.vm.plat == "tdx":
+            fp = self.fpages
+            for f in range(-(-p0 // fp), p1 // fp):
+                if self.folio_state[f] != INTACT or self.s2_huge[f]:
+                    continue
+                if self.demoted[f] and not self.promote:
+                    continue
+                if self.prepared[f * fp:(f + 1) * fp].any():
+                    continue
+                self.prepared[f * fp:(f + 1) * fp] = True
+                self.ledger.op("fw_tdx_to_private_2m")
+                acc2m.add(f)
         seg = self.prepared[p0:p1]
         n = int(np.count_nonzero(~seg))
         if n:
             seg[:] = True
             if self.vm.plat != "sw":
                 self.ledger.each(f"fw_{self.vm.plat}_to_private", n)
+        return acc2m
 
     def _map(self, p0: int, p1: int, guest: bool, proc: int, state: int,
-             fresh: np.ndarray | None = None) -> None:
+             fresh: np.ndarray | None = None, acc2m: set = frozenset()) -> None:
         """Map [p0, p1) for the host process `proc` or the guest: huge where the folio is
-        intact and uniform (and, after a demotion, only if promotion is allowed)."""
+        intact and uniform (and, after a demotion, only if promotion is allowed).  TDX
+        private memory: huge only for the folios the guest accepted at 2M (acc2m)."""
+        tdx_private = guest and state == PRIVATE and self.vm.plat == "tdx"
         bit = 1 << proc
         if self.order:
             ptes, pmds = (self.s2_map, self.s2_huge) if guest else (self.host_map, self.host_pmd)
@@ -517,6 +540,8 @@ class GuestMemfd:
             for k in np.flatnonzero(st == INTACT):
                 f = f0 + int(k)
                 if pmds[f] & bit:
+                    continue
+                if tdx_private and f not in acc2m:
                     continue
                 if self.demoted[f] and not self.promote:
                     continue
@@ -725,11 +750,10 @@ class GuestMemfd:
         # only pages that were already allocated pay a refault when mapped again
         fresh = None if guest else ~self.present_in(p0, p1)
         self.populate(p0, p1)
-        if guest and want == PRIVATE:
-            self._prepare(p0, p1)
+        acc2m = self._prepare(p0, p1) if guest and want == PRIVATE else frozenset()
         # in-place: a shared page is mapped in stage 2 like a private one, from the same
         # guest_memfd folio (kvm_gmem_get_pfn serves both states)
-        self._map(p0, p1, guest, 0 if guest else proc, want, fresh)
+        self._map(p0, p1, guest, 0 if guest else proc, want, fresh, acc2m)
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
     # ---- snapshot measures ---------------------------------------------------------------
