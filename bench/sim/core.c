@@ -97,7 +97,7 @@ enum {
     K_FW_SNP_TO_PRIVATE, K_FW_SNP_TO_SHARED, K_FW_TDX_TO_PRIVATE, K_FW_TDX_TO_SHARED,
     K_TDX_BLOCK, K_TDX_TRACK, K_TDX_DEMOTE,
     K_FOLIO_MERGE, K_HUGETLB_VMEMMAP_RESTORE, K_HUGETLB_VMEMMAP_OPTIMIZE,
-    K_MADVISE_DONTNEED_UNMAPPED, K_FW_TDX_TO_PRIVATE_2M,
+    K_MADVISE_DONTNEED_UNMAPPED, K_FW_TDX_TO_PRIVATE_2M, K_VCPU_KICK_PER_VCPU,
     NKEYS
 };
 static const char *const key_names[NKEYS] = {
@@ -112,7 +112,7 @@ static const char *const key_names[NKEYS] = {
     "fw_snp_to_private", "fw_snp_to_shared", "fw_tdx_to_private", "fw_tdx_to_shared",
     "tdx_block", "tdx_track", "tdx_demote",
     "folio_merge", "hugetlb_vmemmap_restore", "hugetlb_vmemmap_optimize",
-    "madvise_dontneed_unmapped", "fw_tdx_to_private_2m",
+    "madvise_dontneed_unmapped", "fw_tdx_to_private_2m", "vcpu_kick_per_vcpu",
 };
 
 typedef struct __attribute__((packed)) {
@@ -1375,7 +1375,7 @@ static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f)        /* _split_f
     g->fbits[f] |= FB_DEMOTED;            /* its mappings can only be 4K now */
     c->huge_pages -= fp;
     c->folio_splits++;
-    led_op(c, K_FOLIO_SPLIT, 1);
+    led_op(c, K_FOLIO_SPLIT, fp);          /* O(pages): every 4K folio re-inserted */
     led_op(c, K_HUGETLB_VMEMMAP_RESTORE, fp);
 }
 
@@ -1386,7 +1386,7 @@ static void gmem_merge_folio(core_t *c, gmem_t *g, int64_t f)        /* _merge_f
     gmem_set_fstate(c, g, f, INTACT);
     c->huge_pages += fp;
     c->folio_merges++;
-    led_op(c, K_FOLIO_MERGE, 1);
+    led_op(c, K_FOLIO_MERGE, fp);          /* O(pages): every 4K folio removed */
     led_op(c, K_HUGETLB_VMEMMAP_OPTIMIZE, fp);
 }
 
@@ -1444,23 +1444,29 @@ static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int c
     return n;
 }
 
+static void vm_kick_vcpus(core_t *c, int64_t n)                   /* VM.kick_vcpus */
+{
+    led_each(c, K_VCPU_KICK, n);                        /* one multicast IPI with wait */
+    led_each(c, K_VCPU_KICK_PER_VCPU, n * c->vcpus);
+}
+
 static void vm_flush_tlbs(core_t *c)                               /* VM.flush_tlbs */
 {
     led_op(c, K_TLB_FLUSH, 1);
-    led_each(c, K_VCPU_KICK, c->vcpus);
+    vm_kick_vcpus(c, 1);
 }
 
 static void vm_tdx_track(core_t *c)                                /* VM.tdx_track */
 {
     led_op(c, K_TDX_TRACK, 1);
-    led_each(c, K_VCPU_KICK, c->vcpus);
+    vm_kick_vcpus(c, 1);
 }
 
 static void tdx_remove(core_t *c, int64_t leaves, int64_t pages)   /* _tdx_remove */
 {
     led_each(c, K_TDX_BLOCK, leaves);
     led_each(c, K_TDX_TRACK, leaves);
-    led_each(c, K_VCPU_KICK, leaves * c->vcpus);
+    vm_kick_vcpus(c, leaves);
     led_each(c, K_FW_TDX_TO_SHARED, pages);
 }
 

@@ -203,15 +203,22 @@ class VM:
         elif self.plat == "sw":
             led.each("hyp_share_sw", pages)
 
+    def kick_vcpus(self, n: int = 1) -> None:
+        """n kicks of the VM's vCPUs (kvm_make_vcpus_request_mask -> kvm_kick_many_cpus):
+        each one multicast IPI with wait (smp_call_function_many) to the vCPUs in guest
+        mode - a fixed part plus a small part per vCPU (all counted as running)."""
+        self.ledger.each("vcpu_kick", n)
+        self.ledger.each("vcpu_kick_per_vcpu", n * self.vcpus)
+
     def flush_tlbs(self) -> None:
-        """kvm_flush_remote_tlbs() after a zap: a request plus an IPI / kick per vCPU."""
+        """kvm_flush_remote_tlbs() after a zap: a request plus one multicast kick."""
         self.ledger.op("tlb_flush")
-        self.ledger.each("vcpu_kick", self.vcpus)
+        self.kick_vcpus()
 
     def tdx_track(self) -> None:
-        """tdx_track(): TDH.MEM.TRACK and a kick of every vCPU out of the TD."""
+        """tdx_track(): TDH.MEM.TRACK and one multicast kick of the vCPUs out of the TD."""
         self.ledger.op("tdx_track")
-        self.ledger.each("vcpu_kick", self.vcpus)
+        self.kick_vcpus()
 
     @property
     def has_private_mem(self) -> bool:
@@ -390,7 +397,8 @@ class GuestMemfd:
         self.demoted[f] = True       # its mappings can only be 4K now
         self.host.huge_pages -= fp
         self.host.folio_splits += 1
-        self.ledger.op("folio_split")
+        # O(pages): every 4K folio goes back into the page cache (__kvm_gmem_filemap_add_folio)
+        self.ledger.op("folio_split", fp)
         self.ledger.op("hugetlb_vmemmap_restore", fp)
 
     def _merge_folio(self, f: int) -> None:
@@ -402,7 +410,8 @@ class GuestMemfd:
         self._set_folio_state(f, INTACT)
         self.host.huge_pages += fp
         self.host.folio_merges += 1
-        self.ledger.op("folio_merge")
+        # O(pages): every 4K folio leaves the page cache (filemap_remove_folio_for_restructuring)
+        self.ledger.op("folio_merge", fp)
         self.ledger.op("hugetlb_vmemmap_optimize", fp)
 
     # ---- mappings ---------------------------------------------------------------------
@@ -494,7 +503,7 @@ class GuestMemfd:
         led = self.ledger
         led.each("tdx_block", leaves)
         led.each("tdx_track", leaves)
-        led.each("vcpu_kick", leaves * self.vm.vcpus)
+        self.vm.kick_vcpus(leaves)
         led.each("fw_tdx_to_shared", pages)
 
     def _prepare(self, p0: int, p1: int) -> set:
