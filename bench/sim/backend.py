@@ -159,7 +159,7 @@ class SimTarget:
         n = int(np.count_nonzero(present))
         if n:
             dst.populate(p0, p1)
-            dst.data[p0:p1] = src.data[p0:p1]
+            dst.data.copy_from(src.data, p0, p1)
             self.ledger.op("memcpy", n)
         return 0, n * PAGE_SIZE
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.ops import KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, NO_CHECK, PAGE_SIZE
 from bench.sim.buddy import BuddyAllocator, OutOfMemory
-from bench.sim.ranges import AttrRanges
+from bench.sim.ranges import AttrRanges, Runs
 
 SHARED = 0
 GUEST_MEMFD_FLAG_MMAP = 1 << 0
@@ -277,7 +277,7 @@ class GuestMemfd:
         self.page_pfn = np.zeros(self.npages, np.int64)    # pfn+1 of 4K folios / split parts
         self.host_map = np.zeros(self.npages, np.uint8)    # bit per host process (PTE level)
         self.s2_map = np.zeros(self.npages, np.uint8)      # guest stage-2, 4K leaves
-        self.data = np.zeros(self.npages, np.uint32)       # a content token per page
+        self.data = Runs(self.npages)                      # a content token per page, as runs
         self.pins = np.zeros(self.npages, np.uint16)       # extra references (GUP pins)
         # the platform's private state is set up (SNP: RMP entry private, TDX: page added to
         # the S-EPT and accepted); done at the guest's fault, undone where the kernel does it
@@ -629,9 +629,9 @@ class GuestMemfd:
         present = self.present_in(p0, p1)
         if self.platform == "zero":
             # TDX cleared each page when it left the S-EPT (charged in zap_stage2)
-            self.data[p0:p1][present] = 0
+            self.data.set_where(p0, present, 0)
         else:
-            self.data[p0:p1][present] = GARBAGE
+            self.data.set_where(p0, present, GARBAGE)
             self._snp_make_shared(p0, p1)
 
     def _snp_make_shared(self, p0: int, p1: int) -> None:
@@ -686,7 +686,7 @@ class GuestMemfd:
             freed = self._free_4k(p0, p1)
         self.present -= freed + pooled
         self.host.footprint_pages -= freed
-        self.data[p0:p1] = 0
+        self.data.set(p0, p1, 0)
         if zeroed:
             self.ledger.op("zero_fill", zeroed)
         freed += pooled
@@ -766,15 +766,15 @@ def free_pages(host: Host, page_pfn: np.ndarray, a: int, b: int) -> int:
     return len(pf)
 
 
-def touch(data: np.ndarray, ledger: Ledger, p0: int, p1: int, write: bool, token: int) -> int:
+def touch(data: AttrRanges, ledger: Ledger, p0: int, p1: int, write: bool, token: int) -> int:
     """Write a token to, or check the token of, every page; returns mismatching pages."""
     ledger.op("touch_page", p1 - p0)
     if write:
-        data[p0:p1] = token
+        data.set(p0, p1, int(token) & 0xFFFFFFFF)
         return 0
     if token == NO_CHECK:
         return 0
-    return int(np.count_nonzero(data[p0:p1] != token))
+    return (p1 - p0) - data.count_in(p0, p1, int(token))
 
 
 class SharedBacking:
@@ -789,7 +789,7 @@ class SharedBacking:
         self.attrs = attrs if attrs is not None else AttrRanges(npages, SHARED)
         self.page_pfn = np.zeros(npages, np.int64)       # pfn+1 of 4K pages / split parts
         self.host_map = np.zeros(npages, np.uint8)
-        self.data = np.zeros(npages, np.uint32)
+        self.data = Runs(npages)                         # content tokens, as runs
         self.pins = np.zeros(npages, np.uint16)
         self.present = 0
         self.huge = page in ("thp", "hugetlb")
@@ -995,7 +995,7 @@ class SharedBacking:
             freed = self._free_4k(p0, p1)
         self.present -= freed
         self.host.footprint_pages -= freed
-        self.data[p0:p1] = 0
+        self.data.set(p0, p1, 0)
         if self.kind == "anon":
             self.ledger.op("discard_anon", max(freed, 1))
         else:

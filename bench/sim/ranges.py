@@ -5,6 +5,9 @@ a chunk of 512 pages (2 MiB) is either uniform (one value in a numpy array) or m
 and a mixed chunk keeps its own merged list of (start, value) segments.  A conversion of
 a 1 GiB range touches 512 array entries in one numpy call; a 4K conversion edits one
 short list.  Adjacent equal segments are always merged, across chunks too (segments()).
+
+The same structure keeps any per-page value as runs (dtype chooses the value range; values
+must be >= 0): the simulator's content tokens are one (Runs).
 """
 from bisect import bisect_right
 
@@ -16,10 +19,10 @@ MIXED = -1
 
 
 class AttrRanges:
-    def __init__(self, npages: int, initial: int):
+    def __init__(self, npages: int, initial: int, dtype=np.int16):
         self.npages = npages
         nchunks = (npages + CHUNK - 1) >> CHUNK_SHIFT
-        self.uniform = np.full(nchunks, initial, dtype=np.int16)
+        self.uniform = np.full(nchunks, initial, dtype=dtype)
         self.mixed: dict[int, tuple[list[int], list[int]]] = {}
         last = npages - ((nchunks - 1) << CHUNK_SHIFT) if nchunks else CHUNK
         # a partial last chunk: pages past npages hold a sentinel and are never queried
@@ -153,3 +156,27 @@ class AttrRanges:
             bounds = starts[1:] + [self._chunk_len(c)]
             full += sum(e - s for s, e, v in zip(starts, bounds, vals) if v == value)
         return full
+
+    def __getitem__(self, page: int) -> int:
+        return self.get(int(page))
+
+    def count_in(self, start: int, end: int, value: int) -> int:
+        """Pages in [start, end) holding `value`."""
+        return sum(e - s for s, e, v in self.segments(start, end) if v == value)
+
+    def copy_from(self, other: "AttrRanges", start: int, end: int) -> None:
+        """[start, end) takes other's values there."""
+        for s, e, v in other.segments(start, end):
+            self.set(s, e, v)
+
+    def set_where(self, start: int, mask: np.ndarray, value: int) -> None:
+        """Pages start + i with mask[i] true get `value` (per run of true entries)."""
+        m = np.concatenate(([False], np.asarray(mask, bool), [False]))
+        edges = np.flatnonzero(m[1:] != m[:-1])
+        for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist()):
+            self.set(start + a, start + b, value)
+
+
+def Runs(npages: int) -> AttrRanges:
+    """A content token (uint32) per page, kept as runs; 0 = never written / zeroed."""
+    return AttrRanges(npages, 0, dtype=np.int64)
