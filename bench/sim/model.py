@@ -278,7 +278,7 @@ class GuestMemfd:
         self.host_map = np.zeros(self.npages, np.uint8)    # bit per host process (PTE level)
         self.s2_map = np.zeros(self.npages, np.uint8)      # guest stage-2, 4K leaves
         self.data = Runs(self.npages)                      # a content token per page, as runs
-        self.pins = np.zeros(self.npages, np.uint16)       # extra references (GUP pins)
+        self.pins = Runs(self.npages)                      # extra references (GUP pins)
         # the platform's private state is set up (SNP: RMP entry private, TDX: page added to
         # the S-EPT and accepted); done at the guest's fault, undone where the kernel does it
         self.prepared = np.zeros(self.npages, bool)
@@ -611,14 +611,13 @@ class GuestMemfd:
         else:
             nfolios = int(np.count_nonzero(self.page_pfn[p0:p1]))
         self.ledger.each("refcount_scan_folio", nfolios)
-        pinned = self.pins[f0 * fp:f1 * fp]       # a pin elevates its whole folio
         in_lru = any(f0 <= f < f1 for f in self.lru)
         if in_lru:
             self.ledger.op("lru_drain")
             self.lru.clear()
-        nz = np.flatnonzero(pinned)
-        if len(nz):
-            return ((int(nz[0]) >> o) + f0) << o
+        for s, _, v in self.pins.segments(f0 * fp, f1 * fp):   # a pin elevates its folio
+            if v:
+                return (s >> o) << o
         return None
 
     def _arch_invalidate(self, p0: int, p1: int) -> None:
@@ -749,11 +748,17 @@ class GuestMemfd:
         return int(np.count_nonzero(self.folio_state == INTACT)) if self.order else 0
 
     def pin(self, p0: int, p1: int, delta: int) -> int:
-        seg = self.pins[p0:p1]
-        if delta < 0 and not seg.all():
-            return errno.EINVAL
-        seg += np.uint16(1) if delta > 0 else np.uint16(0xFFFF)
-        return 0
+        return pin_pages(self.pins, p0, p1, delta)
+
+
+def pin_pages(pins: AttrRanges, p0: int, p1: int, delta: int) -> int:
+    """Add one reference to every page of [p0, p1), or drop one (EINVAL, nothing changed,
+    if a page holds none); counts are 16 bits and wrap, as the C engine's."""
+    if delta < 0 and pins.count_in(p0, p1, 0):
+        return errno.EINVAL
+    for s, e, v in pins.segments(p0, p1):
+        pins.set(s, e, (v + (1 if delta > 0 else 0xFFFF)) & 0xFFFF)
+    return 0
 
 
 def free_pages(host: Host, page_pfn: np.ndarray, a: int, b: int) -> int:
@@ -790,7 +795,7 @@ class SharedBacking:
         self.page_pfn = np.zeros(npages, np.int64)       # pfn+1 of 4K pages / split parts
         self.host_map = np.zeros(npages, np.uint8)
         self.data = Runs(npages)                         # content tokens, as runs
-        self.pins = np.zeros(npages, np.uint16)
+        self.pins = Runs(npages)
         self.present = 0
         self.huge = page in ("thp", "hugetlb")
         if self.huge:
