@@ -40,7 +40,6 @@ ABSENT, INTACT, SPLIT, DEFERRED = 0, 1, 2, 3   # state of a huge folio / huge sh
 # FALLBACK: no huge page was free at fault time, its pages are 4K pages from the buddy allocator
 FALLBACK = 4
 U64 = (1 << 64) - 1
-POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.int64)   # host PTEs per page
 
 
 class Ledger:
@@ -275,13 +274,13 @@ class GuestMemfd:
         self.attrs = AttrRanges(self.npages, initial)
         self.attr_view = self.attrs      # dual backing: the VM's attributes decide instead
         self.page_pfn = np.zeros(self.npages, np.int64)    # pfn+1 of 4K folios / split parts
-        self.host_map = np.zeros(self.npages, np.uint8)    # bit per host process (PTE level)
-        self.s2_map = np.zeros(self.npages, np.uint8)      # guest stage-2, 4K leaves
+        self.host_map = Runs(self.npages)     # bit per host process (PTE level), as runs
+        self.s2_map = Runs(self.npages)       # guest stage-2, 4K leaves (1), as runs
         self.data = Runs(self.npages)                      # a content token per page, as runs
         self.pins = Runs(self.npages)                      # extra references (GUP pins)
         # the platform's private state is set up (SNP: RMP entry private, TDX: page added to
         # the S-EPT and accepted); done at the guest's fault, undone where the kernel does it
-        self.prepared = np.zeros(self.npages, bool)
+        self.prepared = Runs(self.npages)                  # 1 = prepared, as runs
         self.lru = deque(maxlen=LRU_BATCH)                 # folios with an lru_add reference
         self.present = 0
         if folio_order:
@@ -302,10 +301,7 @@ class GuestMemfd:
 
     def _set_s2_4k(self, a: int, b: int) -> None:
         """Map [a, b) at 4K in stage 2."""
-        if a < b:
-            seg = self.s2_map[a:b]
-            self.host.st_s2_4k_pages += (b - a) - int(np.count_nonzero(seg))
-            seg[:] = 1
+        self.host.st_s2_4k_pages += sum(e - s for s, e in self.s2_map.or_bits(a, b, 1))
 
     # ---- allocation -------------------------------------------------------------------
     def _alloc_4k(self, pages: np.ndarray) -> None:
@@ -410,10 +406,9 @@ class GuestMemfd:
     def zap_host(self, p0: int, p1: int, charge: bool = True) -> int:
         """Unmap [p0, p1) from every host process (unmap_mapping_range on the file's
         mapping reaches every process that maps it); returns PTEs + PMDs zapped."""
-        hm = self.host_map[p0:p1]
-        n = int(POPCOUNT[hm].sum())
+        n = self.host_map.popcount_sum(p0, p1)
         if n:
-            hm[:] = 0
+            self.host_map.set(p0, p1, 0)
             if charge:
                 # the zap inside the ioctl: the measured MADV_DONTNEED figure less its
                 # syscall entry, which ioctl_entry already charged
@@ -426,8 +421,8 @@ class GuestMemfd:
                 f = f0 + int(k)
                 a, b = f * fp, (f + 1) * fp
                 if a < p0 or b > p1:       # partial: the PMD is split into PTEs first
-                    self.host_map[a:p0] |= pmd[k] if a < p0 else 0
-                    self.host_map[p1:b] |= pmd[k] if b > p1 else 0
+                    self.host_map.or_bits(a, p0, int(pmd[k]))
+                    self.host_map.or_bits(p1, b, int(pmd[k]))
                     self._demote(f)
                     self.host.mapping_demotions += int(pmd[k]).bit_count()
                 n += int(pmd[k]).bit_count()
@@ -447,11 +442,10 @@ class GuestMemfd:
         and clear - per leaf; splitting a huge private leaf first demotes it (block + track
         + kick + TDH.MEM.PAGE.DEMOTE)."""
         tdx = private_leaves and self.vm.plat == "tdx"
-        s2 = self.s2_map[p0:p1]
-        n = int(np.count_nonzero(s2))
+        n = self.s2_map.count_nonzero(p0, p1)
         leaves = n
         if n:
-            s2[:] = 0
+            self.s2_map.set(p0, p1, 0)
             self.host.st_s2_4k_pages -= n
             self.ledger.each("stage2_zap_4k", n)
             if tdx:
@@ -482,7 +476,7 @@ class GuestMemfd:
                 leaves += 1
         if leaves:
             if tdx:
-                self.prepared[p0:p1] = False     # no longer in the S-EPT: re-added at fault
+                self.prepared.set(p0, p1, 0)     # no longer in the S-EPT: re-added at fault
             self.vm.flush_tlbs()
 
     def _tdx_remove(self, leaves: int, pages: int) -> None:
@@ -497,10 +491,9 @@ class GuestMemfd:
         """The guest faults private pages in: the platform's step for each page not yet
         prepared (kvm_gmem_prepare_folio -> SNP sev_gmem_prepare, RMPUPDATE to private;
         TDX tdx_sept_set_private_spte, TDH.MEM.PAGE.AUG, and the guest's accept)."""
-        seg = self.prepared[p0:p1]
-        n = int(np.count_nonzero(~seg))
+        n = (p1 - p0) - self.prepared.count_nonzero(p0, p1)
         if n:
-            seg[:] = True
+            self.prepared.set(p0, p1, 1)
             if self.vm.plat != "sw":
                 self.ledger.each(f"fw_{self.vm.plat}_to_private", n)
 
@@ -524,28 +517,30 @@ class GuestMemfd:
                     continue
                 if guest:
                     self.host.st_s2_huge_bytes[self._huge_bytes_key()] += fp * PAGE_SIZE
-                    self.host.st_s2_4k_pages -= int(np.count_nonzero(ptes[f * fp:(f + 1) * fp]))
                 elif not pmds[f]:
                     self.host.st_host_huge_bytes += fp * PAGE_SIZE
                 pmds[f] |= bit
-                ptes[f * fp:(f + 1) * fp] &= ~bit & 0xFF
+                cleared = ptes.clear_bits(f * fp, (f + 1) * fp, bit)
+                if guest:
+                    self.host.st_s2_4k_pages -= cleared
                 if self.demoted[f]:
                     self.demoted[f] = False
                     self.host.huge_merges += 1
-            # pages under a huge mapping need no PTE
-            covered = np.repeat(pmds[f0:f1] & bit != 0, fp)[p0 - f0 * fp:p1 - f0 * fp]
-            seg = ptes[p0:p1]
-            need = (seg & bit == 0) & ~covered
+            # pages under a huge mapping need no PTE: map the rest, folio by folio
+            ranges = [(max(p0, f * fp), min(p1, (f + 1) * fp)) for f in range(f0, f1)
+                      if not pmds[f] & bit]
         else:
-            seg = (self.s2_map if guest else self.host_map)[p0:p1]
-            need = seg & bit == 0
-        n = int(np.count_nonzero(need))
+            ptes = self.s2_map if guest else self.host_map
+            ranges = [(p0, p1)]
+        new = [r for a, b in ranges for r in ptes.or_bits(a, b, bit)]
+        n = sum(e - s for s, e in new)
         if n:
-            seg[need] |= bit
             if guest:
                 self.host.st_s2_4k_pages += n
             else:
-                refaults = n if fresh is None else int(np.count_nonzero(need & ~fresh))
+                # the first touch of a fresh page was its fault: only the others refault
+                refaults = n if fresh is None else n - sum(
+                    int(np.count_nonzero(fresh[s - p0:e - p0])) for s, e in new)
                 self.ledger.each("refault_gmem", refaults)
 
     # ---- the v8 guest_memfd ioctl ---------------------------------------------------------
@@ -637,10 +632,9 @@ class GuestMemfd:
         """SNP: kvm_arch_gmem_invalidate -> sev_gmem_invalidate, RMPUPDATE to shared and
         cache flush, for each prepared page (at in-place to-shared, and when a prepared page
         is freed: kvm_gmem_free_folio)."""
-        seg = self.prepared[p0:p1]
-        n = int(np.count_nonzero(seg))
+        n = self.prepared.count_nonzero(p0, p1)
         if n:
-            seg[:] = False
+            self.prepared.set(p0, p1, 0)
             if self.vm.plat == "snp":
                 self.ledger.each("fw_snp_to_shared", n)
 
@@ -734,7 +728,7 @@ class GuestMemfd:
     # ---- snapshot measures ---------------------------------------------------------------
     def stage2_bytes(self) -> tuple[int, int]:
         """(bytes mapped by 4K stage-2 leaves, bytes mapped by huge leaves)."""
-        small = int(np.count_nonzero(self.s2_map)) * PAGE_SIZE
+        small = self.s2_map.count_nonzero() * PAGE_SIZE
         huge = int(np.count_nonzero(self.s2_huge)) * self.fpages * PAGE_SIZE if self.order else 0
         return small, huge
 
@@ -793,7 +787,7 @@ class SharedBacking:
         # held at private GPAs up to date through attrs_changing)
         self.attrs = attrs if attrs is not None else AttrRanges(npages, SHARED)
         self.page_pfn = np.zeros(npages, np.int64)       # pfn+1 of 4K pages / split parts
-        self.host_map = np.zeros(npages, np.uint8)
+        self.host_map = Runs(npages)      # bit per host process mapping the page, as runs
         self.data = Runs(npages)                         # content tokens, as runs
         self.pins = Runs(npages)
         self.present = 0
@@ -820,16 +814,17 @@ class SharedBacking:
             self.host.st_host_huge_bytes += delta * 512 * PAGE_SIZE
         self.chunk[c] = st
 
-    def _chunks_mapped(self, pages: np.ndarray, delta: int) -> None:
-        """Pages (ascending) that became mapped (delta 1) / unmapped (-1) by the host."""
-        if not self.huge or not len(pages):
+    def _chunks_mapped(self, runs: list[tuple[int, int]], delta: int) -> None:
+        """Runs of pages that became mapped (delta 1) / unmapped (-1) by the host."""
+        if not self.huge:
             return
-        cs, cnt = np.unique(pages >> 9, return_counts=True)
-        before = self.chunk_mapped[cs] != 0
-        self.chunk_mapped[cs] += delta * cnt.astype(np.int32)
-        flipped = cs[before != (self.chunk_mapped[cs] != 0)]
-        n = int(np.count_nonzero(self.chunk[flipped] == INTACT))
-        self.host.st_host_huge_bytes += delta * n * 512 * PAGE_SIZE
+        for a, e in runs:
+            for c in range(a >> 9, ((e - 1) >> 9) + 1):
+                k = min(e, (c + 1) << 9) - max(a, c << 9)
+                before = self.chunk_mapped[c] != 0
+                self.chunk_mapped[c] += delta * k
+                if before != (self.chunk_mapped[c] != 0) and self.chunk[c] == INTACT:
+                    self.host.st_host_huge_bytes += delta * 512 * PAGE_SIZE
 
     def _private_among(self, pages: np.ndarray) -> int:
         """How many of `pages` (ascending) are at GPAs whose VM attribute is PRIVATE."""
@@ -928,16 +923,15 @@ class SharedBacking:
         if proc and self.kind == "anon":
             return errno.EFAULT, 0
         self.populate(p0, p1)
-        self._chunks_mapped(np.flatnonzero(self.host_map[p0:p1] == 0) + p0, 1)
-        self.host_map[p0:p1] |= np.uint8(1 << proc)
+        self._chunks_mapped([(s, e) for s, e, v in self.host_map.segments(p0, p1) if not v], 1)
+        self.host_map.or_bits(p0, p1, 1 << proc)
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
-    def guest_access(self, p0: int, p1: int, write: bool, token: int, s2_map: np.ndarray):
+    def guest_access(self, p0: int, p1: int, write: bool, token: int, s2_map: AttrRanges):
         """A guest access to shared GPAs under dual backing: KVM maps the shared backing's
         page (through the memslot's userspace address) into stage 2 at 4K."""
         self.populate(p0, p1)
-        self.host.st_s2_4k_pages += (p1 - p0) - int(np.count_nonzero(s2_map[p0:p1]))
-        s2_map[p0:p1] = 1
+        self.host.st_s2_4k_pages += sum(e - s for s, e in s2_map.or_bits(p0, p1, 1))
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
     def discard(self, p0: int, p1: int) -> int:
@@ -947,10 +941,10 @@ class SharedBacking:
             return 0      # never reached from the strategy; hugetlb stays preallocated
         # nothing in [p0, p1) stays held, nothing outside changes
         self.host.st_stale_pages -= self._present_where(p0, p1, True)
-        was_mapped = np.flatnonzero(self.host_map[p0:p1]) + p0
-        mapped = bool(len(was_mapped))
+        was_mapped = [(s, e) for s, e, v in self.host_map.segments(p0, p1) if v]
+        mapped = bool(was_mapped)
         self._chunks_mapped(was_mapped, -1)
-        self.host_map[p0:p1] = 0
+        self.host_map.set(p0, p1, 0)
         freed = 0
         if self.huge:
             for k in np.flatnonzero(self.chunk[p0 >> 9:((p1 - 1) >> 9) + 1]):
@@ -1030,11 +1024,9 @@ class SharedBacking:
         (do_huge_pmd_anonymous_page, shmem/hugetlb faults map the whole folio)."""
         if not self.huge:
             return 0
-        n = len(self.chunk)
-        mapped = np.zeros(n * 512, np.uint8)
-        mapped[:self.npages] = self.host_map
-        touched = mapped.reshape(n, 512).any(axis=1)
-        return int(np.count_nonzero(touched & (self.chunk == INTACT))) * 512 * PAGE_SIZE
+        touched = sum(1 for c in np.flatnonzero(self.chunk == INTACT).tolist()
+                      if self.host_map.count_nonzero(c << 9, min((c + 1) << 9, self.npages)))
+        return touched * 512 * PAGE_SIZE
 
     def deferred_split(self) -> bool:
         """The deferred-split shrinker: free the unmapped parts of partially unmapped THPs."""

@@ -157,8 +157,45 @@ class AttrRanges:
             full += sum(e - s for s, e, v in zip(starts, bounds, vals) if v == value)
         return full
 
-    def __getitem__(self, page: int) -> int:
-        return self.get(int(page))
+    def __getitem__(self, key):
+        """The value of a page, or (a slice) the values of a range as an array (tests)."""
+        if isinstance(key, slice):
+            start, end, step = key.indices(self.npages)
+            out = np.zeros(max(end - start, 0), np.int64)
+            if start < end:
+                for s, e, v in self.segments(start, end):
+                    out[s - start:e - start] = v
+            return out[::step]
+        return self.get(int(key))
+
+    def count_nonzero(self, start: int = 0, end: int | None = None) -> int:
+        end = self.npages if end is None else end
+        return 0 if start >= end else (end - start) - self.count_in(start, end, 0)
+
+    def popcount_sum(self, start: int, end: int) -> int:
+        """Set bits summed over the pages of [start, end)."""
+        return sum((e - s) * int(v).bit_count() for s, e, v in self.segments(start, end))
+
+    def or_bits(self, start: int, end: int, bits: int) -> list[tuple[int, int]]:
+        """Set `bits` on every page of [start, end); returns the runs of pages that lacked
+        some of them, now set."""
+        changed = []
+        if start < end:
+            for s, e, v in self.segments(start, end):
+                if v | bits != v:
+                    self.set(s, e, v | bits)
+                    changed.append((s, e))
+        return changed
+
+    def clear_bits(self, start: int, end: int, bits: int) -> int:
+        """Clear `bits` on every page of [start, end); returns pages that had any of them."""
+        n = 0
+        if start < end:
+            for s, e, v in self.segments(start, end):
+                if v & bits:
+                    self.set(s, e, v & ~bits)
+                    n += e - s
+        return n
 
     def count_in(self, start: int, end: int, value: int) -> int:
         """Pages in [start, end) holding `value`."""
