@@ -155,8 +155,7 @@ class SimTarget:
         p0, p1 = offset >> 12, (offset + size) >> 12
         g, s = self.gmem[slot], self.shared[slot]
         src, dst = (g, s) if obj == Obj.SHARED else (s, g)
-        present = src.present_in(p0, p1)
-        n = int(np.count_nonzero(present))
+        n = src.count_present(p0, p1) if p0 < p1 else 0
         if n:
             dst.populate(p0, p1)
             dst.data.copy_from(src.data, p0, p1)

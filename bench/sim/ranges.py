@@ -217,3 +217,102 @@ class AttrRanges:
 def Runs(npages: int) -> AttrRanges:
     """A content token (uint32) per page, kept as runs; 0 = never written / zeroed."""
     return AttrRanges(npages, 0, dtype=np.int64)
+
+
+class PfnMap:
+    """The host page (pfn) behind each page of a file, kept as runs of contiguous pfns:
+    per 2 MiB chunk of the file a sorted list of [start, end, pfn] (chunk offsets, the pfn
+    of `start`); pages in no run hold no page.  Indexing gives pfn + 1, 0 for no page (the
+    per-page view tests read)."""
+
+    def __init__(self, npages: int):
+        self.npages = npages
+        self.chunks: dict[int, list[list[int]]] = {}
+
+    def _chunk_set(self, c: int, s: int, e: int, pfn: int | None) -> None:
+        out = []
+        for rs, re, rp in self.chunks.get(c, ()):
+            if re <= s or rs >= e:
+                out.append([rs, re, rp])
+                continue
+            if rs < s:
+                out.append([rs, s, rp])
+            if re > e:
+                out.append([e, re, rp + (e - rs)])
+        if pfn is not None:
+            out.append([s, e, pfn])
+            out.sort()
+            merged = []
+            for r in out:          # runs of contiguous pfns merge
+                m = merged[-1] if merged else None
+                if m and m[1] == r[0] and m[2] + (r[0] - m[0]) == r[2]:
+                    m[1] = r[1]
+                else:
+                    merged.append(r)
+            out = merged
+        if out:
+            self.chunks[c] = out
+        else:
+            self.chunks.pop(c, None)
+
+    def set(self, a: int, b: int, pfn: int | None) -> None:
+        """Pages [a, b) get pfns pfn, pfn + 1, ... (None: no page)."""
+        while a < b:
+            c = a >> CHUNK_SHIFT
+            e = min(b, (c + 1) << CHUNK_SHIFT)
+            if pfn is not None or c in self.chunks:
+                self._chunk_set(c, a - (c << CHUNK_SHIFT), e - (c << CHUNK_SHIFT), pfn)
+            if pfn is not None:
+                pfn += e - a
+            a = e
+
+    def clear(self, a: int, b: int) -> None:
+        self.set(a, b, None)
+
+    def runs(self, a: int, b: int) -> list[tuple[int, int, int]]:
+        """Pages of [a, b) that hold a page, as (start, end, pfn of start), ascending."""
+        out = []
+        if a >= b:
+            return out
+        if len(self.chunks) < ((b - a) >> CHUNK_SHIFT):
+            cs = sorted(c for c in self.chunks if a >> CHUNK_SHIFT <= c <= (b - 1) >> CHUNK_SHIFT)
+        else:
+            cs = [c for c in range(a >> CHUNK_SHIFT, ((b - 1) >> CHUNK_SHIFT) + 1)
+                  if c in self.chunks]
+        for c in cs:
+            base = c << CHUNK_SHIFT
+            for rs, re, rp in self.chunks[c]:
+                s, e = max(a, base + rs), min(b, base + re)
+                if s < e:
+                    out.append((s, e, rp + (s - base - rs)))
+        return out
+
+    def holes(self, a: int, b: int) -> list[tuple[int, int]]:
+        """Pages of [a, b) that hold no page, as (start, end) runs, ascending."""
+        out, p = [], a
+        for s, e, _ in self.runs(a, b):
+            if s > p:
+                out.append((p, s))
+            p = e
+        if p < b:
+            out.append((p, b))
+        return out
+
+    def count(self, a: int = 0, b: int | None = None) -> int:
+        b = self.npages if b is None else b
+        return sum(e - s for s, e, _ in self.runs(a, b))
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, end, step = key.indices(self.npages)
+            out = np.zeros(max(end - start, 0), np.int64)
+            for s, e, p in self.runs(start, end):
+                out[s - start:e - start] = np.arange(p + 1, p + 1 + e - s)
+            return out[::step]
+        key = int(key)
+        r = self.runs(key, key + 1)
+        return r[0][2] + 1 if r else 0
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
