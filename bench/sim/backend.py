@@ -16,7 +16,7 @@ from bench.ops import (KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, PAGE_SIZE, RESUL
                        Via)
 from bench.sim.buddy import OutOfMemory
 from bench.sim.model import (GuestMemfd, Host, Ledger, PLATFORM_VM_TYPE, SHARED, SIGBUS,
-                             SharedBacking, VM)
+                             SharedBacking, VM, pin_pages)
 
 GiB = 1 << 30
 ORDER_OF = {PAGE_SIZE: 0, 2 << 20: 9, 1 << 30: 18}
@@ -170,11 +170,10 @@ class SimTarget:
         p0, p1 = offset >> 12, (offset + size) >> 12
         g, s = self.gmem[slot], self.shared[slot]
         src, dst = (g, s) if obj == Obj.SHARED else (s, g)
-        present = src.present_in(p0, p1)
-        n = int(np.count_nonzero(present))
+        n = src.count_present(p0, p1) if p0 < p1 else 0
         if n:
             dst.populate(p0, p1)
-            dst.data[p0:p1] = src.data[p0:p1]
+            dst.data.copy_from(src.data, p0, p1)
             self.ledger.op("memcpy", n)
         return 0, n * PAGE_SIZE
 
@@ -226,11 +225,7 @@ class SimTarget:
     @staticmethod
     def _pin_shared(target, p0, p1, delta):
         # dual backing: the VM ioctl has no pin check, so a pin only holds a reference
-        seg = target.pins[p0:p1]
-        if delta < 0 and not seg.all():
-            return errno.EINVAL
-        seg += np.uint16(1) if delta > 0 else np.uint16(0xFFFF)
-        return 0
+        return pin_pages(target.pins, p0, p1, delta)
 
     # ---- Target interface -------------------------------------------------------------
     @property
