@@ -31,7 +31,6 @@
 #define PAGE_SIZE 4096ull
 #define PRIVATE 8
 #define SHARED_ATTR 0
-#define MIXED (-1)
 #define CHUNK_SHIFT 9
 #define CHUNK (1 << CHUNK_SHIFT)
 #define GMEM_FLAG_MMAP 1
@@ -62,7 +61,6 @@
 #define ST_FREE 0
 #define ST_USED_UNMOVABLE 1
 #define ST_USED_MOVABLE 2
-#define ST_HEAD 0x80
 #define MAXO 18
 #define PBO 9
 #define KMAX 10
@@ -130,55 +128,63 @@ _Static_assert(sizeof(result_t) == CORE_RESULT_SIZE, "RESULT_DTYPE layout");
 
 /* ------------------------------------------------------------------ structures */
 typedef struct {            /* a block on a typed free list; links are node indices */
-    int32_t pfn, older, newer;
+    int64_t pfn;
+    int32_t older, newer;
 } lnode_t;
 
-typedef struct {
-    int32_t key, node;
+typedef struct {            /* a free block's head: pfn, its list node (-1: above KMAX), code */
+    int64_t key;
+    int32_t node, code;     /* code: order << 2 | list kind */
 } hent_t;
 
-typedef struct {            /* hash: pfn -> node (open addressing, linear probing) */
+typedef struct {            /* hash: pfn -> head entry (open addressing, linear probing) */
     hent_t *e;
     uint64_t mask;
     int64_t count;
     int shift;
 } lhash_t;
 
+/* run maps: see rm_seg() */
+#define RM_CHUNK 512
+typedef struct { uint16_t start; uint16_t pad_; uint32_t v; } run_t;
+typedef struct { int32_t n, cap; run_t r[]; } rlist_t;
+typedef struct {
+    int64_t npages, nchunks;
+    int linear;
+    uint64_t *ent;
+} rmap_t;
+
 typedef struct {
     int64_t total, free_pages, npb, pbsize;
-    uint8_t *state;         /* ST_* or ST_HEAD | code */
+    rmap_t st;              /* per page ST_FREE / ST_USED_*, as runs */
     uint8_t *labels;
     int64_t nr[MAXO + 1];
     int32_t lhead[2][KMAX + 1];      /* node of the most recently listed block, -1 empty */
-    lhash_t h;
+    lhash_t h;                       /* every free block's head */
     lnode_t *nodes;
     int64_t cap_nodes, used_nodes;
     int32_t free_node;               /* chain of free nodes through .older */
     /* lists of blocks above KMAX: 0 = all (_big), 1 + t = holding a pageblock of type t */
-    int32_t bhead[3][MAXO + 1];
-    int32_t *bolder[3], *bnewer[3];
+    int64_t bhead[3][MAXO + 1];
+    int64_t *bolder[3], *bnewer[3];  /* indexed by pfn >> (KMAX + 1) */
     uint8_t *bin[3];
     int64_t nbig;
 } buddy_t;
 
-typedef struct {            /* ranges.py AttrRanges: uniform chunks, or bytes per page */
-    int64_t npages, nchunks;
-    int last_len;
-    int8_t *uni;
-    uint8_t *page;
-} attrs_t;
+
+typedef rmap_t attrs_t;     /* ranges.py AttrRanges: attribute runs */
 
 typedef struct {
     int64_t size, npages, fpages, nfolios;
     int flags, order, platform, promote;
     int split_on_share;     /* in-place.huge=split: GuestMemfd.split_on_share */
-    int32_t *page_pfn;      /* pfn + 1 */
-    uint8_t *pflags;
-    uint32_t *data;
+    rmap_t page_pfn;        /* pfn + 1 of 4K folios / split parts, as linear runs */
+    rmap_t pflags;          /* PF_* bits per page, as runs */
+    rmap_t data;            /* content token per page, as runs */
     uint16_t *pins;
     int64_t npinned;        /* pages with a pin (skip scans when 0) */
     uint8_t *fstate, *fbits;
-    int32_t *fpfn;
+    int64_t *fpfn;
     int64_t lru[LRU_BATCH];
     int lru_len, lru_start;
     int64_t present;
@@ -187,12 +193,12 @@ typedef struct {
 typedef struct {
     int64_t npages, nchunks;
     int kind, page, huge;   /* kind 0 anon 1 memfd; page 0 4k 1 thp 2 hugetlb */
-    int32_t *page_pfn;
-    uint8_t *host_map;
-    uint32_t *data;
+    rmap_t page_pfn;        /* pfn + 1 of 4K pages / split parts, as linear runs */
+    rmap_t host_map;        /* bit per host process mapping the page, as runs */
+    rmap_t data;            /* content token per page, as runs */
     uint16_t *pins;
     uint8_t *chunk;
-    int32_t *chunk_pfn;
+    int64_t *chunk_pfn;
     int64_t *deferred;
     int64_t ndeferred, cap_deferred;
     int64_t present;
@@ -223,7 +229,7 @@ struct core {
      * backing), shared-backing pages held at VM-private GPAs */
     int64_t st_s2_4k, st_s2_huge[2], st_host_huge, st_intact, st_stale;
     int64_t private_host_touch_pages;
-    int32_t *pool[2];       /* Host.hugetlb_pool: free hugetlb pages, [0] 2M, [1] 1G */
+    int64_t *pool[2];       /* Host.hugetlb_pool: free hugetlb pages, [0] 2M, [1] 1G */
     int64_t npool[2], cap_pool[2];
     int vm_type, in_place;
     int plat, vcpus;        /* cost platform (PLAT_*), vCPUs kicked by a flush */
@@ -235,10 +241,9 @@ struct core {
     int in_step;
     /* scratch buffers */
     int64_t *miss; int64_t cap_miss;
-    int32_t *apfn; int64_t cap_apfn;
-    int32_t *fpfn; int64_t cap_fpfn;
-    int32_t *sortbuf; int64_t cap_sortbuf;
-    uint8_t *fresh; int64_t cap_fresh;
+    int64_t *aruns; int64_t cap_aruns, naruns;   /* (pfn, npages) runs allocated */
+    int64_t *fruns; int64_t cap_fruns;            /* (pfn, npages) runs to free */
+    int64_t *fresh; int64_t cap_fresh;   /* runs (start, end) of pages absent before a fault */
     char err[256];
 };
 
@@ -257,27 +262,17 @@ static void *xcalloc(size_t n, size_t sz)
     return p;
 }
 
-static void grow64(int64_t **buf, int64_t *cap, int64_t need)
+
+static void grow_keep64(int64_t **buf, int64_t *cap, int64_t need)   /* keeps contents */
 {
     if (need <= *cap) return;
     int64_t n = *cap ? *cap : 1024;
     while (n < need) n *= 2;
-    free(*buf);
-    *buf = malloc((size_t)n * sizeof(int64_t));
+    *buf = realloc(*buf, (size_t)n * sizeof(int64_t));
     if (!*buf) abort();
     *cap = n;
 }
 
-static void grow32(int32_t **buf, int64_t *cap, int64_t need)
-{
-    if (need <= *cap) return;
-    int64_t n = *cap ? *cap : 1024;
-    while (n < need) n *= 2;
-    free(*buf);
-    *buf = malloc((size_t)n * sizeof(int32_t));
-    if (!*buf) abort();
-    *cap = n;
-}
 
 /* ------------------------------------------------------------------ ledger */
 static void led_add(core_t *c, int k, int64_t n, double ns)
@@ -306,10 +301,232 @@ static void led_each(core_t *c, int k, int64_t n)         /* Ledger.each */
     if (n) led_add(c, k, n, c->fixed[k] * (double)n);
 }
 
-/* ------------------------------------------------------------------ pfn hash */
-static inline uint64_t h_idx(const lhash_t *h, int32_t k)
+/* ------------------------------------------------------------------ run maps (extents) */
+/* A value per page of [0, npages) kept as runs of pages, per 512-page chunk: one word per
+ * chunk holds the chunk's run when it has one (v << 1, low bit 0; calloc'd = all 0), or a
+ * pointer (low bit 1) to the chunk's sorted list of runs.  Memory grows with the runs a run
+ * of the model creates (and 8 bytes per 2 MiB of guest), not with pages, and a range
+ * operation costs per run and per chunk, never per 4K page.
+ * Linear maps hold pfn + 1 of contiguous memory: a run (start, v != 0) gives page p the value
+ * v + (p - start); v == 0 (no page) is constant. */
+
+static void rm_init(rmap_t *m, int64_t npages, int linear, uint32_t initial)
 {
-    return ((uint64_t)(uint32_t)k * 0x9E3779B97F4A7C15ull) >> h->shift;
+    m->npages = npages;
+    m->nchunks = (npages + RM_CHUNK - 1) / RM_CHUNK;
+    m->linear = linear;
+    m->ent = xcalloc((size_t)(m->nchunks ? m->nchunks : 1), sizeof(uint64_t));
+    if (initial)
+        for (int64_t c = 0; c < m->nchunks; c++)
+            m->ent[c] = (uint64_t)(linear ? initial + (uint32_t)(c * RM_CHUNK) : initial) << 1;
+}
+
+static void rm_destroy(rmap_t *m)
+{
+    if (!m->ent) return;
+    for (int64_t c = 0; c < m->nchunks; c++)
+        if (m->ent[c] & 1) free((void *)(uintptr_t)(m->ent[c] & ~1ull));
+    free(m->ent);
+    m->ent = NULL;
+}
+
+static inline uint32_t rm_at(const rmap_t *m, uint32_t v, int64_t start, int64_t p)
+{
+    return m->linear && v ? v + (uint32_t)(p - start) : v;
+}
+
+/* the value at page p (*val) and the end of its run, at most lim; a run continues into
+ * following chunks that carry its continuation inline */
+static int64_t rm_seg(const rmap_t *m, int64_t p, int64_t lim, uint32_t *val)
+{
+    int64_t c = p / RM_CHUNK, base = c * RM_CHUNK, off = p - base, end = base + RM_CHUNK;
+    uint64_t e = m->ent[c];
+    uint32_t v;
+    if (!(e & 1)) {
+        v = rm_at(m, (uint32_t)(e >> 1), base, p);
+        /* uniform chunks after it with the same run */
+        while (end < lim && end < m->npages) {
+            uint64_t n = m->ent[end / RM_CHUNK];
+            if (n & 1 || (uint32_t)(n >> 1) != rm_at(m, v, p, end)) break;
+            end += RM_CHUNK;
+        }
+    } else {
+        const rlist_t *l = (const rlist_t *)(uintptr_t)(e & ~1ull);
+        int lo = 0, hi = l->n - 1;
+        while (lo < hi) {
+            int mid = (lo + hi + 1) >> 1;
+            if (l->r[mid].start <= off) lo = mid;
+            else hi = mid - 1;
+        }
+        v = rm_at(m, l->r[lo].v, base + l->r[lo].start, p);
+        if (lo + 1 < l->n) end = base + l->r[lo + 1].start;
+    }
+    *val = v;
+    return end < lim ? end : lim;
+}
+
+static inline uint32_t rm_get(const rmap_t *m, int64_t p)
+{
+    uint32_t v;
+    rm_seg(m, p, p + 1, &v);
+    return v;
+}
+
+/* run b continues run a (they merge) */
+static inline int rm_continues(const rmap_t *m, const run_t *a, const run_t *b)
+{
+    if (!m->linear || !a->v) return a->v == b->v;
+    return b->v == a->v + (uint32_t)(b->start - a->start);
+}
+
+/* chunk c: pages [s, e) (chunk offsets, s < e <= RM_CHUNK) get v (the value at s) */
+static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
+{
+    uint64_t ent = m->ent[c];
+    run_t one = {0, 0, (uint32_t)(ent >> 1)};
+    rlist_t *l = ent & 1 ? (rlist_t *)(uintptr_t)(ent & ~1ull) : NULL;
+    const run_t *old = l ? l->r : &one;
+    int n = l ? l->n : 1;
+    run_t tmp[RM_CHUNK + 3];
+    int k = 0, i = 0;
+    for (; i < n && old[i].start < s; i++) tmp[k++] = old[i];
+    /* the run holding page e - 1 continues at e */
+    int j = i > 0 ? i - 1 : 0;
+    for (int q = i; q < n && old[q].start < e; q++) j = q;
+    run_t tail = {(uint16_t)e, 0, rm_at(m, old[j].v, old[j].start, e)};
+    tmp[k++] = (run_t){(uint16_t)s, 0, v};
+    if (e < RM_CHUNK) {
+        int q = j + 1;
+        if (!(q < n && old[q].start == e)) tmp[k++] = tail;
+        for (; q < n; q++) tmp[k++] = old[q];
+    }
+    /* merge runs that continue each other */
+    int w = 0;
+    for (int q = 1; q < k; q++) {
+        if (rm_continues(m, &tmp[w], &tmp[q])) continue;
+        tmp[++w] = tmp[q];
+    }
+    k = w + 1;
+    if (k == 1) {
+        free(l);
+        m->ent[c] = (uint64_t)tmp[0].v << 1;
+        return;
+    }
+    if (!l || l->cap < k || l->cap > 4 * k + 8) {
+        int cap = k + 4;
+        rlist_t *nl = realloc(l, sizeof(rlist_t) + (size_t)cap * sizeof(run_t));
+        if (!nl) abort();
+        nl->cap = cap;
+        l = nl;
+    }
+    l->n = k;
+    memcpy(l->r, tmp, (size_t)k * sizeof(run_t));
+    m->ent[c] = (uint64_t)(uintptr_t)l | 1;
+}
+
+/* pages [a, b) get v (linear maps: v at a, v + (p - a) at p, when v != 0) */
+static void rm_set(rmap_t *m, int64_t a, int64_t b, uint32_t v)
+{
+    for (int64_t c = a / RM_CHUNK; a < b; c++) {
+        int64_t base = c * RM_CHUNK, e = b < base + RM_CHUNK ? b : base + RM_CHUNK;
+        int64_t cend = base + RM_CHUNK < m->npages ? base + RM_CHUNK : m->npages;
+        if (a == base && e >= cend) {
+            if (m->ent[c] & 1) free((void *)(uintptr_t)(m->ent[c] & ~1ull));
+            m->ent[c] = (uint64_t)v << 1;
+        } else {
+            rm_chunk_set(m, c, (int)(a - base), (int)(e - base), v);
+        }
+        if (m->linear && v) v += (uint32_t)(e - a);
+        a = e;
+    }
+}
+
+static int rm_is_uniform(const rmap_t *m, int64_t a, int64_t b, uint32_t v)
+{
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(m, a, b, &x);
+        if (x != v) return 0;
+        a = e;
+    }
+    return 1;
+}
+
+static int64_t rm_count_eq(const rmap_t *m, int64_t a, int64_t b, uint32_t v)
+{
+    int64_t n = 0;
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(m, a, b, &x);
+        if (x == v) n += e - a;
+        a = e;
+    }
+    return n;
+}
+
+static int64_t rm_count_nz(const rmap_t *m, int64_t a, int64_t b)
+{
+    return (b - a) - rm_count_eq(m, a, b, 0);
+}
+
+/* dst [a, b) = src [a, b) (both plain maps) */
+static void rm_copy(rmap_t *dst, const rmap_t *src, int64_t a, int64_t b)
+{
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(src, a, b, &x);
+        rm_set(dst, a, e, x);
+        a = e;
+    }
+}
+
+/* pages of [a, b) whose value has `bit`: clear it; returns how many */
+static int64_t rm_clear_bit(rmap_t *m, int64_t a, int64_t b, uint32_t bit)
+{
+    int64_t n = 0;
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(m, a, b, &x);
+        if (x & bit) {
+            n += e - a;
+            rm_set(m, a, e, x & ~bit);
+        }
+        a = e;
+    }
+    return n;
+}
+
+/* pages of [a, b) whose value lacks `bit`: set it; returns how many */
+static int64_t rm_set_bit(rmap_t *m, int64_t a, int64_t b, uint32_t bit)
+{
+    int64_t n = 0;
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(m, a, b, &x);
+        if (!(x & bit)) {
+            n += e - a;
+            rm_set(m, a, e, x | bit);
+        }
+        a = e;
+    }
+    return n;
+}
+
+static int rm_any_bit(const rmap_t *m, int64_t a, int64_t b, uint32_t bits)
+{
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(m, a, b, &x);
+        if (x & bits) return 1;
+        a = e;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ pfn hash */
+static inline uint64_t h_idx(const lhash_t *h, int64_t k)
+{
+    return ((uint64_t)k * 0x9E3779B97F4A7C15ull) >> h->shift;
 }
 
 static void h_init(lhash_t *h, int bits)
@@ -323,23 +540,24 @@ static void h_init(lhash_t *h, int bits)
     h->shift = 64 - bits;
 }
 
-static inline int64_t h_find(const lhash_t *h, int32_t k)
+static inline int64_t h_find(const lhash_t *h, int64_t k)
 {
     uint64_t i = h_idx(h, k);
     for (;;) {
-        int32_t x = h->e[i].key;
+        int64_t x = h->e[i].key;
         if (x == k) return (int64_t)i;
         if (x < 0) return -1;
         i = (i + 1) & h->mask;
     }
 }
 
-static void h_insert_raw(lhash_t *h, int32_t k, int32_t node)
+static void h_insert_raw(lhash_t *h, int64_t k, int32_t node, int32_t code)
 {
     uint64_t i = h_idx(h, k);
     while (h->e[i].key >= 0) i = (i + 1) & h->mask;
     h->e[i].key = k;
     h->e[i].node = node;
+    h->e[i].code = code;
     h->count++;
 }
 
@@ -348,8 +566,14 @@ static void h_grow(lhash_t *h)
     lhash_t old = *h;
     h_init(h, 64 - old.shift + 1);
     for (uint64_t i = 0; i <= old.mask; i++)
-        if (old.e[i].key >= 0) h_insert_raw(h, old.e[i].key, old.e[i].node);
+        if (old.e[i].key >= 0) h_insert_raw(h, old.e[i].key, old.e[i].node, old.e[i].code);
     free(old.e);
+}
+
+static void h_insert(lhash_t *h, int64_t k, int32_t node, int32_t code)
+{
+    if ((uint64_t)(h->count + 1) * 2 > h->mask + 1) h_grow(h);
+    h_insert_raw(h, k, node, code);
 }
 
 static void h_delete_at(lhash_t *h, uint64_t i)
@@ -358,7 +582,7 @@ static void h_delete_at(lhash_t *h, uint64_t i)
     uint64_t j = i;
     for (;;) {
         j = (j + 1) & h->mask;
-        int32_t kj = h->e[j].key;
+        int64_t kj = h->e[j].key;
         if (kj < 0) break;
         uint64_t home = h_idx(h, kj);
         /* kj may move to i unless its home lies cyclically in (i, j] */
@@ -373,8 +597,19 @@ static void h_delete_at(lhash_t *h, uint64_t i)
 }
 
 /* ------------------------------------------------------------------ buddy (buddy.py) */
+/* Host memory without per-page arrays: which pages are free or held (and for which
+ * migratetype) is a run map over host pages (BuddyAllocator._state), every free block's
+ * head is a hash entry pfn -> (list node, order << 2 | list kind), and the typed free lists
+ * are linked nodes; pageblock labels are one byte per 2 MiB. */
 static inline int ctz64(uint64_t x) { return __builtin_ctzll(x); }
 static inline int flog2(uint64_t x) { return 63 - __builtin_clzll(x); }
+
+/* the code of the free block whose head is pfn, or -1 */
+static inline int head_code(const buddy_t *b, int64_t pfn)
+{
+    int64_t i = h_find(&b->h, pfn);
+    return i < 0 ? -1 : b->h.e[i].code;
+}
 
 static int32_t node_alloc(buddy_t *b)
 {
@@ -391,7 +626,7 @@ static int32_t node_alloc(buddy_t *b)
     return (int32_t)b->used_nodes++;
 }
 
-static void list_push(buddy_t *b, int t, int o, int32_t pfn)
+static void list_push(buddy_t *b, int t, int o, int64_t pfn)
 {
     int32_t h = b->lhead[t][o];
     int32_t n = node_alloc(b);
@@ -400,8 +635,7 @@ static void list_push(buddy_t *b, int t, int o, int32_t pfn)
     b->nodes[n].newer = -1;
     if (h >= 0) b->nodes[h].newer = n;
     b->lhead[t][o] = n;
-    if ((uint64_t)(b->h.count + 1) * 2 > b->h.mask + 1) h_grow(&b->h);
-    h_insert_raw(&b->h, pfn, n);
+    h_insert(&b->h, pfn, n, (o << 2) | t);
 }
 
 static void list_unlink(buddy_t *b, int t, int o, int32_t n)
@@ -414,7 +648,7 @@ static void list_unlink(buddy_t *b, int t, int o, int32_t n)
     b->free_node = n;
 }
 
-static void list_del(buddy_t *b, int t, int o, int32_t pfn)
+static void list_del(buddy_t *b, int t, int o, int64_t pfn)
 {
     int64_t i = h_find(&b->h, pfn);
     if (i < 0) abort();
@@ -422,16 +656,16 @@ static void list_del(buddy_t *b, int t, int o, int32_t pfn)
     h_delete_at(&b->h, (uint64_t)i);
 }
 
-static inline int32_t list_head_pfn(const buddy_t *b, int t, int o)
+static inline int64_t list_head_pfn(const buddy_t *b, int t, int o)
 {
     int32_t n = b->lhead[t][o];
     return n >= 0 ? b->nodes[n].pfn : -1;
 }
 
-static void blist_push(buddy_t *b, int l, int o, int32_t pfn)
+static void blist_push(buddy_t *b, int l, int o, int64_t pfn)
 {
     int64_t e = pfn >> (KMAX + 1);
-    int32_t h = b->bhead[l][o];
+    int64_t h = b->bhead[l][o];
     b->bolder[l][e] = h;
     b->bnewer[l][e] = -1;
     if (h >= 0) b->bnewer[l][h >> (KMAX + 1)] = pfn;
@@ -439,11 +673,11 @@ static void blist_push(buddy_t *b, int l, int o, int32_t pfn)
     b->bin[l][e] = 1;
 }
 
-static void blist_del(buddy_t *b, int l, int o, int32_t pfn)
+static void blist_del(buddy_t *b, int l, int o, int64_t pfn)
 {
     int64_t e = pfn >> (KMAX + 1);
     if (!b->bin[l][e]) return;
-    int32_t older = b->bolder[l][e], newer = b->bnewer[l][e];
+    int64_t older = b->bolder[l][e], newer = b->bnewer[l][e];
     if (newer >= 0) b->bolder[l][newer >> (KMAX + 1)] = older;
     else b->bhead[l][o] = older;
     if (older >= 0) b->bnewer[l][older >> (KMAX + 1)] = newer;
@@ -458,39 +692,38 @@ static int labels_has(const buddy_t *b, int t, int64_t a, int64_t e)
 static void add_free(buddy_t *b, int64_t pfn, int order)           /* _add_free */
 {
     if (order > KMAX) {
-        blist_push(b, 0, order, (int32_t)pfn);
+        blist_push(b, 0, order, pfn);
         int64_t a = pfn >> PBO, e = a + (1ll << (order - PBO));
-        if (labels_has(b, UNMOVABLE, a, e)) blist_push(b, 1 + UNMOVABLE, order, (int32_t)pfn);
-        if (labels_has(b, MOVABLE, a, e)) blist_push(b, 1 + MOVABLE, order, (int32_t)pfn);
-        b->state[pfn] = ST_HEAD | (order << 2) | BIG;
+        if (labels_has(b, UNMOVABLE, a, e)) blist_push(b, 1 + UNMOVABLE, order, pfn);
+        if (labels_has(b, MOVABLE, a, e)) blist_push(b, 1 + MOVABLE, order, pfn);
+        h_insert(&b->h, pfn, -1, (order << 2) | BIG);
     } else {
-        int t = b->labels[pfn >> PBO];
-        list_push(b, t, order, (int32_t)pfn);
-        b->state[pfn] = ST_HEAD | (order << 2) | t;
+        list_push(b, b->labels[pfn >> PBO], order, pfn);
     }
     b->nr[order]++;
 }
 
 static void remove_free(buddy_t *b, int64_t pfn)                     /* _remove_free */
 {
-    int code = b->state[pfn] & 0x7f;
+    int64_t i = h_find(&b->h, pfn);
+    if (i < 0) abort();
+    int code = b->h.e[i].code;
     int order = code >> 2, kind = code & 3;
     if (kind == BIG) {
-        blist_del(b, 0, order, (int32_t)pfn);
-        blist_del(b, 1, order, (int32_t)pfn);
-        blist_del(b, 2, order, (int32_t)pfn);
+        blist_del(b, 0, order, pfn);
+        blist_del(b, 1, order, pfn);
+        blist_del(b, 2, order, pfn);
     } else {
-        list_del(b, kind, order, (int32_t)pfn);
+        list_unlink(b, kind, order, b->h.e[i].node);
     }
-    b->state[pfn] = ST_FREE;
+    h_delete_at(&b->h, (uint64_t)i);
     b->nr[order]--;
 }
 
-static int32_t list_pop(buddy_t *b, int t, int o)   /* d.popitem(); del head; nr -= 1 */
+static int64_t list_pop(buddy_t *b, int t, int o)   /* d.popitem(); del head; nr -= 1 */
 {
-    int32_t pfn = list_head_pfn(b, t, o);
+    int64_t pfn = list_head_pfn(b, t, o);
     list_del(b, t, o, pfn);
-    b->state[pfn] = ST_FREE;
     b->nr[o]--;
     return pfn;
 }
@@ -509,12 +742,15 @@ static void relabel(buddy_t *b, int64_t pfn, int order, int t)       /* _relabel
     if (order >= PBO) memset(b->labels + (pfn >> PBO), t, (size_t)1 << (order - PBO));
 }
 
-static inline int is_free(uint8_t s) { return s == ST_FREE || (s & ST_HEAD); }
-
+/* the first free page of [s, e), or -1 */
 static int64_t find_free(const buddy_t *b, int64_t s, int64_t e)
 {
-    for (int64_t p = s; p < e; p++)
-        if (is_free(b->state[p])) return p;
+    while (s < e) {
+        uint32_t v;
+        int64_t n = rm_seg(&b->st, s, e, &v);
+        if (v == ST_FREE) return s;
+        s = n;
+    }
     return -1;
 }
 
@@ -523,31 +759,28 @@ static void set_pageblock_type(buddy_t *b, int64_t pb, int t)      /* _set_pageb
     b->labels[pb] = (uint8_t)t;
     int64_t s = pb << PBO, e = s + b->pbsize;
     if (e > b->total) e = b->total;
-    int32_t moved[1 << PBO];
+    int64_t moved[1 << PBO];
     int8_t mo[1 << PBO];
     int nm = 0;
     int64_t p = find_free(b, s, e);
     while (p >= 0) {
-        uint8_t st = b->state[p];
-        if (!(st & ST_HEAD)) abort();
-        int order = (st & 0x7f) >> 2, kind = st & 3;
+        int code = head_code(b, p);
+        if (code < 0) abort();
+        int order = code >> 2, kind = code & 3;
         if (kind != t) {
-            list_del(b, kind, order, (int32_t)p);
-            moved[nm] = (int32_t)p;
+            list_del(b, kind, order, p);
+            moved[nm] = p;
             mo[nm++] = (int8_t)order;
         }
         p = find_free(b, p + (1ll << order), e);
     }
-    for (int i = nm - 1; i >= 0; i--) {
-        list_push(b, t, mo[i], moved[i]);
-        b->state[moved[i]] = ST_HEAD | (mo[i] << 2) | t;
-    }
+    for (int i = nm - 1; i >= 0; i--) list_push(b, t, mo[i], moved[i]);
 }
 
 static int64_t take_big_chunk(buddy_t *b)                            /* _take_big_chunk */
 {
     for (int o = KMAX + 1; o <= MAXO; o++) {
-        int32_t block = b->bhead[0][o];
+        int64_t block = b->bhead[0][o];
         if (block >= 0) {
             remove_free(b, block);
             carve(b, block, o, block, KMAX);
@@ -561,7 +794,7 @@ static int64_t take_big_chunk(buddy_t *b)                            /* _take_bi
 static int take_slow(buddy_t *b, int order, int t, int64_t *pfn_out, int *o_out)
 {
     for (int o = KMAX + 1; o <= MAXO; o++) {
-        int32_t block = b->bhead[1 + t][o];
+        int64_t block = b->bhead[1 + t][o];
         if (block >= 0) {
             remove_free(b, block);
             int64_t a = block >> PBO;
@@ -577,7 +810,7 @@ static int take_slow(buddy_t *b, int order, int t, int64_t *pfn_out, int *o_out)
     int u = 1 - t;
     for (int co = KMAX; co >= order; co--) {
         if (t == MOVABLE && co < PBO / 2) break;     /* should_try_claim_block */
-        int32_t head = list_head_pfn(b, u, co);
+        int64_t head = list_head_pfn(b, u, co);
         if (co >= PBO) {
             int64_t pfn;
             if (head >= 0) pfn = list_pop(b, u, co);
@@ -591,14 +824,10 @@ static int take_slow(buddy_t *b, int order, int t, int64_t *pfn_out, int *o_out)
             return 0;
         }
         if (head < 0) continue;
-        int64_t s = ((int64_t)head >> PBO) << PBO, e = s + b->pbsize;
+        int64_t s = (head >> PBO) << PBO, e = s + b->pbsize;
         if (e > b->total) continue;
-        int64_t nfree = 0, nmovable = 0;
-        for (int64_t p = s; p < e; p++) {
-            uint8_t st = b->state[p];
-            if (st == ST_USED_MOVABLE) nmovable++;
-            else if (is_free(st)) nfree++;
-        }
+        int64_t nfree = rm_count_eq(&b->st, s, e, ST_FREE);
+        int64_t nmovable = rm_count_eq(&b->st, s, e, ST_USED_MOVABLE);
         int64_t alike = t == MOVABLE ? nmovable : b->pbsize - nfree - nmovable;
         if (nfree + alike >= (b->pbsize >> 1)) {
             set_pageblock_type(b, head >> PBO, t);
@@ -625,13 +854,13 @@ static int take_slow(buddy_t *b, int order, int t, int64_t *pfn_out, int *o_out)
 static int64_t alloc_big(buddy_t *b, int order, int t)             /* _alloc_big */
 {
     for (int o = order; o <= MAXO; o++) {
-        int32_t block = b->bhead[0][o];
+        int64_t block = b->bhead[0][o];
         if (block >= 0) {
             remove_free(b, block);
             carve(b, block, o, block, order);
             relabel(b, block, order, t);
             int64_t size = 1ll << order;
-            memset(b->state + block, t + 1, (size_t)size);
+            rm_set(&b->st, block, block + size, (uint32_t)(t + 1));
             b->free_pages -= size;
             return block;
         }
@@ -653,8 +882,7 @@ static int64_t buddy_alloc(buddy_t *b, int order, int movable)     /* alloc; -1 
     if (pfn < 0 && take_slow(b, order, t, &pfn, &o) < 0) return -1;
     if (o > order) carve(b, pfn, o, pfn, order);
     int64_t size = 1ll << order;
-    if (size == 1) b->state[pfn] = (uint8_t)(t + 1);
-    else memset(b->state + pfn, t + 1, (size_t)size);
+    rm_set(&b->st, pfn, pfn + size, (uint32_t)(t + 1));
     b->free_pages -= size;
     return pfn;
 }
@@ -669,14 +897,16 @@ static inline int aligned_order(int64_t pfn, int64_t npages)
     return order;
 }
 
-/* alloc_pages: n order-0 pages into out[] in the order taken; -1 = OOM, nothing changed */
-static int buddy_alloc_pages(buddy_t *b, int64_t n, int movable, int32_t *out)
+/* alloc_pages: n order-0 pages as (pfn, npages) runs in the order taken, adjacent ones
+ * merged (*runs grows as needed, *nruns set); -1 = OOM, nothing changed */
+static int buddy_alloc_pages(buddy_t *b, int64_t n, int movable, int64_t **runs, int64_t *cap,
+                             int64_t *nruns)
 {
+    *nruns = 0;
     if (n == 0) return 0;
     if (n > b->free_pages) return -1;
     int t = movable ? MOVABLE : UNMOVABLE;
-    uint8_t v = (uint8_t)(t + 1);
-    int64_t rem = n, k = 0;
+    int64_t rem = n, k = 0, last_end = -1;
     int lowest = 0;
     while (rem) {
         int64_t pfn = -1;
@@ -706,12 +936,20 @@ static int buddy_alloc_pages(buddy_t *b, int64_t n, int movable, int32_t *out)
             }
             size = rem;
         }
-        if (size == 1) b->state[pfn] = v;
-        else memset(b->state + pfn, v, (size_t)size);
-        for (int64_t i = 0; i < size; i++) out[k++] = (int32_t)(pfn + i);
+        rm_set(&b->st, pfn, pfn + size, (uint32_t)(t + 1));
+        if (pfn == last_end) {
+            (*runs)[2 * k - 1] += size;
+        } else {
+            grow_keep64(runs, cap, 2 * k + 2);
+            (*runs)[2 * k] = pfn;
+            (*runs)[2 * k + 1] = size;
+            k++;
+        }
+        last_end = pfn + size;
         rem -= size;
     }
     b->free_pages -= n;
+    *nruns = k;
     return 0;
 }
 
@@ -739,15 +977,15 @@ static void free_block(buddy_t *b, int64_t pfn, int order)          /* _free_blo
     while (order < MAXO) {
         int64_t buddy = pfn ^ (1ll << order);
         if (buddy >= b->total) break;
-        uint8_t st = b->state[buddy];
-        if (!(st & ST_HEAD) || ((st & 0x7f) >> 2) != order) break;
-        int kind = st & 3;
+        int64_t i = h_find(&b->h, buddy);
+        if (i < 0 || (b->h.e[i].code >> 2) != order) break;
+        int kind = b->h.e[i].code & 3;
         if (kind == BIG) {
             remove_free(b, buddy);
         } else {
             if (kind != t && PBO <= order && order < KMAX) relabel(b, buddy, order, t);
-            list_del(b, kind, order, (int32_t)buddy);
-            b->state[buddy] = ST_FREE;
+            list_unlink(b, kind, order, b->h.e[i].node);
+            h_delete_at(&b->h, (uint64_t)i);
             b->nr[order]--;
         }
         pfn &= buddy;
@@ -759,14 +997,14 @@ static void free_block(buddy_t *b, int64_t pfn, int order)          /* _free_blo
 static void buddy_free(buddy_t *b, int64_t pfn, int order)          /* free */
 {
     int64_t size = 1ll << order;
-    memset(b->state + pfn, ST_FREE, (size_t)size);
+    rm_set(&b->st, pfn, pfn + size, ST_FREE);
     b->free_pages += size;
     free_block(b, pfn, order);
 }
 
 static void buddy_free_range(buddy_t *b, int64_t pfn, int64_t npages)   /* free_range */
 {
-    memset(b->state + pfn, ST_FREE, (size_t)npages);
+    rm_set(&b->st, pfn, pfn + npages, ST_FREE);
     b->free_pages += npages;
     while (npages > 0) {
         int o = aligned_order(pfn, npages);
@@ -782,7 +1020,7 @@ static void buddy_init(buddy_t *b, int64_t total)
     b->total = total;
     b->pbsize = 1 << PBO;
     b->npb = (total + b->pbsize - 1) >> PBO;
-    b->state = xcalloc((size_t)total, 1);
+    rm_init(&b->st, total, 0, ST_FREE);
     b->labels = malloc((size_t)b->npb);
     if (!b->labels) abort();
     memset(b->labels, MOVABLE, (size_t)b->npb);
@@ -792,8 +1030,8 @@ static void buddy_init(buddy_t *b, int64_t total)
     b->free_node = -1;
     b->nbig = (total >> (KMAX + 1)) + 1;
     for (int l = 0; l < 3; l++) {
-        b->bolder[l] = xcalloc((size_t)b->nbig, sizeof(int32_t));
-        b->bnewer[l] = xcalloc((size_t)b->nbig, sizeof(int32_t));
+        b->bolder[l] = xcalloc((size_t)b->nbig, sizeof(int64_t));
+        b->bnewer[l] = xcalloc((size_t)b->nbig, sizeof(int64_t));
         b->bin[l] = xcalloc((size_t)b->nbig, 1);
     }
     /* boot memory: lowest address at the list heads (insert highest first) */
@@ -815,7 +1053,7 @@ static void buddy_init(buddy_t *b, int64_t total)
 
 static void buddy_destroy(buddy_t *b)
 {
-    free(b->state);
+    rm_destroy(&b->st);
     free(b->labels);
     free(b->h.e);
     free(b->nodes);
@@ -827,83 +1065,19 @@ static void buddy_destroy(buddy_t *b)
 }
 
 /* ------------------------------------------------------------------ attributes (ranges.py) */
-/* every one of n bytes equals v */
-static int bytes_all(const uint8_t *p, int64_t n, uint8_t v)
-{
-    const uint64_t rep = 0x0101010101010101ull * v;
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        if (w != rep) return 0;
-    }
-    for (; i < n; i++)
-        if (p[i] != v) return 0;
-    return 1;
-}
-
 static void attrs_init(attrs_t *a, int64_t npages, int initial)
 {
-    a->npages = npages;
-    a->nchunks = (npages + CHUNK - 1) >> CHUNK_SHIFT;
-    a->last_len = a->nchunks ? (int)(npages - ((a->nchunks - 1) << CHUNK_SHIFT)) : CHUNK;
-    a->uni = malloc((size_t)(a->nchunks ? a->nchunks : 1));
-    if (!a->uni) abort();
-    memset(a->uni, initial, (size_t)a->nchunks);
-    a->page = xcalloc((size_t)(a->nchunks << CHUNK_SHIFT), 1);
-}
-
-static inline int chunk_len(const attrs_t *a, int64_t c)
-{
-    return c == a->nchunks - 1 ? a->last_len : CHUNK;
-}
-
-static int chunk_uniform(const attrs_t *a, int64_t c, int64_t s, int64_t e, int v)
-{
-    int u = a->uni[c];
-    if (u != MIXED) return u == v;
-    return bytes_all(a->page + (c << CHUNK_SHIFT) + s, e - s, (uint8_t)v);
+    rm_init(a, npages, 0, (uint32_t)initial);
 }
 
 static int attrs_is_uniform(const attrs_t *a, int64_t start, int64_t end, int v)
 {
-    int64_t c0 = start >> CHUNK_SHIFT, c1 = (end - 1) >> CHUNK_SHIFT;
-    int64_t s0 = start & (CHUNK - 1);
-    if (c0 == c1) return chunk_uniform(a, c0, s0, end - (c0 << CHUNK_SHIFT), v);
-    if (!chunk_uniform(a, c0, s0, CHUNK, v)) return 0;
-    if (!chunk_uniform(a, c1, 0, end - (c1 << CHUNK_SHIFT), v)) return 0;
-    for (int64_t c = c0 + 1; c < c1; c++)
-        if (a->uni[c] != v) return 0;
-    return 1;
-}
-
-static void set_in_chunk(attrs_t *a, int64_t c, int64_t s, int64_t e, int v)
-{
-    int len = chunk_len(a, c);
-    if (s == 0 && e >= len) {
-        a->uni[c] = (int8_t)v;
-        return;
-    }
-    int old = a->uni[c];
-    if (old == v) return;
-    uint8_t *pg = a->page + (c << CHUNK_SHIFT);
-    if (old != MIXED) memset(pg, old, (size_t)len);
-    if (e > len) e = len;
-    memset(pg + s, v, (size_t)(e - s));
-    a->uni[c] = bytes_all(pg, len, pg[0]) ? (int8_t)pg[0] : MIXED;
+    return rm_is_uniform(a, start, end, (uint32_t)v);
 }
 
 static void attrs_set(attrs_t *a, int64_t start, int64_t end, int v)
 {
-    int64_t c0 = start >> CHUNK_SHIFT, c1 = (end - 1) >> CHUNK_SHIFT;
-    int64_t base0 = c0 << CHUNK_SHIFT;
-    if (c0 == c1) {
-        set_in_chunk(a, c0, start - base0, end - base0, v);
-        return;
-    }
-    set_in_chunk(a, c0, start - base0, CHUNK, v);
-    set_in_chunk(a, c1, 0, end - (c1 << CHUNK_SHIFT), v);
-    if (c1 - c0 >= 2) memset(a->uni + c0 + 1, v, (size_t)(c1 - c0 - 1));
+    rm_set(a, start, end, (uint32_t)v);
 }
 
 /* ------------------------------------------------------------------ host (model.py Host) */
@@ -937,126 +1111,83 @@ static void host_free_hugetlb(core_t *c, int64_t pfn, int order)      /* free_hu
     int i = order == 9 ? 0 : 1;
     if (c->npool[i] == c->cap_pool[i]) {
         c->cap_pool[i] = c->cap_pool[i] ? 2 * c->cap_pool[i] : 64;
-        c->pool[i] = realloc(c->pool[i], (size_t)c->cap_pool[i] * sizeof(int32_t));
+        c->pool[i] = realloc(c->pool[i], (size_t)c->cap_pool[i] * sizeof(int64_t));
         if (!c->pool[i]) abort();
     }
-    c->pool[i][c->npool[i]++] = (int32_t)pfn;
+    c->pool[i][c->npool[i]++] = pfn;
 }
 
-/* alloc_pages: n pfns into c->apfn; OutOfMemory unwinds to the step */
-static int32_t *host_alloc_pages(core_t *c, int64_t n, int movable)
+/* alloc_pages: n pages as runs in c->aruns (c->naruns); OutOfMemory unwinds to the step */
+static void host_alloc_pages(core_t *c, int64_t n, int movable)
 {
-    grow32(&c->apfn, &c->cap_apfn, n);
-    if (buddy_alloc_pages(&c->b, n, movable, c->apfn) == 0) return c->apfn;
-    if (!shrink(c) || buddy_alloc_pages(&c->b, n, movable, c->apfn) < 0) {
+    buddy_t *b = &c->b;
+    if (buddy_alloc_pages(b, n, movable, &c->aruns, &c->cap_aruns, &c->naruns) == 0) return;
+    if (!shrink(c) || buddy_alloc_pages(b, n, movable, &c->aruns, &c->cap_aruns, &c->naruns) < 0) {
         if (c->in_step) longjmp(c->oom, 1);
         abort();
     }
-    return c->apfn;
 }
 
-/* pfns (< 2^31) ascending: insertion sort when short, else LSD radix sort on bytes,
- * skipping the bytes in which all pfns agree */
-static void sort_pfns(core_t *c, int32_t *v, int64_t n)
+static int cmp_run(const void *x, const void *y)
 {
-    if (n <= 32) {
-        for (int64_t i = 1; i < n; i++) {
-            int32_t x = v[i];
-            int64_t j = i;
-            while (j > 0 && v[j - 1] > x) { v[j] = v[j - 1]; j--; }
-            v[j] = x;
-        }
-        return;
-    }
-    uint32_t differ = 0, first = (uint32_t)v[0];
-    for (int64_t i = 1; i < n; i++) differ |= (uint32_t)v[i] ^ first;
-    grow32(&c->sortbuf, &c->cap_sortbuf, n);
-    int32_t *src = v, *dst = c->sortbuf;
-    for (int shift = 0; shift < 32; shift += 8) {
-        if (!((differ >> shift) & 0xff)) continue;
-        int64_t cnt[256] = {0};
-        for (int64_t i = 0; i < n; i++) cnt[((uint32_t)src[i] >> shift) & 0xff]++;
-        int64_t sum = 0;
-        for (int k = 0; k < 256; k++) { int64_t x = cnt[k]; cnt[k] = sum; sum += x; }
-        for (int64_t i = 0; i < n; i++) dst[cnt[((uint32_t)src[i] >> shift) & 0xff]++] = src[i];
-        int32_t *t = src; src = dst; dst = t;
-    }
-    if (src != v) memcpy(v, src, (size_t)n * sizeof(int32_t));
+    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return (a > b) - (a < b);
 }
 
-/* free_pfns: sorted, as contiguous runs (pfns is modified) */
-static void host_free_pfns(core_t *c, int32_t *pfns, int64_t n)
+/* free_pfns: k (pfn, npages) runs of held pages, freed by address as maximal contiguous runs
+ * (runs is reordered) */
+static void host_free_runs(core_t *c, int64_t *runs, int64_t k)
 {
-    if (!n) return;
+    if (!k) return;
     int64_t i;
-    for (i = 1; i < n; i++)
-        if (pfns[i] < pfns[i - 1]) break;
-    if (i < n) sort_pfns(c, pfns, n);
-    int64_t s = 0;
-    for (i = 1; i <= n; i++) {
-        if (i == n || pfns[i] != pfns[i - 1] + 1) {
-            buddy_free_range(&c->b, pfns[s], i - s);
-            s = i;
+    for (i = 1; i < k; i++)
+        if (runs[2 * i] < runs[2 * i - 2]) break;
+    if (i < k) qsort(runs, (size_t)k, 2 * sizeof(int64_t), cmp_run);
+    int64_t s = runs[0], n = runs[1];
+    for (i = 1; i <= k; i++) {
+        if (i < k && runs[2 * i] == s + n) {
+            n += runs[2 * i + 1];
+            continue;
+        }
+        buddy_free_range(&c->b, s, n);
+        if (i < k) {
+            s = runs[2 * i];
+            n = runs[2 * i + 1];
         }
     }
 }
 
-/* pages in [a, b) whose flag byte has `bit`, clearing it */
-static int64_t clear_flag_count(uint8_t *fl, int64_t a, int64_t b, uint8_t bit)
+static void push_run(int64_t **v, int64_t *cap, int64_t *k, int64_t start, int64_t n)
 {
-    int64_t n = 0, p = a;
-    const uint64_t rep = 0x0101010101010101ull * bit;
-    for (; p < b && (p & 7); p++)
-        if (fl[p] & bit) { fl[p] &= ~bit; n++; }
-    for (; p + 8 <= b; p += 8) {
-        uint64_t w;
-        memcpy(&w, fl + p, 8);
-        uint64_t m = w & rep;
-        if (m) {
-            n += __builtin_popcountll(m);
-            w &= ~rep;
-            memcpy(fl + p, &w, 8);
-        }
-    }
-    for (; p < b; p++)
-        if (fl[p] & bit) { fl[p] &= ~bit; n++; }
-    return n;
+    grow_keep64(v, cap, 2 * *k + 2);
+    (*v)[2 * *k] = start;
+    (*v)[2 * *k + 1] = n;
+    (*k)++;
 }
 
-/* pages in [a, b) whose flag byte lacks `bit`, setting it */
-static int64_t set_flag_count(uint8_t *fl, int64_t a, int64_t b, uint8_t bit)
+static int64_t rm_count_bit(const rmap_t *m, int64_t a, int64_t b, uint32_t bit)
 {
-    int64_t n = 0, p = a;
-    const uint64_t rep = 0x0101010101010101ull * bit;
-    for (; p < b && (p & 7); p++)
-        if (!(fl[p] & bit)) { fl[p] |= bit; n++; }
-    for (; p + 8 <= b; p += 8) {
-        uint64_t w;
-        memcpy(&w, fl + p, 8);
-        uint64_t m = ~w & rep;
-        if (m) {
-            n += __builtin_popcountll(m);
-            w |= rep;
-            memcpy(fl + p, &w, 8);
-        }
+    int64_t n = 0;
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(m, a, b, &x);
+        if (x & bit) n += e - a;
+        a = e;
     }
-    for (; p < b; p++)
-        if (!(fl[p] & bit)) { fl[p] |= bit; n++; }
     return n;
 }
 
 /* ------------------------------------------------------------------ touch */
-static int64_t touch(core_t *c, uint32_t *data, int64_t p0, int64_t p1, int write, uint64_t token)
+static int64_t touch(core_t *c, rmap_t *data, int64_t p0, int64_t p1, int write, uint64_t token)
 {
     led_op(c, K_TOUCH_PAGE, p1 - p0);
     if (write) {
-        for (int64_t p = p0; p < p1; p++) data[p] = (uint32_t)token;
+        rm_set(data, p0, p1, (uint32_t)token);
         return 0;
     }
     if (token == NO_CHECK) return 0;
-    int64_t n = 0;
-    for (int64_t p = p0; p < p1; p++) n += (uint64_t)data[p] != token;
-    return n;
+    if (token > UINT32_MAX) return p1 - p0;
+    return (p1 - p0) - rm_count_eq(data, p0, p1, (uint32_t)token);
 }
 
 /* ------------------------------------------------------------------ GuestMemfd */
@@ -1089,23 +1220,64 @@ static void gmem_set_fbits(core_t *c, gmem_t *g, int64_t f, uint8_t bits)
     g->fbits[f] = bits;
 }
 
-static void gmem_alloc_4k(core_t *c, gmem_t *g, const int64_t *pages, int64_t n)   /* _alloc_4k */
+/* give the absent pages of `map` (nholes (start, end) runs in c->miss, n pages) the pages
+ * of c->aruns in order */
+static void fill_holes(core_t *c, rmap_t *map, int64_t nholes)
 {
-    int32_t *pfns = host_alloc_pages(c, n, 0);
-    for (int64_t i = 0; i < n; i++) g->page_pfn[pages[i]] = pfns[i] + 1;
+    int64_t r = 0, used = 0;
+    for (int64_t h = 0; h < nholes; h++) {
+        int64_t p = c->miss[2 * h], e = c->miss[2 * h + 1];
+        while (p < e) {
+            int64_t avail = c->aruns[2 * r + 1] - used, k = e - p < avail ? e - p : avail;
+            rm_set(map, p, p + k, (uint32_t)(c->aruns[2 * r] + used + 1));
+            p += k;
+            used += k;
+            if (used == c->aruns[2 * r + 1]) {
+                r++;
+                used = 0;
+            }
+        }
+    }
+}
+
+static void gmem_alloc_4k(core_t *c, gmem_t *g, int64_t nholes, int64_t n)   /* _alloc_4k */
+{
+    host_alloc_pages(c, n, 0);
+    fill_holes(c, &g->page_pfn, nholes);
     g->present += n;
     c->footprint += n;
     led_op(c, K_FAULT_GMEM, n);
-    for (int64_t i = n > LRU_BATCH ? n - LRU_BATCH : 0; i < n; i++) lru_push(g, pages[i] >> g->order);
+    /* the last LRU_BATCH pages faulted enter the per-CPU LRU batch */
+    int64_t skip = n > LRU_BATCH ? n - LRU_BATCH : 0, i = 0;
+    for (int64_t h = 0; h < nholes; h++) {
+        int64_t a = c->miss[2 * h], e = c->miss[2 * h + 1];
+        if (i + (e - a) <= skip) {
+            i += e - a;
+            continue;
+        }
+        for (int64_t p = a; p < e; p++, i++)
+            if (i >= skip) lru_push(g, p >> g->order);
+    }
 }
 
-static int64_t collect_missing(core_t *c, const int32_t *page_pfn, int64_t a, int64_t b)
+/* the absent pages of [a, b) as (start, end) runs in c->miss; returns the run count, *n pages */
+static int64_t collect_missing(core_t *c, const rmap_t *map, int64_t a, int64_t b, int64_t *n)
 {
-    grow64(&c->miss, &c->cap_miss, b - a);
-    int64_t n = 0;
-    for (int64_t p = a; p < b; p++)
-        if (!page_pfn[p]) c->miss[n++] = p;
-    return n;
+    int64_t k = 0;
+    *n = 0;
+    while (a < b) {
+        uint32_t v;
+        int64_t e = rm_seg(map, a, b, &v);
+        if (!v) {
+            grow_keep64(&c->miss, &c->cap_miss, 2 * k + 2);
+            c->miss[2 * k] = a;
+            c->miss[2 * k + 1] = e;
+            k++;
+            *n += e - a;
+        }
+        a = e;
+    }
+    return k;
 }
 
 static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f);
@@ -1114,8 +1286,8 @@ static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f);
 static int64_t gmem_populate(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int64_t p1)
 {
     if (!g->order) {
-        int64_t n = collect_missing(c, g->page_pfn, p0, p1);
-        if (n) gmem_alloc_4k(c, g, c->miss, n);
+        int64_t n, k = collect_missing(c, &g->page_pfn, p0, p1, &n);
+        if (n) gmem_alloc_4k(c, g, k, n);
         return n;
     }
     int o = g->order;
@@ -1128,7 +1300,7 @@ static int64_t gmem_populate(core_t *c, gmem_t *g, const attrs_t *view, int64_t 
             int64_t pfn = host_alloc_hugetlb(c, o, &pooled);
             if (pfn >= 0) {
                 gmem_set_fstate(c, g, f, INTACT);
-                g->fpfn[f] = (int32_t)pfn;
+                g->fpfn[f] = pfn;
                 g->present += fp;
                 if (!pooled) c->footprint += fp;
                 c->huge_pages += fp;
@@ -1140,35 +1312,48 @@ static int64_t gmem_populate(core_t *c, gmem_t *g, const attrs_t *view, int64_t 
             }
             gmem_set_fstate(c, g, f, FALLBACK);
         }
-        int64_t n = collect_missing(c, g->page_pfn, a, b);
+        int64_t n, k = collect_missing(c, &g->page_pfn, a, b, &n);
         if (n) {
-            gmem_alloc_4k(c, g, c->miss, n);
+            gmem_alloc_4k(c, g, k, n);
             faulted += n;
         }
     }
     return faulted;
 }
 
-static inline int gmem_present(const gmem_t *g, int64_t p)
+/* the run of pages from p (< lim) that are present or absent as p is (*pr) */
+static int64_t gmem_present_seg(const gmem_t *g, int64_t p, int64_t lim, int *pr)
 {
-    return g->page_pfn[p] != 0 || (g->order && g->fstate[p >> g->order] == INTACT);
-}
-
-static int64_t count_pfns(const int32_t *page_pfn, int64_t a, int64_t b)
-{
-    int64_t n = 0;
-    for (int64_t p = a; p < b; p++) n += page_pfn[p] != 0;
-    return n;
+    int first = -1, o = g->order;
+    while (p < lim) {
+        int v;
+        int64_t e;
+        if (o && g->fstate[p >> o] == INTACT) {
+            v = 1;
+            e = ((p >> o) + 1) << o;
+            if (e > lim) e = lim;
+        } else {
+            uint32_t x;
+            e = rm_seg(&g->page_pfn, p, lim, &x);
+            v = x != 0;
+            if (o && e > (((p >> o) + 1) << o)) e = ((p >> o) + 1) << o;
+        }
+        if (first < 0) first = v;
+        else if (v != first) break;
+        p = e;
+    }
+    *pr = first;
+    return p;
 }
 
 static int64_t gmem_count_present(const gmem_t *g, int64_t p0, int64_t p1)
 {
-    if (!g->order) return count_pfns(g->page_pfn, p0, p1);
+    if (!g->order) return rm_count_nz(&g->page_pfn, p0, p1);
     int o = g->order;
     int64_t fp = g->fpages, n = 0;
     for (int64_t f = p0 >> o; f <= (p1 - 1) >> o; f++) {
         int64_t a = p0 > f * fp ? p0 : f * fp, b = p1 < (f + 1) * fp ? p1 : (f + 1) * fp;
-        n += g->fstate[f] == INTACT ? b - a : count_pfns(g->page_pfn, a, b);
+        n += g->fstate[f] == INTACT ? b - a : rm_count_nz(&g->page_pfn, a, b);
     }
     return n;
 }
@@ -1176,7 +1361,7 @@ static int64_t gmem_count_present(const gmem_t *g, int64_t p0, int64_t p1)
 static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f)        /* _split_folio */
 {
     int64_t fp = g->fpages, base = g->fpfn[f];
-    for (int64_t i = 0; i < fp; i++) g->page_pfn[f * fp + i] = (int32_t)(base + 1 + i);
+    rm_set(&g->page_pfn, f * fp, (f + 1) * fp, (uint32_t)(base + 1));
     gmem_set_fstate(c, g, f, SPLIT);
     if (!(g->fbits[f] & FB_DEMOTED))      /* a demoted mapping already counted this folio */
         c->huge_splits++;
@@ -1190,7 +1375,7 @@ static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f)        /* _split_f
 static void gmem_merge_folio(core_t *c, gmem_t *g, int64_t f)        /* _merge_folio */
 {
     int64_t fp = g->fpages;
-    memset(g->page_pfn + f * fp, 0, (size_t)fp * sizeof(int32_t));
+    rm_set(&g->page_pfn, f * fp, (f + 1) * fp, 0);
     gmem_set_fstate(c, g, f, INTACT);
     c->huge_pages += fp;
     c->folio_merges++;
@@ -1218,16 +1403,12 @@ static void gmem_demote(core_t *c, gmem_t *g, int64_t f)            /* _demote *
     }
 }
 
-static void set_flag_range(uint8_t *fl, int64_t a, int64_t b, uint8_t bit)
-{
-    for (int64_t p = a; p < b; p++) fl[p] |= bit;
-}
 
 /* zap_host: every process's PTEs and PMDs (unmap_mapping_range) */
 static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int charge)
 {
     int64_t n = 0;
-    for (int q = 0; q < MAX_PROCS; q++) n += clear_flag_count(g->pflags, p0, p1, pf_host(q));
+    for (int q = 0; q < MAX_PROCS; q++) n += rm_clear_bit(&g->pflags, p0, p1, pf_host(q));
     /* inside the ioctl: the measured MADV_DONTNEED figure less its syscall entry */
     if (n && charge) led_op_beyond(c, K_HOST_ZAP_PTE, K_IOCTL_ENTRY, n);
     if (g->order) {
@@ -1241,8 +1422,8 @@ static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int c
             if (a < p0 || b > p1) {
                 for (int q = 0; q < MAX_PROCS; q++) {
                     if (!(pm & fb_pmd(q))) continue;
-                    if (a < p0) set_flag_range(g->pflags, a, p0, pf_host(q));
-                    if (b > p1) set_flag_range(g->pflags, p1, b, pf_host(q));
+                    if (a < p0) rm_set_bit(&g->pflags, a, p0, pf_host(q));
+                    if (b > p1) rm_set_bit(&g->pflags, p1, b, pf_host(q));
                 }
                 gmem_demote(c, g, f);
                 c->mapping_demotions += k;
@@ -1279,7 +1460,7 @@ static void tdx_remove(core_t *c, int64_t leaves, int64_t pages)   /* _tdx_remov
 static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int private_leaves)
 {
     int tdx = private_leaves && c->plat == PLAT_TDX;
-    int64_t n = clear_flag_count(g->pflags, p0, p1, PF_S2), leaves = n;
+    int64_t n = rm_clear_bit(&g->pflags, p0, p1, PF_S2), leaves = n;
     c->st_s2_4k -= n;
     led_each(c, K_STAGE2_ZAP_4K, n);
     if (n && tdx) tdx_remove(c, n, n);
@@ -1290,8 +1471,8 @@ static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int pr
             if (!(g->fbits[f] & FB_S2_HUGE)) continue;
             int64_t a = f * fp, b = (f + 1) * fp;
             if (a < p0 || b > p1) {
-                c->st_s2_4k += set_flag_count(g->pflags, a, p0, PF_S2)
-                               + set_flag_count(g->pflags, p1, b, PF_S2);
+                c->st_s2_4k += rm_set_bit(&g->pflags, a, p0, PF_S2)
+                               + rm_set_bit(&g->pflags, p1, b, PF_S2);
                 gmem_demote(c, g, f);
                 c->mapping_demotions++;
                 if (tdx) {
@@ -1310,41 +1491,51 @@ static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int pr
         }
     }
     if (leaves) {
-        if (tdx) clear_flag_count(g->pflags, p0, p1, PF_PREP);
+        if (tdx) rm_clear_bit(&g->pflags, p0, p1, PF_PREP);
         vm_flush_tlbs(c);
     }
 }
 
 static void gmem_prepare(core_t *c, gmem_t *g, int64_t p0, int64_t p1)   /* _prepare */
 {
-    int64_t n = set_flag_count(g->pflags, p0, p1, PF_PREP);
+    int64_t n = rm_set_bit(&g->pflags, p0, p1, PF_PREP);
     if (n && c->plat != PLAT_SW)
         led_each(c, c->plat == PLAT_TDX ? K_FW_TDX_TO_PRIVATE : K_FW_SNP_TO_PRIVATE, n);
 }
 
 static void gmem_snp_make_shared(core_t *c, gmem_t *g, int64_t p0, int64_t p1)  /* _snp_make_shared */
 {
-    int64_t n = clear_flag_count(g->pflags, p0, p1, PF_PREP);
+    int64_t n = rm_clear_bit(&g->pflags, p0, p1, PF_PREP);
     if (n && c->plat == PLAT_SNP) led_each(c, K_FW_SNP_TO_SHARED, n);
 }
 
-/* set `bit` on [a, b); count the pages newly set that are not fresh (fresh: one byte per
- * page from `base`, or NULL) */
-static int64_t set_flag_count_old(uint8_t *fl, int64_t a, int64_t b, uint8_t bit,
-                                  const uint8_t *fresh, int64_t base)
+/* set `bit` on [a, b); count the pages newly set that are not fresh (fresh: nfresh sorted
+ * runs (start, end) of pages that were absent before the access faulted them in) */
+static int64_t set_flag_count_old(rmap_t *fl, int64_t a, int64_t b, uint32_t bit,
+                                  const int64_t *fresh, int64_t nfresh)
 {
-    if (!fresh) return set_flag_count(fl, a, b, bit);
-    int64_t n = 0;
-    for (int64_t p = a; p < b; p++)
-        if (!(fl[p] & bit)) {
-            fl[p] |= bit;
-            n += !fresh[p - base];
+    int64_t n = 0, k = 0;
+    while (a < b) {
+        uint32_t x;
+        int64_t e = rm_seg(fl, a, b, &x);
+        if (!(x & bit)) {
+            rm_set(fl, a, e, x | bit);
+            n += e - a;
+            while (k < nfresh && fresh[2 * k + 1] <= a) k++;
+            for (int64_t q = k; q < nfresh && fresh[2 * q] < e; q++) {
+                int64_t lo = fresh[2 * q] > a ? fresh[2 * q] : a;
+                int64_t hi = fresh[2 * q + 1] < e ? fresh[2 * q + 1] : e;
+                if (lo < hi) n -= hi - lo;
+            }
         }
+        a = e;
+    }
     return n;
 }
 
 static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int64_t p1,
-                     int guest, int proc, int state, const uint8_t *fresh)   /* _map */
+                     int guest, int proc, int state, const int64_t *fresh,
+                     int64_t nfresh)   /* _map */
 {
     uint8_t pte = guest ? PF_S2 : pf_host(proc);
     int64_t n = 0;
@@ -1358,7 +1549,7 @@ static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int6
             if ((g->fbits[f] & FB_DEMOTED) && !g->promote) continue;
             if (!attrs_is_uniform(view, f * fp, (f + 1) * fp, state)) continue;
             gmem_set_fbits(c, g, f, g->fbits[f] | pmd);
-            int64_t cleared = clear_flag_count(g->pflags, f * fp, (f + 1) * fp, pte);
+            int64_t cleared = rm_clear_bit(&g->pflags, f * fp, (f + 1) * fp, pte);
             if (guest) c->st_s2_4k -= cleared;
             if (g->fbits[f] & FB_DEMOTED) {
                 g->fbits[f] &= ~FB_DEMOTED;
@@ -1368,12 +1559,12 @@ static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int6
         for (int64_t f = f0; f < f1; f++) {
             if (g->fbits[f] & pmd) continue;
             int64_t a = p0 > f * fp ? p0 : f * fp, b = p1 < (f + 1) * fp ? p1 : (f + 1) * fp;
-            n += set_flag_count_old(g->pflags, a, b, pte, fresh, p0);
+            n += set_flag_count_old(&g->pflags, a, b, pte, fresh, nfresh);
         }
     } else {
-        n = set_flag_count_old(g->pflags, p0, p1, pte, fresh, p0);
+        n = set_flag_count_old(&g->pflags, p0, p1, pte, fresh, nfresh);
     }
-    if (guest) c->st_s2_4k += n;          /* fresh is NULL for the guest: n pages newly set */
+    if (guest) c->st_s2_4k += n;       /* no fresh runs for the guest: n pages newly set */
     if (n && !guest) led_each(c, K_REFAULT_GMEM, n);
 }
 
@@ -1385,7 +1576,7 @@ static int64_t gmem_first_elevated(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
     if (o) {
         for (int64_t f = f0; f < f1; f++) nfolios += g->fstate[f] != 0;
     } else {
-        for (int64_t p = p0; p < p1; p++) nfolios += g->page_pfn[p] != 0;
+        nfolios = rm_count_nz(&g->page_pfn, p0, p1);
     }
     led_each(c, K_REFCOUNT_SCAN_FOLIO, nfolios);
     int in_lru = 0;
@@ -1408,8 +1599,12 @@ static void gmem_arch_invalidate(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
 {
     if (g->platform == PLATFORM_PRESERVE) return;
     uint32_t v = g->platform == PLATFORM_ZERO ? 0 : GARBAGE;
-    for (int64_t p = p0; p < p1; p++)
-        if (gmem_present(g, p)) g->data[p] = v;
+    for (int64_t p = p0; p < p1;) {          /* runs of present pages */
+        int pr;
+        int64_t e = gmem_present_seg(g, p, p1, &pr);
+        if (pr) rm_set(&g->data, p, e, v);
+        p = e;
+    }
     /* TDX cleared each page when it left the S-EPT (gmem_zap_stage2) */
     if (g->platform != PLATFORM_ZERO) gmem_snp_make_shared(c, g, p0, p1);
 }
@@ -1449,24 +1644,26 @@ static int gmem_set_attrs2(core_t *c, slot_t *s, uint64_t offset, uint64_t size,
     return 0;
 }
 
-static int64_t free_4k(core_t *c, int32_t *page_pfn, int64_t a, int64_t b)   /* _free_4k */
+static int64_t free_4k(core_t *c, rmap_t *page_pfn, int64_t a, int64_t b)   /* _free_4k */
 {
-    grow32(&c->fpfn, &c->cap_fpfn, b - a);
-    int64_t n = 0;
-    for (int64_t p = a; p < b; p++)
-        if (page_pfn[p]) {
-            c->fpfn[n++] = page_pfn[p] - 1;
-            page_pfn[p] = 0;
+    int64_t n = 0, k = 0;
+    for (int64_t p = a; p < b;) {
+        uint32_t v;
+        int64_t e = rm_seg(page_pfn, p, b, &v);
+        if (v) {
+            push_run(&c->fruns, &c->cap_fruns, &k, (int64_t)v - 1, e - p);
+            n += e - p;
         }
-    host_free_pfns(c, c->fpfn, n);
+        p = e;
+    }
+    if (n) rm_set(page_pfn, a, b, 0);
+    host_free_runs(c, c->fruns, k);
     return n;
 }
 
-static int any_pfn(const int32_t *page_pfn, int64_t a, int64_t b)
+static int any_pfn(const rmap_t *page_pfn, int64_t a, int64_t b)
 {
-    for (int64_t p = a; p < b; p++)
-        if (page_pfn[p]) return 1;
-    return 0;
+    return rm_count_nz(page_pfn, a, b) > 0;
 }
 
 static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* fallocate_punch_hole */
@@ -1492,8 +1689,8 @@ static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* 
             int64_t a = f * fp, b = (f + 1) * fp;
             int64_t a2 = a > p0 ? a : p0, b2 = b < p1 ? b : p1;
             if (state == FALLBACK) {
-                freed += free_4k(c, g->page_pfn, a2, b2);
-                if (!any_pfn(g->page_pfn, a, b)) gmem_set_fstate(c, g, f, ABSENT);
+                freed += free_4k(c, &g->page_pfn, a2, b2);
+                if (!any_pfn(&g->page_pfn, a, b)) gmem_set_fstate(c, g, f, ABSENT);
             } else if (p0 <= a && b <= p1) {
                 if (state == SPLIT) gmem_merge_folio(c, g, f);
                 host_free_hugetlb(c, g->fpfn[f], o);
@@ -1506,11 +1703,11 @@ static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* 
             }
         }
     } else {
-        freed = free_4k(c, g->page_pfn, p0, p1);
+        freed = free_4k(c, &g->page_pfn, p0, p1);
     }
     g->present -= freed + pooled;
     c->footprint -= freed;
-    memset(g->data + p0, 0, (size_t)(p1 - p0) * sizeof(uint32_t));
+    rm_set(&g->data, p0, p1, 0);
     if (zeroed) led_op(c, K_ZERO_FILL, zeroed);
     freed += pooled;
     /* the kernel walks the whole range; each freed page adds what the populated-range
@@ -1537,20 +1734,24 @@ static int gmem_access(core_t *c, slot_t *s, int64_t p0, int64_t p1, int guest, 
     } else if (!attrs_is_uniform(&s->attrs, p0, p1, want)) {
         return EFAULT;
     }
-    uint8_t *fresh = NULL;
+    int64_t nfresh = 0;
     if (!guest) {       /* the first touch of a fresh page is its fault: no refault */
-        if (c->cap_fresh < p1 - p0) {
-            free(c->fresh);
-            c->cap_fresh = p1 - p0;
-            c->fresh = xcalloc((size_t)c->cap_fresh, 1);
+        for (int64_t p = p0; p < p1;) {
+            int pr;
+            int64_t e = gmem_present_seg(g, p, p1, &pr);
+            if (!pr) {
+                grow_keep64(&c->fresh, &c->cap_fresh, 2 * nfresh + 2);
+                c->fresh[2 * nfresh] = p;
+                c->fresh[2 * nfresh + 1] = e;
+                nfresh++;
+            }
+            p = e;
         }
-        fresh = c->fresh;
-        for (int64_t p = p0; p < p1; p++) fresh[p - p0] = !gmem_present(g, p);
     }
     gmem_populate(c, g, &s->attrs, p0, p1);
     if (guest && want == PRIVATE) gmem_prepare(c, g, p0, p1);
-    gmem_map(c, g, &s->attrs, p0, p1, guest != 0, guest ? 0 : proc, want, fresh);
-    *mism = touch(c, g->data, p0, p1, write, token);
+    gmem_map(c, g, &s->attrs, p0, p1, guest != 0, guest ? 0 : proc, want, c->fresh, nfresh);
+    *mism = touch(c, &g->data, p0, p1, write, token);
     return 0;
 }
 
@@ -1570,12 +1771,7 @@ static int pin_pages(uint16_t *pins, int64_t *npinned, int64_t p0, int64_t p1, i
 
 /* ------------------------------------------------------------------ SharedBacking */
 static int64_t attrs_count(const attrs_t *a, int64_t start, int64_t end, int v);
-
-static inline int attr_at(const attrs_t *a, int64_t p)
-{
-    int u = a->uni[p >> CHUNK_SHIFT];
-    return u != MIXED ? u : a->page[p];
-}
+static int64_t shared_count_present(const shared_t *s, int64_t p0, int64_t p1);
 
 static inline const attrs_t *shared_vm_attrs(const core_t *c, const shared_t *s)
 {
@@ -1592,32 +1788,47 @@ static void shared_set_chunk(core_t *c, shared_t *s, int64_t ch, int st)
     s->chunk[ch] = (uint8_t)st;
 }
 
+/* pages [a, b) became mapped (delta 1) / unmapped (-1) by some host process */
+static void shared_chunks_mapped(core_t *c, shared_t *s, int64_t a, int64_t b, int delta)
+{
+    while (a < b) {
+        int64_t ch = a >> 9, e = (ch + 1) << 9 < b ? (ch + 1) << 9 : b;
+        int was = s->chunk_mapped[ch] != 0;
+        s->chunk_mapped[ch] = (uint16_t)(s->chunk_mapped[ch] + delta * (e - a));
+        if (was != (s->chunk_mapped[ch] != 0) && s->chunk[ch] == INTACT)
+            c->st_host_huge += delta * 512 * (int64_t)PAGE_SIZE;
+        a = e;
+    }
+}
+
 static void shared_host_map(core_t *c, shared_t *s, int64_t p0, int64_t p1, uint8_t bit)
 {
-    for (int64_t p = p0; p < p1; p++) {
-        if (!s->host_map[p] && s->huge && s->chunk_mapped[p >> 9]++ == 0
-                && s->chunk[p >> 9] == INTACT)
-            c->st_host_huge += 512 * (int64_t)PAGE_SIZE;
-        s->host_map[p] |= bit;
-    }
+    if (s->huge)
+        for (int64_t p = p0; p < p1;) {
+            uint32_t v;
+            int64_t e = rm_seg(&s->host_map, p, p1, &v);
+            if (!v) shared_chunks_mapped(c, s, p, e, 1);
+            p = e;
+        }
+    rm_set_bit(&s->host_map, p0, p1, bit);
 }
 
 /* unmap [p0, p1) from every process; whether anything was mapped */
 static int shared_host_unmap(core_t *c, shared_t *s, int64_t p0, int64_t p1)
 {
     int mapped = 0;
-    for (int64_t p = p0; p < p1; p++)
-        if (s->host_map[p]) {
+    for (int64_t p = p0; p < p1;) {
+        uint32_t v;
+        int64_t e = rm_seg(&s->host_map, p, p1, &v);
+        if (v) {
             mapped = 1;
-            s->host_map[p] = 0;
-            if (s->huge && --s->chunk_mapped[p >> 9] == 0 && s->chunk[p >> 9] == INTACT)
-                c->st_host_huge -= 512 * (int64_t)PAGE_SIZE;
+            if (s->huge) shared_chunks_mapped(c, s, p, e, -1);
         }
+        p = e;
+    }
+    rm_set(&s->host_map, p0, p1, 0);
     return mapped;
 }
-
-static inline int shared_present(const shared_t *s, int64_t p);
-static int64_t shared_count_present(const shared_t *s, int64_t p0, int64_t p1);
 
 /* pages of [p0, p1) the shared backing holds whose attribute in `a` is (private = 1) or is
  * not (private = 0) PRIVATE */
@@ -1625,17 +1836,11 @@ static int64_t shared_present_where(const shared_t *s, const attrs_t *a, int64_t
                                     int64_t p1, int private)
 {
     int64_t n = 0;
-    if (p0 >= p1) return 0;
-    for (int64_t ch = p0 >> CHUNK_SHIFT; ch <= (p1 - 1) >> CHUNK_SHIFT; ch++) {
-        int64_t a0 = p0 > (ch << CHUNK_SHIFT) ? p0 : (ch << CHUNK_SHIFT);
-        int64_t a1 = p1 < ((ch + 1) << CHUNK_SHIFT) ? p1 : ((ch + 1) << CHUNK_SHIFT);
-        int u = a->uni[ch];
-        if (u != MIXED) {
-            if ((u == PRIVATE) == private) n += shared_count_present(s, a0, a1);
-            continue;
-        }
-        for (int64_t p = a0; p < a1; p++)
-            if ((a->page[p] == PRIVATE) == private && shared_present(s, p)) n++;
+    for (int64_t p = p0; p < p1;) {
+        uint32_t v;
+        int64_t e = rm_seg(a, p, p1, &v);
+        if ((v == PRIVATE) == private) n += shared_count_present(s, p, e);
+        p = e;
     }
     return n;
 }
@@ -1651,25 +1856,23 @@ static void slot_attrs_set(core_t *c, slot_t *s, int64_t p0, int64_t p1, int v)
     attrs_set(&s->attrs, p0, p1, v);
 }
 
-static int shared_alloc_4k(core_t *c, shared_t *s, const int64_t *pages, int64_t n)
+static void shared_alloc_4k(core_t *c, shared_t *s, int64_t nholes, int64_t n)
 {
-    int32_t *pfns = host_alloc_pages(c, n, 1);
-    const attrs_t *a = shared_vm_attrs(c, s);
-    for (int64_t i = 0; i < n; i++) {
-        s->page_pfn[pages[i]] = pfns[i] + 1;
-        c->st_stale += attr_at(a, pages[i]) == PRIVATE;
-    }
+    host_alloc_pages(c, n, 1);
+    fill_holes(c, &s->page_pfn, nholes);
+    for (int64_t h = 0; h < nholes; h++)       /* the holes filled: c->miss */
+        c->st_stale += attrs_count(shared_vm_attrs(c, s), c->miss[2 * h], c->miss[2 * h + 1],
+                                   PRIVATE);
     s->present += n;
     c->footprint += n;
     led_op(c, s->kind == 0 ? K_FAULT_ANON : K_FAULT_SHMEM, n);
-    return (int)0;
 }
 
 static int64_t shared_populate(core_t *c, shared_t *s, int64_t p0, int64_t p1)
 {
     if (!s->huge) {
-        int64_t n = collect_missing(c, s->page_pfn, p0, p1);
-        if (n) shared_alloc_4k(c, s, c->miss, n);
+        int64_t n, k = collect_missing(c, &s->page_pfn, p0, p1, &n);
+        if (n) shared_alloc_4k(c, s, k, n);
         return n;
     }
     int64_t c0 = p0 >> 9, c1 = ((p1 - 1) >> 9) + 1, faulted = 0;
@@ -1682,7 +1885,7 @@ static int64_t shared_populate(core_t *c, shared_t *s, int64_t p0, int64_t p1)
                 shared_set_chunk(c, s, ch, INTACT);
                 int64_t e = (ch + 1) << 9 < s->npages ? (ch + 1) << 9 : s->npages;
                 c->st_stale += attrs_count(shared_vm_attrs(c, s), ch << 9, e, PRIVATE);
-                s->chunk_pfn[ch] = (int32_t)pfn;
+                s->chunk_pfn[ch] = pfn;
                 s->present += 512;
                 c->footprint += 512;
                 c->huge_pages += 512;
@@ -1692,27 +1895,23 @@ static int64_t shared_populate(core_t *c, shared_t *s, int64_t p0, int64_t p1)
             }
             shared_set_chunk(c, s, ch, SPLIT);
         }
-        int64_t n = collect_missing(c, s->page_pfn, a, b);
+        int64_t n, k = collect_missing(c, &s->page_pfn, a, b, &n);
         if (n) {
-            shared_alloc_4k(c, s, c->miss, n);
+            shared_alloc_4k(c, s, k, n);
             faulted += n;
         }
     }
     return faulted;
 }
 
-static inline int shared_present(const shared_t *s, int64_t p)
-{
-    return s->page_pfn[p] != 0 || (s->huge && s->chunk[p >> 9] == INTACT);
-}
 
 static int64_t shared_count_present(const shared_t *s, int64_t p0, int64_t p1)
 {
-    if (!s->huge) return count_pfns(s->page_pfn, p0, p1);
+    if (!s->huge) return rm_count_nz(&s->page_pfn, p0, p1);
     int64_t n = 0;
     for (int64_t ch = p0 >> 9; ch <= (p1 - 1) >> 9; ch++) {
         int64_t a = p0 > (ch << 9) ? p0 : (ch << 9), b = p1 < ((ch + 1) << 9) ? p1 : ((ch + 1) << 9);
-        n += s->chunk[ch] == INTACT ? b - a : count_pfns(s->page_pfn, a, b);
+        n += s->chunk[ch] == INTACT ? b - a : rm_count_nz(&s->page_pfn, a, b);
     }
     return n;
 }
@@ -1724,7 +1923,7 @@ static int shared_access(core_t *c, shared_t *s, int64_t p0, int64_t p1, int pro
     if (proc && s->kind == 0) return EFAULT;     /* anonymous memory: the VMM's only */
     shared_populate(c, s, p0, p1);
     shared_host_map(c, s, p0, p1, (uint8_t)(1 << proc));
-    *mism = touch(c, s->data, p0, p1, write, token);
+    *mism = touch(c, &s->data, p0, p1, write, token);
     return 0;
 }
 
@@ -1732,23 +1931,13 @@ static int64_t shared_guest_access(core_t *c, shared_t *s, gmem_t *g, int64_t p0
                                    int write, uint64_t token)            /* guest_access */
 {
     shared_populate(c, s, p0, p1);
-    c->st_s2_4k += set_flag_count(g->pflags, p0, p1, PF_S2);
-    return touch(c, s->data, p0, p1, write, token);
+    c->st_s2_4k += rm_set_bit(&g->pflags, p0, p1, PF_S2);
+    return touch(c, &s->data, p0, p1, write, token);
 }
 
 static int64_t attrs_count(const attrs_t *a, int64_t start, int64_t end, int v)
 {
-    int64_t n = 0;
-    for (int64_t c0 = start >> CHUNK_SHIFT; c0 <= (end - 1) >> CHUNK_SHIFT; c0++) {
-        int64_t base = c0 << CHUNK_SHIFT;
-        int64_t s = start > base ? start - base : 0, e = end < base + CHUNK ? end - base : CHUNK;
-        if (a->uni[c0] != MIXED) {
-            if (a->uni[c0] == v) n += e - s;
-            continue;
-        }
-        for (int64_t i = s; i < e; i++) n += a->page[base + i] == v;
-    }
-    return n;
+    return rm_count_eq(a, start, end, (uint32_t)v);
 }
 
 static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* discard */
@@ -1774,7 +1963,7 @@ static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* d
             }
             if (state == INTACT) {
                 int64_t base = s->chunk_pfn[ch];
-                for (int64_t i = 0; i < 512; i++) s->page_pfn[a + i] = (int32_t)(base + 1 + i);
+                rm_set(&s->page_pfn, a, b, (uint32_t)(base + 1));
                 c->huge_pages -= 512;
                 c->huge_splits++;
                 c->folio_splits++;
@@ -1787,35 +1976,39 @@ static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* d
                     }
                     s->deferred[s->ndeferred++] = ch;
                     led_op_beyond(c, K_THP_SPLIT_ANON, K_DISCARD_ANON, 1);
-                    for (int64_t p = lo; p < hi; p++) s->page_pfn[p] = 0;
+                    rm_set(&s->page_pfn, lo, hi, 0);
                     continue;
                 }
                 shared_set_chunk(c, s, ch, SPLIT);
                 led_op_beyond(c, K_THP_SPLIT_SHMEM, K_PUNCH_SHMEM_UNMAPPED, 1);
             }
             if (s->chunk[ch] == DEFERRED) {
-                int64_t base = s->chunk_pfn[ch], n = 0;
-                grow32(&c->fpfn, &c->cap_fpfn, hi - lo);
-                for (int64_t p = lo; p < hi; p++) {
-                    int32_t v = s->page_pfn[p];
-                    if (v && v != (int32_t)(base + 1 + p - a)) c->fpfn[n++] = v - 1;
-                    s->page_pfn[p] = 0;
+                int64_t base = s->chunk_pfn[ch], n = 0, k = 0;
+                for (int64_t p = lo; p < hi;) {
+                    uint32_t v;
+                    int64_t e = rm_seg(&s->page_pfn, p, hi, &v);
+                    if (v && v != (uint32_t)(base + 1 + p - a)) {     /* not the THP's own */
+                        push_run(&c->fruns, &c->cap_fruns, &k, (int64_t)v - 1, e - p);
+                        n += e - p;
+                    }
+                    p = e;
                 }
+                rm_set(&s->page_pfn, lo, hi, 0);
                 if (n) {
-                    host_free_pfns(c, c->fpfn, n);
+                    host_free_runs(c, c->fruns, k);
                     freed += n;
                 }
                 continue;
             }
-            freed += free_4k(c, s->page_pfn, lo, hi);
-            if (!any_pfn(s->page_pfn, a, b)) shared_set_chunk(c, s, ch, ABSENT);
+            freed += free_4k(c, &s->page_pfn, lo, hi);
+            if (!any_pfn(&s->page_pfn, a, b)) shared_set_chunk(c, s, ch, ABSENT);
         }
     } else {
-        freed = free_4k(c, s->page_pfn, p0, p1);
+        freed = free_4k(c, &s->page_pfn, p0, p1);
     }
     s->present -= freed;
     c->footprint -= freed;
-    memset(s->data + p0, 0, (size_t)(p1 - p0) * sizeof(uint32_t));
+    rm_set(&s->data, p0, p1, 0);
     if (s->kind == 0) led_op(c, K_DISCARD_ANON, freed > 1 ? freed : 1);
     else {
         led_op(c, mapped ? K_PUNCH_SHMEM_MAPPED : K_PUNCH_SHMEM_UNMAPPED, freed);
@@ -1828,15 +2021,21 @@ static int shared_deferred_split(core_t *c, shared_t *s)           /* deferred_s
 {
     if (!s->ndeferred) return 0;
     int64_t freed = 0;
-    int32_t holes[512];
     for (int64_t i = 0; i < s->ndeferred; i++) {
         int64_t ch = s->deferred[i];
         if (s->chunk[ch] != DEFERRED) continue;
-        int64_t a = ch << 9, base = s->chunk_pfn[ch];
-        int n = 0;
-        for (int64_t k = 0; k < 512; k++)
-            if (s->page_pfn[a + k] != (int32_t)(base + 1 + k)) holes[n++] = (int32_t)(base + k);
-        host_free_pfns(c, holes, n);
+        int64_t a = ch << 9, base = s->chunk_pfn[ch], n = 0, k = 0;
+        /* subpages no longer mapped (discarded) go back; re-touched holes have new pages */
+        for (int64_t p = a; p < a + 512;) {
+            uint32_t v;
+            int64_t e = rm_seg(&s->page_pfn, p, a + 512, &v);
+            if (v != (uint32_t)(base + 1 + p - a)) {
+                push_run(&c->fruns, &c->cap_fruns, &k, base + p - a, e - p);
+                n += e - p;
+            }
+            p = e;
+        }
+        host_free_runs(c, c->fruns, k);
         freed += n;
         shared_set_chunk(c, s, ch, SPLIT);
         s->present -= n;
@@ -1890,7 +2089,7 @@ const char *core_key_name(int key) { return key >= 0 && key < NKEYS ? key_names[
 
 core_t *core_new(int64_t total_pages, const double *fixed, const double *per_page)
 {
-    if (total_pages < 1 || total_pages > INT32_MAX - 1) return NULL;
+    if (total_pages < 1 || total_pages > (int64_t)UINT32_MAX - 1) return NULL;   /* pfn + 1 in a uint32 */
     core_t *c = xcalloc(1, sizeof(*c));
     memcpy(c->fixed, fixed, sizeof(c->fixed));
     memcpy(c->per_page, per_page, sizeof(c->per_page));
@@ -1908,24 +2107,25 @@ int64_t core_prefragment(core_t *c, const int64_t *chosen, const int64_t *offset
     int64_t pinned = 0;
     for (int64_t i = 0; i < k; i++) {
         int64_t pb = chosen[i], s = pb << PBO, p = s + offsets[i];
-        if (!is_free(b->state[p])) {
+        if (rm_get(&b->st, p) != ST_FREE) {
             p = find_free(b, s, s + b->pbsize);
             if (p < 0) continue;
         }
         int64_t block = -1;
+        int order = 0;
         for (int o = 0; o <= MAXO; o++) {
             int64_t blk = p & ~((1ll << o) - 1);
-            uint8_t st = b->state[blk];
-            if ((st & ST_HEAD) && p < blk + (1ll << ((st & 0x7f) >> 2))) {
+            int code = head_code(b, blk);
+            if (code >= 0 && p < blk + (1ll << (code >> 2))) {
                 block = blk;
+                order = code >> 2;
                 break;
             }
         }
         if (block < 0) abort();
-        int order = (b->state[block] & 0x7f) >> 2;
         remove_free(b, block);
         carve(b, block, order, p, 0);
-        b->state[p] = ST_USED_UNMOVABLE;
+        rm_set(&b->st, p, p + 1, ST_USED_UNMOVABLE);
         b->free_pages--;
         set_pageblock_type(b, pb, UNMOVABLE);
         pinned++;
@@ -1983,15 +2183,15 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     g->fpages = 1ll << order;
     g->platform = platform;
     g->promote = promote;
-    g->page_pfn = xcalloc((size_t)g->npages, sizeof(int32_t));
-    g->pflags = xcalloc((size_t)g->npages, 1);
-    g->data = xcalloc((size_t)g->npages, sizeof(uint32_t));
+    rm_init(&g->page_pfn, g->npages, 1, 0);
+    rm_init(&g->pflags, g->npages, 0, 0);
+    rm_init(&g->data, g->npages, 0, 0);
     g->pins = xcalloc((size_t)g->npages, sizeof(uint16_t));
     if (order) {
         g->nfolios = g->npages >> order;
         g->fstate = xcalloc((size_t)g->nfolios, 1);
         g->fbits = xcalloc((size_t)g->nfolios, 1);
-        g->fpfn = xcalloc((size_t)g->nfolios, sizeof(int32_t));
+        g->fpfn = xcalloc((size_t)g->nfolios, sizeof(int64_t));
     }
     attrs_init(&s->attrs, g->npages, initial);
     if (shared_kind < 0) return 0;
@@ -2002,14 +2202,14 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     sh->page = shared_page;
     sh->huge = shared_page != 0;
     sh->slot = idx;
-    sh->page_pfn = xcalloc((size_t)sh->npages, sizeof(int32_t));
-    sh->host_map = xcalloc((size_t)sh->npages, 1);
-    sh->data = xcalloc((size_t)sh->npages, sizeof(uint32_t));
+    rm_init(&sh->page_pfn, sh->npages, 1, 0);
+    rm_init(&sh->host_map, sh->npages, 0, 0);
+    rm_init(&sh->data, sh->npages, 0, 0);
     sh->pins = xcalloc((size_t)sh->npages, sizeof(uint16_t));
     if (sh->huge) {
         sh->nchunks = (sh->npages + 511) >> 9;
         sh->chunk = xcalloc((size_t)sh->nchunks, 1);
-        sh->chunk_pfn = xcalloc((size_t)sh->nchunks, sizeof(int32_t));
+        sh->chunk_pfn = xcalloc((size_t)sh->nchunks, sizeof(int64_t));
         sh->chunk_mapped = xcalloc((size_t)sh->nchunks, sizeof(uint16_t));
     }
     if (shared_kind == 0 && shared_page == 1) {
@@ -2141,14 +2341,14 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
                     np = p0 < p1 ? gmem_count_present(&s->g, p0, p1) : 0;
                     if (np) {
                         shared_populate(c, s->s, p0, p1);
-                        memcpy(s->s->data + p0, s->g.data + p0, (size_t)(p1 - p0) * 4);
+                        rm_copy(&s->s->data, &s->g.data, p0, p1);
                         led_op(c, K_MEMCPY, np);
                     }
                 } else {
                     np = p0 < p1 ? shared_count_present(s->s, p0, p1) : 0;
                     if (np) {
                         gmem_populate(c, &s->g, &s->attrs, p0, p1);
-                        memcpy(s->g.data + p0, s->s->data + p0, (size_t)(p1 - p0) * 4);
+                        rm_copy(&s->g.data, &s->s->data, p0, p1);
                         led_op(c, K_MEMCPY, np);
                     }
                 }
@@ -2242,32 +2442,40 @@ static int64_t count_flag(const uint8_t *fl, int64_t n, uint8_t bit)
 static void allocatable_huge(const core_t *c, int64_t *out2m, int64_t *out1g)
 {
     const buddy_t *b = &c->b;
-    int64_t n2 = b->total >> 9, free2 = 0, free1 = 0, run = 0;
+    int64_t n2 = b->total >> 9, n1 = n2 >> 9, blocked2 = 0, blocked1 = 0;
     uint8_t *pool = NULL;                  /* 2M ranges held by a free hugetlb pool page */
     if (c->npool[0] || c->npool[1]) {
         pool = xcalloc((size_t)n2 + 1, 1);
         for (int k = 0; k < 2; k++)
             for (int64_t j = 0; j < c->npool[k]; j++) {
                 int64_t a = c->pool[k][j] >> 9, n = k ? 512 : 1;
-                memset(pool + a, 1, (size_t)(a + n <= n2 ? n : n2 - a));
+                if (a < n2) memset(pool + a, 1, (size_t)(a + n <= n2 ? n : n2 - a));
             }
     }
-    for (int64_t i = 0; i < n2; i++) {
-        int ok = (pool && pool[i]) || memchr(b->state + (i << 9), ST_USED_UNMOVABLE, 512) == NULL;
-        free2 += ok;
-        run = ok ? run + 1 : 0;
-        if ((i & 511) == 511) {         /* the last 2M range of a 1G range */
-            free1 += run >= 512;
-            run = 0;
-        }
+    /* the 2M ranges holding an unmovable page in use, from the runs of such pages */
+    int64_t last2 = -1, last1 = -1;
+    for (int64_t p = 0; p < n2 << 9;) {
+        uint32_t v;
+        int64_t e = rm_seg(&b->st, p, n2 << 9, &v);
+        if (v == ST_USED_UNMOVABLE)
+            for (int64_t i = p >> 9; i <= (e - 1) >> 9; i++) {
+                if (i == last2 || (pool && pool[i])) continue;
+                last2 = i;
+                blocked2++;
+                if (i >> 9 != last1 && (i >> 9) < n1) {
+                    last1 = i >> 9;
+                    blocked1++;
+                }
+            }
+        p = e;
     }
     free(pool);
-    *out2m = free2;
-    *out1g = free1;
+    *out2m = n2 - blocked2;
+    *out1g = n1 - blocked1;
 }
 
-/* SimTarget.snapshot from the counters kept as the model changes: O(slots) but for
- * allocatable_huge, which scans host memory */
+/* SimTarget.snapshot from the counters kept as the model changes: O(slots), but for
+ * allocatable_huge, which walks the runs of host memory */
 void core_huge_stats(core_t *c, int64_t *out)
 {
     memset(out, 0, CORE_H_COUNT * sizeof(int64_t));
@@ -2290,15 +2498,15 @@ void core_huge_stats(core_t *c, int64_t *out)
     allocatable_huge(c, &out[CORE_H_ALLOC_2M], &out[CORE_H_ALLOC_1G]);
 }
 
-/* the same as core_huge_stats by a full scan of every page and folio (tests: the counters
- * must equal it after any sequence of steps) */
+/* the same as core_huge_stats by a full scan of every page run and folio (tests: the
+ * counters must equal it after any sequence of steps) */
 void core_huge_recount(core_t *c, int64_t *out)
 {
     memset(out, 0, CORE_H_COUNT * sizeof(int64_t));
     for (int i = 0; i < c->nslots; i++) {
         const gmem_t *g = &c->slots[i].g;
         const shared_t *s = c->slots[i].s;
-        out[CORE_H_S2_4K] += count_flag(g->pflags, g->npages, PF_S2) * (int64_t)PAGE_SIZE;
+        out[CORE_H_S2_4K] += rm_count_bit(&g->pflags, 0, g->npages, PF_S2) * (int64_t)PAGE_SIZE;
         if (g->order) {
             int64_t bytes = g->fpages * (int64_t)PAGE_SIZE;
             out[g->order == 9 ? CORE_H_S2_2M : CORE_H_S2_1G] +=
@@ -2312,25 +2520,17 @@ void core_huge_recount(core_t *c, int64_t *out)
                 if (s->chunk[ch] != INTACT) continue;
                 out[CORE_H_INTACT]++;
                 int64_t a = ch << 9, e = a + 512 < s->npages ? a + 512 : s->npages;
-                for (int64_t p = a; p < e; p++)
-                    if (s->host_map[p]) {
-                        out[CORE_H_HOST_HUGE] += 512 * (int64_t)PAGE_SIZE;
-                        break;
-                    }
+                if (rm_any_bit(&s->host_map, a, e, 0xff)) out[CORE_H_HOST_HUGE] += 512 * (int64_t)PAGE_SIZE;
             }
             out[CORE_H_POSSIBLE] += s->nchunks;
         }
         if (s) {                            /* SharedBacking.present_at(VM attrs, PRIVATE) */
             const attrs_t *a = &c->slots[i].attrs;
-            for (int64_t ch = 0; ch < a->nchunks; ch++) {
-                int64_t p0 = ch << CHUNK_SHIFT, p1 = p0 + chunk_len(a, ch);
-                if (a->uni[ch] == PRIVATE) {
-                    out[CORE_H_STALE] += shared_count_present(s, p0, p1) * (int64_t)PAGE_SIZE;
-                } else if (a->uni[ch] == MIXED) {
-                    for (int64_t p = p0; p < p1; p++)
-                        if (a->page[p] == PRIVATE && shared_present(s, p))
-                            out[CORE_H_STALE] += PAGE_SIZE;
-                }
+            for (int64_t p = 0; p < a->npages;) {
+                uint32_t v;
+                int64_t e = rm_seg(a, p, a->npages, &v);
+                if (v == PRIVATE) out[CORE_H_STALE] += shared_count_present(s, p, e) * (int64_t)PAGE_SIZE;
+                p = e;
             }
         }
     }
@@ -2350,58 +2550,83 @@ void core_ledger(core_t *c, int64_t *count, double *ns, int64_t *first)
     }
 }
 
+static int cmp_i64(const void *x, const void *y)
+{
+    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return (a > b) - (a < b);
+}
+
+/* the heads of all free blocks, by address (malloc'd; *n set) */
+static int64_t *free_heads(const buddy_t *b, int64_t *n)
+{
+    int64_t *v = malloc((size_t)(b->h.count + 1) * sizeof(int64_t)), k = 0;
+    if (!v) abort();
+    for (uint64_t i = 0; i <= b->h.mask; i++)
+        if (b->h.e[i].key >= 0) v[k++] = b->h.e[i].key;
+    qsort(v, (size_t)k, sizeof(int64_t), cmp_i64);
+    *n = k;
+    return v;
+}
+
 int core_check(core_t *c)
 {
     buddy_t *b = &c->b;
-    int64_t nr[MAXO + 1] = {0}, total = 0;
-    int64_t p = 0;
-    /* walk memory: every free page belongs to exactly one listed head block */
-    while (p < b->total) {
-        uint8_t st = b->state[p];
-        if (st == ST_FREE) { fail(c, "free page %lld outside any free block", (long long)p); return -1; }
-        if (!(st & ST_HEAD)) { p++; continue; }
-        int order = (st & 0x7f) >> 2, kind = st & 3;
+    int64_t nr[MAXO + 1] = {0}, total = 0, nheads, end = 0;
+    int64_t *heads = free_heads(b, &nheads);
+    int rc = -1;
+    for (int64_t k = 0; k < nheads; k++) {
+        int64_t p = heads[k];
+        int code = head_code(b, p);
+        int order = code >> 2, kind = code & 3;
         int64_t size = 1ll << order;
-        if (p & (size - 1) || p + size > b->total) { fail(c, "block %lld bad", (long long)p); return -1; }
-        for (int64_t q = p + 1; q < p + size; q++)
-            if (b->state[q] != ST_FREE) { fail(c, "block %lld overlaps page %lld", (long long)p, (long long)q); return -1; }
+        if (p & (size - 1) || p + size > b->total || p < end) { fail(c, "block %lld bad or overlapping", (long long)p); goto out; }
+        end = p + size;
+        if (!rm_is_uniform(&b->st, p, p + size, ST_FREE)) { fail(c, "block %lld holds pages in use", (long long)p); goto out; }
         if (kind == BIG) {
-            if (order <= KMAX || !b->bin[0][p >> (KMAX + 1)]) { fail(c, "big block %lld not listed", (long long)p); return -1; }
+            if (order <= KMAX || !b->bin[0][p >> (KMAX + 1)]) { fail(c, "big block %lld not listed", (long long)p); goto out; }
             int64_t a = p >> PBO, e = a + (1ll << (order - PBO));
             for (int t = 0; t < 2; t++)
-                if (labels_has(b, t, a, e) != b->bin[1 + t][p >> (KMAX + 1)]) { fail(c, "big block %lld label index", (long long)p); return -1; }
+                if (labels_has(b, t, a, e) != b->bin[1 + t][p >> (KMAX + 1)]) { fail(c, "big block %lld label index", (long long)p); goto out; }
         } else {
-            if (order > KMAX || h_find(&b->h, (int32_t)p) < 0) { fail(c, "block %lld not listed", (long long)p); return -1; }
+            int64_t i = h_find(&b->h, p);
+            if (order > KMAX || b->h.e[i].node < 0) { fail(c, "block %lld not listed", (long long)p); goto out; }
             int64_t a = p >> PBO, e = a + (order > PBO ? (1ll << (order - PBO)) : 1);
-            for (int64_t i = a; i < e; i++)
-                if (b->labels[i] != kind) { fail(c, "block %lld on list %d but labels differ", (long long)p, kind); return -1; }
+            for (int64_t q = a; q < e; q++)
+                if (b->labels[q] != kind) { fail(c, "block %lld on list %d but labels differ", (long long)p, kind); goto out; }
         }
         if (order < MAXO) {
             int64_t bud = p ^ size;
-            if (bud < b->total && (b->state[bud] & ST_HEAD) && ((b->state[bud] & 0x7f) >> 2) == order) {
+            int bc = bud < b->total ? head_code(b, bud) : -1;
+            if (bc >= 0 && (bc >> 2) == order) {
                 fail(c, "free buddies %lld %lld not merged", (long long)p, (long long)bud);
-                return -1;
+                goto out;
             }
         }
         nr[order]++;
         total += size;
-        p += size;
     }
+    /* free pages (the page-state runs) are exactly the pages of the free blocks */
+    if (rm_count_eq(&b->st, 0, b->total, ST_FREE) != total) { fail(c, "free pages outside free blocks"); goto out; }
     int64_t listed = 0;
     for (int t = 0; t < 2; t++)
         for (int o = 0; o <= KMAX; o++)
             for (int32_t n = b->lhead[t][o]; n >= 0; n = b->nodes[n].older) {
-                int32_t x = b->nodes[n].pfn;
+                int64_t x = b->nodes[n].pfn;
                 int64_t i = h_find(&b->h, x);
-                if (i < 0 || b->h.e[i].node != n) { fail(c, "list %d/%d: block %d not indexed", t, o, x); return -1; }
-                if (b->state[x] != (ST_HEAD | (o << 2) | t)) { fail(c, "list %d/%d holds %d", t, o, x); return -1; }
+                if (i < 0 || b->h.e[i].node != n) { fail(c, "list %d/%d: block %lld not indexed", t, o, (long long)x); goto out; }
+                if (b->h.e[i].code != ((o << 2) | t)) { fail(c, "list %d/%d holds %lld", t, o, (long long)x); goto out; }
                 listed++;
             }
-    if (listed != b->h.count) { fail(c, "hash holds %lld, lists %lld", (long long)b->h.count, (long long)listed); return -1; }
+    int64_t big = 0;
+    for (int o = 0; o <= MAXO; o++) big += o > KMAX ? nr[o] : 0;
+    if (listed + big != b->h.count) { fail(c, "hash holds %lld, lists %lld", (long long)b->h.count, (long long)(listed + big)); goto out; }
     for (int o = 0; o <= MAXO; o++)
-        if (nr[o] != b->nr[o]) { fail(c, "nr_free[%d] %lld != counted %lld", o, (long long)b->nr[o], (long long)nr[o]); return -1; }
-    if (total != b->free_pages) { fail(c, "free_pages %lld != counted %lld", (long long)b->free_pages, (long long)total); return -1; }
-    return 0;
+        if (nr[o] != b->nr[o]) { fail(c, "nr_free[%d] %lld != counted %lld", o, (long long)b->nr[o], (long long)nr[o]); goto out; }
+    if (total != b->free_pages) { fail(c, "free_pages %lld != counted %lld", (long long)b->free_pages, (long long)total); goto out; }
+    rc = 0;
+out:
+    free(heads);
+    return rc;
 }
 
 int64_t core_buddy_alloc(core_t *c, int order, int movable)
@@ -2411,7 +2636,10 @@ int64_t core_buddy_alloc(core_t *c, int order, int movable)
 
 int core_buddy_alloc_pages(core_t *c, int64_t n, int movable, int32_t *out)
 {
-    return buddy_alloc_pages(&c->b, n, movable, out);
+    if (buddy_alloc_pages(&c->b, n, movable, &c->aruns, &c->cap_aruns, &c->naruns)) return -1;
+    for (int64_t r = 0, k = 0; r < c->naruns; r++)
+        for (int64_t i = 0; i < c->aruns[2 * r + 1]; i++) out[k++] = (int32_t)(c->aruns[2 * r] + i);
+    return 0;
 }
 
 void core_buddy_free(core_t *c, int64_t pfn, int order) { buddy_free(&c->b, pfn, order); }
@@ -2423,17 +2651,13 @@ void core_buddy_free_range(core_t *c, int64_t pfn, int64_t npages)
 
 int64_t core_buddy_free_blocks(core_t *c, int64_t *pfn, int64_t *order, int64_t cap)
 {
-    int64_t n = 0;
-    for (int64_t p = 0; p < c->b.total; p++) {
-        uint8_t st = c->b.state[p];
-        if (!(st & ST_HEAD)) continue;
-        if (n < cap) {
-            pfn[n] = p;
-            order[n] = (st & 0x7f) >> 2;
-        }
-        n++;
-        p += (1ll << ((st & 0x7f) >> 2)) - 1;
+    int64_t n;
+    int64_t *heads = free_heads(&c->b, &n);
+    for (int64_t k = 0; k < n && k < cap; k++) {
+        pfn[k] = heads[k];
+        order[k] = head_code(&c->b, heads[k]) >> 2;
     }
+    free(heads);
     return n;
 }
 
@@ -2444,11 +2668,11 @@ void core_free(core_t *c)
     if (!c) return;
     for (int i = 0; i < c->nslots; i++) {
         slot_t *s = &c->slots[i];
-        free(s->g.page_pfn); free(s->g.pflags); free(s->g.data); free(s->g.pins);
+        rm_destroy(&s->g.page_pfn); rm_destroy(&s->g.pflags); rm_destroy(&s->g.data); free(s->g.pins);
         free(s->g.fstate); free(s->g.fbits); free(s->g.fpfn);
-        free(s->attrs.uni); free(s->attrs.page);
+        rm_destroy(&s->attrs);
         if (s->s) {
-            free(s->s->page_pfn); free(s->s->host_map); free(s->s->data); free(s->s->pins);
+            rm_destroy(&s->s->page_pfn); rm_destroy(&s->s->host_map); rm_destroy(&s->s->data); free(s->s->pins);
             free(s->s->chunk); free(s->s->chunk_pfn); free(s->s->deferred);
             free(s->s->chunk_mapped);
             free(s->s);
@@ -2457,7 +2681,7 @@ void core_free(core_t *c)
     free(c->slots);
     free(c->shrinkers);
     free(c->pool[0]); free(c->pool[1]);
-    free(c->miss); free(c->apfn); free(c->fpfn); free(c->sortbuf); free(c->fresh);
+    free(c->miss); free(c->aruns); free(c->fruns); free(c->fresh);
     buddy_destroy(&c->b);
     free(c);
 }

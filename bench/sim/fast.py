@@ -79,8 +79,8 @@ class CoreTarget:
         self.profile = params.get("_profile") or load_profile(params.get("profile"))
         order, host_bytes = model_parameters(layout, params)   # as SimTarget
         total_pages = host_bytes // PAGE_SIZE
-        if total_pages >= (1 << 31) - 1:
-            raise InputError(f"host_memory {host_bytes} too large for the C engine (< 8 TiB)")
+        if total_pages >= (1 << 32) - 1:
+            raise InputError(f"host_memory {host_bytes} too large for the C engine (< 16 TiB)")
         lib, ffi = self._lib, self._ffi
         self.key_names = [ffi.string(lib.core_key_name(k)).decode()
                           for k in range(lib.core_nkeys())]
