@@ -41,61 +41,43 @@ PRIVATE_STATE_TOUCH = (OpKind.PRIVATE_WRITE, OpKind.PRIVATE_READ, OpKind.SHARED_
 _NEVER = np.iinfo(np.int64).max
 
 
-def _pow2(n: int) -> int:
-    size = 1
-    while size < n:
-        size *= 2
-    return size
+def _unit(ops: np.ndarray) -> int:
+    """Largest power-of-two granule (>= 4K) that every offset and size is a multiple of, so
+    the page map stays small for guests converted in big chunks."""
+    if not len(ops):
+        return 4096
+    g = np.bitwise_or.reduce(np.concatenate([ops["offset"], ops["size"]]).astype(np.uint64))
+    if g == 0:
+        return 4096
+    low = int(g) & -int(g)
+    return max(4096, low)
 
 
-def _earliest_cover(starts: np.ndarray, ends: np.ndarray, idx: np.ndarray, nseg: int) -> np.ndarray:
-    """Per segment 0..nseg-1: the smallest idx of the intervals [starts, ends) (segment
-    numbers) that cover it, _NEVER where none does.  A segment tree over the segments, each
-    interval marking its O(log) canonical nodes, all intervals at once per tree level."""
-    size = _pow2(nseg)
-    tree = np.full(2 * size, _NEVER, dtype=np.int64)
-    keep = ends > starts
-    lo, hi, v = starts[keep] + size, ends[keep] + size, idx[keep]
-    while len(lo):
-        left = (lo & 1) == 1
-        np.minimum.at(tree, lo[left], v[left])
-        lo = lo + left
-        right = (hi & 1) == 1
-        np.minimum.at(tree, hi[right] - 1, v[right])
-        hi = hi - right
-        lo, hi = lo >> 1, hi >> 1
-        live = lo < hi
-        lo, hi, v = lo[live], hi[live], v[live]
-    k = 1
-    while k < size:                 # push every node's value down to its children
-        np.minimum(tree[2 * k:4 * k:2], tree[k:2 * k], out=tree[2 * k:4 * k:2])
-        np.minimum(tree[2 * k + 1:4 * k:2], tree[k:2 * k], out=tree[2 * k + 1:4 * k:2])
-        k *= 2
-    return tree[size:size + nseg]
-
-
-def _range_min(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """min(values[starts[i]:ends[i]]) for every i (_NEVER for an empty range)."""
-    size = _pow2(len(values))
-    tree = np.full(2 * size, _NEVER, dtype=np.int64)
-    tree[size:size + len(values)] = values
-    k = size // 2
-    while k >= 1:
-        np.minimum(tree[2 * k:4 * k:2], tree[2 * k + 1:4 * k:2], out=tree[k:2 * k])
-        k //= 2
-    out = np.full(len(starts), _NEVER, dtype=np.int64)
-    lo, hi = starts + size, ends + size
-    live = lo < hi
-    while live.any():
-        left = live & ((lo & 1) == 1)
-        out[left] = np.minimum(out[left], tree[lo[left]])
-        lo = lo + left
-        right = live & ((hi & 1) == 1)
-        out[right] = np.minimum(out[right], tree[hi[right] - 1])
-        hi = hi - right
-        lo, hi = lo >> 1, hi >> 1
-        live = lo < hi
-    return out
+def _min_cover(a: np.ndarray, b: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
+    """For every point p of [0, n): the least v over the ranges [a, b) that cover p, or
+    _NEVER.  Each range is split into the aligned power-of-two blocks of a segment tree
+    (at most two per level), minima are placed on the blocks, then pushed down to the
+    points: O((ranges + n) log n) in a few dozen numpy calls, whatever the ranges."""
+    size = 1 << max(0, (n - 1).bit_length())
+    tree = [np.full(size >> k, _NEVER, dtype=np.int64) for k in range(size.bit_length())]
+    lo, hi, val = a.astype(np.int64), b.astype(np.int64), v.astype(np.int64)
+    for level in tree:
+        keep = lo < hi
+        if not keep.all():
+            lo, hi, val = lo[keep], hi[keep], val[keep]
+        if not len(lo):
+            break
+        odd = (lo & 1) == 1
+        np.minimum.at(level, lo[odd], val[odd])
+        lo = lo + odd
+        odd = (hi & 1) == 1
+        np.minimum.at(level, hi[odd] - 1, val[odd])
+        hi = hi - odd
+        lo >>= 1
+        hi >>= 1
+    for k in range(len(tree) - 1, 0, -1):
+        np.minimum(tree[k - 1], np.repeat(tree[k], 2), out=tree[k - 1])
+    return tree[0][:n]
 
 
 def attribute_touches(ops: np.ndarray) -> np.ndarray:
@@ -108,8 +90,7 @@ def attribute_touches(ops: np.ndarray) -> np.ndarray:
     kinds = ops["kind"]
     out[kinds == OpKind.TO_SHARED] = TO_SHARED
     out[kinds == OpKind.TO_PRIVATE] = TO_PRIVATE
-    begin = ops["offset"].astype(np.int64)
-    end = begin + ops["size"].astype(np.int64)
+    unit = _unit(ops)
     for state_kinds, conv_kind, label in ((SHARED_STATE_TOUCH, OpKind.TO_SHARED, TO_SHARED),
                                           (PRIVATE_STATE_TOUCH, OpKind.TO_PRIVATE, TO_PRIVATE)):
         touch_idx = np.flatnonzero(np.isin(kinds, state_kinds))
@@ -124,18 +105,34 @@ def attribute_touches(ops: np.ndarray) -> np.ndarray:
             t = touch_idx[ops["slot"][touch_idx] == slot]
             if not len(c):
                 continue
-            # the address space cut at every range end: segment i = [cuts[i], cuts[i + 1]),
-            # so memory costs per op, not per page of the guest
-            cuts = np.sort(np.concatenate([begin[c], end[c], begin[t], end[t]]))
-            cuts = cuts[np.concatenate(([True], cuts[1:] != cuts[:-1]))]
-            # first[s] = index of the first op that converted segment s to this state
-            first = _earliest_cover(np.searchsorted(cuts, begin[c]),
-                                    np.searchsorted(cuts, end[c]), c.astype(np.int64),
-                                    max(len(cuts) - 1, 1))
-            # a touch is induced when a page of it was converted before it
-            umin = _range_min(first, np.searchsorted(cuts, begin[t]),
-                              np.searchsorted(cuts, end[t]))
-            out[t[umin < t]] = label
+            a = (ops["offset"][c] // unit).astype(np.int64)
+            b = ((ops["offset"][c] + ops["size"][c]) // unit).astype(np.int64)
+            ta = (ops["offset"][t] // unit).astype(np.int64)
+            tb = ((ops["offset"][t] + ops["size"][t]) // unit).astype(np.int64)
+            n = int(max(b.max(), tb.max())) + 1
+            if n > 4 * (len(a) + len(ta)):
+                # a large guest touched in few places: only the ranges' ends matter, so
+                # number them (the units between two successive ends are covered by the
+                # same ranges) and the work follows the op count, not the guest's size
+                ends, idx = np.unique(np.concatenate([a, b, ta, tb]), return_inverse=True)
+                a, b, ta, tb = np.split(idx.ravel(), np.cumsum([len(a), len(b), len(ta)]))
+                n = len(ends)
+            # first[k] = index of the first op that converted unit (or numbered end) k to
+            # this state (the last one is a sentinel: every range end is a valid reduceat
+            # index)
+            first = _min_cover(a, b, c, n)
+            # min of first[ta:tb] once per distinct touched range
+            ukey, inv = np.unique(ta * n + tb, return_inverse=True)
+            ua, ub = ukey // n, ukey % n
+            # reduceat over (start, end) pairs: sorted by start, the gaps between pairs
+            # add up to at most the array once (unique keys sort by start already)
+            nonempty = ub > ua
+            umin = np.full(len(ua), _NEVER, dtype=np.int64)
+            if nonempty.any():
+                pairs = np.stack([ua[nonempty], ub[nonempty]], axis=1).ravel()
+                umin[nonempty] = np.minimum.reduceat(first, pairs)[::2]
+            hit = t[umin[inv.ravel()] < t]
+            out[hit] = label
     return out
 
 

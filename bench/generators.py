@@ -568,8 +568,9 @@ def swiotlb_pool_size(guest_size: int, percent: float = 6.0, lo: int = 64 * MiB,
                          "the rest are device reads (tx)"),
     "rate": RATE,
 }, "SWIOTLB pool converted to shared at boot, then DMA bounces through it",
-   "guest_memfd.md s6: SEV/SNP guests size SWIOTLB at 6% of memory clamped to [64 MiB, 1 GiB] "
-   "and convert it at boot; KVM hands a TDX MapGPA to the VMM in 2 MiB chunks", takes_touch=False)
+   "Linux SEV/SNP and TDX guests size SWIOTLB at 6% of memory clamped to [64 MiB, 1 GiB] "
+   "(mem_encrypt_setup_arch) and convert it at boot; KVM hands a TDX MapGPA to the VMM in "
+   "2 MiB chunks (TDX_MAP_GPA_MAX_LEN)", takes_touch=False)
 def gen_swiotlb_boot(layout, rng, p, touch):
     pool = swiotlb_pool_size(layout.guest_size, p["percent"], p["pool_min"], p["pool_max"])
     regions = arena(layout, p["slots"], p["start"], p["span"])
@@ -627,7 +628,8 @@ CHURN = {
 
 @_register("dma-churn", CHURN,
            "many small DMA buffers converted to shared and back, never overlapping while shared",
-           "guest_memfd.md s1: Linux guests convert DMA/bounce buffers and virtio rings",
+           "Linux confidential guests convert DMA/bounce buffers and virtio rings "
+           "(set_memory_decrypted / set_memory_encrypted)",
            default_touch=("host-write", "guest-read"))
 def gen_dma_churn(layout, rng, p, touch):
     regions = arena(layout, p["slots"], p["start"], p["span"])
@@ -649,7 +651,8 @@ def gen_dma_churn(layout, rng, p, touch):
                    "backing, where the touch allocates a zero page (counted, no fault)"),
     "rate": RATE,
 }, "guest writes a buffer, shares it, host reads and writes it, guest unshares and reads it back",
-   "seed: pKVM guests and host cooperate on data that must not be copied; guest_memfd.md s1, s4",
+   "the in-place series' cover letter: pKVM guests and host cooperate on data that "
+   "must not be copied (its dual variant is hypothetical)",
    takes_touch=False)
 def gen_pkvm_share(layout, rng, p, touch):
     regions = arena(layout, p["slots"], p["start"], p["span"])
@@ -687,7 +690,7 @@ def gen_pkvm_share(layout, rng, p, touch):
     "verify": Param("bool", False, "also read every page after each conversion and check it "
                     "holds what was written before (platform permitting)"),
 }, "the whole region converted to shared and back, touching every 4K page each time",
-   "guest_memfd.md s6: the series authors' TDX benchmark converts a 4 GiB slot whole to "
+   "the in-place series authors' TDX benchmark converts a 4 GiB slot whole to "
    "shared and back 10 times, the guest touching every 4K page each time",
    takes_touch=False)
 def gen_bulk_roundtrip(layout, rng, p, touch):
@@ -734,7 +737,7 @@ def gen_bulk_roundtrip(layout, rng, p, touch):
     "chunk": Param("size", 16 * MiB, "bytes the hogger writes per step"),
     "passes": Param("int", 1, "times the hogger rewrites its memory", minimum=1),
 }, "a memory hogger fills private memory while I/O converts buffers (dma-churn)",
-   "seed: the tester's 120 GiB SNP guest on two 60 GiB guest_memfd backends ran a memory "
+   "the series' testing: a 120 GiB SNP guest on two 60 GiB guest_memfd backends ran a memory "
    "hogger while its conversions were traced", default_touch=("host-write", "guest-read"))
 def gen_hogger(layout, rng, p, touch):
     io_regions, hog_regions = [], []
@@ -793,8 +796,8 @@ def gen_hogger(layout, rng, p, touch):
     "revert": Param("bool", True, "convert every page back to private at the end"),
     "rate": RATE,
 }, "one 4K conversion in every huge folio, in random order",
-   "guest_memfd.md s1, s6: a 4K hole splits a huge page under dual backing; a 4K conversion "
-   "demotes a TDX 2M mapping", default_touch=("host-write",))
+   "a 4K hole splits a huge page under dual backing; a 4K conversion splits a huge "
+   "guest_memfd folio in place (HugeTLB guest_memfd design)", default_touch=("host-write",))
 def gen_huge_scatter(layout, rng, p, touch):
     folio = SIZE_2M if p["folio"] == "2M" else SIZE_1G
     regions = arena(layout, p["slots"], p["start"], p["span"])

@@ -357,7 +357,7 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
             info = {}
             extras = {}
             # On real hardware the first iteration pays lazy initialisation and page
-            # reporting (host-costs.md traps 1-2): run it, discard it.
+            # reporting (first-touch and cold-cache effects): run it, discard it.
             warmups = int({**wl.params, **params}.get("warmup_repetitions",
                                                       1 if backend == "host" else 0))
             breakdowns = {s: [] for s in strategies}

@@ -1,6 +1,6 @@
 """Replay of QEMU conversion traces (`-trace enable=kvm_convert_memory,file=F`).
 
-A line reads (guest_memfd.md section 5)
+A line reads (QEMU's kvm_convert_memory trace event)
     kvm_convert_memory start 0x<hex> size 0x<hex> <shared_to_private|private_to_shared>
 optionally prefixed by `<tid>@<seconds>.<microseconds>:` when QEMU runs with
 `-msg timestamp=on`.  QEMU traces a request before validating it, so a trace may hold

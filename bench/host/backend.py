@@ -11,7 +11,7 @@ see bench/host/probe.py and helper.c.  Param keys (all optional):
   guard_share     share of MemAvailable the run may use (0.5)
   mem_available   the available-memory figure the guard uses (default: MemAvailable now)
   max_scale       largest down-scaling factor before refusing (1024)
-  warmup_bytes    anonymous memory touched before measuring (1 GiB; trap 1 of host-costs.md)
+  warmup_bytes    anonymous memory touched before measuring (1 GiB; so first-touch page faults are not measured)
   overhead_reps   NOP steps timed for the clock pair's own cost (20001)
   overhead_pairs  batch pairs (harness, bare) for the harness overhead (10; bench/host/overhead.py)
   kpageflags      count intact huge folios from pagemap + kpageflags in snapshots (yes)

@@ -236,7 +236,7 @@ static int step_gmem_set_attrs(struct gm_ctx *c, struct gm_slot *s, const struct
         return 0;
     }
 
-    /* Emulated: validate as v8 does (section 4 of guest_memfd.md), then do the host work. */
+    /* Emulated: validate as v8 does (kvm_gmem_set_attributes' checks), then do the host work. */
     if (st->arg & ~(uint64_t)GM_ATTR_PRIVATE)
         return EINVAL;
     if ((r = check_range(s, st)))

@@ -129,7 +129,7 @@ def munmap(addr: int, length: int) -> None:
 
 def touch_fresh_memory(nbytes: int) -> None:
     """Write to nbytes of fresh anonymous memory once and give it back: lazy guest-physical
-    initialisation (host-costs.md trap 1) then lands here, not in a measurement."""
+    initialisation (first-touch cost) then lands here, not in a measurement."""
     if nbytes <= 0:
         return
     addr = mmap(nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)

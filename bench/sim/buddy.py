@@ -4,8 +4,8 @@ Free memory is kept as naturally aligned power-of-two blocks on per-order free l
 set of lists per migratetype (UNMOVABLE, MOVABLE), as in the kernel.  Every pageblock
 (2^pageblock_order pages, 2M) carries a migratetype label; free pages sit on the lists of
 their pageblock's label.  All memory starts MOVABLE (as after boot), so unmovable
-allocations - guest_memfd pages - must steal pageblocks from movable memory (host-costs.md
-trap 5); `pageblock_counts()` reports how many pageblocks carry each label.
+allocations - guest_memfd pages - must steal pageblocks from movable memory (measured: guest_memfd
+pages are unmovable and pollute movable pageblocks); `pageblock_counts()` reports how many pageblocks carry each label.
 
 Rules, with the kernel function they follow:
 

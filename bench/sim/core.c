@@ -4,13 +4,18 @@
  * readable reference: every function here names the Python method it ports, and the order
  * of ledger charges inside a step follows Python exactly (step ns are float sums).
  *
- * State is compact and allocated with calloc, so the untouched parts of a large guest cost
- * no memory: per 4K page an int32 pfn+1, a flags byte, a uint32 content token, a uint16
- * pin count (gmem) / the same minus stage-2 (shared backing); per page of host memory one
- * state byte, which also marks free block heads (0x80 | order << 2 | list kind) so that the
- * buddy's block index needs no extra memory.  The free lists' links live in a hash table
- * keyed by pfn (typed lists) and in small arrays indexed by pfn >> 11 (lists of blocks
- * above kernel_max_order).
+ * State is kept as extents, not per 4K page: every per-page quantity (a page's pfn + 1, its
+ * mapping/prepared flags, content token and pin count, in guest_memfd and in the shared
+ * backing; the memory attributes; the state of every page of host memory) is a run map
+ * (rmap_t): per 2 MiB chunk one word holding the chunk's single run inline, or a pointer to
+ * its sorted list of runs.  Pfn maps are linear (a run holds contiguous pfns), so pages are
+ * allocated from and freed to the buddy allocator as runs.  A range operation costs per run
+ * and per chunk, and memory grows with the runs a workload creates plus 8 bytes per 2 MiB
+ * per map.  Per huge folio / pageblock there are small arrays (folio state, pageblock
+ * labels).  The buddy allocator's free blocks are hash entries keyed by pfn (head, list
+ * node, order and list kind), linked in typed free lists, and in small arrays indexed by
+ * pfn >> 11 (lists of blocks above kernel_max_order).  Pfns are 64-bit; a run map holds
+ * pfn + 1 in 32 bits, so host memory is limited to 16 TiB.
  *
  * Errors that Python raises as OutOfMemory inside a step unwind with longjmp to the step
  * dispatcher (status ENOMEM), leaving the partial state exactly as Python's exception does;
@@ -181,7 +186,7 @@ typedef struct {
     rmap_t page_pfn;        /* pfn + 1 of 4K folios / split parts, as linear runs */
     rmap_t pflags;          /* PF_* bits per page, as runs */
     rmap_t data;            /* content token per page, as runs */
-    uint16_t *pins;
+    rmap_t pins;            /* extra references (GUP pins) per page, as runs */
     int64_t npinned;        /* pages with a pin (skip scans when 0) */
     uint8_t *fstate, *fbits;
     int64_t *fpfn;
@@ -196,7 +201,7 @@ typedef struct {
     rmap_t page_pfn;        /* pfn + 1 of 4K pages / split parts, as linear runs */
     rmap_t host_map;        /* bit per host process mapping the page, as runs */
     rmap_t data;            /* content token per page, as runs */
-    uint16_t *pins;
+    rmap_t pins;
     uint8_t *chunk;
     int64_t *chunk_pfn;
     int64_t *deferred;
@@ -1564,7 +1569,7 @@ static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int6
     } else {
         n = set_flag_count_old(&g->pflags, p0, p1, pte, fresh, nfresh);
     }
-    if (guest) c->st_s2_4k += n;       /* no fresh runs for the guest: n pages newly set */
+    if (guest) c->st_s2_4k += n;          /* fresh is NULL for the guest: n pages newly set */
     if (n && !guest) led_each(c, K_REFAULT_GMEM, n);
 }
 
@@ -1590,8 +1595,11 @@ static int64_t gmem_first_elevated(core_t *c, gmem_t *g, int64_t p0, int64_t p1)
         g->lru_start = 0;
     }
     if (g->npinned)
-        for (int64_t p = f0 * fp; p < f1 * fp; p++)
-            if (g->pins[p]) return ((p >> o)) << o;
+        for (int64_t p = f0 * fp, e; p < f1 * fp; p = e) {
+            uint32_t v;
+            e = rm_seg(&g->pins, p, f1 * fp, &v);
+            if (v) return ((p >> o)) << o;
+        }
     return -1;
 }
 
@@ -1755,23 +1763,21 @@ static int gmem_access(core_t *c, slot_t *s, int64_t p0, int64_t p1, int guest, 
     return 0;
 }
 
-static int pin_pages(uint16_t *pins, int64_t *npinned, int64_t p0, int64_t p1, int delta)
+static int pin_pages(rmap_t *pins, int64_t *npinned, int64_t p0, int64_t p1, int delta)
 {
-    if (delta < 0) {
-        for (int64_t p = p0; p < p1; p++)
-            if (!pins[p]) return EINVAL;
-    }
-    for (int64_t p = p0; p < p1; p++) {
-        uint16_t old = pins[p];
-        pins[p] = (uint16_t)(old + (delta > 0 ? 1 : 0xFFFF));
-        if (npinned) *npinned += (pins[p] != 0) - (old != 0);
+    if (delta < 0 && rm_count_eq(pins, p0, p1, 0)) return EINVAL;
+    for (int64_t p = p0, e; p < p1; p = e) {
+        uint32_t old;
+        e = rm_seg(pins, p, p1, &old);
+        uint32_t v = (old + (delta > 0 ? 1u : 0xFFFFu)) & 0xFFFFu;    /* a uint16 count */
+        rm_set(pins, p, e, v);
+        if (npinned) *npinned += ((v != 0) - (old != 0)) * (e - p);
     }
     return 0;
 }
 
 /* ------------------------------------------------------------------ SharedBacking */
 static int64_t attrs_count(const attrs_t *a, int64_t start, int64_t end, int v);
-static int64_t shared_count_present(const shared_t *s, int64_t p0, int64_t p1);
 
 static inline const attrs_t *shared_vm_attrs(const core_t *c, const shared_t *s)
 {
@@ -1788,47 +1794,47 @@ static void shared_set_chunk(core_t *c, shared_t *s, int64_t ch, int st)
     s->chunk[ch] = (uint8_t)st;
 }
 
-/* pages [a, b) became mapped (delta 1) / unmapped (-1) by some host process */
-static void shared_chunks_mapped(core_t *c, shared_t *s, int64_t a, int64_t b, int delta)
+/* pages [a, e) of one run of host_map were (mapped = 1: become) mapped or unmapped: the
+ * per-chunk count of mapped pages, and a chunk's PMD-mapped bytes while it is intact */
+static void shared_count_mapped(core_t *c, shared_t *s, int64_t a, int64_t e, int mapped)
 {
-    while (a < b) {
-        int64_t ch = a >> 9, e = (ch + 1) << 9 < b ? (ch + 1) << 9 : b;
-        int was = s->chunk_mapped[ch] != 0;
-        s->chunk_mapped[ch] = (uint16_t)(s->chunk_mapped[ch] + delta * (e - a));
-        if (was != (s->chunk_mapped[ch] != 0) && s->chunk[ch] == INTACT)
-            c->st_host_huge += delta * 512 * (int64_t)PAGE_SIZE;
-        a = e;
+    if (!s->huge) return;
+    for (int64_t ch = a >> 9; ch <= (e - 1) >> 9; ch++) {
+        int64_t lo = a > (ch << 9) ? a : (ch << 9), hi = e < ((ch + 1) << 9) ? e : ((ch + 1) << 9);
+        uint16_t old = s->chunk_mapped[ch];
+        s->chunk_mapped[ch] = (uint16_t)(mapped ? old + (hi - lo) : old - (hi - lo));
+        if (s->chunk[ch] == INTACT && (old == 0) != (s->chunk_mapped[ch] == 0))
+            c->st_host_huge += (mapped ? 512 : -512) * (int64_t)PAGE_SIZE;
     }
 }
 
 static void shared_host_map(core_t *c, shared_t *s, int64_t p0, int64_t p1, uint8_t bit)
 {
-    if (s->huge)
-        for (int64_t p = p0; p < p1;) {
-            uint32_t v;
-            int64_t e = rm_seg(&s->host_map, p, p1, &v);
-            if (!v) shared_chunks_mapped(c, s, p, e, 1);
-            p = e;
-        }
-    rm_set_bit(&s->host_map, p0, p1, bit);
+    for (int64_t p = p0, e; p < p1; p = e) {
+        uint32_t v;
+        e = rm_seg(&s->host_map, p, p1, &v);
+        if (!v) shared_count_mapped(c, s, p, e, 1);
+        if (!(v & bit)) rm_set(&s->host_map, p, e, v | bit);
+    }
 }
 
 /* unmap [p0, p1) from every process; whether anything was mapped */
 static int shared_host_unmap(core_t *c, shared_t *s, int64_t p0, int64_t p1)
 {
     int mapped = 0;
-    for (int64_t p = p0; p < p1;) {
+    for (int64_t p = p0, e; p < p1; p = e) {
         uint32_t v;
-        int64_t e = rm_seg(&s->host_map, p, p1, &v);
+        e = rm_seg(&s->host_map, p, p1, &v);
         if (v) {
             mapped = 1;
-            if (s->huge) shared_chunks_mapped(c, s, p, e, -1);
+            shared_count_mapped(c, s, p, e, 0);
         }
-        p = e;
     }
-    rm_set(&s->host_map, p0, p1, 0);
+    if (mapped) rm_set(&s->host_map, p0, p1, 0);
     return mapped;
 }
+
+static int64_t shared_count_present(const shared_t *s, int64_t p0, int64_t p1);
 
 /* pages of [p0, p1) the shared backing holds whose attribute in `a` is (private = 1) or is
  * not (private = 0) PRIVATE */
@@ -1836,11 +1842,10 @@ static int64_t shared_present_where(const shared_t *s, const attrs_t *a, int64_t
                                     int64_t p1, int private)
 {
     int64_t n = 0;
-    for (int64_t p = p0; p < p1;) {
+    for (int64_t p = p0, e; p < p1; p = e) {
         uint32_t v;
-        int64_t e = rm_seg(a, p, p1, &v);
+        e = rm_seg(a, p, p1, &v);
         if ((v == PRIVATE) == private) n += shared_count_present(s, p, e);
-        p = e;
     }
     return n;
 }
@@ -1860,9 +1865,9 @@ static void shared_alloc_4k(core_t *c, shared_t *s, int64_t nholes, int64_t n)
 {
     host_alloc_pages(c, n, 1);
     fill_holes(c, &s->page_pfn, nholes);
-    for (int64_t h = 0; h < nholes; h++)       /* the holes filled: c->miss */
-        c->st_stale += attrs_count(shared_vm_attrs(c, s), c->miss[2 * h], c->miss[2 * h + 1],
-                                   PRIVATE);
+    const attrs_t *a = shared_vm_attrs(c, s);
+    for (int64_t h = 0; h < nholes; h++)
+        c->st_stale += attrs_count(a, c->miss[2 * h], c->miss[2 * h + 1], PRIVATE);
     s->present += n;
     c->footprint += n;
     led_op(c, s->kind == 0 ? K_FAULT_ANON : K_FAULT_SHMEM, n);
@@ -2186,7 +2191,7 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     rm_init(&g->page_pfn, g->npages, 1, 0);
     rm_init(&g->pflags, g->npages, 0, 0);
     rm_init(&g->data, g->npages, 0, 0);
-    g->pins = xcalloc((size_t)g->npages, sizeof(uint16_t));
+    rm_init(&g->pins, g->npages, 0, 0);
     if (order) {
         g->nfolios = g->npages >> order;
         g->fstate = xcalloc((size_t)g->nfolios, 1);
@@ -2205,7 +2210,7 @@ int core_add_slot(core_t *c, int64_t size, int flags, int order, int platform, i
     rm_init(&sh->page_pfn, sh->npages, 1, 0);
     rm_init(&sh->host_map, sh->npages, 0, 0);
     rm_init(&sh->data, sh->npages, 0, 0);
-    sh->pins = xcalloc((size_t)sh->npages, sizeof(uint16_t));
+    rm_init(&sh->pins, sh->npages, 0, 0);
     if (sh->huge) {
         sh->nchunks = (sh->npages + 511) >> 9;
         sh->chunk = xcalloc((size_t)sh->nchunks, 1);
@@ -2378,9 +2383,9 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
                 int delta = st.code == 8 ? 1 : -1;
                 if (st.obj == 0) {
                     if (delta > 0) gmem_populate(c, &s->g, &s->attrs, p0, p1);
-                    status = pin_pages(s->g.pins, &s->g.npinned, p0, p1, delta);
+                    status = pin_pages(&s->g.pins, &s->g.npinned, p0, p1, delta);
                 } else {
-                    status = pin_pages(s->s->pins, NULL, p0, p1, delta);
+                    status = pin_pages(&s->s->pins, NULL, p0, p1, delta);
                 }
                 break;
             }
@@ -2474,8 +2479,8 @@ static void allocatable_huge(const core_t *c, int64_t *out2m, int64_t *out1g)
     *out1g = n1 - blocked1;
 }
 
-/* SimTarget.snapshot from the counters kept as the model changes: O(slots), but for
- * allocatable_huge, which walks the runs of host memory */
+/* SimTarget.snapshot from the counters kept as the model changes: O(slots) but for
+ * allocatable_huge, which scans host memory */
 void core_huge_stats(core_t *c, int64_t *out)
 {
     memset(out, 0, CORE_H_COUNT * sizeof(int64_t));
@@ -2498,8 +2503,8 @@ void core_huge_stats(core_t *c, int64_t *out)
     allocatable_huge(c, &out[CORE_H_ALLOC_2M], &out[CORE_H_ALLOC_1G]);
 }
 
-/* the same as core_huge_stats by a full scan of every page run and folio (tests: the
- * counters must equal it after any sequence of steps) */
+/* the same as core_huge_stats by a full scan of every page and folio (tests: the counters
+ * must equal it after any sequence of steps) */
 void core_huge_recount(core_t *c, int64_t *out)
 {
     memset(out, 0, CORE_H_COUNT * sizeof(int64_t));
@@ -2668,11 +2673,11 @@ void core_free(core_t *c)
     if (!c) return;
     for (int i = 0; i < c->nslots; i++) {
         slot_t *s = &c->slots[i];
-        rm_destroy(&s->g.page_pfn); rm_destroy(&s->g.pflags); rm_destroy(&s->g.data); free(s->g.pins);
+        rm_destroy(&s->g.page_pfn); rm_destroy(&s->g.pflags); rm_destroy(&s->g.data); rm_destroy(&s->g.pins);
         free(s->g.fstate); free(s->g.fbits); free(s->g.fpfn);
         rm_destroy(&s->attrs);
         if (s->s) {
-            rm_destroy(&s->s->page_pfn); rm_destroy(&s->s->host_map); rm_destroy(&s->s->data); free(s->s->pins);
+            rm_destroy(&s->s->page_pfn); rm_destroy(&s->s->host_map); rm_destroy(&s->s->data); rm_destroy(&s->s->pins);
             free(s->s->chunk); free(s->s->chunk_pfn); free(s->s->deferred);
             free(s->s->chunk_mapped);
             free(s->s);

@@ -1,8 +1,9 @@
 """CoreTarget: the simulator's model run by the C core (bench/sim/core.c), one C call per
 step batch.  It is a second implementation of SimTarget (bench/sim/backend.py), which stays
 the readable reference: both give identical results, snapshots, breakdowns and metadata for
-the same steps (tests/test_sim_engines.py), CoreTarget at ~100x the speed and with compact
-per-page state (a 128 GiB guest with a million conversions runs in seconds).
+the same steps (tests/test_sim_engines.py), CoreTarget at ~100x the speed and with its state
+kept as extents instead of per-page arrays (a 1 TiB guest with a million conversions runs in
+seconds in a few hundred MiB; benchmarks/sim_scale.py).
 
 make_sim_target() picks the engine: params["engine"] = "c" (default) or "python".
 """
