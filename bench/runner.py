@@ -132,7 +132,8 @@ def steps_used(steps: np.ndarray, probes: bool) -> list[str]:
     pages, so labels name only what actually ran."""
     from bench.ops import Step, Via
     used = set()
-    for code, via in {(int(c), int(v)) for c, v in zip(steps["code"], steps["via"])}:
+    pairs = np.unique(steps["code"].astype(np.int64) << 8 | steps["via"].astype(np.int64))
+    for code, via in ((int(k) >> 8, int(k) & 0xFF) for k in pairs):
         name = Step(code).name
         if via == Via.GUEST and code in (Step.READ, Step.WRITE):
             name += "/guest"
@@ -142,10 +143,9 @@ def steps_used(steps: np.ndarray, probes: bool) -> list[str]:
     return sorted(used)
 
 
-def recs_ops_probe(wl) -> bool:
-    """Whether the workload's first repetition probes private pages from the host."""
+def ops_probe(ops) -> bool:
+    """Whether an op stream probes private pages from the host."""
     from bench.ops import OpKind
-    ops, _ = build_ops(wl, 0)
     return bool((ops["kind"] == OpKind.SHARED_PROBE).any())
 
 
@@ -351,7 +351,9 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
     pool = _simulator_pool(backend, jobs)
     with pool or contextlib.nullcontext(), \
             progress(total=total, desc="gmembench", unit="op", enabled=progress_enabled) as bar:
-        for (wl, reps), ops0 in zip(plans, first_ops):
+        def submit(wl, reps, ops0):
+            """Run a workload's repetitions, or queue them on the pool; returns what
+            collects them and adds the workload's runs."""
             recs = {s: [] for s in strategies}
             serieses = {s: [] for s in strategies}
             info = {}
@@ -375,6 +377,7 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                 samples[f"{wl.name}/{sname}/rep{rep}/direction"] = rec.direction
                 if rep == 0:
                     extras[sname] = {"strategy": strategy, "steps": steps,
+                                     "probes": ops_probe(ops),
                                      **{k: out[k] for k in ("fidelity_steps", "breakdown",
                                                             "metadata")}}
                     extras[sname]["metadata"]["process_per_repetition"] = isolate
@@ -414,13 +417,24 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                     isolate = backend == "host" and bool(bparams.get("process_per_repetition", True))
                     finish(rep, sname, strategy, ops, steps, isolate, attribution,
                            (repetition_in_worker if isolate else repetition)(*args))
-            for fin_args, fut in pending:
-                finish(*fin_args, fut.result())
-            for sname in strategies:
-                extras[sname]["breakdown"] = merge_breakdowns(breakdowns[sname])
-                runs.append(_run_entry(wl, sname, backend, recs[sname], serieses[sname],
-                                       extras[sname], prof, quick, info))
-                runs[-1]["warmup_repetitions"] = warmups
+
+            def complete():
+                for fin_args, fut in pending:
+                    finish(*fin_args, fut.result())
+                for sname in strategies:
+                    extras[sname]["breakdown"] = merge_breakdowns(breakdowns[sname])
+                    runs.append(_run_entry(wl, sname, backend, recs[sname], serieses[sname],
+                                           extras[sname], prof, quick, info))
+                    runs[-1]["warmup_repetitions"] = warmups
+            return complete
+
+        # every workload's repetitions are queued before any is collected, so the pool's
+        # workers do not wait for this process (op generation, compiling) between
+        # workloads; without a pool submit() runs them and complete() only collects
+        completions = [submit(wl, reps, ops0) for (wl, reps), ops0 in zip(plans, first_ops)]
+        for complete in completions:
+            complete()
+
     elapsed = time.time() - t_start
     return {
         "_samples": samples,      # written with results.json, when the run is complete
@@ -477,7 +491,7 @@ def _run_entry(wl, sname, backend, recs, serieses, extra, prof, quick, info) -> 
         "backend": backend,
         "fidelity": "simulated" if backend == "sim" else fidelity_label(extra["fidelity_steps"], extra["steps"]),
         "fidelity_steps": extra["fidelity_steps"],
-        "steps_used": steps_used(extra["steps"], recs_ops_probe(wl)),
+        "steps_used": steps_used(extra["steps"], extra["probes"]),
         "layout": wl.layout.to_dict(), "params": {k: v for k, v in wl.params.items()},
         "seed": wl.seed, "scale": float(meta.get("scale", wl.scale)), "quick": quick,
         "cost_profile": prof.describe() if prof else None,
