@@ -333,8 +333,55 @@ def _simulator_pool(backend: str, jobs: int):
     return fork_pool(jobs) if backend == "sim" else None
 
 
+def _strategy_for(wl, sname, cli_options):
+    opts = dict(wl.strategy_options.get(sname, {}))
+    opts.update(cli_options.get(sname, {}))
+    return make_strategy(sname, opts)
+
+
+def _backend_params(wl, params) -> dict:
+    bparams = dict(wl.params)
+    bparams.update(params)
+    bparams["seed"] = wl.seed
+    return bparams
+
+
+def _measured(ops, steps, attribution, out, rep) -> dict:
+    """What the run keeps of one measured repetition: its record (latencies, time
+    accounting) and what the backend reported, without the per-step results."""
+    return {"rec": RepetitionRecord(ops, steps, out["res"], attribution),
+            "out": {k: v for k, v in out.items() if k != "res"},
+            "steps": steps if rep == 0 else None, "n_ops": len(ops),
+            "probes": ops_probe(ops) if rep == 0 else None}
+
+
+# The simulator run's plan, set before the pool's workers are forked, so that they inherit
+# the workloads, parameters and first op streams instead of receiving them through pipes.
+_PLAN: dict = {}
+
+
+def _sim_repetition_job(w: int, rep: int) -> tuple[dict, dict]:
+    """Repetition `rep` of workload `w` of _PLAN, whole, in a pool worker: its op stream
+    (generated here), which direction induced each touch, every strategy compiled, run
+    and measured.  Returns ({strategy: _measured()}, the op stream's phase info)."""
+    p = _PLAN
+    wl, ops0 = p["plans"][w][0], p["first_ops"][w]
+    ops, info = ops0 if rep == 0 else build_ops(wl, rep)
+    attribution = attribute_touches(ops)
+    out = {}
+    for sname in p["strategies"]:
+        strategy = _strategy_for(wl, sname, p["cli_options"])
+        steps = strategy.compile(ops, wl.layout)
+        bparams = _backend_params(wl, p["params"])
+        points = int(bparams.get("series_points", SERIES_POINTS))
+        res = repetition(p["backend"], wl.layout, strategy, bparams, ops, steps, points)
+        out[sname] = _measured(ops, steps, attribution, res, rep)
+    return out, info
+
+
 def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, repetitions,
          seed, cli_options, tmp, jobs=1) -> dict:
+    global _PLAN
     runs, samples = [], {}
     total = 0
     plans = []
@@ -348,10 +395,15 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
     # whole suite (repetitions of a workload have streams of the same length)
     first_ops = [build_ops(wl, 0) for wl, _ in plans]       # reused by repetition 0
     total = sum(len(o[0]) * reps * len(strategies) for o, (wl, reps) in zip(first_ops, plans))
-    pool = _simulator_pool(backend, jobs)
+    _PLAN = {"plans": plans, "first_ops": first_ops, "strategies": strategies,
+             "cli_options": cli_options, "params": params, "backend": backend}
+    try:
+        pool = _simulator_pool(backend, jobs)
+    finally:
+        _PLAN = {}               # the workers have their copy
     with pool or contextlib.nullcontext(), \
             progress(total=total, desc="gmembench", unit="op", enabled=progress_enabled) as bar:
-        def submit(wl, reps, ops0):
+        def submit(w, wl, reps, ops0):
             """Run a workload's repetitions, or queue them on the pool; returns what
             collects them and adds the workload's runs."""
             recs = {s: [] for s in strategies}
@@ -365,19 +417,18 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
             breakdowns = {s: [] for s in strategies}
             pending = []      # parallel simulator repetitions, collected in order
 
-            def finish(rep, sname, strategy, ops, steps, isolate, attribution, out):
-                bar.update(len(ops))
-                res, series = out["res"], out["series"]
-                rec = RepetitionRecord(ops, steps, res, attribution)
+            def finish(rep, sname, isolate, m):
+                out, rec = m["out"], m["rec"]
+                bar.update(m["n_ops"])
                 breakdowns[sname].append(out["breakdown"])
                 rec.wall_s = out["wall_s"]
                 recs[sname].append(rec)
-                serieses[sname].append(series)
+                serieses[sname].append(out["series"])
                 samples[f"{wl.name}/{sname}/rep{rep}"] = rec.latency_ns
                 samples[f"{wl.name}/{sname}/rep{rep}/direction"] = rec.direction
                 if rep == 0:
-                    extras[sname] = {"strategy": strategy, "steps": steps,
-                                     "probes": ops_probe(ops),
+                    extras[sname] = {"strategy": _strategy_for(wl, sname, cli_options),
+                                     "steps": m["steps"], "probes": m["probes"],
                                      **{k: out[k] for k in ("fidelity_steps", "breakdown",
                                                             "metadata")}}
                     extras[sname]["metadata"]["process_per_repetition"] = isolate
@@ -387,40 +438,42 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                               f"run down by {scale} to fit MemAvailable (offsets and sizes "
                               f"divided; see the run's labels)", file=sys.stderr)
 
-            for rep in range(-warmups, reps):
-                ops, info = build_ops(wl, max(rep, 0)) if rep or ops0 is None else ops0
-                ops0 = None
-                # which direction induced each touch: from the op stream, once per stream
-                attribution = attribute_touches(ops) if rep >= 0 else None
-                for sname in strategies:
-                    opts = dict(wl.strategy_options.get(sname, {}))
-                    opts.update(cli_options.get(sname, {}))
-                    strategy = make_strategy(sname, opts)
-                    steps = strategy.compile(ops, wl.layout)
-                    bparams = dict(wl.params)
-                    bparams.update(params)
-                    bparams["seed"] = wl.seed
-                    bar.set_description(f"{wl.name} {sname} "
-                                        + (f"rep {rep + 1}/{reps}" if rep >= 0 else "warm-up"))
-                    points = int(bparams.get("series_points", SERIES_POINTS))
-                    if rep < 0:
-                        repetition(backend, wl.layout, strategy, bparams, ops, steps, points)
-                        continue
-                    args = (backend, wl.layout, strategy, bparams, ops, steps, points)
-                    if pool is not None:
-                        pending.append(((rep, sname, strategy, ops, steps, False, attribution),
-                                        pool.submit(repetition, *args)))
-                        continue
-                    # On real hardware each measured repetition runs in a fresh process
-                    # (pyperf's worker model): run-to-run variance lives largely in the
-                    # process (memory placement), and only per-process values show it.
-                    isolate = backend == "host" and bool(bparams.get("process_per_repetition", True))
-                    finish(rep, sname, strategy, ops, steps, isolate, attribution,
-                           (repetition_in_worker if isolate else repetition)(*args))
+            if pool is not None and not warmups:
+                # the simulator: each repetition whole in a worker
+                for rep in range(reps):
+                    pending.append((rep, pool.submit(_sim_repetition_job, w, rep)))
+            else:
+                for rep in range(-warmups, reps):
+                    ops, info = build_ops(wl, max(rep, 0)) if rep or ops0 is None else ops0
+                    ops0 = None
+                    # which direction induced each touch: from the op stream, once per stream
+                    attribution = attribute_touches(ops) if rep >= 0 else None
+                    for sname in strategies:
+                        strategy = _strategy_for(wl, sname, cli_options)
+                        steps = strategy.compile(ops, wl.layout)
+                        bparams = _backend_params(wl, params)
+                        bar.set_description(f"{wl.name} {sname} " + (
+                            f"rep {rep + 1}/{reps}" if rep >= 0 else "warm-up"))
+                        points = int(bparams.get("series_points", SERIES_POINTS))
+                        args = (backend, wl.layout, strategy, bparams, ops, steps, points)
+                        if rep < 0:
+                            repetition(*args)
+                            continue
+                        # On real hardware each measured repetition runs in a fresh process
+                        # (pyperf's worker model): run-to-run variance lives largely in the
+                        # process (memory placement), and only per-process values show it.
+                        isolate = backend == "host" and bool(bparams.get("process_per_repetition",
+                                                                         True))
+                        out = (repetition_in_worker if isolate else repetition)(*args)
+                        finish(rep, sname, isolate, _measured(ops, steps, attribution, out, rep))
 
             def complete():
-                for fin_args, fut in pending:
-                    finish(*fin_args, fut.result())
+                nonlocal info
+                for rep, fut in pending:
+                    bar.set_description(f"{wl.name} rep {rep + 1}/{reps}")
+                    by_strategy, info = fut.result()
+                    for sname in strategies:
+                        finish(rep, sname, False, by_strategy[sname])
                 for sname in strategies:
                     extras[sname]["breakdown"] = merge_breakdowns(breakdowns[sname])
                     runs.append(_run_entry(wl, sname, backend, recs[sname], serieses[sname],
@@ -429,12 +482,12 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
             return complete
 
         # every workload's repetitions are queued before any is collected, so the pool's
-        # workers do not wait for this process (op generation, compiling) between
-        # workloads; without a pool submit() runs them and complete() only collects
-        completions = [submit(wl, reps, ops0) for (wl, reps), ops0 in zip(plans, first_ops)]
+        # workers do not wait for this process between workloads; without a pool submit()
+        # runs them and complete() only collects
+        completions = [submit(w, wl, reps, ops0)
+                       for w, ((wl, reps), ops0) in enumerate(zip(plans, first_ops))]
         for complete in completions:
             complete()
-
     elapsed = time.time() - t_start
     return {
         "_samples": samples,      # written with results.json, when the run is complete
