@@ -51,7 +51,8 @@ def _save(fig, path: Path) -> Path:
     from bench.results import atomic_write_bytes
     import io
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    # zlib level 3 instead of 6: the same pixels, files ~10% larger, encoding ~40% faster
+    fig.savefig(buf, format="png", dpi=DPI, pil_kwargs={"compress_level": 3})
     atomic_write_bytes(path, buf.getvalue())
     return path
 
