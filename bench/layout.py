@@ -27,6 +27,15 @@ class Layout:
     # vCPUs: every remote TLB flush / TDX track kicks each one.  Default 8: a mid-size
     # cloud confidential VM; the kick cost grows linearly, so set it to the VM you model.
     vcpus: int = 8
+    # The guest accepted its memory before the workload starts (TDX/SNP: memblock and the
+    # buddy allocator hand out accepted memory, accept_memory()): every memslot is private,
+    # allocated in guest_memfd, prepared and mapped in stage 2 at start-up (reported apart,
+    # never billed to the workload).  Workload files default it to true on zero/destroy;
+    # a Layout built in code says so explicitly.
+    accepted: bool = False
+    # TDX huge-page series (not upstream): 2M private S-EPT leaves where the guest accepts a
+    # whole 2M folio.  Upstream TDX maps private memory at 4K only.
+    tdx_private_2m: bool = False
     extra: dict = field(default_factory=dict, compare=False)
 
     @property

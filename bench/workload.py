@@ -19,6 +19,7 @@ import re
 import time
 import tomllib
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +53,7 @@ STRATEGY_OPTIONS = {
 
 WORKLOAD_KEYS = {"name", "description", "repetitions", "seed"}
 LAYOUT_KEYS = {"gmem_page_size", "shared_backing", "shared_page", "platform", "init_shared", "vcpus",
-               "memslot"}
+               "accepted", "tdx_private_2m", "memslot"}
 MEMSLOT_KEYS = {"gpa", "size", "numa_node"}
 PHASE_KEYS = {"name", "repeat", "generator", "trace", "touch", "touch_fraction", "touch_size",
               "touch_process"}
@@ -463,7 +464,9 @@ class Workload:
         out.append(f"layout: guest {format_size(L.guest_size)} in {len(L.memslots)} memslot(s); "
                    f"guest_memfd pages {_page_name(L.gmem_page_size)}; dual's shared backing "
                    f"{L.shared_backing}/{L.shared_page}; platform {L.platform}; "
-                   f"init_shared {'yes' if L.init_shared else 'no'}; vcpus {L.vcpus}")
+                   f"init_shared {'yes' if L.init_shared else 'no'}; vcpus {L.vcpus}; "
+                   f"accepted {'yes' if L.accepted else 'no'}"
+                   + ("; TDX 2M private leaves (huge-page series)" if L.tdx_private_2m else ""))
         for i, m in enumerate(L.memslots):
             out.append(f"  slot {i}: gpa 0x{m.gpa:x}  size {format_size(m.size)}  numa node {m.numa_node}")
         if self.strategy_options:
@@ -565,6 +568,17 @@ def _layout(ctx: _Ctx, lay: dict, slots_raw, slots_path) -> Layout:
     platform = ctx.str_(lay, "platform", P, "preserve", PLATFORMS)
     init_shared = ctx.bool_(lay, "init_shared", P, False)
     vcpus = ctx.int_(lay, "vcpus", P, Layout.vcpus, minimum=1)
+    # TDX/SNP guests accept their memory before they convert it (memblock / buddy
+    # allocations are accepted): the default there; a guest_memfd created shared has nothing
+    # private to accept
+    accepted = ctx.bool_(lay, "accepted", P, platform in ("zero", "destroy") and not init_shared)
+    if accepted and init_shared:
+        ctx.error(P + ("accepted",), "expected false with init_shared = true (a guest_memfd "
+                  "created shared holds no private memory to accept)")
+    tdx_private_2m = ctx.bool_(lay, "tdx_private_2m", P, False)
+    if tdx_private_2m and platform != "zero":
+        ctx.error(P + ("tdx_private_2m",), f"expected false: platform {platform!r} is not TDX "
+                  f"(zero)")
     if not isinstance(slots_raw, list) or not slots_raw:
         ctx.error(slots_path, "expected at least one [[layout.memslot]] table with gpa and size")
     if len(slots_raw) > MAX_MEMSLOTS:
@@ -588,7 +602,7 @@ def _layout(ctx: _Ctx, lay: dict, slots_raw, slots_path) -> Layout:
             ctx.error(slots_path + (b, "gpa"), f"memslot {b} overlaps memslot {a}")
     return Layout(memslots=tuple(memslots), gmem_page_size=page, shared_backing=backing,
                   shared_page=shared_page, platform=platform, init_shared=init_shared,
-                  vcpus=vcpus)
+                  vcpus=vcpus, accepted=accepted, tdx_private_2m=tdx_private_2m)
 
 
 def _touch(ctx: _Ctx, ph: dict, path, default) -> Touch:
@@ -814,10 +828,7 @@ def _quick_layout(layout: Layout, phases: list[Phase]) -> Layout:
     page = max(layout.gmem_page_size, PAGE_SIZE)
     slots = tuple(Memslot(m.gpa, max(page, math.ceil(m.size / QUICK_FACTOR / page) * page), m.numa_node)
                   for m in layout.memslots)
-    return Layout(memslots=slots, gmem_page_size=layout.gmem_page_size,
-                  shared_backing=layout.shared_backing, shared_page=layout.shared_page,
-                  platform=layout.platform, init_shared=layout.init_shared, vcpus=layout.vcpus,
-                  extra=layout.extra)
+    return dataclasses.replace(layout, memslots=slots)
 
 
 def _quick_phase(ph: Phase, layout: Layout) -> None:

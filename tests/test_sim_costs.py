@@ -26,10 +26,12 @@ def ops_of(*rows):
     return out
 
 
-def run(strategy, ops, platform="zero", page=K4, vcpus=4, init_shared=False, **opts):
+def run(strategy, ops, platform="zero", page=K4, vcpus=4, init_shared=False, accepted=False,
+        tdx_private_2m=False, **opts):
     """Run ops on both engines; assert they agree; return (python target, results)."""
     layout = Layout((Memslot(0, 8 * MiB),), gmem_page_size=page, shared_backing="memfd",
-                    platform=platform, init_shared=init_shared, vcpus=vcpus)
+                    platform=platform, init_shared=init_shared, vcpus=vcpus, accepted=accepted,
+                    tdx_private_2m=tdx_private_2m)
     st = make_strategy(strategy, opts)
     steps = st.compile(ops, layout)
     py = SimTarget(layout, st, {"host_memory": "64M"})
@@ -158,3 +160,40 @@ def test_vm_attributes_cost_per_page_and_start_up_is_reported_apart():
     # start-up is not part of the run's breakdown or clock
     assert counts(dual)["vm_attr_xa_store"] == 64
     assert dual.clock_ns == sum(v["ns"] for v in dual.breakdown().values())
+
+
+@pytest.mark.parametrize("platform, to_shared_key", [("zero", "fw_tdx_to_shared"),
+                                                      ("destroy", "fw_snp_to_shared")])
+def test_accepted_memory_pays_the_to_shared_platform_work_in_both_strategies(platform,
+                                                                            to_shared_key):
+    """Memory the guest accepted before the workload (layout.accepted): a to-shared
+    conversion of it removes private pages (TDX) / makes them shared (SNP) in both
+    strategies, dual also frees what its punch covers; the accept itself is start-up work,
+    reported apart and in no figure of the run."""
+    ops = ops_of((OpKind.TO_SHARED, 0, 16 * K4))
+    for strategy in ("in-place", "dual"):
+        never, _ = run(strategy, ops, platform=platform)
+        acc, res = run(strategy, ops, platform=platform, accepted=True)
+        assert to_shared_key not in counts(never)       # nothing was ever accepted
+        assert counts(acc)[to_shared_key] == 16
+        # the run's clock and steps hold the conversion only (rounding aside)
+        assert abs(acc.clock_ns - sum(v["ns"] for v in acc.breakdown().values())) <= 2
+        assert abs(int(res["ns"].sum()) - acc.clock_ns) <= 2
+        to_private = f"fw_{'tdx' if platform == 'zero' else 'snp'}_to_private"
+        assert to_private not in counts(acc) and "fault_gmem" not in counts(acc)
+        su = acc.metadata()["startup"]
+        assert su["accepted_bytes"] == 8 * MiB
+        assert su["breakdown"][to_private]["count"] == 2048
+        assert su["breakdown"]["fault_gmem"]["ns"] > 0      # one fault op over the slot
+        assert su["ns"] == su["vmm_ns"] + su["accept_ns"] and su["accept_ns"] > 0
+        assert never.metadata()["startup"]["accepted_bytes"] == 0
+        assert acc.snapshot()["footprint_bytes"] >= 8 * MiB - 16 * K4
+    # dual's punch frees the 16 accepted pages (mapped in stage 2) and pays for it
+    dual, _ = run("dual", ops, platform=platform, accepted=True)
+    assert dual.snapshot()["footprint_bytes"] == 8 * MiB - 16 * K4
+
+
+def test_accepted_guest_memory_is_mapped_in_stage2_before_the_run():
+    acc, _ = run("in-place", ops_of((OpKind.PRIVATE_READ, 0, K4, 0)), accepted=True)
+    assert acc.snapshot()["stage2_bytes"]["4k"] == 8 * MiB
+    assert set(counts(acc)) == {"touch_page"}     # the read finds its page mapped and accepted

@@ -353,3 +353,28 @@ def test_ops_matches_the_runners_per_phase_seeding():
     assert len(timed) and (np.diff(timed) >= 0).all()
     other, _ = w.ops(repetition=2)
     assert len(other) != len(mine) or not (other["offset"] == mine["offset"]).all()
+
+
+@pytest.mark.parametrize("platform, default", [("zero", True), ("destroy", True),
+                                               ("preserve", False)])
+def test_accepted_defaults_to_the_platforms_that_accept_memory(tmp_path, platform, default):
+    w = load_workload(str(write(tmp_path, GOOD.replace('platform = "preserve"',
+                                                       f'platform = "{platform}"'))))
+    assert w.layout.accepted is default and w.layout.tdx_private_2m is False
+    w = load_workload(str(write(tmp_path, GOOD.replace(
+        'platform = "preserve"', f'platform = "{platform}"\naccepted = {str(not default).lower()}'),
+        "b.toml")))
+    assert w.layout.accepted is (not default)
+    assert load_workload(str(tmp_path / "b.toml"), quick=True).layout.accepted is (not default)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ('platform = "zero"\ninit_shared = true\naccepted = true', "expected false with init_shared"),
+    ('platform = "destroy"\ntdx_private_2m = true', "is not TDX"),
+])
+def test_layout_accept_and_tdx_keys_are_checked(tmp_path, edit, message):
+    text = GOOD.replace('platform = "preserve"', edit)
+    p = write(tmp_path, text)
+    with pytest.raises(InputError) as e:
+        load_workload(str(p))
+    assert message in e.value.message and e.value.file == str(p)

@@ -341,13 +341,27 @@ def _breakdown_md(runs: list) -> list[str]:
                                  fmt_ns(v["ns"])])
         prim = r.get("breakdown") or {}
         total = sum(v["ns"] for v in prim.values()) or 1
-        out += [f"**{r['key']}**", "",
+        out += [f"**{r['key']}**", ""] + _startup_line(r) + [
                 _md_table(["direction", "part", "step", "steps (ops)", "4K pages", "time"], rows),
                 "", _md_table(["primitive", "count", "unit", "time", "share"],
                               [[k, v["count"], primitive_unit(k, r.get("backend", "sim")),
                                 fmt_ns(v["ns"]), fmt_pct(v["ns"] / total)]
                                for k, v in list(prim.items())[:12]]), ""]
     return out
+
+
+def _startup_line(r: dict) -> list[str]:
+    """Start-up work (simulator): done before the first step and in no figure of the run."""
+    su = (r.get("metadata") or {}).get("startup")
+    if not su:
+        return []
+    parts = [f"VMM start-up {fmt_ns(su.get('vmm_ns', su['ns']))}"]
+    if su.get("accepted_bytes"):
+        parts.append(f"the guest's accept of {fmt_bytes(su['accepted_bytes'])} "
+                     f"(allocate, prepare, map in stage 2) {fmt_ns(su.get('accept_ns', 0))}")
+    top = ", ".join(f"{k} {fmt_ns(v['ns'])}" for k, v in list(su.get("breakdown", {}).items())[:4])
+    return [f"Start-up, before measurement and not in any figure of this run (simulated, per "
+            f"repetition): {'; '.join(parts)}" + (f" (largest: {top})" if top else "") + ".", ""]
 
 
 def _uncertain_md(runs: list) -> list[str]:

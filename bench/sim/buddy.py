@@ -45,10 +45,13 @@ its own label (no relabelling when they merge):
 Not modelled: per-CPU page lists and their delayed merging (trap 4), watermarks and
 reclaim, compaction, the RECLAIMABLE/HIGHATOMIC/CMA types, zones and NUMA nodes.
 
-Cost: every operation on one block is O(max_order) Python steps; checks over page ranges
-(double free) are single C-level scans of a bytearray holding one byte per page.
+Cost: every operation on one block is O(max_order) Python steps.  Which pages are free or
+held (and for which migratetype) is kept as runs of pages (ranges.AttrRanges), so range
+operations and checks (double free) cost per run, not per 4K page.
 """
 import numpy as np
+
+from bench.sim.ranges import AttrRanges
 
 UNMOVABLE = 0
 MOVABLE = 1
@@ -82,6 +85,20 @@ def aligned_blocks(pfn: int, npages: int, max_order: int):
         npages -= 1 << order
 
 
+class PageStates(AttrRanges):
+    """The state of every page of host memory (_FREE / _USED_*), as runs."""
+
+    def __setitem__(self, page: int, value: int) -> None:
+        self.set(int(page), int(page) + 1, value)
+
+    def find(self, value: int, start: int, end: int) -> int:
+        """The first page of [start, end) in state `value`, or -1."""
+        for s, _, v in self.segments(start, end) if start < end else ():
+            if v == value:
+                return s
+        return -1
+
+
 class BuddyAllocator:
     def __init__(self, total_pages: int, max_order: int = 18, pageblock_order: int = 9,
                  kernel_max_order: int = KERNEL_MAX_ORDER):
@@ -102,7 +119,7 @@ class BuddyAllocator:
         self.free_pages = 0
         self._pbsize = 1 << pageblock_order
         npb = (total_pages + self._pbsize - 1) >> pageblock_order
-        self._state = bytearray(total_pages)                   # all _FREE
+        self._state = PageStates(total_pages, _FREE)            # all _FREE
         self._labels = bytearray([MOVABLE]) * npb
         # fill patterns for slice assignment without allocating per call
         longest = max(1 << max_order, npb)
@@ -216,11 +233,7 @@ class BuddyAllocator:
             pfn, o = self._take_slow(order, t)
         if o > order:
             self._carve(pfn, o, pfn, order)
-        if order == 0:
-            self._state[pfn] = t + 1
-        else:
-            size = 1 << order
-            self._state[pfn:pfn + size] = self._fill[t + 1][:size]
+        self._state.set(pfn, pfn + (1 << order), t + 1)
         self.free_pages -= 1 << order
         return pfn
 
@@ -242,7 +255,7 @@ class BuddyAllocator:
             raise OutOfMemory(f"{n} pages requested, {self.free_pages} free")
         t = MOVABLE if movable else UNMOVABLE
         v = t + 1
-        state, fill, head, nr = self._state, self._fill[v], self._head, self._nr
+        state, head, nr = self._state, self._head, self._nr
         lists_t = self._lists[t]
         kmax1 = self.kernel_max_order + 1
         runs = []
@@ -271,10 +284,7 @@ class BuddyAllocator:
                 for p, k in aligned_blocks(pfn + rem, size - rem, self.max_order):
                     self._add_free(p, k)
                 size = rem
-            if size == 1:
-                state[pfn] = v
-            else:
-                state[pfn:pfn + size] = fill[:size]
+            state.set(pfn, pfn + size, v)
             rem -= size
             if pfn == last_end:
                 runs[-1] = (runs[-1][0], runs[-1][1] + size)
@@ -329,8 +339,8 @@ class BuddyAllocator:
             e = s + self._pbsize
             if e > self.total_pages:
                 continue                  # partial pageblock: the kernel will not move it
-            nfree = state.count(_FREE, s, e)
-            nmovable = state.count(_USED_MOVABLE, s, e)
+            nfree = state.count_in(s, e, _FREE)
+            nmovable = state.count_in(s, e, _USED_MOVABLE)
             alike = nmovable if t == MOVABLE else self._pbsize - nfree - nmovable
             if nfree + alike >= self._pbsize >> 1:
                 self._set_pageblock_type(pfn >> pbo, t)
@@ -374,7 +384,7 @@ class BuddyAllocator:
                 self._carve(block, o, block, order)
                 self._relabel(block, order, t)
                 size = 1 << order
-                self._state[block:block + size] = self._fill[t + 1][:size]
+                self._state.set(block, block + size, t + 1)
                 self.free_pages -= size
                 return block
         raise OutOfMemory(f"no free block of order >= {order}")
@@ -396,13 +406,8 @@ class BuddyAllocator:
         if pfn & ((1 << order) - 1):
             raise BadFree(f"pfn {pfn} not aligned to order {order}")
         size = 1 << order
-        if order == 0 and 0 <= pfn < self.total_pages:
-            if self._state[pfn] == _FREE:
-                raise BadFree(f"page {pfn} is already free")
-            self._state[pfn] = _FREE
-        else:
-            self._check_allocated(pfn, size)
-            self._state[pfn:pfn + size] = self._fill[_FREE][:size]
+        self._check_allocated(pfn, size)
+        self._state.set(pfn, pfn + size, _FREE)
         self.free_pages += size
         self._free_block(pfn, order)
 
@@ -411,15 +416,8 @@ class BuddyAllocator:
         as its maximal aligned blocks, each merged with free buddies."""
         pfn = int(pfn)
         npages = int(npages)
-        if npages == 1 and 0 <= pfn < self.total_pages:     # the common 4K case
-            if self._state[pfn] == _FREE:
-                raise BadFree(f"page {pfn} is already free")
-            self._state[pfn] = _FREE
-            self.free_pages += 1
-            self._free_block(pfn, 0)
-            return
         self._check_allocated(pfn, npages)
-        self._state[pfn:pfn + npages] = self._fill[_FREE][:npages]
+        self._state.set(pfn, pfn + npages, _FREE)
         self.free_pages += npages
         for p, order in aligned_blocks(pfn, npages, self.max_order):
             self._free_block(p, order)
@@ -492,7 +490,7 @@ class BuddyAllocator:
         for pb, off in zip(chosen.tolist(), offsets.tolist()):
             s = pb << pbo
             p = s + off
-            if state[p] != _FREE:
+            if state.get(p) != _FREE:
                 p = state.find(_FREE, s, s + self._pbsize)
                 if p < 0:
                     continue
@@ -505,7 +503,7 @@ class BuddyAllocator:
                 raise AssertionError(f"free page {p} in no free block")
             self._remove_free(block, code)
             self._carve(block, code >> 2, p, 0)
-            state[p] = _USED_UNMOVABLE
+            state.set(p, p + 1, _USED_UNMOVABLE)
             self.free_pages -= 1
             self._set_pageblock_type(pb, UNMOVABLE)
             pinned += 1
@@ -521,15 +519,16 @@ class BuddyAllocator:
         in use, i.e. could become a huge page by migrating the movable pages out
         (alloc_contig_range / the hugetlb pool growing).  `also_free` lists (pfn, order)
         blocks that count as free although allocated (a hugetlb pool's free pages)."""
-        unmovable = np.frombuffer(self._state, dtype=np.uint8) == _USED_UNMOVABLE
+        n2 = self.total_pages >> 9
+        blocked = np.zeros(n2, bool)        # 2M ranges holding an unmovable page in use
+        for s, e, v in self._state.segments():
+            if v == _USED_UNMOVABLE:
+                blocked[s >> 9:min(((e - 1) >> 9) + 1, n2)] = True
         for pfn, o in also_free:
-            unmovable[pfn:pfn + (1 << o)] = False
-        out = {}
-        for name, order in (("2m", 9), ("1g", 18)):
-            n = self.total_pages >> order
-            blocked = unmovable[:n << order].reshape(n, 1 << order).any(axis=1)
-            out[name] = int(n - np.count_nonzero(blocked))
-        return out
+            blocked[pfn >> 9:(pfn + (1 << o)) >> 9] = False
+        n1 = self.total_pages >> 18
+        return {"2m": int(n2 - np.count_nonzero(blocked)),
+                "1g": int(n1 - np.count_nonzero(blocked[:n1 << 9].reshape(n1, 512).any(axis=1)))}
 
     def pageblock_counts(self) -> dict[str, int]:
         return {"unmovable": self._labels.count(UNMOVABLE),
@@ -590,8 +589,8 @@ class BuddyAllocator:
             for order, d in enumerate(self._big_with[t]):
                 for pfn in d:
                     assert pfn in self._big[order], f"stale large-run index entry {pfn}"
-        state = np.frombuffer(self._state, dtype=np.uint8)
-        assert (state <= _USED_MOVABLE).all(), "bad page state byte"
+        state = self._state[:]
+        assert ((state >= _FREE) & (state <= _USED_MOVABLE)).all(), "bad page state"
         assert np.array_equal(free_map, state == _FREE), "free pages and free lists disagree"
         assert nr == self._nr, f"nr_free {self._nr} != counted {nr}"
         assert total == self.free_pages, f"free_pages {self.free_pages} != counted {total}"

@@ -2163,6 +2163,25 @@ void core_start_up(core_t *c, int initial)                     /* SimTarget._sta
     }
 }
 
+/* SimTarget._start_up, layout.accepted: the guest's private write of every memslot
+ * (allocated in guest_memfd, prepared, mapped in stage 2).  0, or -1 when host memory ran out */
+int core_accept(core_t *c)
+{
+    for (volatile int i = 0; i < c->nslots; i++) {
+        slot_t *s = &c->slots[i];
+        int64_t mism = 0;
+        c->in_step = 1;
+        if (setjmp(c->oom)) {
+            c->in_step = 0;
+            fail(c, "host memory too small to accept the guest's memory");
+            return -1;
+        }
+        gmem_access(c, s, 0, s->g.npages, 1, 0, 1, 0, &mism);
+        c->in_step = 0;
+    }
+    return 0;
+}
+
 void core_ledger_reset(core_t *c)
 {
     memset(c->lcount, 0, sizeof(c->lcount));

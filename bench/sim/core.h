@@ -53,6 +53,7 @@ void core_set_vm(core_t *c, int vm_type, int in_place);
 void core_set_vcpus(core_t *c, int vcpus);
 /* the VMM's start-up before the guest runs (initial: the attributes the guest starts with) */
 void core_start_up(core_t *c, int initial);
+int core_accept(core_t *c);
 /* forget every charge so far (after start-up) */
 void core_ledger_reset(core_t *c);
 /* in-place.huge=split for a slot added before (core_add_slot) */

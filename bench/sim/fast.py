@@ -118,8 +118,13 @@ class CoreTarget:
             self.nslots_added += 1
         # start-up (SimTarget._start_up): charged, reported apart, then off the ledger
         lib.core_start_up(self._c, initial)
-        bd = self.breakdown()
-        self.startup = {"ns": int(round(self._ledger_total())), "breakdown": bd}
+        vmm_ns = self._ledger_total()
+        if layout.accepted and lib.core_accept(self._c):
+            raise InputError(self._error())
+        total = self._ledger_total()
+        self.startup = {"ns": int(round(total)), "breakdown": self.breakdown(),
+                        "vmm_ns": int(round(vmm_ns)), "accept_ns": int(round(total - vmm_ns)),
+                        "accepted_bytes": layout.guest_size if layout.accepted else 0}
         lib.core_ledger_reset(self._c)
         self.wall_s = 0.0
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.ops import KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, NO_CHECK, PAGE_SIZE
 from bench.sim.buddy import BuddyAllocator, OutOfMemory
-from bench.sim.ranges import AttrRanges
+from bench.sim.ranges import AttrRanges, PfnMap, Runs
 
 SHARED = 0
 GUEST_MEMFD_FLAG_MMAP = 1 << 0
@@ -40,7 +40,6 @@ ABSENT, INTACT, SPLIT, DEFERRED = 0, 1, 2, 3   # state of a huge folio / huge sh
 # FALLBACK: no huge page was free at fault time, its pages are 4K pages from the buddy allocator
 FALLBACK = 4
 U64 = (1 << 64) - 1
-POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.int64)   # host PTEs per page
 
 
 class Ledger:
@@ -79,17 +78,6 @@ class Ledger:
             t[1] += ns
         self.step_ns += ns
         self.clock_ns += ns
-
-
-def _runs(pfns: np.ndarray):
-    """Contiguous (start, length) runs of a set of pfns."""
-    if len(pfns) == 0:
-        return []
-    p = np.sort(pfns)
-    breaks = np.flatnonzero(np.diff(p) != 1) + 1
-    starts = np.concatenate(([0], breaks))
-    ends = np.concatenate((breaks, [len(p)]))
-    return [(int(p[s]), int(e - s)) for s, e in zip(starts, ends)]
 
 
 class Host:
@@ -152,21 +140,26 @@ class Host:
     def pool_blocks(self) -> list[tuple[int, int]]:
         return [(p, o) for o, pool in self.hugetlb_pool.items() for p in pool]
 
-    def alloc_pages(self, n: int, movable: bool) -> np.ndarray:
-        """n order-0 pages; returns their pfns.  Raises OutOfMemory."""
+    def alloc_pages(self, n: int, movable: bool) -> list[tuple[int, int]]:
+        """n order-0 pages as (pfn, npages) runs in the order taken.  Raises OutOfMemory."""
         try:
-            runs = self.buddy.alloc_pages(n, movable)
+            return self.buddy.alloc_pages(n, movable)
         except OutOfMemory:
             if not self._shrink():
                 raise
-            runs = self.buddy.alloc_pages(n, movable)
-        if len(runs) == 1:
-            p, k = runs[0]
-            return np.arange(p, p + k, dtype=np.int64)
-        return np.concatenate([np.arange(p, p + k, dtype=np.int64) for p, k in runs])
+            return self.buddy.alloc_pages(n, movable)
 
-    def free_pfns(self, pfns: np.ndarray) -> None:
-        for p, k in _runs(pfns):
+    def free_runs(self, runs) -> None:
+        """Free held pages given as (pfn, npages) runs: by address, as maximal contiguous
+        runs."""
+        runs = sorted(runs)
+        i = 0
+        while i < len(runs):
+            p, k = runs[i]
+            i += 1
+            while i < len(runs) and runs[i][0] == p + k:
+                k += runs[i][1]
+                i += 1
             self.buddy.free_range(p, k)
 
     def _shrink(self) -> bool:
@@ -274,14 +267,14 @@ class GuestMemfd:
         initial = SHARED if flags & GUEST_MEMFD_FLAG_INIT_SHARED else PRIVATE
         self.attrs = AttrRanges(self.npages, initial)
         self.attr_view = self.attrs      # dual backing: the VM's attributes decide instead
-        self.page_pfn = np.zeros(self.npages, np.int64)    # pfn+1 of 4K folios / split parts
-        self.host_map = np.zeros(self.npages, np.uint8)    # bit per host process (PTE level)
-        self.s2_map = np.zeros(self.npages, np.uint8)      # guest stage-2, 4K leaves
-        self.data = np.zeros(self.npages, np.uint32)       # a content token per page
-        self.pins = np.zeros(self.npages, np.uint16)       # extra references (GUP pins)
+        self.page_pfn = PfnMap(self.npages)    # pfns of 4K folios / split parts, as runs
+        self.host_map = Runs(self.npages)     # bit per host process (PTE level), as runs
+        self.s2_map = Runs(self.npages)       # guest stage-2, 4K leaves (1), as runs
+        self.data = Runs(self.npages)                      # a content token per page, as runs
+        self.pins = Runs(self.npages)                      # extra references (GUP pins)
         # the platform's private state is set up (SNP: RMP entry private, TDX: page added to
         # the S-EPT and accepted); done at the guest's fault, undone where the kernel does it
-        self.prepared = np.zeros(self.npages, bool)
+        self.prepared = Runs(self.npages)                  # 1 = prepared, as runs
         self.lru = deque(maxlen=LRU_BATCH)                 # folios with an lru_add reference
         self.present = 0
         if folio_order:
@@ -302,32 +295,25 @@ class GuestMemfd:
 
     def _set_s2_4k(self, a: int, b: int) -> None:
         """Map [a, b) at 4K in stage 2."""
-        if a < b:
-            seg = self.s2_map[a:b]
-            self.host.st_s2_4k_pages += (b - a) - int(np.count_nonzero(seg))
-            seg[:] = 1
+        self.host.st_s2_4k_pages += sum(e - s for s, e in self.s2_map.or_bits(a, b, 1))
 
     # ---- allocation -------------------------------------------------------------------
-    def _alloc_4k(self, pages: np.ndarray) -> None:
-        """Fault in order-0 folios for the absent page indices `pages`."""
-        n = len(pages)
-        pfns = self.host.alloc_pages(n, movable=False)   # guest_memfd pages are unmovable
-        self.page_pfn[pages] = pfns + 1
+    def _alloc_4k(self, holes: list[tuple[int, int]]) -> int:
+        """Fault in order-0 folios for the absent pages `holes` ((start, end) runs)."""
+        n = sum(e - s for s, e in holes)
+        fill(self.page_pfn, holes, self.host.alloc_pages(n, movable=False))   # unmovable
         self.present += n
         self.host.footprint_pages += n
         self.ledger.op("fault_gmem", n)
         # order-0 folios enter the per-CPU LRU batch (folio_may_be_lru_cached)
-        self.lru.extend(pages[-LRU_BATCH:] >> self.order)
+        self.lru.extend(last_pages(holes, LRU_BATCH) >> self.order)
+        return n
 
     def populate(self, p0: int, p1: int) -> int:
         """Allocate what is absent in [p0, p1): returns pages faulted in."""
         if not self.order:
-            seg = self.page_pfn[p0:p1]
-            if seg.all():
-                return 0
-            miss = np.flatnonzero(seg == 0) + p0
-            self._alloc_4k(miss)
-            return len(miss)
+            holes = self.page_pfn.holes(p0, p1)
+            return self._alloc_4k(holes) if holes else 0
         fp, o = self.fpages, self.order
         f0, f1 = p0 >> o, ((p1 - 1) >> o) + 1
         st = self.folio_state[f0:f1]
@@ -356,22 +342,34 @@ class GuestMemfd:
                         self._split_folio(f)
                     continue
                 self._set_folio_state(f, FALLBACK)   # no aligned block free: 4K folios
-            miss = np.flatnonzero(self.page_pfn[a:b] == 0) + a
-            if len(miss):
-                self._alloc_4k(miss)
-                faulted += len(miss)
+            holes = self.page_pfn.holes(a, b)
+            if holes:
+                faulted += self._alloc_4k(holes)
         return faulted
 
-    def present_in(self, p0: int, p1: int) -> np.ndarray:
-        """Bool mask of allocated pages in [p0, p1)."""
-        mask = self.page_pfn[p0:p1] != 0
+    def present_runs(self, p0: int, p1: int) -> list[tuple[int, int]]:
+        """Allocated pages of [p0, p1) as (start, end) runs, ascending."""
+        runs = [(s, e) for s, e, _ in self.page_pfn.runs(p0, p1)]
         if self.order:
             o, fp = self.order, self.fpages
             for k in np.flatnonzero(self.folio_state[p0 >> o:((p1 - 1) >> o) + 1] == INTACT):
                 f = (p0 >> o) + int(k)
-                a, b = max(p0, f * fp), min(p1, (f + 1) * fp)
-                mask[a - p0:b - p0] = True
-        return mask
+                runs.append((max(p0, f * fp), min(p1, (f + 1) * fp)))
+            runs.sort()
+        return runs
+
+    def count_present(self, p0: int, p1: int) -> int:
+        return sum(e - s for s, e in self.present_runs(p0, p1))
+
+    def absent_runs(self, p0: int, p1: int) -> list[tuple[int, int]]:
+        out, p = [], p0
+        for s, e in self.present_runs(p0, p1):
+            if s > p:
+                out.append((p, s))
+            p = max(p, e)
+        if p < p1:
+            out.append((p, p1))
+        return out
 
     def _split_folio(self, f: int) -> None:
         """Split an intact huge folio into 4K folios of the same hugetlb page
@@ -379,7 +377,7 @@ class GuestMemfd:
         restores the vmemmap that HVO freed: hugetlb_vmemmap_restore_folio)."""
         fp = self.fpages
         base = int(self.folio_pfn[f])
-        self.page_pfn[f * fp:(f + 1) * fp] = np.arange(base + 1, base + 1 + fp)
+        self.page_pfn.set(f * fp, (f + 1) * fp, base)
         self._set_folio_state(f, SPLIT)
         if not self.demoted[f]:      # a demoted mapping already counted this folio
             self.host.huge_splits += 1
@@ -394,7 +392,7 @@ class GuestMemfd:
         (kvm_gmem_merge_folio_in_filemap -> merge_folio, then HVO frees the vmemmap
         again: hugetlb_vmemmap_optimize_folio).  Mappings stay 4K until promoted."""
         fp = self.fpages
-        self.page_pfn[f * fp:(f + 1) * fp] = 0
+        self.page_pfn.clear(f * fp, (f + 1) * fp)
         self._set_folio_state(f, INTACT)
         self.host.huge_pages += fp
         self.host.folio_merges += 1
@@ -410,10 +408,9 @@ class GuestMemfd:
     def zap_host(self, p0: int, p1: int, charge: bool = True) -> int:
         """Unmap [p0, p1) from every host process (unmap_mapping_range on the file's
         mapping reaches every process that maps it); returns PTEs + PMDs zapped."""
-        hm = self.host_map[p0:p1]
-        n = int(POPCOUNT[hm].sum())
+        n = self.host_map.popcount_sum(p0, p1)
         if n:
-            hm[:] = 0
+            self.host_map.set(p0, p1, 0)
             if charge:
                 # the zap inside the ioctl: the measured MADV_DONTNEED figure less its
                 # syscall entry, which ioctl_entry already charged
@@ -426,8 +423,8 @@ class GuestMemfd:
                 f = f0 + int(k)
                 a, b = f * fp, (f + 1) * fp
                 if a < p0 or b > p1:       # partial: the PMD is split into PTEs first
-                    self.host_map[a:p0] |= pmd[k] if a < p0 else 0
-                    self.host_map[p1:b] |= pmd[k] if b > p1 else 0
+                    self.host_map.or_bits(a, p0, int(pmd[k]))
+                    self.host_map.or_bits(p1, b, int(pmd[k]))
                     self._demote(f)
                     self.host.mapping_demotions += int(pmd[k]).bit_count()
                 n += int(pmd[k]).bit_count()
@@ -447,11 +444,10 @@ class GuestMemfd:
         and clear - per leaf; splitting a huge private leaf first demotes it (block + track
         + kick + TDH.MEM.PAGE.DEMOTE)."""
         tdx = private_leaves and self.vm.plat == "tdx"
-        s2 = self.s2_map[p0:p1]
-        n = int(np.count_nonzero(s2))
+        n = self.s2_map.count_nonzero(p0, p1)
         leaves = n
         if n:
-            s2[:] = 0
+            self.s2_map.set(p0, p1, 0)
             self.host.st_s2_4k_pages -= n
             self.ledger.each("stage2_zap_4k", n)
             if tdx:
@@ -482,7 +478,7 @@ class GuestMemfd:
                 leaves += 1
         if leaves:
             if tdx:
-                self.prepared[p0:p1] = False     # no longer in the S-EPT: re-added at fault
+                self.prepared.set(p0, p1, 0)     # no longer in the S-EPT: re-added at fault
             self.vm.flush_tlbs()
 
     def _tdx_remove(self, leaves: int, pages: int) -> None:
@@ -497,15 +493,14 @@ class GuestMemfd:
         """The guest faults private pages in: the platform's step for each page not yet
         prepared (kvm_gmem_prepare_folio -> SNP sev_gmem_prepare, RMPUPDATE to private;
         TDX tdx_sept_set_private_spte, TDH.MEM.PAGE.AUG, and the guest's accept)."""
-        seg = self.prepared[p0:p1]
-        n = int(np.count_nonzero(~seg))
+        n = (p1 - p0) - self.prepared.count_nonzero(p0, p1)
         if n:
-            seg[:] = True
+            self.prepared.set(p0, p1, 1)
             if self.vm.plat != "sw":
                 self.ledger.each(f"fw_{self.vm.plat}_to_private", n)
 
     def _map(self, p0: int, p1: int, guest: bool, proc: int, state: int,
-             fresh: np.ndarray | None = None) -> None:
+             fresh: list[tuple[int, int]] | None = None) -> None:
         """Map [p0, p1) for the host process `proc` or the guest: huge where the folio is
         intact and uniform (and, after a demotion, only if promotion is allowed)."""
         bit = 1 << proc
@@ -524,28 +519,29 @@ class GuestMemfd:
                     continue
                 if guest:
                     self.host.st_s2_huge_bytes[self._huge_bytes_key()] += fp * PAGE_SIZE
-                    self.host.st_s2_4k_pages -= int(np.count_nonzero(ptes[f * fp:(f + 1) * fp]))
                 elif not pmds[f]:
                     self.host.st_host_huge_bytes += fp * PAGE_SIZE
                 pmds[f] |= bit
-                ptes[f * fp:(f + 1) * fp] &= ~bit & 0xFF
+                cleared = ptes.clear_bits(f * fp, (f + 1) * fp, bit)
+                if guest:
+                    self.host.st_s2_4k_pages -= cleared
                 if self.demoted[f]:
                     self.demoted[f] = False
                     self.host.huge_merges += 1
-            # pages under a huge mapping need no PTE
-            covered = np.repeat(pmds[f0:f1] & bit != 0, fp)[p0 - f0 * fp:p1 - f0 * fp]
-            seg = ptes[p0:p1]
-            need = (seg & bit == 0) & ~covered
+            # pages under a huge mapping need no PTE: map the rest, folio by folio
+            ranges = [(max(p0, f * fp), min(p1, (f + 1) * fp)) for f in range(f0, f1)
+                      if not pmds[f] & bit]
         else:
-            seg = (self.s2_map if guest else self.host_map)[p0:p1]
-            need = seg & bit == 0
-        n = int(np.count_nonzero(need))
+            ptes = self.s2_map if guest else self.host_map
+            ranges = [(p0, p1)]
+        new = [r for a, b in ranges for r in ptes.or_bits(a, b, bit)]
+        n = sum(e - s for s, e in new)
         if n:
-            seg[need] |= bit
             if guest:
                 self.host.st_s2_4k_pages += n
             else:
-                refaults = n if fresh is None else int(np.count_nonzero(need & ~fresh))
+                # the first touch of a fresh page was its fault: only the others refault
+                refaults = n if fresh is None else n - sum(overlap(fresh, s, e) for s, e in new)
                 self.ledger.each("refault_gmem", refaults)
 
     # ---- the v8 guest_memfd ioctl ---------------------------------------------------------
@@ -609,16 +605,15 @@ class GuestMemfd:
         if self.order:
             nfolios = int(np.count_nonzero(self.folio_state[f0:f1])) 
         else:
-            nfolios = int(np.count_nonzero(self.page_pfn[p0:p1]))
+            nfolios = self.page_pfn.count(p0, p1)
         self.ledger.each("refcount_scan_folio", nfolios)
-        pinned = self.pins[f0 * fp:f1 * fp]       # a pin elevates its whole folio
         in_lru = any(f0 <= f < f1 for f in self.lru)
         if in_lru:
             self.ledger.op("lru_drain")
             self.lru.clear()
-        nz = np.flatnonzero(pinned)
-        if len(nz):
-            return ((int(nz[0]) >> o) + f0) << o
+        for s, _, v in self.pins.segments(f0 * fp, f1 * fp):   # a pin elevates its folio
+            if v:
+                return (s >> o) << o
         return None
 
     def _arch_invalidate(self, p0: int, p1: int) -> None:
@@ -626,22 +621,20 @@ class GuestMemfd:
         ciphertext, SW_PROTECTED/pKVM keeps the data)."""
         if self.platform == "preserve":
             return
-        present = self.present_in(p0, p1)
-        if self.platform == "zero":
-            # TDX cleared each page when it left the S-EPT (charged in zap_stage2)
-            self.data[p0:p1][present] = 0
-        else:
-            self.data[p0:p1][present] = GARBAGE
+        # TDX cleared each page when it left the S-EPT (charged in zap_stage2)
+        value = 0 if self.platform == "zero" else GARBAGE
+        for s, e in self.present_runs(p0, p1):
+            self.data.set(s, e, value)
+        if self.platform != "zero":
             self._snp_make_shared(p0, p1)
 
     def _snp_make_shared(self, p0: int, p1: int) -> None:
         """SNP: kvm_arch_gmem_invalidate -> sev_gmem_invalidate, RMPUPDATE to shared and
         cache flush, for each prepared page (at in-place to-shared, and when a prepared page
         is freed: kvm_gmem_free_folio)."""
-        seg = self.prepared[p0:p1]
-        n = int(np.count_nonzero(seg))
+        n = self.prepared.count_nonzero(p0, p1)
         if n:
-            seg[:] = False
+            self.prepared.set(p0, p1, 0)
             if self.vm.plat == "snp":
                 self.ledger.each("fw_snp_to_shared", n)
 
@@ -670,7 +663,7 @@ class GuestMemfd:
                 state = self.folio_state[f]
                 if state == FALLBACK:
                     freed += self._free_4k(max(a, p0), min(b, p1))
-                    if not self.page_pfn[a:b].any():
+                    if not self.page_pfn.count(a, b):
                         self._set_folio_state(f, ABSENT)
                 elif p0 <= a and b <= p1:
                     if state == SPLIT:
@@ -686,7 +679,7 @@ class GuestMemfd:
             freed = self._free_4k(p0, p1)
         self.present -= freed + pooled
         self.host.footprint_pages -= freed
-        self.data[p0:p1] = 0
+        self.data.set(p0, p1, 0)
         if zeroed:
             self.ledger.op("zero_fill", zeroed)
         freed += pooled
@@ -723,7 +716,7 @@ class GuestMemfd:
             return errno.EFAULT, 0                     # KVM_EXIT_MEMORY_FAULT
         # the host's first touch of a fresh page is its fault (fault_gmem installs the PTE):
         # only pages that were already allocated pay a refault when mapped again
-        fresh = None if guest else ~self.present_in(p0, p1)
+        fresh = None if guest else self.absent_runs(p0, p1)
         self.populate(p0, p1)
         if guest and want == PRIVATE:
             self._prepare(p0, p1)
@@ -735,7 +728,7 @@ class GuestMemfd:
     # ---- snapshot measures ---------------------------------------------------------------
     def stage2_bytes(self) -> tuple[int, int]:
         """(bytes mapped by 4K stage-2 leaves, bytes mapped by huge leaves)."""
-        small = int(np.count_nonzero(self.s2_map)) * PAGE_SIZE
+        small = self.s2_map.count_nonzero() * PAGE_SIZE
         huge = int(np.count_nonzero(self.s2_huge)) * self.fpages * PAGE_SIZE if self.order else 0
         return small, huge
 
@@ -749,32 +742,68 @@ class GuestMemfd:
         return int(np.count_nonzero(self.folio_state == INTACT)) if self.order else 0
 
     def pin(self, p0: int, p1: int, delta: int) -> int:
-        seg = self.pins[p0:p1]
-        if delta < 0 and not seg.all():
-            return errno.EINVAL
-        seg += np.uint16(1) if delta > 0 else np.uint16(0xFFFF)
-        return 0
+        return pin_pages(self.pins, p0, p1, delta)
 
 
-def free_pages(host: Host, page_pfn: np.ndarray, a: int, b: int) -> int:
-    """Free the allocated 4K pages among [a, b) of a pfn+1 array; returns how many."""
-    seg = page_pfn[a:b]
-    pf = seg[seg != 0]
-    if len(pf):
-        host.free_pfns(pf - 1)
-        seg[:] = 0
-    return len(pf)
+def pin_pages(pins: AttrRanges, p0: int, p1: int, delta: int) -> int:
+    """Add one reference to every page of [p0, p1), or drop one (EINVAL, nothing changed,
+    if a page holds none); counts are 16 bits and wrap, as the C engine's."""
+    if delta < 0 and pins.count_in(p0, p1, 0):
+        return errno.EINVAL
+    for s, e, v in pins.segments(p0, p1):
+        pins.set(s, e, (v + (1 if delta > 0 else 0xFFFF)) & 0xFFFF)
+    return 0
 
 
-def touch(data: np.ndarray, ledger: Ledger, p0: int, p1: int, write: bool, token: int) -> int:
+def free_pages(host: Host, page_pfn: PfnMap, a: int, b: int) -> int:
+    """Free the allocated 4K pages among [a, b) of a pfn map; returns how many."""
+    runs = page_pfn.runs(a, b)
+    if runs:
+        page_pfn.clear(a, b)
+        host.free_runs([(p, e - s) for s, e, p in runs])
+    return sum(e - s for s, e, _ in runs)
+
+
+def fill(page_pfn: PfnMap, holes: list[tuple[int, int]], runs: list[tuple[int, int]]) -> None:
+    """Give the pages of `holes` ((start, end), in order) the pages of `runs` ((pfn, n), in
+    the order taken)."""
+    r, used = 0, 0
+    for s, e in holes:
+        while s < e:
+            p, k = runs[r]
+            take = min(e - s, k - used)
+            page_pfn.set(s, s + take, p + used)
+            s += take
+            used += take
+            if used == k:
+                r, used = r + 1, 0
+
+
+def last_pages(holes: list[tuple[int, int]], n: int) -> np.ndarray:
+    """The last n pages of `holes` ((start, end) runs), in order."""
+    out = []
+    for s, e in reversed(holes):
+        take = min(n - len(out), e - s)
+        out.extend(range(e - 1, e - 1 - take, -1))
+        if len(out) == n:
+            break
+    return np.array(out[::-1], dtype=np.int64)
+
+
+def overlap(runs: list[tuple[int, int]], s: int, e: int) -> int:
+    """Pages of [s, e) inside `runs` ((start, end), ascending)."""
+    return sum(max(0, min(e, b) - max(s, a)) for a, b in runs if a < e and b > s)
+
+
+def touch(data: AttrRanges, ledger: Ledger, p0: int, p1: int, write: bool, token: int) -> int:
     """Write a token to, or check the token of, every page; returns mismatching pages."""
     ledger.op("touch_page", p1 - p0)
     if write:
-        data[p0:p1] = token
+        data.set(p0, p1, int(token) & 0xFFFFFFFF)
         return 0
     if token == NO_CHECK:
         return 0
-    return int(np.count_nonzero(data[p0:p1] != token))
+    return (p1 - p0) - data.count_in(p0, p1, int(token))
 
 
 class SharedBacking:
@@ -787,10 +816,10 @@ class SharedBacking:
         # the VM's attributes of this memslot (VM.attach_shared keeps the count of pages
         # held at private GPAs up to date through attrs_changing)
         self.attrs = attrs if attrs is not None else AttrRanges(npages, SHARED)
-        self.page_pfn = np.zeros(npages, np.int64)       # pfn+1 of 4K pages / split parts
-        self.host_map = np.zeros(npages, np.uint8)
-        self.data = np.zeros(npages, np.uint32)
-        self.pins = np.zeros(npages, np.uint16)
+        self.page_pfn = PfnMap(npages)       # pfns of 4K pages / split parts, as runs
+        self.host_map = Runs(npages)      # bit per host process mapping the page, as runs
+        self.data = Runs(npages)                         # content tokens, as runs
+        self.pins = Runs(npages)
         self.present = 0
         self.huge = page in ("thp", "hugetlb")
         if self.huge:
@@ -815,30 +844,23 @@ class SharedBacking:
             self.host.st_host_huge_bytes += delta * 512 * PAGE_SIZE
         self.chunk[c] = st
 
-    def _chunks_mapped(self, pages: np.ndarray, delta: int) -> None:
-        """Pages (ascending) that became mapped (delta 1) / unmapped (-1) by the host."""
-        if not self.huge or not len(pages):
+    def _chunks_mapped(self, runs: list[tuple[int, int]], delta: int) -> None:
+        """Runs of pages that became mapped (delta 1) / unmapped (-1) by the host."""
+        if not self.huge:
             return
-        cs, cnt = np.unique(pages >> 9, return_counts=True)
-        before = self.chunk_mapped[cs] != 0
-        self.chunk_mapped[cs] += delta * cnt.astype(np.int32)
-        flipped = cs[before != (self.chunk_mapped[cs] != 0)]
-        n = int(np.count_nonzero(self.chunk[flipped] == INTACT))
-        self.host.st_host_huge_bytes += delta * n * 512 * PAGE_SIZE
-
-    def _private_among(self, pages: np.ndarray) -> int:
-        """How many of `pages` (ascending) are at GPAs whose VM attribute is PRIVATE."""
-        if not len(pages):
-            return 0
-        lo, hi = int(pages[0]), int(pages[-1]) + 1
-        return sum(int(np.searchsorted(pages, b) - np.searchsorted(pages, a))
-                   for a, b, v in self.attrs.segments(lo, hi) if v == PRIVATE)
+        for a, e in runs:
+            for c in range(a >> 9, ((e - 1) >> 9) + 1):
+                k = min(e, (c + 1) << 9) - max(a, c << 9)
+                before = self.chunk_mapped[c] != 0
+                self.chunk_mapped[c] += delta * k
+                if before != (self.chunk_mapped[c] != 0) and self.chunk[c] == INTACT:
+                    self.host.st_host_huge_bytes += delta * 512 * PAGE_SIZE
 
     def _present_where(self, p0: int, p1: int, private: bool) -> int:
         """Pages held in [p0, p1) whose VM attribute is (private) / is not PRIVATE."""
         if p0 >= p1:
             return 0
-        return sum(int(np.count_nonzero(self.present_in(a, b)))
+        return sum(self.count_present(a, b)
                    for a, b, v in self.attrs.segments(p0, p1) if (v == PRIVATE) == private)
 
     def attrs_changing(self, p0: int, p1: int, value: int) -> None:
@@ -864,11 +886,8 @@ class SharedBacking:
 
     def populate(self, p0: int, p1: int) -> int:
         if not self.huge:
-            seg = self.page_pfn[p0:p1]
-            if seg.all():
-                return 0
-            miss = np.flatnonzero(seg == 0) + p0
-            return self._alloc_4k(miss)
+            holes = self.page_pfn.holes(p0, p1)
+            return self._alloc_4k(holes) if holes else 0
         c0, c1 = p0 >> 9, ((p1 - 1) >> 9) + 1
         st = self.chunk[c0:c1]
         if (st == INTACT).all():
@@ -893,28 +912,28 @@ class SharedBacking:
                     faulted += 512
                     continue
                 self._set_chunk(c, SPLIT)              # thp_fault_fallback
-            miss = np.flatnonzero(self.page_pfn[a:b] == 0) + a
-            if len(miss):
-                faulted += self._alloc_4k(miss)
+            holes = self.page_pfn.holes(a, b)
+            if holes:
+                faulted += self._alloc_4k(holes)
         return faulted
 
-    def _alloc_4k(self, pages: np.ndarray) -> int:
-        n = len(pages)
-        self.page_pfn[pages] = self.host.alloc_pages(n, movable=True) + 1
-        self.host.st_stale_pages += self._private_among(pages)
+    def _alloc_4k(self, holes: list[tuple[int, int]]) -> int:
+        n = sum(e - s for s, e in holes)
+        fill(self.page_pfn, holes, self.host.alloc_pages(n, movable=True))
+        self.host.st_stale_pages += sum(self.attrs.count_in(s, e, PRIVATE) for s, e in holes)
         self.present += n
         self.host.footprint_pages += n
         self.ledger.op(self._fault_key(), n)
         return n
 
-    def present_in(self, p0: int, p1: int) -> np.ndarray:
-        mask = self.page_pfn[p0:p1] != 0
+    def count_present(self, p0: int, p1: int) -> int:
+        """Pages held in [p0, p1)."""
+        n = self.page_pfn.count(p0, p1)
         if self.huge:
             for k in np.flatnonzero(self.chunk[p0 >> 9:((p1 - 1) >> 9) + 1] == INTACT):
                 c = (p0 >> 9) + int(k)
-                a, b = max(p0, c << 9), min(p1, (c + 1) << 9)
-                mask[a - p0:b - p0] = True
-        return mask
+                n += min(p1, (c + 1) << 9) - max(p0, c << 9)
+        return n
 
     def access(self, p0: int, p1: int, write: bool, token: int, proc: int = 0):
         """A host access by process `proc`.  Only the VMM maps anonymous memory (another
@@ -923,16 +942,15 @@ class SharedBacking:
         if proc and self.kind == "anon":
             return errno.EFAULT, 0
         self.populate(p0, p1)
-        self._chunks_mapped(np.flatnonzero(self.host_map[p0:p1] == 0) + p0, 1)
-        self.host_map[p0:p1] |= np.uint8(1 << proc)
+        self._chunks_mapped([(s, e) for s, e, v in self.host_map.segments(p0, p1) if not v], 1)
+        self.host_map.or_bits(p0, p1, 1 << proc)
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
-    def guest_access(self, p0: int, p1: int, write: bool, token: int, s2_map: np.ndarray):
+    def guest_access(self, p0: int, p1: int, write: bool, token: int, s2_map: AttrRanges):
         """A guest access to shared GPAs under dual backing: KVM maps the shared backing's
         page (through the memslot's userspace address) into stage 2 at 4K."""
         self.populate(p0, p1)
-        self.host.st_s2_4k_pages += (p1 - p0) - int(np.count_nonzero(s2_map[p0:p1]))
-        s2_map[p0:p1] = 1
+        self.host.st_s2_4k_pages += sum(e - s for s, e in s2_map.or_bits(p0, p1, 1))
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
     def discard(self, p0: int, p1: int) -> int:
@@ -942,10 +960,10 @@ class SharedBacking:
             return 0      # never reached from the strategy; hugetlb stays preallocated
         # nothing in [p0, p1) stays held, nothing outside changes
         self.host.st_stale_pages -= self._present_where(p0, p1, True)
-        was_mapped = np.flatnonzero(self.host_map[p0:p1]) + p0
-        mapped = bool(len(was_mapped))
+        was_mapped = [(s, e) for s, e, v in self.host_map.segments(p0, p1) if v]
+        mapped = bool(was_mapped)
         self._chunks_mapped(was_mapped, -1)
-        self.host_map[p0:p1] = 0
+        self.host_map.set(p0, p1, 0)
         freed = 0
         if self.huge:
             for k in np.flatnonzero(self.chunk[p0 >> 9:((p1 - 1) >> 9) + 1]):
@@ -960,7 +978,7 @@ class SharedBacking:
                     continue
                 if state == INTACT:
                     base = int(self.chunk_pfn[c])
-                    self.page_pfn[a:b] = np.arange(base + 1, base + 513)
+                    self.page_pfn.set(a, b, base)
                     self.host.huge_pages -= 512
                     self.host.huge_splits += 1
                     self.host.folio_splits += 1
@@ -970,7 +988,7 @@ class SharedBacking:
                         self.deferred.append(c)
                         # the same madvise call as discard_anon: only what the split adds
                         self.ledger.op_beyond("thp_split_anon", "discard_anon", 1)
-                        self.page_pfn[max(a, p0):min(b, p1)] = 0   # unmapped, still held
+                        self.page_pfn.clear(max(a, p0), min(b, p1))   # unmapped, still held
                         continue
                     self._set_chunk(c, SPLIT)                   # shmem splits at once
                     # the same punch call as punch_shmem_*: only what the split adds
@@ -979,23 +997,22 @@ class SharedBacking:
                     # the THP's own subpages wait for the deferred split; 4K pages faulted
                     # into its holes since then are ordinary pages and go now
                     lo, hi = max(a, p0), min(b, p1)
-                    seg = self.page_pfn[lo:hi]
                     base = int(self.chunk_pfn[c])
-                    own = seg == np.arange(base + 1 + lo - a, base + 1 + hi - a)
-                    foreign = seg[(seg != 0) & ~own]
-                    if len(foreign):
-                        self.host.free_pfns(foreign - 1)
-                        freed += len(foreign)
-                    seg[:] = 0
+                    foreign = [(p, e - s) for s, e, p in self.page_pfn.runs(lo, hi)
+                               if p != base + (s - a)]
+                    if foreign:
+                        self.host.free_runs(foreign)
+                        freed += sum(k for _, k in foreign)
+                    self.page_pfn.clear(lo, hi)
                     continue
                 freed += self._free_4k(max(a, p0), min(b, p1))
-                if not self.page_pfn[a:b].any():
+                if not self.page_pfn.count(a, b):
                     self._set_chunk(c, ABSENT)
         else:
             freed = self._free_4k(p0, p1)
         self.present -= freed
         self.host.footprint_pages -= freed
-        self.data[p0:p1] = 0
+        self.data.set(p0, p1, 0)
         if self.kind == "anon":
             self.ledger.op("discard_anon", max(freed, 1))
         else:
@@ -1017,19 +1034,16 @@ class SharedBacking:
     def present_at(self, attrs: AttrRanges, value: int) -> int:
         """Pages held at GPAs whose attribute is `value` (PRIVATE: memory the shared
         backing holds for private GPAs - leaked by host touches, or kept by discard=false)."""
-        return sum(int(np.count_nonzero(self.present_in(a, b)))
-                   for a, b, v in attrs.segments() if v == value)
+        return sum(self.count_present(a, b) for a, b, v in attrs.segments() if v == value)
 
     def host_huge_mapped_bytes(self) -> int:
         """An intact THP / hugetlb page that the host touched is mapped by one PMD
         (do_huge_pmd_anonymous_page, shmem/hugetlb faults map the whole folio)."""
         if not self.huge:
             return 0
-        n = len(self.chunk)
-        mapped = np.zeros(n * 512, np.uint8)
-        mapped[:self.npages] = self.host_map
-        touched = mapped.reshape(n, 512).any(axis=1)
-        return int(np.count_nonzero(touched & (self.chunk == INTACT))) * 512 * PAGE_SIZE
+        touched = sum(1 for c in np.flatnonzero(self.chunk == INTACT).tolist()
+                      if self.host_map.count_nonzero(c << 9, min((c + 1) << 9, self.npages)))
+        return touched * 512 * PAGE_SIZE
 
     def deferred_split(self) -> bool:
         """The deferred-split shrinker: free the unmapped parts of partially unmapped THPs."""
@@ -1041,13 +1055,20 @@ class SharedBacking:
                 continue
             a = c << 9
             base = int(self.chunk_pfn[c])
-            own = self.page_pfn[a:a + 512] == np.arange(base + 1, base + 513)
             # subpages no longer mapped (discarded) go back; re-touched holes have new pages
-            holes = np.flatnonzero(~own)
-            self.host.free_pfns(base + holes)
-            freed += len(holes)
+            holes, p = [], a
+            for s, e, pfn in self.page_pfn.runs(a, a + 512):
+                if pfn == base + (s - a):        # the THP's own subpages, still mapped
+                    if s > p:
+                        holes.append((base + p - a, s - p))
+                    p = e
+            if p < a + 512:
+                holes.append((base + p - a, a + 512 - p))
+            self.host.free_runs(holes)
+            n = sum(k for _, k in holes)
+            freed += n
             self._set_chunk(c, SPLIT)
-            self.present -= len(holes)
+            self.present -= n
         self.host.footprint_pages -= freed
         self.deferred.clear()
         return freed > 0
