@@ -8,7 +8,9 @@
  * mapping/prepared flags, content token and pin count, in guest_memfd and in the shared
  * backing; the memory attributes; the state of every page of host memory) is a run map
  * (rmap_t): per 2 MiB chunk one word holding the chunk's single run inline, or a pointer to
- * its sorted list of runs.  Pfn maps are linear (a run holds contiguous pfns), so pages are
+ * its sorted list of runs (a chunk broken into more than RM_DENSE runs keeps one value per
+ * page instead, bounding the cost where memory is fragmented into single pages).  Pfn maps
+ * are linear (a run holds contiguous pfns), so pages are
  * allocated from and freed to the buddy allocator as runs.  A range operation costs per run
  * and per chunk, and memory grows with the runs a workload creates plus 8 bytes per 2 MiB
  * per map.  Per huge folio / pageblock there are small arrays (folio state, pageblock
