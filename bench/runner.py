@@ -132,7 +132,8 @@ def steps_used(steps: np.ndarray, probes: bool) -> list[str]:
     pages, so labels name only what actually ran."""
     from bench.ops import Step, Via
     used = set()
-    for code, via in {(int(c), int(v)) for c, v in zip(steps["code"], steps["via"])}:
+    pairs = np.unique(steps["code"].astype(np.int64) << 8 | steps["via"].astype(np.int64))
+    for code, via in ((int(k) >> 8, int(k) & 0xFF) for k in pairs):
         name = Step(code).name
         if via == Via.GUEST and code in (Step.READ, Step.WRITE):
             name += "/guest"
@@ -142,10 +143,9 @@ def steps_used(steps: np.ndarray, probes: bool) -> list[str]:
     return sorted(used)
 
 
-def recs_ops_probe(wl) -> bool:
-    """Whether the workload's first repetition probes private pages from the host."""
+def ops_probe(ops) -> bool:
+    """Whether an op stream probes private pages from the host."""
     from bench.ops import OpKind
-    ops, _ = build_ops(wl, 0)
     return bool((ops["kind"] == OpKind.SHARED_PROBE).any())
 
 
@@ -333,8 +333,55 @@ def _simulator_pool(backend: str, jobs: int):
     return fork_pool(jobs) if backend == "sim" else None
 
 
+def _strategy_for(wl, sname, cli_options):
+    opts = dict(wl.strategy_options.get(sname, {}))
+    opts.update(cli_options.get(sname, {}))
+    return make_strategy(sname, opts)
+
+
+def _backend_params(wl, params) -> dict:
+    bparams = dict(wl.params)
+    bparams.update(params)
+    bparams["seed"] = wl.seed
+    return bparams
+
+
+def _measured(ops, steps, attribution, out, rep) -> dict:
+    """What the run keeps of one measured repetition: its record (latencies, time
+    accounting) and what the backend reported, without the per-step results."""
+    return {"rec": RepetitionRecord(ops, steps, out["res"], attribution),
+            "out": {k: v for k, v in out.items() if k != "res"},
+            "steps": steps if rep == 0 else None, "n_ops": len(ops),
+            "probes": ops_probe(ops) if rep == 0 else None}
+
+
+# The simulator run's plan, set before the pool's workers are forked, so that they inherit
+# the workloads, parameters and first op streams instead of receiving them through pipes.
+_PLAN: dict = {}
+
+
+def _sim_repetition_job(w: int, rep: int) -> tuple[dict, dict]:
+    """Repetition `rep` of workload `w` of _PLAN, whole, in a pool worker: its op stream
+    (generated here), which direction induced each touch, every strategy compiled, run
+    and measured.  Returns ({strategy: _measured()}, the op stream's phase info)."""
+    p = _PLAN
+    wl, ops0 = p["plans"][w][0], p["first_ops"][w]
+    ops, info = ops0 if rep == 0 else build_ops(wl, rep)
+    attribution = attribute_touches(ops)
+    out = {}
+    for sname in p["strategies"]:
+        strategy = _strategy_for(wl, sname, p["cli_options"])
+        steps = strategy.compile(ops, wl.layout)
+        bparams = _backend_params(wl, p["params"])
+        points = int(bparams.get("series_points", SERIES_POINTS))
+        res = repetition(p["backend"], wl.layout, strategy, bparams, ops, steps, points)
+        out[sname] = _measured(ops, steps, attribution, res, rep)
+    return out, info
+
+
 def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, repetitions,
          seed, cli_options, tmp, jobs=1) -> dict:
+    global _PLAN
     runs, samples = [], {}
     total = 0
     plans = []
@@ -348,10 +395,17 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
     # whole suite (repetitions of a workload have streams of the same length)
     first_ops = [build_ops(wl, 0) for wl, _ in plans]       # reused by repetition 0
     total = sum(len(o[0]) * reps * len(strategies) for o, (wl, reps) in zip(first_ops, plans))
-    pool = _simulator_pool(backend, jobs)
+    _PLAN = {"plans": plans, "first_ops": first_ops, "strategies": strategies,
+             "cli_options": cli_options, "params": params, "backend": backend}
+    try:
+        pool = _simulator_pool(backend, jobs)
+    finally:
+        _PLAN = {}               # the workers have their copy
     with pool or contextlib.nullcontext(), \
             progress(total=total, desc="gmembench", unit="op", enabled=progress_enabled) as bar:
-        for (wl, reps), ops0 in zip(plans, first_ops):
+        def submit(w, wl, reps, ops0):
+            """Run a workload's repetitions, or queue them on the pool; returns what
+            collects them and adds the workload's runs."""
             recs = {s: [] for s in strategies}
             serieses = {s: [] for s in strategies}
             info = {}
@@ -363,18 +417,18 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
             breakdowns = {s: [] for s in strategies}
             pending = []      # parallel simulator repetitions, collected in order
 
-            def finish(rep, sname, strategy, ops, steps, isolate, attribution, out):
-                bar.update(len(ops))
-                res, series = out["res"], out["series"]
-                rec = RepetitionRecord(ops, steps, res, attribution)
+            def finish(rep, sname, isolate, m):
+                out, rec = m["out"], m["rec"]
+                bar.update(m["n_ops"])
                 breakdowns[sname].append(out["breakdown"])
                 rec.wall_s = out["wall_s"]
                 recs[sname].append(rec)
-                serieses[sname].append(series)
+                serieses[sname].append(out["series"])
                 samples[f"{wl.name}/{sname}/rep{rep}"] = rec.latency_ns
                 samples[f"{wl.name}/{sname}/rep{rep}/direction"] = rec.direction
                 if rep == 0:
-                    extras[sname] = {"strategy": strategy, "steps": steps,
+                    extras[sname] = {"strategy": _strategy_for(wl, sname, cli_options),
+                                     "steps": m["steps"], "probes": m["probes"],
                                      **{k: out[k] for k in ("fidelity_steps", "breakdown",
                                                             "metadata")}}
                     extras[sname]["metadata"]["process_per_repetition"] = isolate
@@ -384,43 +438,56 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                               f"run down by {scale} to fit MemAvailable (offsets and sizes "
                               f"divided; see the run's labels)", file=sys.stderr)
 
-            for rep in range(-warmups, reps):
-                ops, info = build_ops(wl, max(rep, 0)) if rep or ops0 is None else ops0
-                ops0 = None
-                # which direction induced each touch: from the op stream, once per stream
-                attribution = attribute_touches(ops) if rep >= 0 else None
+            if pool is not None and not warmups:
+                # the simulator: each repetition whole in a worker
+                for rep in range(reps):
+                    pending.append((rep, pool.submit(_sim_repetition_job, w, rep)))
+            else:
+                for rep in range(-warmups, reps):
+                    ops, info = build_ops(wl, max(rep, 0)) if rep or ops0 is None else ops0
+                    ops0 = None
+                    # which direction induced each touch: from the op stream, once per stream
+                    attribution = attribute_touches(ops) if rep >= 0 else None
+                    for sname in strategies:
+                        strategy = _strategy_for(wl, sname, cli_options)
+                        steps = strategy.compile(ops, wl.layout)
+                        bparams = _backend_params(wl, params)
+                        bar.set_description(f"{wl.name} {sname} " + (
+                            f"rep {rep + 1}/{reps}" if rep >= 0 else "warm-up"))
+                        points = int(bparams.get("series_points", SERIES_POINTS))
+                        args = (backend, wl.layout, strategy, bparams, ops, steps, points)
+                        if rep < 0:
+                            repetition(*args)
+                            continue
+                        # On real hardware each measured repetition runs in a fresh process
+                        # (pyperf's worker model): run-to-run variance lives largely in the
+                        # process (memory placement), and only per-process values show it.
+                        isolate = backend == "host" and bool(bparams.get("process_per_repetition",
+                                                                         True))
+                        out = (repetition_in_worker if isolate else repetition)(*args)
+                        finish(rep, sname, isolate, _measured(ops, steps, attribution, out, rep))
+
+            def complete():
+                nonlocal info
+                for rep, fut in pending:
+                    bar.set_description(f"{wl.name} rep {rep + 1}/{reps}")
+                    by_strategy, info = fut.result()
+                    for sname in strategies:
+                        finish(rep, sname, False, by_strategy[sname])
                 for sname in strategies:
-                    opts = dict(wl.strategy_options.get(sname, {}))
-                    opts.update(cli_options.get(sname, {}))
-                    strategy = make_strategy(sname, opts)
-                    steps = strategy.compile(ops, wl.layout)
-                    bparams = dict(wl.params)
-                    bparams.update(params)
-                    bparams["seed"] = wl.seed
-                    bar.set_description(f"{wl.name} {sname} "
-                                        + (f"rep {rep + 1}/{reps}" if rep >= 0 else "warm-up"))
-                    points = int(bparams.get("series_points", SERIES_POINTS))
-                    if rep < 0:
-                        repetition(backend, wl.layout, strategy, bparams, ops, steps, points)
-                        continue
-                    args = (backend, wl.layout, strategy, bparams, ops, steps, points)
-                    if pool is not None:
-                        pending.append(((rep, sname, strategy, ops, steps, False, attribution),
-                                        pool.submit(repetition, *args)))
-                        continue
-                    # On real hardware each measured repetition runs in a fresh process
-                    # (pyperf's worker model): run-to-run variance lives largely in the
-                    # process (memory placement), and only per-process values show it.
-                    isolate = backend == "host" and bool(bparams.get("process_per_repetition", True))
-                    finish(rep, sname, strategy, ops, steps, isolate, attribution,
-                           (repetition_in_worker if isolate else repetition)(*args))
-            for fin_args, fut in pending:
-                finish(*fin_args, fut.result())
-            for sname in strategies:
-                extras[sname]["breakdown"] = merge_breakdowns(breakdowns[sname])
-                runs.append(_run_entry(wl, sname, backend, recs[sname], serieses[sname],
-                                       extras[sname], prof, quick, info))
-                runs[-1]["warmup_repetitions"] = warmups
+                    extras[sname]["breakdown"] = merge_breakdowns(breakdowns[sname])
+                    runs.append(_run_entry(wl, sname, backend, recs[sname], serieses[sname],
+                                           extras[sname], prof, quick, info))
+                    runs[-1]["warmup_repetitions"] = warmups
+            return complete
+
+        # every workload's repetitions are queued before any is collected, so the pool's
+        # workers do not wait for this process between workloads; without a pool submit()
+        # runs them and complete() only collects
+        completions = [submit(w, wl, reps, ops0)
+                       for w, ((wl, reps), ops0) in enumerate(zip(plans, first_ops))]
+        for complete in completions:
+            complete()
     elapsed = time.time() - t_start
     return {
         "_samples": samples,      # written with results.json, when the run is complete
@@ -477,7 +544,7 @@ def _run_entry(wl, sname, backend, recs, serieses, extra, prof, quick, info) -> 
         "backend": backend,
         "fidelity": "simulated" if backend == "sim" else fidelity_label(extra["fidelity_steps"], extra["steps"]),
         "fidelity_steps": extra["fidelity_steps"],
-        "steps_used": steps_used(extra["steps"], recs_ops_probe(wl)),
+        "steps_used": steps_used(extra["steps"], extra["probes"]),
         "layout": wl.layout.to_dict(), "params": {k: v for k, v in wl.params.items()},
         "seed": wl.seed, "scale": float(meta.get("scale", wl.scale)), "quick": quick,
         "cost_profile": prof.describe() if prof else None,

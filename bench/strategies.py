@@ -156,7 +156,9 @@ class DualBacking(Strategy):
         return 0
 
     def copies(self, layout) -> bool:
-        copy = self.options.get("copy", "auto")
+        # QEMU never copies (kvm_convert_memory discards): copying is an opt-in hypothetical,
+        # "auto" = copy where the platform preserves contents (pKVM-style sharing)
+        copy = self.options.get("copy", False)
         return layout.platform == "preserve" if copy == "auto" else bool(copy)
 
     def discards(self) -> bool:

@@ -12,6 +12,8 @@ and every child it reaped: plot workers included).
 
 --python runs the workers with another interpreter (another installed version of the
 package, e.g. the previous commit's) so two versions can be compared in one sitting.
+With --baseline, every round also compares the two versions' outputs (same seed): a
+speed-up must not change what a run reports (see compare_outputs).
 """
 import argparse
 import json
@@ -88,6 +90,59 @@ PHASES = [
 ]
 
 
+# what may differ between two runs of the same suite: when and where they ran
+_VOLATILE = {"run_id", "created", "elapsed_s", "provenance", "command", "timing", "wall_s",
+             "sim_wall_s", "path", "workload_file"}
+
+
+def _strip(x):
+    if isinstance(x, dict):
+        return {k: _strip(v) for k, v in x.items() if k not in _VOLATILE}
+    if isinstance(x, list):
+        return [_strip(v) for v in x]
+    return x
+
+
+def _text(path: str, doc: dict) -> list:
+    """A text output with what names this run (its id, creation time, install paths and
+    commit) replaced by placeholders."""
+    import re
+    t = open(path).read().replace(doc["run_id"], "<run>").replace(doc["created"], "<created>")
+    t = re.sub(r"/\S*/site-packages/", "<site>/", t)
+    t = re.sub(r"git commit .*", "git commit <commit>", t)
+    return t.splitlines()
+
+
+def compare_outputs(a: str, b: str) -> list:
+    """How two results directories of the same suite and seed differ, beyond when and
+    where they ran: results.json (every value and key order, wall-clock fields and install
+    paths left out), samples.npz (every array), summary.txt and report.md (run id, dates,
+    paths and commit masked), plots/*.png (every pixel).  [] when they do not."""
+    import json
+    from matplotlib.image import imread
+    out = []
+    da, db = (json.load(open(os.path.join(d, "results.json"))) for d in (a, b))
+    if json.dumps(_strip(da)) != json.dumps(_strip(db)):
+        out.append("results.json")
+    sa, sb = (np.load(os.path.join(d, "samples.npz")) for d in (a, b))
+    if sa.files != sb.files or any(not np.array_equal(sa[k], sb[k]) or sa[k].dtype != sb[k].dtype
+                                   for k in sa.files):
+        out.append("samples.npz")
+    for name in ("summary.txt", "report.md"):
+        la, lb = _text(os.path.join(a, name), da), _text(os.path.join(b, name), db)
+        if la != lb:
+            n = sum(x != y for x, y in zip(la, lb)) + abs(len(la) - len(lb))
+            out.append(f"{name} ({n} lines)")
+    pa, pb = (sorted(os.listdir(os.path.join(d, "plots"))) for d in (a, b))
+    if pa != pb:
+        out.append(f"plots: files {sorted(set(pa) ^ set(pb))}")
+    for f in sorted(set(pa) & set(pb)):
+        x, y = imread(os.path.join(a, "plots", f)), imread(os.path.join(b, "plots", f))
+        if x.shape != y.shape or not (x == y).all():
+            out.append(f"plots/{f}")
+    return out
+
+
 def med(xs):
     xs = sorted(x for x in xs if x == x)
     if not xs:
@@ -150,10 +205,14 @@ def main() -> int:
             return 2
     load0 = os.getloadavg()
     rows = {label: [] for label, _ in pythons}
+    differences = []
     with tempfile.TemporaryDirectory(prefix="run_walltime-") as tmp:
         for i in range(a.runs):
             for label, py in pythons:
                 rows[label].append(one_run(py, os.path.join(tmp, f"{label}{i}"), a.run_args, tmp))
+            if a.baseline:
+                differences.append(compare_outputs(os.path.join(tmp, f"baseline{i}"),
+                                                   os.path.join(tmp, f"current{i}")))
     load1 = os.getloadavg()
     print(f"`gmembench run {' '.join(a.run_args)}` (default suite unless arguments say "
           f"otherwise): {a.runs} runs per version, each a fresh process"
@@ -175,6 +234,15 @@ def main() -> int:
                 print(f"  {name:<8} {kind:<4} "
                       f"{np.median([c[kind][name] for c in cur]) / np.median([b[kind][name] for b in base]):.2f}"
                       f"   {med(ratios)}")
+    if a.baseline:
+        same = sum(not d for d in differences)
+        print(f"\noutputs, current vs baseline (same seed; results.json values and key order "
+              f"without wall-clock fields and paths, samples.npz arrays, summary.txt and "
+              f"report.md text with run id/dates/paths/commit masked, every plot pixel): "
+              f"identical in {same} of {len(differences)} rounds")
+        for i, d in enumerate(differences):
+            if d:
+                print(f"  round {i}: differ in {', '.join(d)}")
     rep = np.median([r["wall"]["report"] for r in cur])
     tot = np.median([r["wall"]["process"] for r in cur])
     print(f"\ncurrent: report share of the process wall {100 * rep / tot:.0f}%; goal: process "

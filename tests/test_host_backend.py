@@ -20,6 +20,9 @@ M = 1 << 20
 K4 = 4096
 SIZE = 64 * M
 
+# these tests cover the copy path too: the hypothetical copy is opt-in (QEMU never copies)
+COPY_AUTO = {"copy": "auto"}
+
 
 @pytest.fixture(scope="module")
 def probed():
@@ -70,7 +73,7 @@ def op_aux(steps, res, op, code):
     return int(res["aux"][m][0])
 
 
-@pytest.mark.parametrize("strategy", [InPlace(), DualBacking()], ids=["in-place", "dual"])
+@pytest.mark.parametrize("strategy", [InPlace(), DualBacking(options=COPY_AUTO)], ids=["in-place", "dual"])
 def test_contents_survive_round_trip_and_private_faults(probed, strategy):
     t, lay = target(probed, strategy)
     try:
@@ -126,7 +129,7 @@ def test_in_place_shared_range_is_host_accessible(probed):
 
 @pytest.mark.parametrize("backing", ["memfd", "anon"])
 def test_dual_punch_and_discard_free_memory_read_from_kernel(probed, backing):
-    s = DualBacking()
+    s = DualBacking(options=COPY_AUTO)
     t, lay = target(probed, s, shared_backing=backing)
     try:
         snap0 = t.snapshot()
@@ -164,7 +167,7 @@ def test_in_place_to_private_zaps_but_keeps_memory(probed):
 
 
 def test_abort_on_fail_skips_rest_of_op(probed):
-    s = DualBacking()
+    s = DualBacking(options=COPY_AUTO)
     t, lay = target(probed, s)
     try:
         steps, res = run(t, s, lay, (OpKind.TO_SHARED, 100, K4, 0),   # unaligned: EINVAL
@@ -225,7 +228,7 @@ def test_platform_content_effect(probed, platform, expect_bad):
 def test_thp_shared_backing_split_counted_and_setting_restored(probed, backing):
     from bench.host.sysfs import THP_SHMEM_ENABLED, read_setting
     before = read_setting(THP_SHMEM_ENABLED)
-    s = DualBacking()
+    s = DualBacking(options=COPY_AUTO)
     t, lay = target(probed, s, shared_backing=backing, shared_page="thp", size=16 * M)
     try:
         run(t, s, lay, (OpKind.SHARED_WRITE, 0, 4 * M, 1))
@@ -252,7 +255,7 @@ def test_hugetlb_pool_set_and_restored(probed, backing):
     from bench.host.sysfs import read_setting
     pool = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
     before = read_setting(pool)
-    s = DualBacking()
+    s = DualBacking(options=COPY_AUTO)
     t, lay = target(probed, s, shared_backing=backing, shared_page="hugetlb", size=8 * M)
     try:
         steps, res = run(t, s, lay, (OpKind.SHARED_WRITE, 0, 4 * M, 2),
@@ -308,7 +311,7 @@ def test_harness_overhead_reported(probed):
 
 def test_same_fds_for_both_strategies(probed):
     """Trap 3: both strategies hold a VM fd with bound memslots."""
-    for s in (InPlace(), DualBacking()):
+    for s in (InPlace(), DualBacking(options=COPY_AUTO)):
         t, _ = target(probed, s)
         try:
             links = [os.readlink(f"/proc/self/fd/{fd}") for fd in t._fds]
@@ -328,7 +331,7 @@ def test_failed_setup_restores_settings_and_closes_fds(probed, monkeypatch):
         raise OSError(errno.EEXIST, "memslot refused (test)")
     monkeypatch.setattr(kvm, "kvm_set_user_memory_region2", refuse)
     with pytest.raises(OSError, match="memslot refused"):
-        target(probed, DualBacking(), shared_backing="memfd", shared_page="thp", size=8 * M)
+        target(probed, DualBacking(options=COPY_AUTO), shared_backing="memfd", shared_page="thp", size=8 * M)
     assert read_setting(THP_SHMEM_ENABLED) == before
     assert set(os.listdir("/proc/self/fd")) <= fds_before
 
@@ -386,7 +389,7 @@ def test_failed_conversion_skips_its_later_steps_across_mapping_points(probed):
         t.close()
 
 
-@pytest.mark.parametrize("strategy", [InPlace(), DualBacking()], ids=["in-place", "dual"])
+@pytest.mark.parametrize("strategy", [InPlace(), DualBacking(options=COPY_AUTO)], ids=["in-place", "dual"])
 def test_injected_slowdown_is_a_measured_delay_and_is_labelled(probed, strategy):
     """The gate-testing hook: slowdown=2 busy-waits inside each timed conversion step for
     as long again as the step took, so the measured time roughly doubles; the run says so
@@ -415,7 +418,7 @@ def test_injected_slowdown_is_a_measured_delay_and_is_labelled(probed, strategy)
         target(probed, strategy, params={"slowdown": 0.5})
 
 
-@pytest.mark.parametrize("strategy", [InPlace(), DualBacking()], ids=["in-place", "dual"])
+@pytest.mark.parametrize("strategy", [InPlace(), DualBacking(options=COPY_AUTO)], ids=["in-place", "dual"])
 def test_slowdown_direction_delays_only_that_direction(probed, strategy):
     """slowdown_direction=to_private: to-private conversions take about twice as long with
     slowdown=2, to-shared ones stay as they were; recorded in the metadata; a bad value is

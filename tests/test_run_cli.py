@@ -40,8 +40,11 @@ def run(tmp_path, *args) -> int:
     return main(["run", "--no-progress", "--no-report", *args])
 
 
+COPY = '\n[strategy.dual]\ncopy = "auto"   # the hypothetical copy, opt-in\n'
+
+
 def test_run_writes_results_with_the_promised_metrics(tmp_path, capsys):
-    wl = write_workload(tmp_path)
+    wl = write_workload(tmp_path, extra=COPY)
     out = tmp_path / "r"
     assert run(tmp_path, "-w", str(wl), "--out", str(out)) == 0
     doc = load_results(out)
@@ -149,8 +152,15 @@ def test_unknown_workload_is_exit_2(tmp_path, capsys):
     _fails_cleanly(tmp_path, capsys, ["-w", "no-such-workload"], "no-such-workload")
 
 
+def test_dual_does_not_copy_unless_asked(tmp_path):
+    out = tmp_path / "r"
+    assert run(tmp_path, "-w", str(write_workload(tmp_path)), "--out", str(out), "-r", "1",
+               "-s", "dual") == 0
+    assert load_results(out)["runs"][0]["metrics"]["bytes_copied"] == 0   # QEMU never copies
+
+
 def test_explain_lists_primitives(tmp_path, capsys):
-    wl = write_workload(tmp_path)
+    wl = write_workload(tmp_path, extra=COPY)
     assert run(tmp_path, "-w", str(wl), "--out", str(tmp_path / "x"), "--explain",
                "-s", "dual", "-r", "1") == 0
     out = capsys.readouterr().out

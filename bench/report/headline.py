@@ -64,7 +64,7 @@ def top_primitives(a: dict, b: dict, n: int = 3) -> list[tuple[str, float]]:
     ra, rb = max(1, int(a.get("repetitions") or 1)), max(1, int(b.get("repetitions") or 1))
     ba, bb = a.get("breakdown") or {}, b.get("breakdown") or {}
     diffs = [(k, (bb.get(k, {}).get("ns", 0) / rb) - (ba.get(k, {}).get("ns", 0) / ra))
-             for k in set(ba) | set(bb)]
+             for k in dict.fromkeys([*ba, *bb])]     # not a set: ties keep one order
     diffs = [d for d in diffs if d[1] != 0]
     diffs.sort(key=lambda kv: -abs(kv[1]))
     return diffs[:n]
@@ -140,7 +140,11 @@ PRIMITIVE_UNITS = {
     "fw_tdx_to_shared": "4K pages",
     "tdx_block": "leaves",
     "tdx_track": "leaves",
-    "vcpu_kick": "vCPU kicks",
+    "vcpu_kick": "multicast kicks",
+    "vcpu_kick_per_vcpu": "vCPUs kicked",
+    "fw_tdx_to_private_2m": "2M accepts",
+    "folio_split": "folios",
+    "folio_merge": "folios",
     "tdx_demote": "huge mappings",
     "refault_gmem": "4K pages",
     "stage2_zap_huge": "huge mappings",

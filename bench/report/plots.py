@@ -51,7 +51,8 @@ def _save(fig, path: Path) -> Path:
     from bench.results import atomic_write_bytes
     import io
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    # zlib level 3 instead of 6: the same pixels, files ~10% larger, encoding ~40% faster
+    fig.savefig(buf, format="png", dpi=DPI, pil_kwargs={"compress_level": 3})
     atomic_write_bytes(path, buf.getvalue())
     return path
 
@@ -160,6 +161,11 @@ def plot_latency_cdf(workload: str, runs: list[dict], samples: dict, path: Path,
         for i, (r, a) in enumerate(data[d]):
             lat = np.maximum(np.sort(a).astype(float), 1.0) / div   # log axis: 0 ns -> 1 ns
             y = np.arange(1, len(lat) + 1) / len(lat) * 100
+            # the same steps from the first point and the last of each run of equal values
+            # (latencies repeat: 500k samples are often a few dozen values)
+            keep = np.flatnonzero(np.diff(lat, append=np.inf))
+            keep = np.concatenate(([0], keep)) if len(keep) and keep[0] else keep
+            lat, y = lat[keep], y[keep]
             p50, p99 = np.percentile(a, 50), np.percentile(a, 99)
             ax.step(lat, y, where="post", color=colour(r["strategy"], i),
                     linestyle=STYLES.get(r["strategy"], "-."), linewidth=2,

@@ -86,7 +86,7 @@ class SimTarget:
         try:
             for m in layout.memslots:
                 g = GuestMemfd(self.host, self.vm, m.size, flags, order, layout.platform, promote,
-                               huge_mode(strategy))
+                               huge_mode(strategy), layout.tdx_private_2m)
                 # the VM's attribute xarray starts empty (shared); start-up marks it private
                 self.vm.add_slot(g, initial if in_place else SHARED)
                 if not in_place:

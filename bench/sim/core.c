@@ -80,6 +80,7 @@
 #define FB_HOST_PMD 1
 #define FB_S2_HUGE 2
 #define FB_DEMOTED 4
+#define FB_ACC2M 64    /* transient: accepted at 2M by this access (TDX huge-page series) */
 #define MAX_PROCS 4    /* bench.ops.MAX_HOST_PROCS */
 #define PF_HOST_ALL (1 | 4 | 8 | 16)
 #define FB_PMD_ALL (1 | 8 | 16 | 32)
@@ -98,7 +99,7 @@ enum {
     K_FW_SNP_TO_PRIVATE, K_FW_SNP_TO_SHARED, K_FW_TDX_TO_PRIVATE, K_FW_TDX_TO_SHARED,
     K_TDX_BLOCK, K_TDX_TRACK, K_TDX_DEMOTE,
     K_FOLIO_MERGE, K_HUGETLB_VMEMMAP_RESTORE, K_HUGETLB_VMEMMAP_OPTIMIZE,
-    K_MADVISE_DONTNEED_UNMAPPED,
+    K_MADVISE_DONTNEED_UNMAPPED, K_FW_TDX_TO_PRIVATE_2M, K_VCPU_KICK_PER_VCPU,
     NKEYS
 };
 static const char *const key_names[NKEYS] = {
@@ -113,7 +114,7 @@ static const char *const key_names[NKEYS] = {
     "fw_snp_to_private", "fw_snp_to_shared", "fw_tdx_to_private", "fw_tdx_to_shared",
     "tdx_block", "tdx_track", "tdx_demote",
     "folio_merge", "hugetlb_vmemmap_restore", "hugetlb_vmemmap_optimize",
-    "madvise_dontneed_unmapped",
+    "madvise_dontneed_unmapped", "fw_tdx_to_private_2m", "vcpu_kick_per_vcpu",
 };
 
 typedef struct __attribute__((packed)) {
@@ -244,6 +245,7 @@ struct core {
     int64_t npool[2], cap_pool[2];
     int vm_type, in_place;
     int plat, vcpus;        /* cost platform (PLAT_*), vCPUs kicked by a flush */
+    int tdx_private_2m;     /* TDX huge-page series: 2M private leaves where accepted at 2M */
     slot_t *slots;
     int nslots;
     int *shrinkers;         /* slot indices with an anon THP backing, in creation order */
@@ -1412,7 +1414,7 @@ static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f)        /* _split_f
     g->fbits[f] |= FB_DEMOTED;            /* its mappings can only be 4K now */
     c->huge_pages -= fp;
     c->folio_splits++;
-    led_op(c, K_FOLIO_SPLIT, 1);
+    led_op(c, K_FOLIO_SPLIT, fp);          /* O(pages): every 4K folio re-inserted */
     led_op(c, K_HUGETLB_VMEMMAP_RESTORE, fp);
 }
 
@@ -1423,7 +1425,7 @@ static void gmem_merge_folio(core_t *c, gmem_t *g, int64_t f)        /* _merge_f
     gmem_set_fstate(c, g, f, INTACT);
     c->huge_pages += fp;
     c->folio_merges++;
-    led_op(c, K_FOLIO_MERGE, 1);
+    led_op(c, K_FOLIO_MERGE, fp);          /* O(pages): every 4K folio removed */
     led_op(c, K_HUGETLB_VMEMMAP_OPTIMIZE, fp);
 }
 
@@ -1481,23 +1483,29 @@ static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int c
     return n;
 }
 
+static void vm_kick_vcpus(core_t *c, int64_t n)                   /* VM.kick_vcpus */
+{
+    led_each(c, K_VCPU_KICK, n);                        /* one multicast IPI with wait */
+    led_each(c, K_VCPU_KICK_PER_VCPU, n * c->vcpus);
+}
+
 static void vm_flush_tlbs(core_t *c)                               /* VM.flush_tlbs */
 {
     led_op(c, K_TLB_FLUSH, 1);
-    led_each(c, K_VCPU_KICK, c->vcpus);
+    vm_kick_vcpus(c, 1);
 }
 
 static void vm_tdx_track(core_t *c)                                /* VM.tdx_track */
 {
     led_op(c, K_TDX_TRACK, 1);
-    led_each(c, K_VCPU_KICK, c->vcpus);
+    vm_kick_vcpus(c, 1);
 }
 
 static void tdx_remove(core_t *c, int64_t leaves, int64_t pages)   /* _tdx_remove */
 {
     led_each(c, K_TDX_BLOCK, leaves);
     led_each(c, K_TDX_TRACK, leaves);
-    led_each(c, K_VCPU_KICK, leaves * c->vcpus);
+    vm_kick_vcpus(c, leaves);
     led_each(c, K_FW_TDX_TO_SHARED, pages);
 }
 
@@ -1542,6 +1550,17 @@ static void gmem_zap_stage2(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int pr
 
 static void gmem_prepare(core_t *c, gmem_t *g, int64_t p0, int64_t p1)   /* _prepare */
 {
+    if (c->tdx_private_2m && c->plat == PLAT_TDX && g->order == 9) {
+        int64_t fp = g->fpages;    /* whole intact folios none of whose pages is accepted */
+        for (int64_t f = (p0 + fp - 1) / fp; (f + 1) * fp <= p1; f++) {
+            if (g->fstate[f] != INTACT || (g->fbits[f] & FB_S2_HUGE)) continue;
+            if ((g->fbits[f] & FB_DEMOTED) && !g->promote) continue;
+            if (rm_any_bit(&g->pflags, f * fp, (f + 1) * fp, PF_PREP)) continue;
+            rm_set_bit(&g->pflags, f * fp, (f + 1) * fp, PF_PREP);
+            led_op(c, K_FW_TDX_TO_PRIVATE_2M, 1);
+            g->fbits[f] |= FB_ACC2M;
+        }
+    }
     int64_t n = rm_set_bit(&g->pflags, p0, p1, PF_PREP);
     if (n && c->plat != PLAT_SW)
         led_each(c, c->plat == PLAT_TDX ? K_FW_TDX_TO_PRIVATE : K_FW_SNP_TO_PRIVATE, n);
@@ -1587,9 +1606,13 @@ static void gmem_map(core_t *c, gmem_t *g, const attrs_t *view, int64_t p0, int6
         uint8_t pmd = guest ? FB_S2_HUGE : fb_pmd(proc);
         int o = g->order;
         int64_t fp = g->fpages, f0 = p0 >> o, f1 = ((p1 - 1) >> o) + 1;
+        int tdx_private = guest && state == PRIVATE && c->plat == PLAT_TDX;
         for (int64_t f = f0; f < f1; f++) {
+            int acc2m = g->fbits[f] & FB_ACC2M;
+            g->fbits[f] &= ~FB_ACC2M;
             if (g->fstate[f] != INTACT) continue;
             if (g->fbits[f] & pmd) continue;
+            if (tdx_private && !acc2m) continue;      /* upstream TDX: 4K private leaves */
             if ((g->fbits[f] & FB_DEMOTED) && !g->promote) continue;
             if (!attrs_is_uniform(view, f * fp, (f + 1) * fp, state)) continue;
             gmem_set_fbits(c, g, f, g->fbits[f] | pmd);
@@ -2192,6 +2215,7 @@ void core_set_vm(core_t *c, int vm_type, int in_place)
 }
 
 void core_set_vcpus(core_t *c, int vcpus) { c->vcpus = vcpus; }
+void core_set_tdx_private_2m(core_t *c, int on) { c->tdx_private_2m = on; }
 
 void core_start_up(core_t *c, int initial)                     /* SimTarget._start_up */
 {

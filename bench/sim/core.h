@@ -51,6 +51,7 @@ void core_free(core_t *c);
 int64_t core_prefragment(core_t *c, const int64_t *chosen, const int64_t *offsets, int64_t k);
 void core_set_vm(core_t *c, int vm_type, int in_place);
 void core_set_vcpus(core_t *c, int vcpus);
+void core_set_tdx_private_2m(core_t *c, int on);
 /* the VMM's start-up before the guest runs (initial: the attributes the guest starts with) */
 void core_start_up(core_t *c, int initial);
 int core_accept(core_t *c);

@@ -98,6 +98,7 @@ class CoreTarget:
         self.vm_type = PLATFORM_VM_TYPE[layout.platform]
         lib.core_set_vm(self._c, self.vm_type, int(in_place))
         lib.core_set_vcpus(self._c, int(layout.vcpus))
+        lib.core_set_tdx_private_2m(self._c, int(layout.tdx_private_2m))
         flags = strategy.gmem_flags(layout)
         self.promote = bool(strategy.options.get("promote", layout.platform != "zero"))
         initial = 0 if layout.init_shared else _PRIVATE

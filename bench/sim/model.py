@@ -196,15 +196,22 @@ class VM:
         elif self.plat == "sw":
             led.each("hyp_share_sw", pages)
 
+    def kick_vcpus(self, n: int = 1) -> None:
+        """n kicks of the VM's vCPUs (kvm_make_vcpus_request_mask -> kvm_kick_many_cpus):
+        each one multicast IPI with wait (smp_call_function_many) to the vCPUs in guest
+        mode - a fixed part plus a small part per vCPU (all counted as running)."""
+        self.ledger.each("vcpu_kick", n)
+        self.ledger.each("vcpu_kick_per_vcpu", n * self.vcpus)
+
     def flush_tlbs(self) -> None:
-        """kvm_flush_remote_tlbs() after a zap: a request plus an IPI / kick per vCPU."""
+        """kvm_flush_remote_tlbs() after a zap: a request plus one multicast kick."""
         self.ledger.op("tlb_flush")
-        self.ledger.each("vcpu_kick", self.vcpus)
+        self.kick_vcpus()
 
     def tdx_track(self) -> None:
-        """tdx_track(): TDH.MEM.TRACK and a kick of every vCPU out of the TD."""
+        """tdx_track(): TDH.MEM.TRACK and one multicast kick of the vCPUs out of the TD."""
         self.ledger.op("tdx_track")
-        self.ledger.each("vcpu_kick", self.vcpus)
+        self.kick_vcpus()
 
     @property
     def has_private_mem(self) -> bool:
@@ -251,7 +258,8 @@ class GuestMemfd:
     """One guest_memfd file."""
 
     def __init__(self, host: Host, vm: VM, size: int, flags: int, folio_order: int,
-                 platform: str, promote: bool = True, huge: str = "split"):
+                 platform: str, promote: bool = True, huge: str = "split",
+                 tdx_private_2m: bool = False):
         self.host, self.vm, self.ledger = host, vm, host.ledger
         self.size = size
         self.flags = flags
@@ -260,6 +268,9 @@ class GuestMemfd:
         self.fpages = 1 << folio_order
         self.platform = platform
         self.promote = promote           # map huge again once a folio is uniform
+        # TDX private leaves: 4K only upstream (tdx_sept_set_private_spte rejects other
+        # levels); the TDX huge-page series maps 2M where the guest accepts a whole 2M folio
+        self.tdx_private_2m = tdx_private_2m and folio_order == 9
         # in-place with huge folios, as the HugeTLB guest_memfd series does it: a folio with
         # any shared page is split into 4K folios, merged back once all private ("split");
         # or only its mappings are demoted, the folio stays whole ("demote")
@@ -384,7 +395,8 @@ class GuestMemfd:
         self.demoted[f] = True       # its mappings can only be 4K now
         self.host.huge_pages -= fp
         self.host.folio_splits += 1
-        self.ledger.op("folio_split")
+        # O(pages): every 4K folio goes back into the page cache (__kvm_gmem_filemap_add_folio)
+        self.ledger.op("folio_split", fp)
         self.ledger.op("hugetlb_vmemmap_restore", fp)
 
     def _merge_folio(self, f: int) -> None:
@@ -396,7 +408,8 @@ class GuestMemfd:
         self._set_folio_state(f, INTACT)
         self.host.huge_pages += fp
         self.host.folio_merges += 1
-        self.ledger.op("folio_merge")
+        # O(pages): every 4K folio leaves the page cache (filemap_remove_folio_for_restructuring)
+        self.ledger.op("folio_merge", fp)
         self.ledger.op("hugetlb_vmemmap_optimize", fp)
 
     # ---- mappings ---------------------------------------------------------------------
@@ -486,23 +499,42 @@ class GuestMemfd:
         led = self.ledger
         led.each("tdx_block", leaves)
         led.each("tdx_track", leaves)
-        led.each("vcpu_kick", leaves * self.vm.vcpus)
+        self.vm.kick_vcpus(leaves)
         led.each("fw_tdx_to_shared", pages)
 
-    def _prepare(self, p0: int, p1: int) -> None:
+    def _prepare(self, p0: int, p1: int) -> set:
         """The guest faults private pages in: the platform's step for each page not yet
         prepared (kvm_gmem_prepare_folio -> SNP sev_gmem_prepare, RMPUPDATE to private;
-        TDX tdx_sept_set_private_spte, TDH.MEM.PAGE.AUG, and the guest's accept)."""
+        TDX tdx_sept_set_private_spte, TDH.MEM.PAGE.AUG, and the guest's accept).  With the
+        TDX huge-page series (tdx_private_2m), a whole intact 2M folio none of whose pages is
+        accepted yet is added and accepted at 2M (one AUG + accept of 2M); returns those
+        folios, the only private ones _map may map huge on TDX."""
+        acc2m = set()
+        if self.tdx_private_2m and self.vm.plat == "tdx":
+            fp = self.fpages
+            for f in range(-(-p0 // fp), p1 // fp):
+                if self.folio_state[f] != INTACT or self.s2_huge[f]:
+                    continue
+                if self.demoted[f] and not self.promote:
+                    continue
+                if self.prepared.count_nonzero(f * fp, (f + 1) * fp):
+                    continue
+                self.prepared.set(f * fp, (f + 1) * fp, 1)
+                self.ledger.op("fw_tdx_to_private_2m")
+                acc2m.add(f)
         n = (p1 - p0) - self.prepared.count_nonzero(p0, p1)
         if n:
             self.prepared.set(p0, p1, 1)
             if self.vm.plat != "sw":
                 self.ledger.each(f"fw_{self.vm.plat}_to_private", n)
+        return acc2m
 
     def _map(self, p0: int, p1: int, guest: bool, proc: int, state: int,
-             fresh: list[tuple[int, int]] | None = None) -> None:
+             fresh: list[tuple[int, int]] | None = None, acc2m: set = frozenset()) -> None:
         """Map [p0, p1) for the host process `proc` or the guest: huge where the folio is
-        intact and uniform (and, after a demotion, only if promotion is allowed)."""
+        intact and uniform (and, after a demotion, only if promotion is allowed).  TDX
+        private memory: huge only for the folios the guest accepted at 2M (acc2m)."""
+        tdx_private = guest and state == PRIVATE and self.vm.plat == "tdx"
         bit = 1 << proc
         if self.order:
             ptes, pmds = (self.s2_map, self.s2_huge) if guest else (self.host_map, self.host_pmd)
@@ -512,6 +544,8 @@ class GuestMemfd:
             for k in np.flatnonzero(st == INTACT):
                 f = f0 + int(k)
                 if pmds[f] & bit:
+                    continue
+                if tdx_private and f not in acc2m:
                     continue
                 if self.demoted[f] and not self.promote:
                     continue
@@ -718,11 +752,10 @@ class GuestMemfd:
         # only pages that were already allocated pay a refault when mapped again
         fresh = None if guest else self.absent_runs(p0, p1)
         self.populate(p0, p1)
-        if guest and want == PRIVATE:
-            self._prepare(p0, p1)
+        acc2m = self._prepare(p0, p1) if guest and want == PRIVATE else frozenset()
         # in-place: a shared page is mapped in stage 2 like a private one, from the same
         # guest_memfd folio (kvm_gmem_get_pfn serves both states)
-        self._map(p0, p1, guest, 0 if guest else proc, want, fresh)
+        self._map(p0, p1, guest, 0 if guest else proc, want, fresh, acc2m)
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
     # ---- snapshot measures ---------------------------------------------------------------
