@@ -252,3 +252,23 @@ def test_folio_split_and_merge_cost_grows_with_the_folios_pages():
     assert b["folio_merge"]["ns"] == round(prof.cost("folio_merge", 512))
     # a 1G folio (262,144 pages) costs far more than a 2M one
     assert prof.cost("folio_split", 1 << 18) > 100 * prof.cost("folio_split", 512)
+
+
+def test_tdx_map_gpa_chunks_of_one_request_pay_one_td_exit():
+    """KVM hands a TDX MapGPA to userspace in 2 MiB chunks and issues the next one without
+    re-entering the TD (tdx_complete_vmcall_map_gpa): consecutive contiguous chunks after a
+    full 2 MiB one are one guest request - one TD exit, an exit to userspace per chunk."""
+    chunks = [(OpKind.TO_SHARED, i * M2, M2) for i in range(3)]
+    for strategy in ("in-place", "dual"):
+        n = counts(run(strategy, ops_of(*chunks))[0])
+        assert n["exit_request_tdx"] == 1 and n["exit_to_userspace"] == 3
+        # a guest touch in between: a new request
+        n = counts(run(strategy, ops_of(chunks[0], (OpKind.PRIVATE_WRITE, 3 * M2, K4),
+                                        *chunks[1:]))[0])
+        assert n["exit_request_tdx"] == 2
+        # a short chunk ends the request; SNP requests are not chunked by KVM
+        n = counts(run(strategy, ops_of((OpKind.TO_SHARED, 0, M2 - K4),
+                                        (OpKind.TO_SHARED, M2 - K4, M2)))[0])
+        assert n["exit_request_tdx"] == 2
+        n = counts(run(strategy, ops_of(*chunks), platform="destroy")[0])
+        assert n["exit_request_snp"] == 3

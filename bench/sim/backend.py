@@ -20,6 +20,7 @@ from bench.sim.model import (GuestMemfd, Host, Ledger, PLATFORM_VM_TYPE, SHARED,
 
 GiB = 1 << 30
 ORDER_OF = {PAGE_SIZE: 0, 2 << 20: 9, 1 << 30: 18}
+TDX_MAP_GPA_MAX_LEN = 2 << 20   # KVM hands a TDX MapGPA to userspace in 2 MiB chunks
 STEP_NS_MAX = 1e12      # a step's charge saturates here (the profile's bound on one value)
 
 
@@ -105,6 +106,7 @@ class SimTarget:
         self._proc = 0             # host process of the step being executed
         self.saturated = 0               # steps whose charge was cut at STEP_NS_MAX
         self._arrivals, self._last_op = [], -1
+        self._conv = None          # the last conversion request: (op, slot, attrs, end, size)
         self._dispatch = {
             Step.NOP: lambda *a: (0, 0),
             Step.GMEM_SET_ATTRS: self._set_attrs2,
@@ -237,6 +239,7 @@ class SimTarget:
         """Arrival time of every op (ns, -1 = untimed) of the steps executed from now on."""
         self._arrivals = np.asarray(t_ns, dtype=np.int64).tolist()
         self._last_op = -1
+        self._conv = None
 
     def execute(self, steps: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
@@ -264,8 +267,14 @@ class SimTarget:
             ledger.step_ns = 0.0
             try:
                 if code in (Step.GMEM_SET_ATTRS, Step.VM_SET_ATTRS) and flags & STEP_CONVERSION:
-                    # the guest's request reaches the VMM the same way in both strategies
-                    self.vm.conversion_request(size >> 12)
+                    # the guest's request reaches the VMM the same way in both strategies;
+                    # a TDX MapGPA chunk right after a full 2 MiB chunk of the same request
+                    # continues it (tdx_complete_vmcall_map_gpa): no new TD exit
+                    prev = self._conv
+                    cont = (prev is not None and self.vm.plat == "tdx" and op == prev[0] + 1
+                            and (slot, arg, off) == prev[1:4] and prev[4] == TDX_MAP_GPA_MAX_LEN)
+                    self._conv = (op, slot, arg, off + size, size)
+                    self.vm.conversion_request(size >> 12, cont)
                 st, ax = dispatch[code](slot, obj, via, off, size, arg)
             except OutOfMemory:
                 st, ax = errno.ENOMEM, 0

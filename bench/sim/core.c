@@ -39,6 +39,7 @@
 #define PRIVATE 8
 #define SHARED_ATTR 0
 #define CHUNK_SHIFT 9
+#define TDX_MAP_GPA_MAX_LEN (2u << 20)    /* KVM hands a MapGPA to userspace in 2 MiB chunks */
 #define CHUNK (1 << CHUNK_SHIFT)
 #define GMEM_FLAG_MMAP 1
 
@@ -246,6 +247,8 @@ struct core {
     int vm_type, in_place;
     int plat, vcpus;        /* cost platform (PLAT_*), vCPUs kicked by a flush */
     int tdx_private_2m;     /* TDX huge-page series: 2M private leaves where accepted at 2M */
+    int64_t conv_op;        /* the last conversion request: op, slot, attributes, end, size */
+    uint64_t conv_slot, conv_arg, conv_end, conv_size;
     slot_t *slots;
     int nslots;
     int *shrinkers;         /* slot indices with an anon THP backing, in creation order */
@@ -2139,10 +2142,11 @@ static int vm_set_attrs(core_t *c, slot_t *s, uint64_t offset, uint64_t size, ui
     return 0;
 }
 
-static void vm_conversion_request(core_t *c, int64_t pages)   /* VM.conversion_request */
+static void vm_conversion_request(core_t *c, int64_t pages, int continues)   /* VM.conversion_request */
 {
-    led_op(c, c->plat == PLAT_TDX ? K_EXIT_REQUEST_TDX
-              : c->plat == PLAT_SNP ? K_EXIT_REQUEST_SNP : K_EXIT_REQUEST_SW, 1);
+    if (!continues)
+        led_op(c, c->plat == PLAT_TDX ? K_EXIT_REQUEST_TDX
+                  : c->plat == PLAT_SNP ? K_EXIT_REQUEST_SNP : K_EXIT_REQUEST_SW, 1);
     led_op(c, K_EXIT_TO_USERSPACE, 1);
     led_op(c, K_VMM_DISPATCH, 1);
     if (c->plat == PLAT_SNP) led_each(c, K_GUEST_PVALIDATE_SNP, pages);
@@ -2162,6 +2166,7 @@ core_t *core_new(int64_t total_pages, const double *fixed, const double *per_pag
     memcpy(c->per_page, per_page, sizeof(c->per_page));
     for (int k = 0; k < NKEYS; k++) c->lfirst[k] = -1;
     c->last_op = -1;
+    c->conv_op = -2;
     c->vcpus = 1;
     buddy_init(&c->b, total_pages);
     c->vm_type = 1;
@@ -2395,8 +2400,19 @@ int core_execute(core_t *c, const void *steps_v, int64_t n, void *results_v)
         int64_t p1 = end > (unsigned __int128)INT64_MAX ? INT64_MAX : (int64_t)end;
         if (!range_ok(c, i, &st, s, p0, p1)) return -1;
         c->step_ns = 0.0;
-        if ((st.code == 1 || st.code == 2) && (st.flags & 1))   /* STEP_CONVERSION */
-            vm_conversion_request(c, (int64_t)(st.size >> PAGE_SHIFT));
+        if ((st.code == 1 || st.code == 2) && (st.flags & 1)) {  /* STEP_CONVERSION */
+            /* SimTarget.execute: a TDX MapGPA chunk right after a full 2 MiB chunk of the
+             * same request continues it (tdx_complete_vmcall_map_gpa): no new TD exit */
+            int cont = c->plat == PLAT_TDX && (int64_t)st.op == c->conv_op + 1
+                       && st.slot == c->conv_slot && st.arg == c->conv_arg
+                       && st.offset == c->conv_end && c->conv_size == TDX_MAP_GPA_MAX_LEN;
+            c->conv_op = st.op;
+            c->conv_slot = st.slot;
+            c->conv_arg = st.arg;
+            c->conv_end = st.offset + st.size;
+            c->conv_size = st.size;
+            vm_conversion_request(c, (int64_t)(st.size >> PAGE_SHIFT), cont);
+        }
         volatile int status = 0;
         int64_t aux = 0;
         c->in_step = 1;
@@ -2513,6 +2529,7 @@ void core_set_arrivals(core_t *c, const int64_t *t_ns, int64_t n)
     c->arrival = t_ns;
     c->narrival = n;
     c->last_op = -1;
+    c->conv_op = -2;
 }
 
 int64_t core_saturated(core_t *c) { return c->saturated; }

@@ -180,15 +180,18 @@ class VM:
         self.slot_gmem: list["GuestMemfd"] = []
         self.slot_shared: dict[int, "SharedBacking"] = {}    # dual: the slot's shared memory
 
-    def conversion_request(self, pages: int) -> None:
+    def conversion_request(self, pages: int, continues: bool = False) -> None:
         """What one guest conversion request costs before the VMM's ioctl, in both
         strategies: the guest's exit (TDX TDG.VP.VMCALL<MapGPA> / SNP page-state-change
         VMGEXIT / KVM_HC_MAP_GPA_RANGE or an implicit memory fault), KVM's exit to userspace
         (KVM_EXIT_HYPERCALL / KVM_EXIT_MEMORY_FAULT) and re-entry, QEMU's dispatch in
         kvm_convert_memory() under the BQL; and the guest's own per-page step where the
-        platform has one at request time (SNP PVALIDATE; pKVM share/unshare)."""
+        platform has one at request time (SNP PVALIDATE; pKVM share/unshare).  `continues`:
+        a further chunk of the same guest request (TDX: tdx_complete_vmcall_map_gpa hands
+        the next 2 MiB to userspace without re-entering the TD), so no new guest exit."""
         led = self.ledger
-        led.op(f"exit_request_{self.plat}")
+        if not continues:
+            led.op(f"exit_request_{self.plat}")
         led.op("exit_to_userspace")
         led.op("vmm_dispatch")
         if self.plat == "snp":
