@@ -8,7 +8,9 @@
  * mapping/prepared flags, content token and pin count, in guest_memfd and in the shared
  * backing; the memory attributes; the state of every page of host memory) is a run map
  * (rmap_t): per 2 MiB chunk one word holding the chunk's single run inline, or a pointer to
- * its sorted list of runs.  Pfn maps are linear (a run holds contiguous pfns), so pages are
+ * its sorted list of runs (a chunk broken into more than RM_DENSE runs keeps one value per
+ * page instead, bounding the cost where memory is fragmented into single pages).  Pfn maps
+ * are linear (a run holds contiguous pfns), so pages are
  * allocated from and freed to the buddy allocator as runs.  A range operation costs per run
  * and per chunk, and memory grows with the runs a workload creates plus 8 bytes per 2 MiB
  * per map.  Per huge folio / pageblock there are small arrays (folio state, pageblock
@@ -155,6 +157,10 @@ typedef struct {            /* hash: pfn -> head entry (open addressing, linear 
 #define RM_CHUNK 512
 typedef struct { uint16_t start; uint16_t pad_; uint32_t v; } run_t;
 typedef struct { int32_t n, cap; run_t r[]; } rlist_t;
+/* a chunk that has more than RM_DENSE runs keeps one value per page instead (n == -1), so
+ * that a chunk broken into many small runs costs what a per-page array costs, not more */
+#define RM_DENSE 16
+typedef struct { int32_t n, cap; uint32_t v[RM_CHUNK]; } rdense_t;
 typedef struct {
     int64_t npages, nchunks;
     int linear;
@@ -362,6 +368,18 @@ static int64_t rm_seg(const rmap_t *m, int64_t p, int64_t lim, uint32_t *val)
         }
     } else {
         const rlist_t *l = (const rlist_t *)(uintptr_t)(e & ~1ull);
+        if (l->n < 0) {
+            const rdense_t *d = (const rdense_t *)l;
+            uint32_t x = d->v[off];
+            int64_t k = off + 1;
+            if (m->linear && x)
+                while (k < RM_CHUNK && d->v[k] == x + (uint32_t)(k - off)) k++;
+            else
+                while (k < RM_CHUNK && d->v[k] == x) k++;
+            *val = x;
+            end = base + k;
+            return end < lim ? end : lim;
+        }
         int lo = 0, hi = l->n - 1;
         while (lo < hi) {
             int mid = (lo + hi + 1) >> 1;
@@ -395,6 +413,14 @@ static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
     uint64_t ent = m->ent[c];
     run_t one = {0, 0, (uint32_t)(ent >> 1)};
     rlist_t *l = ent & 1 ? (rlist_t *)(uintptr_t)(ent & ~1ull) : NULL;
+    if (l && l->n < 0) {
+        uint32_t *d = ((rdense_t *)l)->v;
+        if (m->linear && v)
+            for (int i = s; i < e; i++) d[i] = v + (uint32_t)(i - s);
+        else
+            for (int i = s; i < e; i++) d[i] = v;
+        return;
+    }
     const run_t *old = l ? l->r : &one;
     int n = l ? l->n : 1;
     run_t tmp[RM_CHUNK + 3];
@@ -420,6 +446,19 @@ static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
     if (k == 1) {
         free(l);
         m->ent[c] = (uint64_t)tmp[0].v << 1;
+        return;
+    }
+    if (k > RM_DENSE) {
+        rdense_t *d = malloc(sizeof(rdense_t));
+        if (!d) abort();
+        d->n = -1;
+        d->cap = 0;
+        for (int q = 0; q < k; q++) {
+            int end = q + 1 < k ? tmp[q + 1].start : RM_CHUNK;
+            for (int i = tmp[q].start; i < end; i++) d->v[i] = rm_at(m, tmp[q].v, tmp[q].start, i);
+        }
+        free(l);
+        m->ent[c] = (uint64_t)(uintptr_t)d | 1;
         return;
     }
     if (!l || l->cap < k || l->cap > 4 * k + 8) {
