@@ -113,6 +113,25 @@ def _text(path: str, doc: dict) -> list:
     return t.splitlines()
 
 
+def _first_difference(x, y, path="") -> str:
+    """Where two JSON values first differ (a path like runs[2]/metrics/...)."""
+    if isinstance(x, dict) and isinstance(y, dict):
+        if list(x) != list(y):
+            return f"{path} (keys)"
+        for k in x:
+            d = _first_difference(x[k], y[k], f"{path}/{k}")
+            if d:
+                return d
+        return ""
+    if isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+        for i, (p, q) in enumerate(zip(x, y)):
+            d = _first_difference(p, q, f"{path}[{i}]")
+            if d:
+                return d
+        return ""
+    return "" if x == y else f"{path}: {str(x)[:40]} != {str(y)[:40]}"
+
+
 def compare_outputs(a: str, b: str) -> list:
     """How two results directories of the same suite and seed differ, beyond when and
     where they ran: results.json (every value and key order, wall-clock fields and install
@@ -123,7 +142,7 @@ def compare_outputs(a: str, b: str) -> list:
     out = []
     da, db = (json.load(open(os.path.join(d, "results.json"))) for d in (a, b))
     if json.dumps(_strip(da)) != json.dumps(_strip(db)):
-        out.append("results.json")
+        out.append(f"results.json ({_first_difference(_strip(da), _strip(db))})")
     sa, sb = (np.load(os.path.join(d, "samples.npz")) for d in (a, b))
     if sa.files != sb.files or any(not np.array_equal(sa[k], sb[k]) or sa[k].dtype != sb[k].dtype
                                    for k in sa.files):
@@ -132,7 +151,8 @@ def compare_outputs(a: str, b: str) -> list:
         la, lb = _text(os.path.join(a, name), da), _text(os.path.join(b, name), db)
         if la != lb:
             n = sum(x != y for x, y in zip(la, lb)) + abs(len(la) - len(lb))
-            out.append(f"{name} ({n} lines)")
+            first = next((f"{x[:40]!r} != {y[:40]!r}" for x, y in zip(la, lb) if x != y), "")
+            out.append(f"{name} ({n} lines; first: {first})")
     pa, pb = (sorted(os.listdir(os.path.join(d, "plots"))) for d in (a, b))
     if pa != pb:
         out.append(f"plots: files {sorted(set(pa) ^ set(pb))}")
