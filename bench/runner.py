@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -356,8 +357,10 @@ def _measured(ops, steps, attribution, out, rep) -> dict:
 
 
 # The simulator run's plan, set before the pool's workers are forked, so that they inherit
-# the workloads, parameters and first op streams instead of receiving them through pipes.
+# the workloads, parameters and first op streams instead of receiving them through pipes
+# (under a lock: two runs started from two threads must not swap plans).
 _PLAN: dict = {}
+_PLAN_LOCK = threading.Lock()
 
 
 def _sim_repetition_job(w: int, rep: int) -> tuple[dict, dict]:
@@ -395,12 +398,13 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
     # whole suite (repetitions of a workload have streams of the same length)
     first_ops = [build_ops(wl, 0) for wl, _ in plans]       # reused by repetition 0
     total = sum(len(o[0]) * reps * len(strategies) for o, (wl, reps) in zip(first_ops, plans))
-    _PLAN = {"plans": plans, "first_ops": first_ops, "strategies": strategies,
-             "cli_options": cli_options, "params": params, "backend": backend}
-    try:
-        pool = _simulator_pool(backend, jobs)
-    finally:
-        _PLAN = {}               # the workers have their copy
+    with _PLAN_LOCK:
+        _PLAN = {"plans": plans, "first_ops": first_ops, "strategies": strategies,
+                 "cli_options": cli_options, "params": params, "backend": backend}
+        try:
+            pool = _simulator_pool(backend, jobs)
+        finally:
+            _PLAN = {}           # the workers have their copy
     with pool or contextlib.nullcontext(), \
             progress(total=total, desc="gmembench", unit="op", enabled=progress_enabled) as bar:
         def submit(w, wl, reps, ops0):

@@ -450,3 +450,26 @@ def test_slowdown_direction_delays_only_that_direction(probed, strategy):
     assert ratio[2.0] > 1.5 * ratio[1.0]
     with pytest.raises(InputError):
         target(probed, strategy, params={"slowdown_direction": "sideways"})
+
+
+@pytest.mark.parametrize("strategy", [InPlace(), DualBacking()], ids=["in-place", "dual"])
+def test_accepted_memory_is_allocated_before_the_run_and_reported_apart(probed, strategy):
+    """layout.accepted on the real kernel: a guest private write of the memslot before the
+    run (timed, metadata startup), so the run's first to-shared conversion meets allocated
+    memory; dual's punch then frees it."""
+    t, lay = target(probed, strategy, size=16 * M, platform="zero", accepted=True)
+    try:
+        su = t.metadata()["startup"]
+        assert su["accepted_bytes"] == 16 * M and su["ns"] > 0
+        assert t.snapshot()["gmem_bytes"] == 16 * M
+        assert t.breakdown() == {} or all(v["count"] == 0 for v in t.breakdown().values())
+        steps, res = run(t, strategy, lay, (OpKind.TO_SHARED, 0, 4 * M, 0))
+        assert (res["status"] == 0).all()
+        assert t.snapshot()["gmem_bytes"] == (12 * M if strategy.name == "dual" else 16 * M)
+    finally:
+        t.close()
+    t, _ = target(probed, strategy, size=16 * M, platform="zero")
+    try:
+        assert "startup" not in t.metadata() and t.snapshot()["gmem_bytes"] == 0
+    finally:
+        t.close()

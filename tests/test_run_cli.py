@@ -165,3 +165,19 @@ def test_explain_lists_primitives(tmp_path, capsys):
                "-s", "dual", "-r", "1") == 0
     out = capsys.readouterr().out
     assert "where the time went" in out and "punch_gmem" in out and "memcpy" in out
+
+
+def test_accepted_memory_start_up_is_in_the_metadata_and_the_report(tmp_path):
+    from bench.report.report import write_report
+    wl = tmp_path / "tdx.toml"
+    wl.write_text(SMALL.format(page="4k").replace('platform = "preserve"', 'platform = "zero"'))
+    out = tmp_path / "r"
+    assert run(tmp_path, "-w", str(wl), "--out", str(out), "-r", "1") == 0
+    for r in load_results(out)["runs"]:
+        su = r["metadata"]["startup"]
+        assert su["accepted_bytes"] == 64 << 20 and su["accept_ns"] > 0
+        assert su["ns"] == su["vmm_ns"] + su["accept_ns"]
+        # the guest's accept of every 4K page happened at start-up
+        assert su["breakdown"]["fw_tdx_to_private"]["count"] == (64 << 20) >> 12
+    md = write_report(out).read_text()
+    assert "Start-up, before measurement" in md and "the guest's accept of 64M" in md

@@ -355,13 +355,14 @@ def _startup_line(r: dict) -> list[str]:
     su = (r.get("metadata") or {}).get("startup")
     if not su:
         return []
-    parts = [f"VMM start-up {fmt_ns(su.get('vmm_ns', su['ns']))}"]
+    parts = [f"VMM start-up {fmt_ns(su['vmm_ns'])}"] if "vmm_ns" in su else []
     if su.get("accepted_bytes"):
         parts.append(f"the guest's accept of {fmt_bytes(su['accepted_bytes'])} "
                      f"(allocate, prepare, map in stage 2) {fmt_ns(su.get('accept_ns', 0))}")
     top = ", ".join(f"{k} {fmt_ns(v['ns'])}" for k, v in list(su.get("breakdown", {}).items())[:4])
-    return [f"Start-up, before measurement and not in any figure of this run (simulated, per "
-            f"repetition): {'; '.join(parts)}" + (f" (largest: {top})" if top else "") + ".", ""]
+    kind = "measured" if r.get("backend") == "host" else "simulated"
+    return [f"Start-up, before measurement and not in any figure of this run ({kind}, per "
+            f"repetition): {'; '.join(parts) or fmt_ns(su['ns'])}" + (f" (largest: {top})" if top else "") + ".", ""]
 
 
 def _uncertain_md(runs: list) -> list[str]:
