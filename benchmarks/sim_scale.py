@@ -17,6 +17,7 @@ benchmark stops with exit 2 instead of falling back to the (~40x slower) Python 
     python benchmarks/sim_scale.py                       # 128 GiB, 1M conversions, 3 runs
     python benchmarks/sim_scale.py --conversions 2000000 --runs 1 --rss-guests ''  # goal 3
     python benchmarks/sim_scale.py --rss-guests 8G,128G,1T,4T
+    python benchmarks/sim_scale.py --dual-copy            # dual copies contents (copy=auto)
     python benchmarks/sim_scale.py --engine python --conversions 50000 --guest 16G
 """
 import argparse
@@ -102,7 +103,8 @@ class Clock:
         return out
 
 
-def one(strategy: str, guest: int, conversions: int, seed: int, engine: str) -> dict:
+def one(strategy: str, guest: int, conversions: int, seed: int, engine: str,
+        dual_copy: bool = False) -> dict:
     from bench.layout import Layout, Memslot
     from bench.metrics import RepetitionRecord
     from bench.ops import RESULT_DTYPE
@@ -111,7 +113,8 @@ def one(strategy: str, guest: int, conversions: int, seed: int, engine: str) -> 
     ops = clock("build", build_ops, guest, conversions, seed)
     layout = Layout((Memslot(0, guest),), gmem_page_size=2 << 20, shared_backing="anon",
                     shared_page="thp", platform="preserve")
-    strat = make_strategy(strategy)
+    # dual copies the contents on conversion only on request (QEMU never copies)
+    strat = make_strategy(strategy, {"copy": "auto"} if dual_copy and strategy == "dual" else {})
     steps = clock("compile", strat.compile, ops, layout)
     target = clock("setup", make_target, engine, layout, strat, {"seed": seed})
     # block boundaries in steps: the boot writes, then every BLOCK conversions
@@ -143,10 +146,12 @@ def one(strategy: str, guest: int, conversions: int, seed: int, engine: str) -> 
     }
 
 
-def worker(strategy, guest_arg, conversions, seed, engine):
+def worker(strategy, guest_arg, conversions, seed, engine, dual_copy=False):
     """Run one() in a fresh process; returns (result dict, process wall s, process CPU s)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--one", strategy, "--guest", guest_arg,
            "--conversions", str(conversions), "--seed", str(seed), "--engine", engine]
+    if dual_copy:
+        cmd.append("--dual-copy")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate()
@@ -154,9 +159,9 @@ def worker(strategy, guest_arg, conversions, seed, engine):
     return proc.returncode, out, err, wall
 
 
-def run_worker(strategy, guest_arg, conversions, seed, engine):
+def run_worker(strategy, guest_arg, conversions, seed, engine, dual_copy=False):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    rc, out, err, wall = worker(strategy, guest_arg, conversions, seed, engine)
+    rc, out, err, wall = worker(strategy, guest_arg, conversions, seed, engine, dual_copy)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if rc == 2:
         sys.stderr.write(err)
@@ -200,6 +205,9 @@ def main() -> int:
     ap.add_argument("--rss-guests", default="8G,128G,1T",
                     help="comma-separated guest sizes for the RSS table ('' = skip); the "
                          "timed runs' size is taken from them, the others run once")
+    ap.add_argument("--dual-copy", action="store_true",
+                    help="dual copies the contents at each conversion (strategy option "
+                         "copy=auto; the default dual, like QEMU, discards without copying)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     from bench.sim.backend import parse_size
@@ -209,7 +217,7 @@ def main() -> int:
         return 2
     if a.one:
         try:
-            print(json.dumps(one(a.one, guest, a.conversions, a.seed, a.engine)))
+            print(json.dumps(one(a.one, guest, a.conversions, a.seed, a.engine, a.dual_copy)))
         except EngineMissing as e:
             print(f"sim_scale: the C engine (bench.sim._core) cannot be loaded ({e}); "
                   "install the package with a C compiler and cffi (pip install .), or pass "
@@ -221,11 +229,13 @@ def main() -> int:
     load0 = os.getloadavg()
     print(f"simulator scale: guest {a.guest} ({guest / GiB:.0f} GiB), 2M folios, anon THP shared "
           f"backing, {a.conversions:,} conversions of 4K-2M at random offsets after the guest "
-          f"wrote all memory; seed {a.seed}")
+          f"wrote all memory; seed {a.seed}; dual "
+          f"{'copies contents (copy=auto)' if a.dual_copy else 'discards without copying (default)'}")
     print(f"engine: {a.engine} ({'C core, bench/sim/core.c' if a.engine == 'c' else 'Python reference, bench/sim/model.py'})"
           f"; {a.runs} process(es) per strategy; load average {load0[0]:.2f} {load0[1]:.2f}"
           f" {load0[2]:.2f}; {os.cpu_count()} CPUs")
-    results = {s: [run_worker(s, a.guest, a.conversions, a.seed, a.engine) for _ in range(a.runs)]
+    results = {s: [run_worker(s, a.guest, a.conversions, a.seed, a.engine, a.dual_copy)
+                   for _ in range(a.runs)]
                for s in strategies}
     for s in strategies:
         names = {r["target"] for r in results[s]}
@@ -294,7 +304,8 @@ def main() -> int:
                     if avail is not None and need > avail:
                         cells.append(f"{'skipped: needs ~' + str(int(need / MiB)) + ' MiB':>31}")
                         continue
-                    rc, out, err, wall = worker(s, g.strip(), a.conversions, a.seed, a.engine)
+                    rc, out, err, wall = worker(s, g.strip(), a.conversions, a.seed, a.engine,
+                                                a.dual_copy)
                     if rc:
                         msg = (err.strip().splitlines() or ["?"])[-1]
                         cells.append(f"does not fit: {msg[-60:]}")
