@@ -529,6 +529,8 @@ NOT_IN_EMULATED_PATH = {
     "tdx_block": "not part of the host-side steps the host backend times",
     "tdx_track": "not part of the host-side steps the host backend times",
     "tdx_demote": "not part of the host-side steps the host backend times",
+    "vcpu_kick_per_vcpu": "no running vCPU to kick here (guest execution is emulated)",
+    "fw_tdx_to_private_2m": "not part of the host-side steps the host backend times",
 }
 
 
