@@ -3,19 +3,23 @@
 1. Speed-up: the same sweep of POINTS simulator points (x 2 strategies x 1 repetition) on
    an embedded cluster with 1 worker and with the default (one worker per CPU), each from
    an empty cache.  Wall time of run_tasks (cluster start-up reported apart).
-2. Engine overhead: the round trip of an empty task (submit -> result, one at a time) and
-   the per-task cost of empty tasks pushed through the same windowed as_completed path the
-   sweep uses, against the median task time (worker-measured) of the sweep.  Goal < 5%.
+2. Engine overhead: what the engine adds per point inside the sweep itself (1 worker: wall
+   time less the worker-measured task times, per task; points travel in batches, see
+   bench/sweep/engine.py batch_size), against the median task time.  Goal < 5%.  Also the
+   raw Dask figures: the round trip of one empty task (submit -> result, one at a time) and
+   empty tasks streamed one per Dask task, which is what an unbatched point would pay.
 3. Client memory: the client's RSS sampled as results stream in (start, 25%, 50%, 100%).
 
     python benchmarks/sweep_scale.py [--points 200] [--requests 1500]
 
-Measured on the 2-vCPU VM this suite was built on (2026-12-02, shared with other jobs: load
-average 13-16 during the run, so the speed-up is what was left of 2 CPUs):
-    400 tasks: 1 worker 109.4 s, 2 workers 79.4 s: speed-up 1.38x
-    median task 387 ms; empty-task round trip 14.6 ms median (3.8% of it), empty tasks
-    streamed as the sweep submits them 7.9 ms each (2.1%)
-    client RSS by results received: 0: 71 MiB, 100: 73, 200: 74, 400: 75 (flat)
+Measured on the 2-vCPU VM this suite was built on (2026-12-03, idle but for this run, load
+average about 1):
+    400 tasks: 1 worker 12.6 s, 2 workers 6.1 s: speed-up 2.08x (another run 1.39x: the
+    machine is a shared VM)
+    median task 27.9 ms; engine cost per point inside the sweep 1.05 ms (3.5% of it, points
+    in batches of 16); raw Dask: one empty task's round trip 11.6 ms (41.7%), empty tasks
+    streamed one per Dask task 4.5 ms (16.2%) - why points are batched
+    client RSS by results received: 0: 70 MiB, 100: 71, 200: 71, 400: 71 (flat)
 """
 import argparse
 import os
@@ -131,7 +135,11 @@ def main() -> int:
                 print(f"{r['stats']['failed']} tasks failed: {r['stats']['errors'][:2]}")
                 return 2
         task_s = [load_cached(tmp / "cache2", t.key)["task_s"] for t in plan.tasks]
+        task1_s = [load_cached(tmp / "cache1", t.key)["task_s"] for t in plan.tasks]
     med = statistics.median(task_s)
+    # the engine's cost per point inside a real sweep: with one worker, the run's wall time
+    # less the time the worker spent in the tasks themselves, per task
+    per_point = (one["run_s"] - sum(task1_s)) / len(task1_s)
     print(f"1 worker:       {one['run_s']:7.1f} s for {one['stats']['computed']} tasks "
           f"(cluster start {one['startup_s']:.1f} s)")
     print(f"default ({os.cpu_count()} workers): {default['run_s']:7.1f} s for "
@@ -144,6 +152,9 @@ def main() -> int:
           f"median task")
     print(f"empty tasks streamed (as the sweep submits them): {1e3 * o['streamed_per_task_s']:.2f} ms "
           f"per task = {100 * o['streamed_per_task_s'] / med:.1f}% of the median task")
+    print(f"engine cost per point inside the sweep (1 worker: wall - sum of task times, "
+          f"batches of {one['stats']['batch']} points per Dask task): {1e3 * per_point:.2f} ms "
+          f"= {100 * per_point / statistics.median(task1_s):.1f}% of the median task")
     print("client RSS (MiB) by results received: " +
           ", ".join(f"{n}: {m:.0f}" for n, m in mem))
     print(f"load average after: {os.getloadavg()[0]:.2f}")

@@ -338,3 +338,26 @@ repetitions = 1
     assert all(r["fidelity"] != "simulated" for r in rows)
     conv = [r["value"] for r in rows if r["metric"] == "conversions" and r["direction"] == "all"]
     assert conv and conv[0] > 0
+
+
+def test_batched_points_fail_alone_and_batches_keep_workers_busy():
+    """Simulator points travel several per Dask task: one failing point is reported alone
+    while its batch-mates still return; batches stay small enough that every worker thread
+    gets at least 8 of them."""
+    from bench.sweep.engine import batch_size, run_batch
+
+    def func(t):
+        if t == 2:
+            raise ValueError("bad point")
+        return {"key": str(t)}
+
+    out = run_batch(func, [1, 2, 3])
+    assert [r for r, _ in out] == [{"key": "1"}, None, {"key": "3"}]
+    assert out[1][1] == "ValueError: bad point"
+    assert batch_size(5, 2) == 1
+    assert batch_size(400, 2) == 16
+    for n in (1, 17, 100, 1000, 10000):
+        for threads in (1, 2, 8, 64):
+            b = batch_size(n, threads)
+            assert 1 <= b <= 16
+            assert b == 1 or -(-n // b) >= 8 * threads

@@ -3,8 +3,8 @@
 By default an embedded LocalCluster (one single-threaded worker process per CPU: the
 simulator holds the GIL); `--scheduler ADDRESS` or `--scheduler-file F` use an existing
 cluster unchanged.  Results stream back as they finish (as_completed) and each one is
-written at once, atomically, to CACHE/<key>.json, so a killed sweep loses only the tasks in
-flight and a rerun - or a larger sweep containing this one - computes only what is missing.
+written at once, atomically, to CACHE/<key>.json, so a killed sweep loses only the batches
+in flight and a rerun - or a larger sweep containing this one - computes only what is missing.
 The client keeps a bounded window of tasks in flight and holds no result after writing
 it, so its memory stays flat however long the sweep.
 
@@ -114,50 +114,88 @@ def cluster_threads(client) -> int:
     return sum(w["nthreads"] for ws in worker_hosts(client).values() for w in ws) or 1
 
 
+def run_batch(func, tasks) -> list:
+    """Run several tasks in one Dask task: [(result, None) | (None, "Type: message")], one per
+    task, so a failing task does not take its batch-mates with it."""
+    out = []
+    for t in tasks:
+        try:
+            out.append((func(t), None))
+        except Exception as e:        # reported by the client like a failed Dask task
+            out.append((None, f"{type(e).__name__}: {e}"))
+    return out
+
+
+def batch_size(n_todo: int, threads: int) -> int:
+    """Simulator tasks per Dask task.  A simulator point takes tens of ms while a Dask round
+    trip costs a few ms, so points travel in batches - but never so few batches that a
+    worker idles: at least 8 batches per worker thread, at most 16 points per batch."""
+    return max(1, min(16, n_todo // (8 * max(1, threads))))
+
+
 def run_tasks(client, tasks, cache_dir: Path, func=None, bar=None, window: int | None = None,
-              on_result=None) -> dict:
+              on_result=None, batch: int | None = None) -> dict:
     """Run the tasks whose key is not cached; write each result to the cache as it comes.
-    Returns counts {"cached", "computed", "failed"} and the first failures."""
+    Simulator tasks go to the workers in batches (`batch_size`; host tasks always alone, each
+    holding the host lock).  Returns counts {"cached", "computed", "failed"} and the first
+    failures."""
     from distributed import as_completed
     from bench.sweep.task import run_task
     func = func or run_task
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     todo = [t for t in tasks if not cached(cache_dir, t.key)]
-    stats = {"cached": len(tasks) - len(todo), "computed": 0, "failed": 0, "errors": []}
+    stats = {"cached": len(tasks) - len(todo), "computed": 0, "failed": 0, "errors": [],
+             "batch": 0}
     if bar is not None:
         bar.update(stats["cached"])
     if not todo:
         return stats
-    window = window or max(8, 4 * cluster_threads(client))
-    it = iter(todo)
+    threads = cluster_threads(client)
+    batch = batch or batch_size(sum(t.backend != "host" for t in todo), threads)
+    stats["batch"] = batch
+    groups = [[t] for t in todo if t.backend == "host"]
+    sim = [t for t in todo if t.backend != "host"]
+    groups += [sim[i:i + batch] for i in range(0, len(sim), batch)]
+    window = window or max(8, 4 * threads)
+    it = iter(groups)
     futures = as_completed()
+    sizes = {}
 
     def submit(n):
-        for t in it:
-            kw = {"resources": {HOSTLOCK: 1}} if t.backend == "host" else {}
-            futures.add(client.submit(func, t, key=f"gmembench-{t.key}", pure=False, **kw))
+        for g in it:
+            kw = {"resources": {HOSTLOCK: 1}} if g[0].backend == "host" else {}
+            key = f"gmembench-{g[0].key}" + (f"+{len(g) - 1}" if len(g) > 1 else "")
+            fut = client.submit(run_batch, func, g, key=key, pure=False, **kw)
+            sizes[fut.key] = len(g)
+            futures.add(fut)
             n -= 1
             if n == 0:
                 break
 
+    def failed(msg):
+        stats["failed"] += 1
+        if len(stats["errors"]) < 5:
+            stats["errors"].append(msg)
+
     submit(window)
     for fut in futures:
         try:
-            res = fut.result()
-        except Exception as e:        # a task that raised: the sweep reports it, goes on
-            stats["failed"] += 1
-            if len(stats["errors"]) < 5:
-                stats["errors"].append(f"{type(e).__name__}: {e}")
-            res = None
+            outs = fut.result()
+        except Exception as e:        # the batch itself died (worker lost, ...)
+            outs = [(None, f"{type(e).__name__}: {e}")] * sizes[fut.key]
+        sizes.pop(fut.key, None)
         fut.release()
-        if res is not None:
-            atomic_write_json(cache_path(cache_dir, res["key"]), res)
-            stats["computed"] += 1
-            if on_result:
-                on_result(res)
-        if bar is not None:
-            bar.update(1)
+        for res, err in outs:
+            if err is not None:
+                failed(err)
+            elif res is not None:
+                atomic_write_json(cache_path(cache_dir, res["key"]), res)
+                stats["computed"] += 1
+                if on_result:
+                    on_result(res)
+            if bar is not None:
+                bar.update(1)
         submit(1)
     return stats
 
