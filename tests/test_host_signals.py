@@ -65,11 +65,11 @@ def host_state() -> dict:
         return {"shmem": sysfs.read_setting(SHMEM), "pool": sysfs.read_setting(POOL)}
 
 
-def start(tmp_path, name="hs", backing="memfd", page="thp", out="out", env=None):
+def start(tmp_path, name="hs", backing="memfd", page="thp", out="out", env=None, extra=()):
     wl = tmp_path / f"{name}.toml"
     wl.write_text(WORKLOAD.format(name=name, backing=backing, page=page))
     return subprocess.Popen([sys.executable, "-m", "bench", "run", "-b", "host", "-w", str(wl),
-                             "--out", str(tmp_path / out), *FAST],
+                             "--out", str(tmp_path / out), *FAST, *extra],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
 
@@ -101,10 +101,14 @@ def wait_for(proc, phase: str, timeout: float = 90, journal: Path | None = None)
     """Until the run is in `phase`: warm-up (settings changed in the parent, no worker yet)
     or worker (a spawned repetition worker exists and the setting is changed)."""
     t0 = time.monotonic()
+    seen_worker = False
     while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
             pytest.fail(f"run ended before {phase}: {proc.stderr.read()}")
         kids = [k for k in children(proc.pid) if alive(k)]
+        seen_worker |= bool(kids)
+        if phase == "warmup" and seen_worker:
+            pytest.fail("the warm-up passed unseen (a worker already ran)")
         # changed by this run: its journal names it (not another process on this machine)
         changed = sysfs.read_setting(SHMEM) == "advise" and journalled_by(proc.pid, journal)
         if changed and (phase == "warmup") == (not kids):
@@ -116,7 +120,9 @@ def wait_for(proc, phase: str, timeout: float = 90, journal: Path | None = None)
 @pytest.mark.parametrize("phase", ["warmup", "worker"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_interrupted_host_run_restores_and_leaves_nothing(tmp_path, baseline, phase, sig):
-    proc = start(tmp_path)
+    # a warm-up long enough to be seen: with none, the poll could first see "setting
+    # changed, no worker" after the worker had already finished (CI saw exit 0 once)
+    proc = start(tmp_path, extra=["-p", "warmup_bytes=256M"] if phase == "warmup" else [])
     kids = wait_for(proc, phase)
     proc.send_signal(sig)
     rc = proc.wait(60)
