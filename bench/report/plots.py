@@ -450,6 +450,13 @@ def plot_summary(results: dict, samples: dict, path: Path,
     ax.set_xscale("log")
     if lo_all:
         ax.set_xlim(min(0.5, min(lo_all) / 2), max(2.0, max(hi_all) * 4))
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+    # ratio ticks as plain numbers ("0.5x"), only where they do not crowd each other
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if lo <= t <= hi]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda val, _: f"{val:g}x"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_yticks(y, names)
     ax.set_xlabel("dual / in-place (log scale; > 1: in-place faster)")
