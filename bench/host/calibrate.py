@@ -525,12 +525,19 @@ NOT_IN_EMULATED_PATH = {
     "fw_snp_to_private": "not part of the host-side steps the host backend times",
     "fw_snp_to_shared": "not part of the host-side steps the host backend times",
     "fw_tdx_to_private": "not part of the host-side steps the host backend times",
-    "fw_tdx_to_shared": "replaced below by the measured zero fill",
     "tdx_block": "not part of the host-side steps the host backend times",
     "tdx_track": "not part of the host-side steps the host backend times",
     "tdx_demote": "not part of the host-side steps the host backend times",
     "vcpu_kick_per_vcpu": "no running vCPU to kick here (guest execution is emulated)",
     "fw_tdx_to_private_2m": "not part of the host-side steps the host backend times",
+}
+
+# Kernel work the emulated path does perform, with a host operation standing in for it:
+# key -> (measured key, size, why).  The emulated TDX to-shared zeroes each allocated page
+# inside the timed window (helper.c step_gmem_set_attrs), standing in for tdx_clear_page.
+EMULATED_AS = {
+    "fw_tdx_to_shared": ("zero_fill", "4k", "the emulated TDX to-shared zeroes each "
+                         "allocated page"),
 }
 
 
@@ -595,14 +602,16 @@ def calibrate(rounds: int = 6, warmup_bytes: int = 1 << 30, keys: list[str] | No
                 measured.pop(key, None)
                 notes.pop(key, None)
                 derived[key] = f"0 for this host's emulated path: {why}"
-        # The emulated in-place conversion does zero each allocated page on a TDX to-shared
-        # (helper.c step_gmem_set_attrs), standing in for tdx_clear_page: charge that work
-        # as the measured zero fill of a 4K page, not 0.
-        zf = costs.get("zero_fill")
-        if "fw_tdx_to_shared" in defaults and isinstance(zf, dict) and "4k" in zf:
-            costs["fw_tdx_to_shared"] = zf["4k"]
-            derived["fw_tdx_to_shared"] = ("= zero_fill 4k measured here: the emulated TDX "
-                                           "to-shared zeroes each allocated page")
+        for key, (src, size, why) in EMULATED_AS.items():
+            v = costs.get(src)
+            if key in defaults and isinstance(v, dict) and size in v:
+                costs[key] = v[size]
+                measured.pop(key, None)
+                notes.pop(key, None)
+                derived[key] = f"= {src} {size} measured here: {why}"
+            elif key in defaults:
+                costs[key] = 0
+                derived[key] = f"0 for this host's emulated path: {src} was not measured"
     for key in defaults:
         if key not in costs:
             costs[key] = defaults[key]
