@@ -347,6 +347,15 @@ def _backend_params(wl, params) -> dict:
     return bparams
 
 
+def _compiled(wl, sname, cli_options, params, ops):
+    """One strategy's steps for an op stream and what its backend needs to run them:
+    (strategy, steps, backend parameters, series points)."""
+    strategy = _strategy_for(wl, sname, cli_options)
+    steps = strategy.compile(ops, wl.layout)
+    bparams = _backend_params(wl, params)
+    return strategy, steps, bparams, int(bparams.get("series_points", SERIES_POINTS))
+
+
 def _measured(ops, steps, attribution, out, rep) -> dict:
     """What the run keeps of one measured repetition: its record (latencies, time
     accounting) and what the backend reported, without the per-step results."""
@@ -373,10 +382,8 @@ def _sim_repetition_job(w: int, rep: int) -> tuple[dict, dict]:
     attribution = attribute_touches(ops)
     out = {}
     for sname in p["strategies"]:
-        strategy = _strategy_for(wl, sname, p["cli_options"])
-        steps = strategy.compile(ops, wl.layout)
-        bparams = _backend_params(wl, p["params"])
-        points = int(bparams.get("series_points", SERIES_POINTS))
+        strategy, steps, bparams, points = _compiled(wl, sname, p["cli_options"], p["params"],
+                                                     ops)
         res = repetition(p["backend"], wl.layout, strategy, bparams, ops, steps, points)
         out[sname] = _measured(ops, steps, attribution, res, rep)
     return out, info
@@ -453,12 +460,10 @@ def _run(loaded, strategies, backend, params, prof, quick, progress_enabled, rep
                     # which direction induced each touch: from the op stream, once per stream
                     attribution = attribute_touches(ops) if rep >= 0 else None
                     for sname in strategies:
-                        strategy = _strategy_for(wl, sname, cli_options)
-                        steps = strategy.compile(ops, wl.layout)
-                        bparams = _backend_params(wl, params)
+                        strategy, steps, bparams, points = _compiled(wl, sname, cli_options,
+                                                                     params, ops)
                         bar.set_description(f"{wl.name} {sname} " + (
                             f"rep {rep + 1}/{reps}" if rep >= 0 else "warm-up"))
-                        points = int(bparams.get("series_points", SERIES_POINTS))
                         args = (backend, wl.layout, strategy, bparams, ops, steps, points)
                         if rep < 0:
                             repetition(*args)
