@@ -2628,15 +2628,9 @@ void core_huge_recount(core_t *c, int64_t *out)
             }
             out[CORE_H_POSSIBLE] += s->nchunks;
         }
-        if (s) {                            /* SharedBacking.present_at(VM attrs, PRIVATE) */
-            const attrs_t *a = &c->slots[i].attrs;
-            for (int64_t p = 0; p < a->npages;) {
-                uint32_t v;
-                int64_t e = rm_seg(a, p, a->npages, &v);
-                if (v == PRIVATE) out[CORE_H_STALE] += shared_count_present(s, p, e) * (int64_t)PAGE_SIZE;
-                p = e;
-            }
-        }
+        if (s)                              /* SharedBacking.present_at(VM attrs, PRIVATE) */
+            out[CORE_H_STALE] += shared_present_where(s, &c->slots[i].attrs, 0,
+                                                      c->slots[i].attrs.npages, 1) * (int64_t)PAGE_SIZE;
     }
     out[CORE_H_DEMOTIONS] = c->mapping_demotions;
     out[CORE_H_SPLITS] = c->folio_splits;

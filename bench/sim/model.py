@@ -937,10 +937,8 @@ class SharedBacking:
                 if pfn is not None:
                     self._set_chunk(c, INTACT)
                     self.chunk_pfn[c] = pfn
-                    self.host.st_stale_pages += sum(
-                        b2 - a2 for a2, b2, v in self.attrs.segments(c << 9, min((c + 1) << 9,
-                                                                             self.npages))
-                        if v == PRIVATE)
+                    self.host.st_stale_pages += self.attrs.count_in(
+                        c << 9, min((c + 1) << 9, self.npages), PRIVATE)
                     self.present += 512
                     self.host.footprint_pages += 512
                     self.host.huge_pages += 512

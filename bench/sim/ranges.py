@@ -206,13 +206,6 @@ class AttrRanges:
         for s, e, v in other.segments(start, end):
             self.set(s, e, v)
 
-    def set_where(self, start: int, mask: np.ndarray, value: int) -> None:
-        """Pages start + i with mask[i] true get `value` (per run of true entries)."""
-        m = np.concatenate(([False], np.asarray(mask, bool), [False]))
-        edges = np.flatnonzero(m[1:] != m[:-1])
-        for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist()):
-            self.set(start + a, start + b, value)
-
 
 def Runs(npages: int) -> AttrRanges:
     """A content token (uint32) per page, kept as runs; 0 = never written / zeroed."""
