@@ -783,15 +783,15 @@ def _options(args) -> tuple[dict, float, tuple, int]:
     return thresholds, alpha, metrics, budget
 
 
-def _check_json_path(path: str) -> None:
+def _check_json_path(path: str, option: str = "--json") -> None:
     p = Path(path)
     if p.is_dir():
-        raise InputError("--json: is a directory", path)
+        raise InputError(f"{option}: is a directory", path)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise InputError("--json: its directory does not exist", path)
+        raise InputError(f"{option}: its directory does not exist", path)
     if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise InputError("--json: not writable", path)
+        raise InputError(f"{option}: not writable", path)
 
 
 def _rerun(cmd: str, keys_from: dict, what: str) -> tuple[dict, dict]:

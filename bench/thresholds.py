@@ -242,7 +242,7 @@ def cli_thresholds(args) -> int:
     if not 0 < alpha < 0.5:
         raise InputError(f"--alpha: expected a number in (0, 0.5), got {args.alpha!r}")
     metrics = cmp._parse_metrics(args.metrics)
-    cmp._check_json_path(args.out)
+    cmp._check_json_path(args.out, "--out")
     doc = learn(args.runs, metrics, alpha)
     print(f"learned from {len(args.runs)} runs; rows that vary: {doc['rows_varying']}; "
           f"alpha {alpha:g} -> {doc['alpha_per_row']:.3g} per row")
