@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import __version__
+from bench import __version__, interrupts
 from bench.backend import open_target
 from bench.errors import InputError
 from bench.accounting import attribute_touches, merge_step_breakdowns
@@ -178,8 +178,8 @@ def _worker_main(conn, args) -> None:
     """A spawned repetition worker: dies with its parent (PR_SET_PDEATHSIG), restores what
     it changed on SIGTERM/SIGHUP/SIGINT (sysfs handlers), sends back its result or error."""
     _die_with_parent()
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _exit_on_signal)
+    for sig in (signal.SIGTERM, signal.SIGHUP):     # the parent stops a worker with SIGTERM
+        signal.signal(sig, interrupts.on_signal)
     try:
         out = ("ok", repetition(*args))
     except BaseException as e:     # the parent re-raises it (InputError stays one line)
@@ -208,10 +208,6 @@ def _die_with_parent() -> None:
         raise SystemExit(128 + signal.SIGTERM)
 
 
-def _exit_on_signal(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def repetition_in_worker(*args) -> dict:
     """repetition() in a new process (spawned, so nothing of this one is inherited).  If
     this process is interrupted, the worker is stopped (SIGTERM: it restores its settings)
@@ -220,9 +216,12 @@ def repetition_in_worker(*args) -> dict:
     ctx = multiprocessing.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_worker_main, args=(send, args), daemon=True)
-    proc.start()
-    send.close()
     try:
+        # whole: a start cut short by a signal would leave a worker reading half its
+        # arguments (and printing a traceback) that nobody stops
+        with interrupts.uninterrupted():
+            proc.start()
+        send.close()
         while not recv.poll(0.2):
             if not proc.is_alive() and not recv.poll(0):
                 raise RuntimeError(f"repetition worker (pid {proc.pid}) died with exit code "
@@ -230,7 +229,7 @@ def repetition_in_worker(*args) -> dict:
         status, value = recv.recv()
         proc.join(10)
     except BaseException:
-        if proc.is_alive():
+        if proc.pid is not None and proc.is_alive():
             proc.terminate()
             proc.join(10)
             if proc.is_alive():
@@ -238,6 +237,7 @@ def repetition_in_worker(*args) -> dict:
                 proc.join()
         raise
     finally:
+        send.close()
         recv.close()
     if status == "error":
         raise value
