@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     # so host settings are restored, workers stopped and partial results removed
     interrupts.install()
     try:
-        return int(args._func(args) or 0)
+        code = int(args._func(args) or 0)
+        interrupts.check()      # a signal whose exception something swallowed
+        return code
     except InputError as e:
         print(f"gmembench: error: {e}", file=sys.stderr)
         return 2

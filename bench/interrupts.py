@@ -11,6 +11,15 @@ run inside `uninterrupted()`: a signal that arrives there is noted, and acted on
 as the step is complete.  (A handler run in the middle would also find the step's locks
 held by the very code it interrupted.)  Only the main thread runs Python signal handlers,
 so only the main thread defers.
+
+A handler's exception can be lost: C code that calls back into Python and then clears
+whatever error it got swallows it, and the signal with it.  numpy does this when an
+array is compared with an enum member (it looks up `__array_ufunc__` on the member's
+class, which under Python 3.11 runs EnumType.__getattr__, and clears any error: a signal
+handled there vanished, and the run went on to exit 0).  So the signal acted on is also
+remembered, and a run calls check() where it makes progress - before each repetition
+and chunk of steps, before writing results, and when a command ends - to act on it if
+its exception never arrived.
 """
 import os
 import signal
@@ -19,13 +28,30 @@ from contextlib import contextmanager
 
 _depth = 0                   # nesting of uninterrupted() in the main thread
 _pending: list[int] = []     # signals noted meanwhile, in arrival order
+_received: int | None = None  # the signal acted on last (check() acts on it again)
 
 
 def exit_for(signum: int):
     """Unwind as `signum` asks: KeyboardInterrupt for SIGINT, else exit 128 + signum."""
+    global _received
+    _received = signum
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise SystemExit(128 + signum)
+
+
+def check() -> None:
+    """Where work makes progress (never in cleanup code): if a signal was acted on but
+    its exception was swallowed on the way, raise it again."""
+    if _received is not None:
+        exit_for(_received)
+
+
+def forget() -> None:
+    """A new run starts: a signal acted on before it is done with (whoever caught its
+    exception - a test, say - handled it)."""
+    global _received
+    _received = None
 
 
 def deferred(signum: int) -> bool:

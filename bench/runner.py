@@ -86,6 +86,7 @@ def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS
     """Execute in chunks, snapshotting between chunks for the time series (`points`
     snapshots per repetition: on the host each one reads /proc, so short workloads may
     want fewer)."""
+    interrupts.check()
     n_ops = len(ops)
     chunk = max(1, -(-n_ops // max(1, points)))
     bounds = np.searchsorted(steps["op"], np.arange(0, n_ops + chunk, chunk))
@@ -108,6 +109,7 @@ def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS
         a, b = int(bounds[k]), int(bounds[k + 1])
         if a == b and k:
             continue
+        interrupts.check()
         results.append(target.execute(steps[a:b]))
         snap = target.snapshot()
         series["op_index"].append(min(n_ops, (k + 1) * chunk))
@@ -163,6 +165,7 @@ def merge_breakdowns(items: list[dict]) -> dict:
 
 def repetition(backend, layout, strategy, params, ops, steps, points=SERIES_POINTS) -> dict:
     """One repetition on a fresh target: results, series, and what the backend reports."""
+    interrupts.check()
     target = open_target(backend, layout, strategy, params)
     try:
         t0 = time.perf_counter()
@@ -213,6 +216,7 @@ def repetition_in_worker(*args) -> dict:
     this process is interrupted, the worker is stopped (SIGTERM: it restores its settings)
     and waited for, then killed; a worker that dies without an answer is an error."""
     import multiprocessing
+    interrupts.check()
     ctx = multiprocessing.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_worker_main, args=(send, args), daemon=True)
@@ -288,6 +292,7 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
     elif cost_overrides:
         raise InputError("--cost: cost overrides apply to the simulator only (--backend sim)")
     out, tmp = output.claim(out_dir, backend)
+    interrupts.forget()
     try:
         # a host run changes host settings and measures the host: one at a time
         if backend == "host":
@@ -299,6 +304,7 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
         with lock:
             doc = _run(loaded, strategies, backend, params, prof, quick, progress_enabled,
                        repetitions, seed, strategy_options or {}, tmp, jobs)
+            interrupts.check()        # never results of a run that was told to stop
     except BaseException:
         output.discard(tmp)       # interrupted or failed: this run's own partial directory
         raise
