@@ -7,9 +7,10 @@
  * State is kept as extents, not per 4K page: every per-page quantity (a page's pfn + 1, its
  * mapping/prepared flags, content token and pin count, in guest_memfd and in the shared
  * backing; the memory attributes; the state of every page of host memory) is a run map
- * (rmap_t): per 2 MiB chunk one word holding the chunk's single run inline, or a pointer to
- * its sorted list of runs (a chunk broken into more than RM_DENSE runs keeps one value per
- * page instead, bounding the cost where memory is fragmented into single pages).  Pfn maps
+ * (rmap_t): per 2 MiB chunk one word holding the chunk's single run inline, or a few runs of
+ * small values packed into the word, or a pointer to its sorted list of runs (a chunk broken
+ * into more than RM_DENSE runs keeps one value per page instead, bounding the cost where
+ * memory is fragmented into single pages).  Pfn maps
  * are linear (a run holds contiguous pfns), so pages are
  * allocated from and freed to the buddy allocator as runs.  A range operation costs per run
  * and per chunk, and memory grows with the runs a workload creates plus 8 bytes per 2 MiB
@@ -319,12 +320,51 @@ static void led_each(core_t *c, int k, int64_t n)         /* Ledger.each */
 
 /* ------------------------------------------------------------------ run maps (extents) */
 /* A value per page of [0, npages) kept as runs of pages, per 512-page chunk: one word per
- * chunk holds the chunk's run when it has one (v << 1, low bit 0; calloc'd = all 0), or a
- * pointer (low bit 1) to the chunk's sorted list of runs.  Memory grows with the runs a run
- * of the model creates (and 8 bytes per 2 MiB of guest), not with pages, and a range
+ * chunk holds the chunk's run when it has one (v << 2, low bits 00; calloc'd = all 0), up to
+ * RM_PACK runs of values below 256 packed into the word itself (low bits 10, see rm_pack),
+ * or a pointer (low bit 1) to the chunk's sorted list of runs.  Memory grows with the runs a
+ * run of the model creates (and 8 bytes per 2 MiB of guest), not with pages, and a range
  * operation costs per run and per chunk, never per 4K page.
+ * The packed form is there for speed over a long run: the flags and attributes of memory
+ * that conversions have cut into a few runs stay in the chunk's word, one cache line
+ * away like a pristine chunk's, instead of behind a pointer to a list (a second cold miss
+ * per map and step on a large guest, which made a run's late conversions cost ~2x its
+ * first ones).
  * Linear maps hold pfn + 1 of contiguous memory: a run (start, v != 0) gives page p the value
  * v + (p - start); v == 0 (no page) is constant. */
+
+#define RM_PACK 4           /* runs a chunk word holds: 4 + 8 + 3 x (9 + 8) = 63 bits */
+#define RM_PACK_VMAX 255u
+
+static inline uint64_t rm_one(uint32_t v) { return (uint64_t)v << 2; }
+static inline int rm_is_one(uint64_t e) { return (e & 3) == 0; }
+static inline int rm_is_packed(uint64_t e) { return (e & 3) == 2; }
+
+/* the runs of a packed word: bits 2-3 n - 1, bits 4-11 the first run's value (it starts at
+ * 0), then per further run 9 bits start and 8 bits value */
+static inline int rm_unpack(uint64_t e, run_t *r)
+{
+    int n = (int)((e >> 2) & 3) + 1;
+    r[0] = (run_t){0, 0, (uint32_t)((e >> 4) & 0xff)};
+    for (int i = 1; i < n; i++) {
+        uint64_t f = e >> (12 + 17 * (i - 1));
+        r[i] = (run_t){(uint16_t)(f & 0x1ff), 0, (uint32_t)((f >> 9) & 0xff)};
+    }
+    return n;
+}
+
+/* *out = the packed word of runs r[0..n) when they fit (2..RM_PACK runs, values < 256) */
+static inline int rm_pack(const run_t *r, int n, uint64_t *out)
+{
+    if (n < 2 || n > RM_PACK || r[0].start || r[0].v > RM_PACK_VMAX) return 0;
+    uint64_t e = 2 | (uint64_t)(n - 1) << 2 | (uint64_t)r[0].v << 4;
+    for (int i = 1; i < n; i++) {
+        if (r[i].v > RM_PACK_VMAX) return 0;
+        e |= ((uint64_t)r[i].start | (uint64_t)r[i].v << 9) << (12 + 17 * (i - 1));
+    }
+    *out = e;
+    return 1;
+}
 
 static void rm_init(rmap_t *m, int64_t npages, int linear, uint32_t initial)
 {
@@ -334,7 +374,7 @@ static void rm_init(rmap_t *m, int64_t npages, int linear, uint32_t initial)
     m->ent = xcalloc((size_t)(m->nchunks ? m->nchunks : 1), sizeof(uint64_t));
     if (initial)
         for (int64_t c = 0; c < m->nchunks; c++)
-            m->ent[c] = (uint64_t)(linear ? initial + (uint32_t)(c * RM_CHUNK) : initial) << 1;
+            m->ent[c] = rm_one(linear ? initial + (uint32_t)(c * RM_CHUNK) : initial);
 }
 
 static void rm_destroy(rmap_t *m)
@@ -358,14 +398,20 @@ static int64_t rm_seg(const rmap_t *m, int64_t p, int64_t lim, uint32_t *val)
     int64_t c = p / RM_CHUNK, base = c * RM_CHUNK, off = p - base, end = base + RM_CHUNK;
     uint64_t e = m->ent[c];
     uint32_t v;
-    if (!(e & 1)) {
-        v = rm_at(m, (uint32_t)(e >> 1), base, p);
+    if (rm_is_one(e)) {
+        v = rm_at(m, (uint32_t)(e >> 2), base, p);
         /* uniform chunks after it with the same run */
         while (end < lim && end < m->npages) {
             uint64_t n = m->ent[end / RM_CHUNK];
-            if (n & 1 || (uint32_t)(n >> 1) != rm_at(m, v, p, end)) break;
+            if (!rm_is_one(n) || (uint32_t)(n >> 2) != rm_at(m, v, p, end)) break;
             end += RM_CHUNK;
         }
+    } else if (rm_is_packed(e)) {
+        run_t r[RM_PACK];
+        int i = rm_unpack(e, r) - 1, n = i + 1;
+        while (r[i].start > off) i--;
+        v = rm_at(m, r[i].v, base + r[i].start, p);
+        if (i + 1 < n) end = base + r[i + 1].start;
     } else {
         const rlist_t *l = (const rlist_t *)(uintptr_t)(e & ~1ull);
         if (l->n < 0) {
@@ -411,7 +457,7 @@ static inline int rm_continues(const rmap_t *m, const run_t *a, const run_t *b)
 static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
 {
     uint64_t ent = m->ent[c];
-    run_t one = {0, 0, (uint32_t)(ent >> 1)};
+    run_t word[RM_PACK];
     rlist_t *l = ent & 1 ? (rlist_t *)(uintptr_t)(ent & ~1ull) : NULL;
     if (l && l->n < 0) {
         uint32_t *d = ((rdense_t *)l)->v;
@@ -421,8 +467,11 @@ static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
             for (int i = s; i < e; i++) d[i] = v;
         return;
     }
-    const run_t *old = l ? l->r : &one;
-    int n = l ? l->n : 1;
+    const run_t *old = l ? l->r : word;
+    int n = 1;
+    if (l) n = l->n;
+    else if (rm_is_packed(ent)) n = rm_unpack(ent, word);
+    else word[0] = (run_t){0, 0, (uint32_t)(ent >> 2)};
     run_t tmp[RM_CHUNK + 3];
     int k = 0, i = 0;
     for (; i < n && old[i].start < s; i++) tmp[k++] = old[i];
@@ -445,7 +494,13 @@ static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
     k = w + 1;
     if (k == 1) {
         free(l);
-        m->ent[c] = (uint64_t)tmp[0].v << 1;
+        m->ent[c] = rm_one(tmp[0].v);
+        return;
+    }
+    uint64_t packed;
+    if (rm_pack(tmp, k, &packed)) {
+        free(l);
+        m->ent[c] = packed;
         return;
     }
     if (k > RM_DENSE) {
@@ -481,7 +536,7 @@ static void rm_set(rmap_t *m, int64_t a, int64_t b, uint32_t v)
         int64_t cend = base + RM_CHUNK < m->npages ? base + RM_CHUNK : m->npages;
         if (a == base && e >= cend) {
             if (m->ent[c] & 1) free((void *)(uintptr_t)(m->ent[c] & ~1ull));
-            m->ent[c] = (uint64_t)v << 1;
+            m->ent[c] = rm_one(v);
         } else {
             rm_chunk_set(m, c, (int)(a - base), (int)(e - base), v);
         }
