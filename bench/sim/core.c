@@ -407,11 +407,20 @@ static int64_t rm_seg(const rmap_t *m, int64_t p, int64_t lim, uint32_t *val)
             end += RM_CHUNK;
         }
     } else if (rm_is_packed(e)) {
-        run_t r[RM_PACK];
-        int i = rm_unpack(e, r) - 1, n = i + 1;
-        while (r[i].start > off) i--;
-        v = rm_at(m, r[i].v, base + r[i].start, p);
-        if (i + 1 < n) end = base + r[i + 1].start;
+        int n = (int)((e >> 2) & 3) + 1;
+        int64_t start = 0;
+        uint64_t f = e >> 12;
+        v = (uint32_t)((e >> 4) & 0xff);
+        for (int i = 1; i < n; i++, f >>= 17) {
+            int64_t st = (int64_t)(f & 0x1ff);
+            if (st > off) {
+                end = base + st;
+                break;
+            }
+            start = st;
+            v = (uint32_t)((f >> 9) & 0xff);
+        }
+        v = rm_at(m, v, base + start, p);
     } else {
         const rlist_t *l = (const rlist_t *)(uintptr_t)(e & ~1ull);
         if (l->n < 0) {
@@ -453,6 +462,8 @@ static inline int rm_continues(const rmap_t *m, const run_t *a, const run_t *b)
     return b->v == a->v + (uint32_t)(b->start - a->start);
 }
 
+static void rm_chunk_store(rmap_t *m, int64_t c, rlist_t *l, run_t *tmp, int k);
+
 /* chunk c: pages [s, e) (chunk offsets, s < e <= RM_CHUNK) get v (the value at s) */
 static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
 {
@@ -485,7 +496,13 @@ static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
         if (!(q < n && old[q].start == e)) tmp[k++] = tail;
         for (; q < n; q++) tmp[k++] = old[q];
     }
-    /* merge runs that continue each other */
+    rm_chunk_store(m, c, l, tmp, k);
+}
+
+/* chunk c := runs tmp[0..k) (tmp[0] starts at 0, sorted; runs that continue each other are
+ * merged here), in the smallest form that holds them; l is the chunk's list, if it has one */
+static void rm_chunk_store(rmap_t *m, int64_t c, rlist_t *l, run_t *tmp, int k)
+{
     int w = 0;
     for (int q = 1; q < k; q++) {
         if (rm_continues(m, &tmp[w], &tmp[q])) continue;
@@ -584,36 +601,70 @@ static void rm_copy(rmap_t *dst, const rmap_t *src, int64_t a, int64_t b)
     }
 }
 
+/* pages of [a, b) (a plain map) get (x & ~clear) | set; returns the bits that changed, summed
+ * over the pages (for a single bit: the pages that changed).  One pass per chunk: the chunk's
+ * runs are rewritten once, not once per run that changes */
+static int64_t rm_update_bits(rmap_t *m, int64_t a, int64_t b, uint32_t clear, uint32_t set)
+{
+    int64_t n = 0;
+    for (int64_t c = a / RM_CHUNK; a < b; c++) {
+        int64_t base = c * RM_CHUNK, e = b < base + RM_CHUNK ? b : base + RM_CHUNK;
+        int s = (int)(a - base), t = (int)(e - base);
+        uint64_t ent = m->ent[c];
+        a = e;
+        if (rm_is_one(ent)) {
+            uint32_t x = (uint32_t)(ent >> 2), y = (x & ~clear) | set;
+            if (y == x) continue;
+            n += (int64_t)(t - s) * __builtin_popcount(x ^ y);
+            int64_t cend = base + RM_CHUNK < m->npages ? base + RM_CHUNK : m->npages;
+            if (s == 0 && base + t >= cend) m->ent[c] = rm_one(y);
+            else rm_chunk_set(m, c, s, t, y);
+            continue;
+        }
+        rlist_t *l = ent & 1 ? (rlist_t *)(uintptr_t)(ent & ~1ull) : NULL;
+        if (l && l->n < 0) {
+            uint32_t *d = ((rdense_t *)l)->v;
+            for (int i = s; i < t; i++) {
+                uint32_t y = (d[i] & ~clear) | set;
+                n += __builtin_popcount(d[i] ^ y);
+                d[i] = y;
+            }
+            continue;
+        }
+        run_t word[RM_PACK], tmp[RM_CHUNK + 3];
+        const run_t *old = l ? l->r : word;
+        int k = 0, cnt = l ? l->n : rm_unpack(ent, word);
+        int64_t changed = 0;
+        for (int i = 0; i < cnt; i++) {
+            int rs = old[i].start, re = i + 1 < cnt ? old[i + 1].start : RM_CHUNK;
+            uint32_t x = old[i].v, y = (x & ~clear) | set;
+            int lo = rs > s ? rs : s, hi = re < t ? re : t;
+            if (lo >= hi || y == x) {               /* outside [s, t) or unchanged */
+                tmp[k++] = old[i];
+                continue;
+            }
+            changed += (int64_t)(hi - lo) * __builtin_popcount(x ^ y);
+            if (rs < lo) tmp[k++] = (run_t){(uint16_t)rs, 0, x};
+            tmp[k++] = (run_t){(uint16_t)lo, 0, y};
+            if (hi < re) tmp[k++] = (run_t){(uint16_t)hi, 0, x};
+        }
+        if (!changed) continue;
+        n += changed;
+        rm_chunk_store(m, c, l, tmp, k);
+    }
+    return n;
+}
+
 /* pages of [a, b) whose value has `bit`: clear it; returns how many */
 static int64_t rm_clear_bit(rmap_t *m, int64_t a, int64_t b, uint32_t bit)
 {
-    int64_t n = 0;
-    while (a < b) {
-        uint32_t x;
-        int64_t e = rm_seg(m, a, b, &x);
-        if (x & bit) {
-            n += e - a;
-            rm_set(m, a, e, x & ~bit);
-        }
-        a = e;
-    }
-    return n;
+    return rm_update_bits(m, a, b, bit, 0);
 }
 
 /* pages of [a, b) whose value lacks `bit`: set it; returns how many */
 static int64_t rm_set_bit(rmap_t *m, int64_t a, int64_t b, uint32_t bit)
 {
-    int64_t n = 0;
-    while (a < b) {
-        uint32_t x;
-        int64_t e = rm_seg(m, a, b, &x);
-        if (!(x & bit)) {
-            n += e - a;
-            rm_set(m, a, e, x | bit);
-        }
-        a = e;
-    }
-    return n;
+    return rm_update_bits(m, a, b, 0, bit);
 }
 
 static int rm_any_bit(const rmap_t *m, int64_t a, int64_t b, uint32_t bits)
@@ -1511,8 +1562,8 @@ static void gmem_demote(core_t *c, gmem_t *g, int64_t f)            /* _demote *
 /* zap_host: every process's PTEs and PMDs (unmap_mapping_range) */
 static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int charge)
 {
-    int64_t n = 0;
-    for (int q = 0; q < MAX_PROCS; q++) n += rm_clear_bit(&g->pflags, p0, p1, pf_host(q));
+    /* pages each host process maps, summed over the processes */
+    int64_t n = rm_update_bits(&g->pflags, p0, p1, PF_HOST_ALL, 0);
     /* inside the ioctl: the measured MADV_DONTNEED figure less its syscall entry */
     if (n && charge) led_op_beyond(c, K_HOST_ZAP_PTE, K_IOCTL_ENTRY, n);
     if (g->order) {
@@ -1524,11 +1575,11 @@ static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int c
             int k = __builtin_popcount(pm);
             int64_t a = f * fp, b = (f + 1) * fp;
             if (a < p0 || b > p1) {
-                for (int q = 0; q < MAX_PROCS; q++) {
-                    if (!(pm & fb_pmd(q))) continue;
-                    if (a < p0) rm_set_bit(&g->pflags, a, p0, pf_host(q));
-                    if (b > p1) rm_set_bit(&g->pflags, p1, b, pf_host(q));
-                }
+                uint32_t bits = 0;      /* the PMD mappers map the rest of the folio by PTEs */
+                for (int q = 0; q < MAX_PROCS; q++)
+                    if (pm & fb_pmd(q)) bits |= pf_host(q);
+                if (a < p0) rm_update_bits(&g->pflags, a, p0, 0, bits);
+                if (b > p1) rm_update_bits(&g->pflags, p1, b, 0, bits);
                 gmem_demote(c, g, f);
                 c->mapping_demotions += k;
             }
