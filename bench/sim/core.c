@@ -483,7 +483,7 @@ static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
     if (l) n = l->n;
     else if (rm_is_packed(ent)) n = rm_unpack(ent, word);
     else word[0] = (run_t){0, 0, (uint32_t)(ent >> 2)};
-    run_t tmp[RM_CHUNK + 3];
+    run_t tmp[RM_DENSE + 3];     /* a list holds at most RM_DENSE runs; a set adds two */
     int k = 0, i = 0;
     for (; i < n && old[i].start < s; i++) tmp[k++] = old[i];
     /* the run holding page e - 1 continues at e */
@@ -504,19 +504,22 @@ static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
 static void rm_chunk_store(rmap_t *m, int64_t c, rlist_t *l, run_t *tmp, int k)
 {
     int w = 0;
-    for (int q = 1; q < k; q++) {
-        if (rm_continues(m, &tmp[w], &tmp[q])) continue;
-        tmp[++w] = tmp[q];
+    if (m->linear) {
+        for (int q = 1; q < k; q++)
+            if (!rm_continues(m, &tmp[w], &tmp[q])) tmp[++w] = tmp[q];
+    } else {
+        for (int q = 1; q < k; q++)
+            if (tmp[q].v != tmp[w].v) tmp[++w] = tmp[q];
     }
     k = w + 1;
     if (k == 1) {
-        free(l);
+        if (l) free(l);
         m->ent[c] = rm_one(tmp[0].v);
         return;
     }
     uint64_t packed;
     if (rm_pack(tmp, k, &packed)) {
-        free(l);
+        if (l) free(l);
         m->ent[c] = packed;
         return;
     }
@@ -631,7 +634,7 @@ static int64_t rm_update_bits(rmap_t *m, int64_t a, int64_t b, uint32_t clear, u
             }
             continue;
         }
-        run_t word[RM_PACK], tmp[RM_CHUNK + 3];
+        run_t word[RM_PACK], tmp[RM_DENSE + 3];    /* each run kept or cut in up to 3 */
         const run_t *old = l ? l->r : word;
         int k = 0, cnt = l ? l->n : rm_unpack(ent, word);
         int64_t changed = 0;
