@@ -165,6 +165,7 @@ typedef struct { int32_t n, cap; uint32_t v[RM_CHUNK]; } rdense_t;
 typedef struct {
     int64_t npages, nchunks;
     int linear;
+    uint32_t any;           /* plain maps: every bit a page's value has ever had */
     uint64_t *ent;
 } rmap_t;
 
@@ -371,6 +372,7 @@ static void rm_init(rmap_t *m, int64_t npages, int linear, uint32_t initial)
     m->npages = npages;
     m->nchunks = (npages + RM_CHUNK - 1) / RM_CHUNK;
     m->linear = linear;
+    m->any = initial;
     m->ent = xcalloc((size_t)(m->nchunks ? m->nchunks : 1), sizeof(uint64_t));
     if (initial)
         for (int64_t c = 0; c < m->nchunks; c++)
@@ -468,6 +470,7 @@ static void rm_chunk_store(rmap_t *m, int64_t c, rlist_t *l, run_t *tmp, int k);
 static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
 {
     uint64_t ent = m->ent[c];
+    m->any |= v;
     run_t word[RM_PACK];
     rlist_t *l = ent & 1 ? (rlist_t *)(uintptr_t)(ent & ~1ull) : NULL;
     if (l && l->n < 0) {
@@ -551,6 +554,7 @@ static void rm_chunk_store(rmap_t *m, int64_t c, rlist_t *l, run_t *tmp, int k)
 /* pages [a, b) get v (linear maps: v at a, v + (p - a) at p, when v != 0) */
 static void rm_set(rmap_t *m, int64_t a, int64_t b, uint32_t v)
 {
+    m->any |= v;
     for (int64_t c = a / RM_CHUNK; a < b; c++) {
         int64_t base = c * RM_CHUNK, e = b < base + RM_CHUNK ? b : base + RM_CHUNK;
         int64_t cend = base + RM_CHUNK < m->npages ? base + RM_CHUNK : m->npages;
@@ -609,6 +613,10 @@ static void rm_copy(rmap_t *dst, const rmap_t *src, int64_t a, int64_t b)
  * runs are rewritten once, not once per run that changes */
 static int64_t rm_update_bits(rmap_t *m, int64_t a, int64_t b, uint32_t clear, uint32_t set)
 {
+    /* no page has a bit to clear and none is set: nothing to look at (the common case of
+     * clearing a kind of mapping a run never made) */
+    if (!set && !(m->any & clear)) return 0;
+    m->any |= set;
     int64_t n = 0;
     for (int64_t c = a / RM_CHUNK; a < b; c++) {
         int64_t base = c * RM_CHUNK, e = b < base + RM_CHUNK ? b : base + RM_CHUNK;
@@ -672,6 +680,7 @@ static int64_t rm_set_bit(rmap_t *m, int64_t a, int64_t b, uint32_t bit)
 
 static int rm_any_bit(const rmap_t *m, int64_t a, int64_t b, uint32_t bits)
 {
+    if (!(m->any & bits)) return 0;
     while (a < b) {
         uint32_t x;
         int64_t e = rm_seg(m, a, b, &x);
