@@ -76,8 +76,11 @@ Method
    exchangeable with those of the other*.  They are not quite: a whole run shares the
    machine's state, so runs differ by more than their repetitions do.  The threshold is
    what absorbs that between-run drift, so it must be at least the drift identical runs
-   show on the machine: benchmarks/gate_quality.py measures it with the false-alarm,
-   detection and inconclusive rates.
+   show on the machine, row by row: `gmembench thresholds RUN...` measures it from K
+   identical runs and writes per-row thresholds (bench/thresholds.py), and `--thresholds
+   FILE` makes each row's threshold max(configured, learned) - marked "L" in the table.
+   benchmarks/gate_quality.py measures the resulting false-alarm, detection and
+   inconclusive rates.
 
 6. Re-measuring (`--rerun CMD`, `--rerun-base CMD`, `--rerun-budget N`): while the verdict is
    inconclusive, run CMD (a `gmembench run` command line; "{out}" in it is replaced by a
@@ -88,7 +91,9 @@ Method
 
 Defaults (--threshold sets all, --metric-threshold NAME=PCT one): latency_min 5%, latency p50
 7%, latency p99 35% (also per direction), footprint peak, bytes copied, huge splits 5%;
---alpha 0.05.  --metrics chooses the metrics decided on.
+--alpha 0.05.  --metrics chooses the metrics decided on.  --thresholds FILE (written by
+`gmembench thresholds`) raises rows whose run-to-run drift on this host needs more; it is
+refused (exit 2) for results from another host, kernel or run configuration.
 """
 import argparse
 import json
@@ -174,6 +179,7 @@ class Row:
     reps_needed: int | None  # per side, to decide an inconclusive/undecided row
     verdict: str
     p_raw: float | None = None
+    threshold_from: str = "configured"   # "configured" | "learned" (a --thresholds file)
 
 
 # --- loading and validating ------------------------------------------------------------
@@ -436,9 +442,13 @@ def repetitions_needed(base: np.ndarray, cur: np.ndarray, effect: float,
     return n
 
 
-def decide_rows(values: dict, thresholds: dict, alpha: float, deterministic: dict) -> list[Row]:
-    """values: {(key, metric): (base array, cur array)}; deterministic: {key: bool}.
-    Returns the rows with their verdicts (module docstring, 4)."""
+def decide_rows(values: dict, thresholds: dict, alpha: float, deterministic: dict,
+                learned: dict | None = None) -> list[Row]:
+    """values: {(key, metric): (base array, cur array)}; deterministic: {key: bool};
+    learned: {(key, metric): threshold} from a thresholds file, which can only raise the
+    configured threshold (bench.thresholds).  Returns the rows with their verdicts (module
+    docstring, 4)."""
+    learned = learned or {}
     rows, tested = [], []
     for (key, metric), (vb_all, vc_all) in values.items():
         vb, out_b = set_aside_outliers(vb_all)
@@ -453,10 +463,13 @@ def decide_rows(values: dict, thresholds: dict, alpha: float, deterministic: dic
             method = "too-few"
         else:
             method = "rank-test"
+        threshold, source = thresholds[metric], "configured"
+        if learned.get((key, metric), 0.0) > threshold:
+            threshold, source = learned[(key, metric)], "learned"
         row = Row(key=key, metric=metric, unit=UNITS[metric], base=mb,
                   base_spread=mad_spread(vb), cur=mc, change=change, p=None,
                   n_base=len(vb), n_cur=len(vc), set_aside_base=out_b, set_aside_cur=out_c,
-                  method=method, threshold=thresholds[metric],
+                  method=method, threshold=threshold, threshold_from=source,
                   mde=0.0 if method == "exact" else math.inf, reps_needed=None,
                   verdict=NO_CHANGE)
         row._vals = (vb, vc)
@@ -607,10 +620,11 @@ def collect_values(base: dict, sb: dict, cur: dict, sc: dict, keys: list[str],
 
 def compare_results(base: dict, cur: dict, thresholds: dict | None = None,
                     alpha: float = DEFAULT_ALPHA, allow_missing: bool = False,
-                    metrics=DEFAULT_METRICS, samples: tuple[dict, dict] | None = None
-                    ) -> list[Row]:
+                    metrics=DEFAULT_METRICS, samples: tuple[dict, dict] | None = None,
+                    learned: dict | None = None) -> list[Row]:
     """Rows for every matched run x metric; raises Incomparable.  samples: (BASE's, CUR's)
-    samples.npz contents; read from the dirs when not given."""
+    samples.npz contents; read from the dirs when not given.  learned: per-row thresholds
+    (bench.thresholds.row_thresholds), applied as max(configured, learned)."""
     th = dict(DEFAULT_THRESHOLDS)
     th.update(thresholds or {})
     keys = check_comparable(base, cur, allow_missing)
@@ -618,7 +632,7 @@ def compare_results(base: dict, cur: dict, thresholds: dict | None = None,
         samples = (_load_samples(Path(base["_dir"]) / "samples.npz"),
                    _load_samples(Path(cur["_dir"]) / "samples.npz"))
     values, det = collect_values(base, samples[0], cur, samples[1], keys, metrics)
-    return decide_rows(values, th, alpha, det)
+    return decide_rows(values, th, alpha, det, learned)
 
 
 def format_value(v: float, unit: str) -> str:
@@ -651,7 +665,8 @@ def format_table(rows: list[Row]) -> str:
             n += f" (-{r.set_aside_base}/-{r.set_aside_cur})"
         lines.append((r.key, r.metric, format_value(r.base, r.unit),
                       f"±{100 * r.base_spread:.1f}%", format_value(r.cur, r.unit), change,
-                      f"{100 * r.threshold:g}%", _pct(r.mde), p, n,
+                      f"{100 * r.threshold:.3g}%" + ("L" if r.threshold_from == "learned" else ""),
+                      _pct(r.mde), p, n,
                       r.verdict.upper() if r.verdict in (REGRESSION, INCONCLUSIVE, UNDECIDED)
                       else r.verdict))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
@@ -723,6 +738,10 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", default=str(DEFAULT_ALPHA),
                         help="family-wise significance level (Holm over the tested rows) of "
                              "the one-sided exact rank test, in (0, 0.5) (default %(default)s)")
+    parser.add_argument("--thresholds", metavar="FILE",
+                        help="per-row thresholds learned from identical runs on this host "
+                             "(`gmembench thresholds`); a row's threshold becomes "
+                             "max(configured, learned), marked L in the table")
     parser.add_argument("--allow-missing", action="store_true",
                         help="compare the runs both dirs have instead of refusing")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
@@ -836,12 +855,20 @@ def _cli_compare(args) -> int:
         _check_json_path(args.json)
     base, sb = load_side(args.base)
     cur, sc = load_side(args.cur)
+    learned_doc = learned = None
+    if args.thresholds:
+        from bench import thresholds as thr
+        learned_doc = thr.load(args.thresholds)
+        learned = thr.row_thresholds(learned_doc)
     reruns = bool(args.rerun or args.rerun_base)
     looks = budget + 1 if reruns else 1
     alpha_look = alpha / looks
     try:
+        if learned_doc is not None:
+            thr.check_applies(learned_doc, base, "BASE")
+            thr.check_applies(learned_doc, cur, "CUR")
         rows = compare_results(base, cur, thresholds, alpha_look, args.allow_missing, metrics,
-                               samples=(sb, sc))
+                               samples=(sb, sc), learned=learned)
         spent = 0
         while reruns and exit_status(rows) == EXIT_INCONCLUSIVE and spent < budget:
             spent += 1
@@ -853,7 +880,7 @@ def _cli_compare(args) -> int:
                 check_comparable(doc, extra, allow_missing=True)
                 _merge(doc, smp, extra, extra_s)
             rows = compare_results(base, cur, thresholds, alpha_look, args.allow_missing,
-                                   metrics, samples=(sb, sc))
+                                   metrics, samples=(sb, sc), learned=learned)
     except Incomparable as e:
         print(f"gmembench compare: not comparable: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -864,6 +891,15 @@ def _cli_compare(args) -> int:
         if delayed:
             print(f"note: {side} carries an injected gate-testing delay: {', '.join(delayed)}")
     print(format_table(rows))
+    if learned_doc is not None:
+        raised = [r for r in rows if r.threshold_from == "learned"]
+        print(f"thresholds: max(configured, learned per row) - learned {learned_doc.get('created')} "
+              f"from {len(learned_doc.get('learned_from') or [])} identical runs "
+              f"({args.thresholds}); raised on {len(raised)} of {len(rows)} rows (L)")
+        for r in raised:
+            if r.threshold >= MAX_THRESHOLD:
+                print(f"  {r.key} {r.metric}: drifts so much between identical runs that it "
+                      f"cannot gate less than a doubling on this host")
     print(f"outlier rule: {OUTLIER_RULE}; set aside: "
           f"{sum(r.set_aside_base for r in rows)} BASE / {sum(r.set_aside_cur for r in rows)} "
           f"CUR values over {len(rows)} rows")
@@ -880,6 +916,7 @@ def _cli_compare(args) -> int:
           + f" -> exit {status} ({ {0: 'pass', 1: 'REGRESSION', 3: 'INCONCLUSIVE'}[status] })")
     if args.json:
         doc = {"base": args.base, "cur": args.cur, "alpha": alpha, "alpha_per_look": alpha_look,
+               "thresholds_file": args.thresholds,
                "metrics": list(metrics), "outlier_rule": OUTLIER_RULE,
                "power_for_mde": POWER, "reruns": spent if reruns else 0,
                "exit_status": status, "counts": count,

@@ -1,33 +1,34 @@
 """How good is `gmembench compare` on this machine, met the way a CI system meets it?
 
-    python benchmarks/gate_quality.py [--baselines K] [--delayed K] [--repetitions R]
-                                      [--out DIR] [--reuse] [--judge-only] [--metrics ...]
+    python benchmarks/gate_quality.py [--calibration K] [--baselines K] [--delayed K]
+                                      [--repetitions R] [--out DIR] [--reuse] [--judge-only]
+                                      [--metrics ...]
 
 1. Measures through the command line a CI job uses (`gmembench run --backend host --quick
-   -w dma-churn -r R --no-progress`, each run its own process): K baseline runs (A) of
-   identical code, K runs with a real uniform delay (B: `--param slowdown=1.1`, the host
-   executor busy-waits inside every timed conversion step for 10% of that step's measured
-   time) and K runs with the delay confined to one conversion direction (P: also
-   `--param slowdown_direction=to_private`).  Runs interleave A_k B_k P_k, so drifts of the
-   machine hit all three alike, and each records the load average (os.getloadavg) before
-   and after it: the machine is shared, not idle.  Each finished run is recorded in
-   runs.json in --out, so an interrupted measurement resumes with --reuse.
-2. Judges every pair through `gmembench compare` (bench.cli.main, its exit status is the
-   verdict): A/A every ordered pair (A_i as BASE, A_j as CUR, i != j), A/B and A/P every
-   (A_i, B_j) / (A_i, P_j).  Exit 1 on A/A is a false alarm; on A/B and A/P exit 1 is a
-   detection, exit 3 (inconclusive) and exit 0 are not.  Rates are given per baseline and
-   overall with Wilson 95% intervals; pairs share runs, so the overall intervals are
-   optimistic (each run takes part in several pairs).
-3. Checks the gate's own honesty: no delayed pair may exit 0 while a row's estimated change
-   is at or beyond its threshold (that would be a silent pass of a change it saw).
+   -w dma-churn -r R --no-progress`, each run its own process): K calibration runs (C) and
+   K baseline runs (A) of identical code, K runs with a real uniform delay (B: `--param
+   slowdown=1.1`, the host executor busy-waits inside every timed conversion step for 10%
+   of that step's measured time) and K runs with the delay confined to one conversion
+   direction (P: also `--param slowdown_direction=to_private`).  Runs interleave C_k A_k
+   B_k P_k, so drifts of the machine hit all kinds alike, and each records the load average
+   (os.getloadavg) before and after it.  Each finished run is recorded in runs.json in
+   --out, so an interrupted measurement resumes with --reuse.
+2. Learns per-row thresholds from the C runs only (`gmembench thresholds`, as a CI system
+   does once per host from its baseline build), so no judged run took part in learning
+   them; `--calibration 0` judges with the configured thresholds alone.
+3. Judges every pair through `gmembench compare --thresholds` (bench.cli.main, its exit
+   status is the verdict): A/A every ordered pair (A_i as BASE, A_j as CUR, i != j), A/B
+   and A/P every (A_i, B_j) / (A_i, P_j).  Exit 1 on A/A is a false alarm; on A/B and A/P
+   exit 1 is a detection, exit 3 (inconclusive) and exit 0 are not.  Rates are given per
+   baseline and overall with Wilson 95% intervals; pairs share runs, so the overall
+   intervals are optimistic (each run takes part in several pairs).
+4. Checks the gate's own honesty: no delayed pair may exit 0 while a row's estimated change
+   is at or beyond its (effective) threshold (a silent pass of a change it saw).
 
-Measured 2026-12-02 on the 2-vCPU reference VM shared with other jobs (load 5.6-14.4),
-6 A + 6 B + 4 P runs, the README's CI configuration (compare.CI_METRICS): A/A 0/30 false
-alarms (5 inconclusive), A/B 36/36 detected, A/P 24/24 detected, no silent pass; the older
-configuration with latency_p50 and the overall latency_min: A/A 9/30 false alarms, A/P 13/24
-(11 inconclusive).  Full tables in the README's CI section.
+The measured figures and their history are in the README's CI section.
 
-Writes gate_quality.json (or --report; every pair: exit status, rows beyond threshold, load) in --out.
+Writes gate_quality.json (or --report; every pair: exit status, rows beyond threshold,
+load) and thresholds.json (the learned thresholds) in --out.
 """
 import argparse
 import contextlib
@@ -46,9 +47,9 @@ import numpy as np
 from bench.compare import CI_METRICS, DEFAULT_THRESHOLDS, METRICS
 from bench.results import atomic_write_json
 
-KINDS = {"A": [], "B": ["--param", "slowdown=1.1"],
+KINDS = {"C": [], "A": [], "B": ["--param", "slowdown=1.1"],
          "P": ["--param", "slowdown=1.1", "--param", "slowdown_direction=to_private"]}
-KIND_NAMES = {"A": "baseline", "B": "uniform 10% delay", "P": "10% delay, to_private only"}
+KIND_NAMES = {"C": "calibration baseline", "A": "baseline", "B": "uniform 10% delay", "P": "10% delay, to_private only"}
 
 
 def wilson(hits: int, n: int) -> str:
@@ -67,10 +68,10 @@ def measure(args, out: Path, frozen: Path) -> list[dict]:
     log_path = out / "runs.json"
     done = json.loads(log_path.read_text()) if args.reuse and log_path.exists() else []
     have = {r["name"] for r in done if r["exit"] == 0}
-    k = max(args.baselines, args.delayed)
+    k = max(args.baselines, args.delayed, args.calibration)
     for i in range(k):
         for kind, extra in KINDS.items():
-            if i >= (args.baselines if kind == "A" else args.delayed):
+            if i >= {"C": args.calibration, "A": args.baselines}.get(kind, args.delayed):
                 continue
             name = f"{kind}{i:02d}"
             if name in have:
@@ -101,7 +102,8 @@ def measure(args, out: Path, frozen: Path) -> list[dict]:
     return done
 
 
-def gate(base: Path, cur: Path, metrics, thresholds: list[str], tmp: Path) -> tuple[int, dict]:
+def gate(base: Path, cur: Path, metrics, thresholds: list[str], tmp: Path,
+         learned: Path | None) -> tuple[int, dict]:
     """`gmembench compare BASE CUR ...` in this process; (exit status, its JSON)."""
     from bench.cli import main
     j = tmp / "gate.json"
@@ -110,6 +112,8 @@ def gate(base: Path, cur: Path, metrics, thresholds: list[str], tmp: Path) -> tu
     argv = ["compare", str(base), str(cur), "--metrics", ",".join(metrics), "--json", str(j)]
     for t in thresholds:
         argv += ["--metric-threshold", t]
+    if learned is not None:
+        argv += ["--thresholds", str(learned)]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
         status = main(argv)
     if status == 2:
@@ -122,6 +126,10 @@ def main(argv=None) -> int:
     ap.add_argument("--workload", default="dma-churn")
     ap.add_argument("--baselines", type=int, default=6, help="A runs (default 6)")
     ap.add_argument("--delayed", type=int, default=6, help="B and P runs each (default 6)")
+    ap.add_argument("--calibration", type=int, default=6,
+                    help="C runs (baseline code) from which `gmembench thresholds` learns the "
+                         "per-row thresholds compare then uses; 0: the configured thresholds "
+                         "only (default 6)")
     ap.add_argument("--repetitions", type=int, default=8, help="per run (default 8)")
     ap.add_argument("--metrics", default=",".join(CI_METRICS), metavar="M1,M2,...",
                     help=f"what compare decides on (default: the README's CI configuration "
@@ -171,16 +179,29 @@ def main(argv=None) -> int:
     for t in args.metric_threshold:
         name, _, pct = t.partition("=")
         th[name] = float(pct) / 100
+    learned_path, learned_lines = None, []
+    if by_kind["C"] and args.calibration:
+        # learned once from runs that take no part in any judged pair, as a CI system
+        # learns them from the baseline build before it judges changes
+        from bench import thresholds as thr
+        doc = thr.learn([ok[n]["dir"] for n in by_kind["C"]], metrics)
+        learned_path = out / "thresholds.json"
+        atomic_write_json(learned_path, doc)
+        learned_lines = [f"thresholds learned from the {len(by_kind['C'])} C runs "
+                         f"(`gmembench thresholds`, alpha {doc['alpha']:g}); compare uses "
+                         f"max(configured, learned):", thr.format_table(doc), ""]
 
     pairs, drift = [], {}
     for kind in KINDS:
+        if kind == "C":
+            continue
         curs = by_kind[kind]
         for a in by_kind["A"]:
             for c in curs:
                 if c == a:
                     continue
                 status, doc = gate(Path(ok[a]["dir"]), Path(ok[c]["dir"]), metrics,
-                                   args.metric_threshold, tmp)
+                                   args.metric_threshold, tmp, learned_path)
                 beyond = [f"{r['key']} {r['metric']} {100 * float(r['change']):+.1f}%"
                           for r in doc["rows"] if float(r["change"]) >= r["threshold"]]
                 if kind == "A":     # what identical runs differ by, per metric
@@ -204,7 +225,7 @@ def main(argv=None) -> int:
              "load average (1 min) at run start: " + ", ".join(
                  f"{k} {min(ok[n]['load_before'][0] for n in by_kind[k]):.2f}-"
                  f"{max(ok[n]['load_before'][0] for n in by_kind[k]):.2f}"
-                 for k in KINDS if by_kind[k]), ""]
+                 for k in KINDS if by_kind[k]), ""] + learned_lines
     table = {}
     for kind in KINDS:
         sel = [p for p in pairs if p["kind"] == kind]
@@ -231,13 +252,14 @@ def main(argv=None) -> int:
         lines.append("A/A |change| per metric, median / 95th percentile / max (a threshold "
                      "below the 95th percentile alarms often):")
         lines += [f"  {m:<24} {100 * np.median(v):5.1f}% {100 * np.percentile(v, 95):5.1f}% "
-                  f"{100 * max(v):5.1f}%  (threshold {100 * th[m]:g}%)"
+                  f"{100 * max(v):5.1f}%  (configured threshold {100 * th[m]:g}%)"
                   for m, v in drift.items()]
     report = "\n".join(lines)
     print(report)
     atomic_write_json(out / args.report,
                       {"workload": args.workload, "repetitions": args.repetitions,
                        "metrics": list(metrics), "thresholds": {m: th[m] for m in metrics},
+                       "learned_thresholds": str(learned_path) if learned_path else None,
                        "runs": runs, "summary": table, "pairs": pairs, "report": report})
     return 0
 

@@ -3,12 +3,19 @@ small real run on this host (skipped without root or /dev/kvm)."""
 import json
 import os
 import textwrap
+from importlib import resources
 
 import pytest
 
 from bench.cli import main
+from bench.workload import workload_dirs
 from bench.validate import (FAIL, INFO, MISSING, NONDET, PASS, compare_exact, compare_relative,
                             compare_runs, disagreement, table)
+
+# the installed package's own files, whatever the working directory
+PROFILE = str(resources.files("bench") / "profiles" / "default.toml")
+VALIDATE_WL = str(next(d / "validate" / "dma-churn-4k.toml" for d in workload_dirs()
+                       if (d / "validate" / "dma-churn-4k.toml").is_file()))
 
 M = 1 << 20
 
@@ -99,8 +106,8 @@ def test_bad_input_exits_2(tmp_path, capsys):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep").write_text("x")
-    assert main(["validate", "--profile", "bench/profiles/default.toml", "--out", str(busy),
-                 "--no-progress", "-w", "workloads/validate/dma-churn-4k.toml"]) == 2
+    assert main(["validate", "--profile", PROFILE, "--out", str(busy),
+                 "--no-progress", "-w", VALIDATE_WL]) == 2
     assert (busy / "keep").exists()
     assert main(["validate", "-r", "0", "--out", str(tmp_path / "o2")]) == 2
 
@@ -132,7 +139,7 @@ def test_end_to_end_on_this_host(tmp_path, capsys):
     wl = tmp_path / "small.toml"
     wl.write_text(SMALL)
     out = tmp_path / "val"
-    code = main(["validate", "--profile", "bench/profiles/default.toml", "-w", str(wl),
+    code = main(["validate", "--profile", PROFILE, "-w", str(wl),
                  "--out", str(out), "--no-progress"])
     printed = capsys.readouterr().out
     doc = json.loads((out / "validation.json").read_text())
