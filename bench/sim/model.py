@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.ops import KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, NO_CHECK, PAGE_SIZE
 from bench.sim.buddy import BuddyAllocator, OutOfMemory
-from bench.sim.ranges import AttrRanges, PfnMap, Runs
+from bench.sim.ranges import AttrRanges, PfnMap, Runs, complement
 
 SHARED = 0
 GUEST_MEMFD_FLAG_MMAP = 1 << 0
@@ -376,14 +376,7 @@ class GuestMemfd:
         return sum(e - s for s, e in self.present_runs(p0, p1))
 
     def absent_runs(self, p0: int, p1: int) -> list[tuple[int, int]]:
-        out, p = [], p0
-        for s, e in self.present_runs(p0, p1):
-            if s > p:
-                out.append((p, s))
-            p = max(p, e)
-        if p < p1:
-            out.append((p, p1))
-        return out
+        return complement(self.present_runs(p0, p1), p0, p1)
 
     def _split_folio(self, f: int) -> None:
         """Split an intact huge folio into 4K folios of the same hugetlb page
@@ -1090,14 +1083,9 @@ class SharedBacking:
             a = c << 9
             base = int(self.chunk_pfn[c])
             # subpages no longer mapped (discarded) go back; re-touched holes have new pages
-            holes, p = [], a
-            for s, e, pfn in self.page_pfn.runs(a, a + 512):
-                if pfn == base + (s - a):        # the THP's own subpages, still mapped
-                    if s > p:
-                        holes.append((base + p - a, s - p))
-                    p = e
-            if p < a + 512:
-                holes.append((base + p - a, a + 512 - p))
+            own = [(s, e) for s, e, pfn in self.page_pfn.runs(a, a + 512)
+                   if pfn == base + (s - a)]      # the THP's own subpages, still mapped
+            holes = [(base + s - a, e - s) for s, e in complement(own, a, a + 512)]
             self.host.free_runs(holes)
             n = sum(k for _, k in holes)
             freed += n
