@@ -199,7 +199,7 @@ class SimTarget:
         if via == Via.GUEST_SHARED:
             if not attrs.is_uniform(p0, p1, SHARED):
                 return errno.EFAULT, 0      # KVM_EXIT_MEMORY_FAULT
-            return sh.guest_access(p0, p1, write, arg, self.gmem[slot].s2_map)
+            return sh.guest_access(p0, p1, write, arg, self.gmem[slot])
         st, mism = sh.access(p0, p1, write, arg, self._proc)
         if st == 0:
             self.host.private_host_touch_pages += sum(

@@ -307,7 +307,7 @@ class GuestMemfd:
     def _huge_bytes_key(self) -> str:
         return "2m" if self.order == 9 else "1g"
 
-    def _set_s2_4k(self, a: int, b: int) -> None:
+    def set_s2_4k(self, a: int, b: int) -> None:
         """Map [a, b) at 4K in stage 2."""
         self.host.st_s2_4k_pages += sum(e - s for s, e in self.s2_map.or_bits(a, b, 1))
 
@@ -469,8 +469,8 @@ class GuestMemfd:
                 f = f0 + int(k)
                 a, b = f * fp, (f + 1) * fp
                 if a < p0 or b > p1:       # split the huge leaf, keep the rest mapped at 4K
-                    self._set_s2_4k(a, p0)
-                    self._set_s2_4k(p1, b)
+                    self.set_s2_4k(a, p0)
+                    self.set_s2_4k(p1, b)
                     self._demote(f)
                     self.host.mapping_demotions += 1
                     if tdx:
@@ -973,11 +973,11 @@ class SharedBacking:
         self.host_map.or_bits(p0, p1, 1 << proc)
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
-    def guest_access(self, p0: int, p1: int, write: bool, token: int, s2_map: AttrRanges):
+    def guest_access(self, p0: int, p1: int, write: bool, token: int, gmem: "GuestMemfd"):
         """A guest access to shared GPAs under dual backing: KVM maps the shared backing's
-        page (through the memslot's userspace address) into stage 2 at 4K."""
+        page (through the memslot's userspace address) into the slot's stage 2 at 4K."""
         self.populate(p0, p1)
-        self.host.st_s2_4k_pages += sum(e - s for s, e in s2_map.or_bits(p0, p1, 1))
+        gmem.set_s2_4k(p0, p1)
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
     def discard(self, p0: int, p1: int) -> int:
