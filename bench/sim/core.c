@@ -1436,10 +1436,7 @@ static int64_t collect_missing(core_t *c, const rmap_t *map, int64_t a, int64_t 
         uint32_t v;
         int64_t e = rm_seg(map, a, b, &v);
         if (!v) {
-            grow_keep64(&c->miss, &c->cap_miss, 2 * k + 2);
-            c->miss[2 * k] = a;
-            c->miss[2 * k + 1] = e;
-            k++;
+            push_run(&c->miss, &c->cap_miss, &k, a, e);     /* (start, end) */
             *n += e - a;
         }
         a = e;
@@ -1513,16 +1510,23 @@ static int64_t gmem_present_seg(const gmem_t *g, int64_t p, int64_t lim, int *pr
     return p;
 }
 
-static int64_t gmem_count_present(const gmem_t *g, int64_t p0, int64_t p1)
+/* pages of [p0, p1) that hold a page: the part of an intact huge unit (state[u] == INTACT,
+ * units of 1 << order pages) in full, the others by their pfn map; order 0: no huge units */
+static int64_t count_present(const rmap_t *page_pfn, const uint8_t *state, int order,
+                             int64_t p0, int64_t p1)
 {
-    if (!g->order) return rm_count_nz(&g->page_pfn, p0, p1);
-    int o = g->order;
-    int64_t fp = g->fpages, n = 0;
-    for (int64_t f = p0 >> o; f <= (p1 - 1) >> o; f++) {
-        int64_t a = p0 > f * fp ? p0 : f * fp, b = p1 < (f + 1) * fp ? p1 : (f + 1) * fp;
-        n += g->fstate[f] == INTACT ? b - a : rm_count_nz(&g->page_pfn, a, b);
+    if (!order) return rm_count_nz(page_pfn, p0, p1);
+    int64_t up = (int64_t)1 << order, n = 0;
+    for (int64_t u = p0 >> order; u <= (p1 - 1) >> order; u++) {
+        int64_t a = p0 > u * up ? p0 : u * up, b = p1 < (u + 1) * up ? p1 : (u + 1) * up;
+        n += state[u] == INTACT ? b - a : rm_count_nz(page_pfn, a, b);
     }
     return n;
+}
+
+static int64_t gmem_count_present(const gmem_t *g, int64_t p0, int64_t p1)
+{
+    return count_present(&g->page_pfn, g->fstate, g->order, p0, p1);
 }
 
 static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f)        /* _split_folio */
@@ -1835,18 +1839,28 @@ static int gmem_set_attrs2(core_t *c, slot_t *s, uint64_t offset, uint64_t size,
     return 0;
 }
 
-static int64_t free_4k(core_t *c, rmap_t *page_pfn, int64_t a, int64_t b)   /* _free_4k */
+/* the pages [a, b) hold as (pfn, n) runs in c->fruns, leaving out those that hold their own
+ * page of a THP at own_pfn (the pfn of page own_at; own_at < 0: none); *k runs, returns pages */
+static int64_t collect_pages(core_t *c, const rmap_t *page_pfn, int64_t a, int64_t b,
+                             int64_t own_at, int64_t own_pfn, int64_t *k)
 {
-    int64_t n = 0, k = 0;
+    int64_t n = 0;
+    *k = 0;
     for (int64_t p = a; p < b;) {
         uint32_t v;
         int64_t e = rm_seg(page_pfn, p, b, &v);
-        if (v) {
-            push_run(&c->fruns, &c->cap_fruns, &k, (int64_t)v - 1, e - p);
+        if (v && (own_at < 0 || v != (uint32_t)(own_pfn + 1 + p - own_at))) {
+            push_run(&c->fruns, &c->cap_fruns, k, (int64_t)v - 1, e - p);
             n += e - p;
         }
         p = e;
     }
+    return n;
+}
+
+static int64_t free_4k(core_t *c, rmap_t *page_pfn, int64_t a, int64_t b)   /* _free_4k */
+{
+    int64_t k, n = collect_pages(c, page_pfn, a, b, -1, 0, &k);
     if (n) rm_set(page_pfn, a, b, 0);
     host_free_runs(c, c->fruns, k);
     return n;
@@ -1854,7 +1868,7 @@ static int64_t free_4k(core_t *c, rmap_t *page_pfn, int64_t a, int64_t b)   /* _
 
 static int any_pfn(const rmap_t *page_pfn, int64_t a, int64_t b)
 {
-    return rm_count_nz(page_pfn, a, b) > 0;
+    return !rm_is_uniform(page_pfn, a, b, 0);
 }
 
 static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* fallocate_punch_hole */
@@ -2095,13 +2109,7 @@ static int64_t shared_populate(core_t *c, shared_t *s, int64_t p0, int64_t p1)
 
 static int64_t shared_count_present(const shared_t *s, int64_t p0, int64_t p1)
 {
-    if (!s->huge) return rm_count_nz(&s->page_pfn, p0, p1);
-    int64_t n = 0;
-    for (int64_t ch = p0 >> 9; ch <= (p1 - 1) >> 9; ch++) {
-        int64_t a = p0 > (ch << 9) ? p0 : (ch << 9), b = p1 < ((ch + 1) << 9) ? p1 : ((ch + 1) << 9);
-        n += s->chunk[ch] == INTACT ? b - a : rm_count_nz(&s->page_pfn, a, b);
-    }
-    return n;
+    return count_present(&s->page_pfn, s->chunk, s->huge ? 9 : 0, p0, p1);
 }
 
 /* access by host process proc: status; *mism */
@@ -2171,16 +2179,7 @@ static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* d
                 led_op_beyond(c, K_THP_SPLIT_SHMEM, K_PUNCH_SHMEM_UNMAPPED, 1);
             }
             if (s->chunk[ch] == DEFERRED) {
-                int64_t base = s->chunk_pfn[ch], n = 0, k = 0;
-                for (int64_t p = lo; p < hi;) {
-                    uint32_t v;
-                    int64_t e = rm_seg(&s->page_pfn, p, hi, &v);
-                    if (v && v != (uint32_t)(base + 1 + p - a)) {     /* not the THP's own */
-                        push_run(&c->fruns, &c->cap_fruns, &k, (int64_t)v - 1, e - p);
-                        n += e - p;
-                    }
-                    p = e;
-                }
+                int64_t k, n = collect_pages(c, &s->page_pfn, lo, hi, a, s->chunk_pfn[ch], &k);
                 rm_set(&s->page_pfn, lo, hi, 0);
                 if (n) {
                     host_free_runs(c, c->fruns, k);
@@ -2362,8 +2361,12 @@ int core_accept(core_t *c)
             fail(c, "host memory too small to accept the guest's memory");
             return -1;
         }
-        gmem_access(c, s, 0, s->g.npages, 1, 0, 1, 0, &mism);
+        int st = gmem_access(c, s, 0, s->g.npages, 1, 0, 1, 0, &mism);
         c->in_step = 0;
+        if (st) {           /* SimTarget._start_up asserts the accept succeeded */
+            fail(c, "the guest's accept of memslot %d failed (status %d)", (int)i, st);
+            return -1;
+        }
     }
     return 0;
 }
@@ -2698,6 +2701,17 @@ static void allocatable_huge(const core_t *c, int64_t *out2m, int64_t *out1g)
 
 /* SimTarget.snapshot from the counters kept as the model changes: O(slots) but for
  * allocatable_huge, which scans host memory */
+/* what core_huge_stats and core_huge_recount both report the same way: the cumulative
+ * counters and a scan of host memory for allocatable huge ranges */
+static void huge_stats_common(core_t *c, int64_t *out)
+{
+    out[CORE_H_DEMOTIONS] = c->mapping_demotions;
+    out[CORE_H_SPLITS] = c->folio_splits;
+    out[CORE_H_MERGES] = c->folio_merges;
+    out[CORE_H_PRIVATE_TOUCHES] = c->private_host_touch_pages;
+    allocatable_huge(c, &out[CORE_H_ALLOC_2M], &out[CORE_H_ALLOC_1G]);
+}
+
 void core_huge_stats(core_t *c, int64_t *out)
 {
     memset(out, 0, CORE_H_COUNT * sizeof(int64_t));
@@ -2713,11 +2727,7 @@ void core_huge_stats(core_t *c, int64_t *out)
         if (g->order) out[CORE_H_POSSIBLE] += g->nfolios;
         if (s && s->huge) out[CORE_H_POSSIBLE] += s->nchunks;
     }
-    out[CORE_H_DEMOTIONS] = c->mapping_demotions;
-    out[CORE_H_SPLITS] = c->folio_splits;
-    out[CORE_H_MERGES] = c->folio_merges;
-    out[CORE_H_PRIVATE_TOUCHES] = c->private_host_touch_pages;
-    allocatable_huge(c, &out[CORE_H_ALLOC_2M], &out[CORE_H_ALLOC_1G]);
+    huge_stats_common(c, out);
 }
 
 /* the same as core_huge_stats by a full scan of every page and folio (tests: the counters
@@ -2750,11 +2760,7 @@ void core_huge_recount(core_t *c, int64_t *out)
             out[CORE_H_STALE] += shared_present_where(s, &c->slots[i].attrs, 0,
                                                       c->slots[i].attrs.npages, 1) * (int64_t)PAGE_SIZE;
     }
-    out[CORE_H_DEMOTIONS] = c->mapping_demotions;
-    out[CORE_H_SPLITS] = c->folio_splits;
-    out[CORE_H_MERGES] = c->folio_merges;
-    out[CORE_H_PRIVATE_TOUCHES] = c->private_host_touch_pages;
-    allocatable_huge(c, &out[CORE_H_ALLOC_2M], &out[CORE_H_ALLOC_1G]);
+    huge_stats_common(c, out);
 }
 
 void core_ledger(core_t *c, int64_t *count, double *ns, int64_t *first)
