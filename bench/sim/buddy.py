@@ -343,15 +343,10 @@ class BuddyAllocator:
             alike = nmovable if t == MOVABLE else self._pbsize - nfree - nmovable
             if nfree + alike >= self._pbsize >> 1:
                 self._set_pageblock_type(pfn >> pbo, t)
-                lists_t = self._lists[t]
-                for o in range(order, kmax + 1):
-                    d = lists_t[o]
-                    if d:
-                        pfn = d.popitem()[0]
-                        del self._head[pfn]
-                        self._nr[o] -= 1
-                        return pfn, o
-                raise AssertionError("claimed pageblock yielded no block")  # pragma: no cover
+                got = self._pop_smallest(self._lists[t], order)
+                if got is None:
+                    raise AssertionError("claimed pageblock yielded no block")  # pragma: no cover
+                return got
         # steal (__rmqueue_steal): smallest other-type block, labels unchanged
         got = self._pop_smallest(lists_u, order)
         if got is None:
