@@ -3,7 +3,8 @@
 SIGINT (Ctrl-C), SIGTERM and SIGHUP (a dropped ssh session) unwind the stack: every
 `finally` runs, so host settings are restored, repetition workers stopped and partial
 results removed, and the process exits 128 + signal (130 for Ctrl-C).  A signal the
-process was started with ignored (nohup, a background job) stays ignored.
+process was started with ignored (nohup, a background job) stays ignored - except while
+host settings are changed: bench.host.sysfs then restores them on any of the three.
 
 A few steps must not be cut in half by that unwinding: writing a host setting together
 with its journal entry, restoring it, handing a repetition to a new worker process.  They
