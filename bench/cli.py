@@ -4,7 +4,7 @@ import argparse
 import importlib
 import sys
 
-from bench import __version__
+from bench import __version__, interrupts
 from bench.errors import InputError
 
 # name -> (module, help).  The module provides add_<name>_arguments(parser) and
@@ -63,9 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_func", None):
         parser.print_help()
         return 2
-    _exit_on_hangup_and_term()
+    # SIGTERM and SIGHUP (a dropped ssh session) unwind like Ctrl-C: every `finally` runs,
+    # so host settings are restored, workers stopped and partial results removed
+    interrupts.install()
     try:
-        return int(args._func(args) or 0)
+        code = int(args._func(args) or 0)
+        interrupts.check()      # a signal whose exception something swallowed
+        return code
     except InputError as e:
         print(f"gmembench: error: {e}", file=sys.stderr)
         return 2
@@ -77,15 +81,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gmembench: stopped by signal {e.code - 128}", file=sys.stderr)
         raise
 
-
-def _on_signal(signum, frame):
-    raise SystemExit(128 + signum)
-
-
-def _exit_on_hangup_and_term() -> None:
-    """SIGTERM and SIGHUP (a dropped ssh session) unwind like Ctrl-C: every `finally`
-    runs, so host settings are restored, workers stopped and partial results removed."""
-    import signal
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) in (signal.SIG_DFL, None):
-            signal.signal(sig, _on_signal)

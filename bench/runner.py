@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import __version__
+from bench import __version__, interrupts
 from bench.backend import open_target
 from bench.errors import InputError
 from bench.accounting import attribute_touches, merge_step_breakdowns
@@ -86,6 +86,7 @@ def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS
     """Execute in chunks, snapshotting between chunks for the time series (`points`
     snapshots per repetition: on the host each one reads /proc, so short workloads may
     want fewer)."""
+    interrupts.check()
     n_ops = len(ops)
     chunk = max(1, -(-n_ops // max(1, points)))
     bounds = np.searchsorted(steps["op"], np.arange(0, n_ops + chunk, chunk))
@@ -108,6 +109,7 @@ def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS
         a, b = int(bounds[k]), int(bounds[k + 1])
         if a == b and k:
             continue
+        interrupts.check()
         results.append(target.execute(steps[a:b]))
         snap = target.snapshot()
         series["op_index"].append(min(n_ops, (k + 1) * chunk))
@@ -163,6 +165,7 @@ def merge_breakdowns(items: list[dict]) -> dict:
 
 def repetition(backend, layout, strategy, params, ops, steps, points=SERIES_POINTS) -> dict:
     """One repetition on a fresh target: results, series, and what the backend reports."""
+    interrupts.check()
     target = open_target(backend, layout, strategy, params)
     try:
         t0 = time.perf_counter()
@@ -178,8 +181,8 @@ def _worker_main(conn, args) -> None:
     """A spawned repetition worker: dies with its parent (PR_SET_PDEATHSIG), restores what
     it changed on SIGTERM/SIGHUP/SIGINT (sysfs handlers), sends back its result or error."""
     _die_with_parent()
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _exit_on_signal)
+    for sig in (signal.SIGTERM, signal.SIGHUP):     # the parent stops a worker with SIGTERM
+        signal.signal(sig, interrupts.on_signal)
     try:
         out = ("ok", repetition(*args))
     except BaseException as e:     # the parent re-raises it (InputError stays one line)
@@ -208,21 +211,21 @@ def _die_with_parent() -> None:
         raise SystemExit(128 + signal.SIGTERM)
 
 
-def _exit_on_signal(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def repetition_in_worker(*args) -> dict:
     """repetition() in a new process (spawned, so nothing of this one is inherited).  If
     this process is interrupted, the worker is stopped (SIGTERM: it restores its settings)
     and waited for, then killed; a worker that dies without an answer is an error."""
     import multiprocessing
+    interrupts.check()
     ctx = multiprocessing.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_worker_main, args=(send, args), daemon=True)
-    proc.start()
-    send.close()
     try:
+        # whole: a start cut short by a signal would leave a worker reading half its
+        # arguments (and printing a traceback) that nobody stops
+        with interrupts.uninterrupted():
+            proc.start()
+        send.close()
         while not recv.poll(0.2):
             if not proc.is_alive() and not recv.poll(0):
                 raise RuntimeError(f"repetition worker (pid {proc.pid}) died with exit code "
@@ -230,7 +233,7 @@ def repetition_in_worker(*args) -> dict:
         status, value = recv.recv()
         proc.join(10)
     except BaseException:
-        if proc.is_alive():
+        if proc.pid is not None and proc.is_alive():
             proc.terminate()
             proc.join(10)
             if proc.is_alive():
@@ -238,6 +241,7 @@ def repetition_in_worker(*args) -> dict:
                 proc.join()
         raise
     finally:
+        send.close()
         recv.close()
     if status == "error":
         raise value
@@ -288,6 +292,7 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
     elif cost_overrides:
         raise InputError("--cost: cost overrides apply to the simulator only (--backend sim)")
     out, tmp = output.claim(out_dir, backend)
+    interrupts.forget()
     try:
         # a host run changes host settings and measures the host: one at a time
         if backend == "host":
@@ -299,6 +304,7 @@ def run_suite(workloads: list[str], strategies: list[str] | None = None, backend
         with lock:
             doc = _run(loaded, strategies, backend, params, prof, quick, progress_enabled,
                        repetitions, seed, strategy_options or {}, tmp, jobs)
+            interrupts.check()        # never results of a run that was told to stop
     except BaseException:
         output.discard(tmp)       # interrupted or failed: this run's own partial directory
         raise

@@ -65,13 +65,20 @@ def host_state() -> dict:
         return {"shmem": sysfs.read_setting(SHMEM), "pool": sysfs.read_setting(POOL)}
 
 
+def _default_dispositions():
+    # the run starts as from an interactive shell, whatever launched this suite (a background
+    # job or nohup starts it with SIGINT / SIGHUP ignored, and an ignored signal stays ignored)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def start(tmp_path, name="hs", backing="memfd", page="thp", out="out", env=None, extra=()):
     wl = tmp_path / f"{name}.toml"
     wl.write_text(WORKLOAD.format(name=name, backing=backing, page=page))
     return subprocess.Popen([sys.executable, "-m", "bench", "run", "-b", "host", "-w", str(wl),
                              "--out", str(tmp_path / out), *FAST, *extra],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, preexec_fn=_default_dispositions)
 
 
 def children(pid: int) -> list[int]:
@@ -97,9 +104,46 @@ def journalled_by(pid: int, journal: Path | None = None) -> bool:
     return doc.get("pid") == pid and SHMEM in doc.get("settings", {})
 
 
-def wait_for(proc, phase: str, timeout: float = 90, journal: Path | None = None) -> list[int]:
-    """Until the run is in `phase`: warm-up (settings changed in the parent, no worker yet)
-    or worker (a spawned repetition worker exists and the setting is changed)."""
+def own_lines(stderr: str) -> list[str]:
+    """The run's stderr without what it says about other runs on this machine: that it
+    waited for the host lock, or restored what a killed run (another test suite's SIGKILL
+    test, say) left changed."""
+    out, other = [], False
+    for ln in stderr.strip().splitlines():
+        if ln.startswith(("gmembench: waiting for the host",
+                          "gmembench: restored host settings left changed by a run that did "
+                          "not finish")):
+            other = True
+        elif not (other and ln.startswith("  ")):
+            other = False
+            out.append(ln)
+    return out
+
+
+def stopped(pid: int) -> bool:
+    try:
+        return "\nState:\tT" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def in_phase(proc, phase: str, journal: Path | None = None) -> list[int] | None:
+    """The run's alive children if it is in `phase` now: warm-up (the setting changed by this
+    run, no child yet: the first repetition worker also starts a resource tracker that
+    stays) or worker (the setting changed, children alive); else None."""
+    kids = [k for k in children(proc.pid) if alive(k)]
+    # changed by this run: its journal names it (not another process on this machine)
+    changed = sysfs.read_setting(SHMEM) == "advise" and journalled_by(proc.pid, journal)
+    return kids if changed and (phase == "warmup") == (not kids) else None
+
+
+def signal_in(proc, phase: str, sig: int, timeout: float = 90,
+              journal: Path | None = None) -> list[int]:
+    """Send `sig` to the run while it is in `phase`; returns its children then.  What is
+    seen from outside can be stale by the time a signal lands (this process may be
+    descheduled between looking and sending), so the run is stopped (SIGSTOP), its phase
+    checked again, the signal queued, and the run continued: the signal is delivered in
+    the phase that was seen."""
     t0 = time.monotonic()
     seen_worker = False
     while time.monotonic() - t0 < timeout:
@@ -109,10 +153,18 @@ def wait_for(proc, phase: str, timeout: float = 90, journal: Path | None = None)
         seen_worker |= bool(kids)
         if phase == "warmup" and seen_worker:
             pytest.fail("the warm-up passed unseen (a worker already ran)")
-        # changed by this run: its journal names it (not another process on this machine)
-        changed = sysfs.read_setting(SHMEM) == "advise" and journalled_by(proc.pid, journal)
-        if changed and (phase == "warmup") == (not kids):
-            return kids
+        if in_phase(proc, phase, journal) is not None:
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                deadline = time.monotonic() + 10
+                while not stopped(proc.pid) and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                kids = in_phase(proc, phase, journal) if stopped(proc.pid) else None
+                if kids is not None:
+                    os.kill(proc.pid, sig)
+                    return kids
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
         time.sleep(0.005)
     pytest.fail(f"run never reached {phase}")
 
@@ -120,15 +172,10 @@ def wait_for(proc, phase: str, timeout: float = 90, journal: Path | None = None)
 @pytest.mark.parametrize("phase", ["warmup", "worker"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_interrupted_host_run_restores_and_leaves_nothing(tmp_path, baseline, phase, sig):
-    # a warm-up long enough to be seen: with none, the poll could first see "setting
-    # changed, no worker" after the worker had already finished (CI saw exit 0 once)
-    proc = start(tmp_path, extra=["-p", "warmup_bytes=256M"] if phase == "warmup" else [])
-    kids = wait_for(proc, phase)
-    proc.send_signal(sig)
+    proc = start(tmp_path)
+    kids = signal_in(proc, phase, sig)
     rc = proc.wait(60)
-    # (a line saying it waited for the host lock, held by another run, is fine)
-    err = [ln for ln in proc.stderr.read().strip().splitlines()
-           if not ln.startswith("gmembench: waiting for the host")]
+    err = own_lines(proc.stderr.read())
     assert rc == 128 + sig, (rc, err)
     assert len(err) == 1 and "Traceback" not in err[0], err
     deadline = time.monotonic() + 10
@@ -142,8 +189,7 @@ def test_interrupted_host_run_restores_and_leaves_nothing(tmp_path, baseline, ph
 
 def test_after_sigkill_the_next_run_restores_and_says_so(tmp_path, baseline):
     proc = start(tmp_path, out="killed")
-    wait_for(proc, "warmup")
-    proc.send_signal(signal.SIGKILL)
+    signal_in(proc, "warmup", signal.SIGKILL)
     proc.wait(30)
     assert sysfs.read_setting(SHMEM) == "advise"          # left changed: it could not help it
     assert journal_path().exists()

@@ -59,3 +59,39 @@ def test_hugepage_pool_grow_and_restore():
         free = sysfs.ensure_hugepages(s, 2)
         assert free >= 2
     assert int(sysfs.read_setting(pool)) == before
+
+
+# A signal that lands while a setting and its journal entry are being written or restored
+# must wait for that step to end: run in the middle, the handler's own restore would find
+# the registry half-updated and its locks held by the code it interrupted (it hung there).
+INTERRUPTED_STEP = """
+import os, signal, sys
+from bench.host import state, sysfs
+step, path, value = sys.argv[1:]
+hooked = getattr(state, "journal_" + step)
+def interrupted(*a):
+    hooked(*a)
+    os.kill(os.getpid(), signal.SIGTERM)      # the handler is due before this step ends
+setattr(state, "journal_" + step, interrupted)
+signal.signal(signal.SIGTERM, lambda s, f: sys.exit(128 + s))
+s = sysfs.Settings()
+try:
+    s.set(path, value)
+    s.close()
+except SystemExit as e:
+    print("exit", e.code, s.closed)
+"""
+
+
+@pytest.mark.parametrize("step", ["record", "forget"])
+def test_a_signal_while_a_setting_is_written_or_restored_waits_then_restores(step):
+    from bench.host.state import host_lock, journal_path
+    import subprocess
+    import sys
+    before = sysfs.read_setting(SHMEM)
+    out = subprocess.run([sys.executable, "-c", INTERRUPTED_STEP, step, SHMEM, other_value(SHMEM)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["exit", "143", "True"], (out.stdout, out.stderr)
+    with host_lock(timeout=120):
+        assert sysfs.read_setting(SHMEM) == before
+        assert not journal_path().exists()

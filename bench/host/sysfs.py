@@ -3,7 +3,9 @@
 A Settings registry remembers the original value of every file it writes and puts them all
 back on close(), when its `with` block exits (also on exceptions), on SIGINT/SIGTERM/SIGHUP
 (the handlers restore, then raise KeyboardInterrupt / exit as the signal would), and at
-interpreter exit as a last resort.  Values written are recorded for the results metadata.
+interpreter exit as a last resort.  Changing a setting and restoring one are each done
+whole (bench.interrupts.uninterrupted): a signal in the middle waits for the end of it.
+Values written are recorded for the results metadata.
 Each original value is journalled (bench.host.state) before the first write, under the
 host lock, so that what a SIGKILL leaves changed is restored by the next run.
 """
@@ -11,6 +13,8 @@ import atexit
 import re
 import signal
 import threading
+
+from bench import interrupts
 
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 THP_SHMEM_ENABLED = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
@@ -41,14 +45,14 @@ def restore_all() -> None:
 
 
 def _on_signal(signum, frame):
-    restore_all()
+    if interrupts.deferred(signum):      # a setting is being changed: restore once it is
+        return
     prev = _prev_handlers.get(signum)
+    restore_all()
     if callable(prev):
         prev(signum, frame)
-    elif signum == signal.SIGINT:
-        raise KeyboardInterrupt
     else:
-        raise SystemExit(128 + signum)
+        interrupts.exit_for(signum)
 
 
 def _install_handlers() -> None:
@@ -61,7 +65,7 @@ def _install_handlers() -> None:
             continue
         _prev_handlers[sig] = cur if cur not in (signal.SIG_DFL, signal.SIG_IGN, None) else None
         if sig == signal.SIGINT and cur is signal.default_int_handler:
-            _prev_handlers[sig] = None     # we raise KeyboardInterrupt ourselves
+            _prev_handlers[sig] = None     # exit_for raises KeyboardInterrupt
         signal.signal(sig, _on_signal)
 
 
@@ -97,34 +101,38 @@ class Settings:
         old = read_setting(path)
         if old == value:
             return
-        with _lock:
-            if not self._original or path not in dict(self._original):
-                state.journal_record(path, old)      # before the change, on disk
-                self._original.append((path, old))
+        with interrupts.uninterrupted(), _lock:
+            # the handlers first: from here on a signal restores what this registry holds
             if self not in _live:
                 _live.append(self)
                 _install_handlers()
-        _write(path, value)
-        self.changed[path] = {"from": dict(self._original)[path], "to": read_setting(path)}
+            if path not in dict(self._original):
+                state.journal_record(path, old)      # before the change, on disk
+                self._original.append((path, old))
+            _write(path, value)
+            self.changed[path] = {"from": dict(self._original)[path], "to": read_setting(path)}
 
     def close(self) -> None:
-        with _lock:
-            errors = []
-            from bench.host import state
-            for path, old in reversed(self._original):
-                try:
-                    _write(path, old)
-                    state.journal_forget(path)
-                except OSError as e:      # keep restoring the others (the journal keeps it)
-                    errors.append(f"{path}: {e}")
-            self._original.clear()
-            self.closed = True
-            if self in _live:
-                _live.remove(self)
-            host, self._host = self._host, None
-        _uninstall_handlers()
-        if host is not None:
-            host.__exit__(None, None, None)
+        from bench.host import state
+        errors, host = [], None
+        try:
+            with interrupts.uninterrupted():
+                with _lock:
+                    for path, old in reversed(self._original):
+                        try:
+                            _write(path, old)
+                            state.journal_forget(path)
+                        except OSError as e:   # keep restoring the others (the journal keeps it)
+                            errors.append(f"{path}: {e}")
+                    self._original.clear()
+                    self.closed = True
+                    if self in _live:
+                        _live.remove(self)
+                    host, self._host = self._host, None
+                _uninstall_handlers()
+        finally:
+            if host is not None:
+                host.__exit__(None, None, None)
         if errors:
             raise OSError("could not restore: " + "; ".join(errors))
 

@@ -59,6 +59,14 @@ def model_parameters(layout, params: dict) -> tuple[int, int]:
     return order, host_bytes
 
 
+def startup_record(total_ns: float, vmm_ns: float, breakdown: dict, layout) -> dict:
+    """The start-up as both engines report it (metadata "startup", apart from the run):
+    its time and primitives, split into the VMM's part and the guest's accept."""
+    return {"ns": int(round(total_ns)), "breakdown": breakdown,
+            "vmm_ns": int(round(vmm_ns)), "accept_ns": int(round(total_ns - vmm_ns)),
+            "accepted_bytes": layout.guest_size if layout.accepted else 0}
+
+
 def huge_mode(strategy) -> str:
     """in-place.huge: "split" (the HugeTLB guest_memfd design, default) or "demote"."""
     return strategy.huge_mode() if hasattr(strategy, "huge_mode") else "split"
@@ -145,9 +153,7 @@ class SimTarget:
                     raise InputError("host memory too small to accept the guest's memory") from e
                 assert st == 0, st
         total = sum(t for _, t in led.totals.values())
-        out = {"ns": int(round(total)), "breakdown": self.breakdown(),
-               "vmm_ns": int(round(vmm_ns)), "accept_ns": int(round(total - vmm_ns)),
-               "accepted_bytes": self.layout.guest_size if self.layout.accepted else 0}
+        out = startup_record(total, vmm_ns, self.breakdown(), self.layout)
         led.totals, led.step_ns, led.clock_ns = {}, 0.0, 0.0
         return out
 
@@ -199,7 +205,7 @@ class SimTarget:
         if via == Via.GUEST_SHARED:
             if not attrs.is_uniform(p0, p1, SHARED):
                 return errno.EFAULT, 0      # KVM_EXIT_MEMORY_FAULT
-            return sh.guest_access(p0, p1, write, arg, self.gmem[slot].s2_map)
+            return sh.guest_access(p0, p1, write, arg, self.gmem[slot])
         st, mism = sh.access(p0, p1, write, arg, self._proc)
         if st == 0:
             self.host.private_host_touch_pages += sum(

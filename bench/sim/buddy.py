@@ -121,9 +121,10 @@ class BuddyAllocator:
         npb = (total_pages + self._pbsize - 1) >> pageblock_order
         self._state = PageStates(total_pages, _FREE)            # all _FREE
         self._labels = bytearray([MOVABLE]) * npb
-        # fill patterns for slice assignment without allocating per call
-        longest = max(1 << max_order, npb)
-        self._fill = [memoryview(bytes([v]) * longest) for v in (0, 1, 2)]
+        # label patterns for _relabel's slice assignment without allocating per call: as
+        # long as the largest block has pageblocks
+        longest = 1 << max(0, max_order - pageblock_order)
+        self._fill = [memoryview(bytes([v]) * longest) for v in (UNMOVABLE, MOVABLE)]
         # free lists: dicts used as ordered sets, the last key is the list head
         self._lists = [[{} for _ in range(kmax + 1)] for _ in (UNMOVABLE, MOVABLE)]
         self._big = [{} for _ in range(max_order + 1)]          # orders > kmax only
@@ -214,6 +215,18 @@ class BuddyAllocator:
             head[p] = (order << 2) | t
 
     # ----------------------------------------------------------------- allocation
+    def _pop_smallest(self, lists: list, order: int) -> tuple[int, int] | None:
+        """Take the head block of the smallest non-empty list of `lists` (one migratetype's
+        free lists) at orders order..kernel_max_order off it: (pfn, its order), or None."""
+        for o in range(order, self.kernel_max_order + 1):
+            d = lists[o]
+            if d:
+                pfn = d.popitem()[0]
+                del self._head[pfn]
+                self._nr[o] -= 1
+                return pfn, o
+        return None
+
     def alloc(self, order: int, movable: bool = False) -> int:
         """One block of 2^order pages; returns its first pfn (aligned to 2^order)."""
         if not 0 <= order <= self.max_order:
@@ -221,16 +234,7 @@ class BuddyAllocator:
         t = MOVABLE if movable else UNMOVABLE
         if order > self.kernel_max_order:
             return self._alloc_big(order, t)
-        lists_t = self._lists[t]
-        for o in range(order, self.kernel_max_order + 1):
-            d = lists_t[o]
-            if d:
-                pfn = d.popitem()[0]
-                del self._head[pfn]
-                self._nr[o] -= 1
-                break
-        else:
-            pfn, o = self._take_slow(order, t)
+        pfn, o = self._pop_smallest(self._lists[t], order) or self._take_slow(order, t)
         if o > order:
             self._carve(pfn, o, pfn, order)
         self._state.set(pfn, pfn + (1 << order), t + 1)
@@ -255,22 +259,17 @@ class BuddyAllocator:
             raise OutOfMemory(f"{n} pages requested, {self.free_pages} free")
         t = MOVABLE if movable else UNMOVABLE
         v = t + 1
-        state, head, nr = self._state, self._head, self._nr
+        state = self._state
         lists_t = self._lists[t]
-        kmax1 = self.kernel_max_order + 1
         runs = []
         rem = n
         last_end = -1
         lowest = 0          # own lists below this order are empty (until a fallback)
         while rem:
-            for o in range(lowest, kmax1):
-                d = lists_t[o]
-                if d:
-                    pfn = d.popitem()[0]
-                    del head[pfn]
-                    nr[o] -= 1
-                    lowest = o
-                    break
+            got = self._pop_smallest(lists_t, lowest)
+            if got:
+                pfn, o = got
+                lowest = o
             else:
                 lowest = 0      # a claim may have moved blocks of any order to our lists
                 pfn, o = self._take_slow(0, t)
@@ -344,24 +343,15 @@ class BuddyAllocator:
             alike = nmovable if t == MOVABLE else self._pbsize - nfree - nmovable
             if nfree + alike >= self._pbsize >> 1:
                 self._set_pageblock_type(pfn >> pbo, t)
-                lists_t = self._lists[t]
-                for o in range(order, kmax + 1):
-                    d = lists_t[o]
-                    if d:
-                        pfn = d.popitem()[0]
-                        del self._head[pfn]
-                        self._nr[o] -= 1
-                        return pfn, o
-                raise AssertionError("claimed pageblock yielded no block")  # pragma: no cover
+                got = self._pop_smallest(self._lists[t], order)
+                if got is None:
+                    raise AssertionError("claimed pageblock yielded no block")  # pragma: no cover
+                return got
         # steal (__rmqueue_steal): smallest other-type block, labels unchanged
-        for co in range(order, kmax + 1):
-            d = lists_u[co]
-            if d:
-                pfn = d.popitem()[0]
-                del self._head[pfn]
-                self._nr[co] -= 1
-                return pfn, co
-        raise OutOfMemory(f"no free block of order >= {order}")
+        got = self._pop_smallest(lists_u, order)
+        if got is None:
+            raise OutOfMemory(f"no free block of order >= {order}")
+        return got
 
     def _take_big_chunk(self) -> int | None:
         """The lowest kernel_max_order chunk of the smallest free run above it, or None."""

@@ -7,9 +7,10 @@
  * State is kept as extents, not per 4K page: every per-page quantity (a page's pfn + 1, its
  * mapping/prepared flags, content token and pin count, in guest_memfd and in the shared
  * backing; the memory attributes; the state of every page of host memory) is a run map
- * (rmap_t): per 2 MiB chunk one word holding the chunk's single run inline, or a pointer to
- * its sorted list of runs (a chunk broken into more than RM_DENSE runs keeps one value per
- * page instead, bounding the cost where memory is fragmented into single pages).  Pfn maps
+ * (rmap_t): per 2 MiB chunk one word holding the chunk's single run inline, or a few runs of
+ * small values packed into the word, or a pointer to its sorted list of runs (a chunk broken
+ * into more than RM_DENSE runs keeps one value per page instead, bounding the cost where
+ * memory is fragmented into single pages).  Pfn maps
  * are linear (a run holds contiguous pfns), so pages are
  * allocated from and freed to the buddy allocator as runs.  A range operation costs per run
  * and per chunk, and memory grows with the runs a workload creates plus 8 bytes per 2 MiB
@@ -164,6 +165,7 @@ typedef struct { int32_t n, cap; uint32_t v[RM_CHUNK]; } rdense_t;
 typedef struct {
     int64_t npages, nchunks;
     int linear;
+    uint32_t any;           /* plain maps: every bit a page's value has ever had */
     uint64_t *ent;
 } rmap_t;
 
@@ -319,22 +321,62 @@ static void led_each(core_t *c, int k, int64_t n)         /* Ledger.each */
 
 /* ------------------------------------------------------------------ run maps (extents) */
 /* A value per page of [0, npages) kept as runs of pages, per 512-page chunk: one word per
- * chunk holds the chunk's run when it has one (v << 1, low bit 0; calloc'd = all 0), or a
- * pointer (low bit 1) to the chunk's sorted list of runs.  Memory grows with the runs a run
- * of the model creates (and 8 bytes per 2 MiB of guest), not with pages, and a range
+ * chunk holds the chunk's run when it has one (v << 2, low bits 00; calloc'd = all 0), up to
+ * RM_PACK runs of values below 256 packed into the word itself (low bits 10, see rm_pack),
+ * or a pointer (low bit 1) to the chunk's sorted list of runs.  Memory grows with the runs a
+ * run of the model creates (and 8 bytes per 2 MiB of guest), not with pages, and a range
  * operation costs per run and per chunk, never per 4K page.
+ * The packed form is there for speed over a long run: the flags and attributes of memory
+ * that conversions have cut into a few runs stay in the chunk's word, one cache line
+ * away like a pristine chunk's, instead of behind a pointer to a list (a second cold miss
+ * per map and step on a large guest, which made a run's late conversions cost ~2x its
+ * first ones).
  * Linear maps hold pfn + 1 of contiguous memory: a run (start, v != 0) gives page p the value
  * v + (p - start); v == 0 (no page) is constant. */
+
+#define RM_PACK 4           /* runs a chunk word holds: 4 + 8 + 3 x (9 + 8) = 63 bits */
+#define RM_PACK_VMAX 255u
+
+static inline uint64_t rm_one(uint32_t v) { return (uint64_t)v << 2; }
+static inline int rm_is_one(uint64_t e) { return (e & 3) == 0; }
+static inline int rm_is_packed(uint64_t e) { return (e & 3) == 2; }
+
+/* the runs of a packed word: bits 2-3 n - 1, bits 4-11 the first run's value (it starts at
+ * 0), then per further run 9 bits start and 8 bits value */
+static inline int rm_unpack(uint64_t e, run_t *r)
+{
+    int n = (int)((e >> 2) & 3) + 1;
+    r[0] = (run_t){0, 0, (uint32_t)((e >> 4) & 0xff)};
+    for (int i = 1; i < n; i++) {
+        uint64_t f = e >> (12 + 17 * (i - 1));
+        r[i] = (run_t){(uint16_t)(f & 0x1ff), 0, (uint32_t)((f >> 9) & 0xff)};
+    }
+    return n;
+}
+
+/* *out = the packed word of runs r[0..n) when they fit (2..RM_PACK runs, values < 256) */
+static inline int rm_pack(const run_t *r, int n, uint64_t *out)
+{
+    if (n < 2 || n > RM_PACK || r[0].start || r[0].v > RM_PACK_VMAX) return 0;
+    uint64_t e = 2 | (uint64_t)(n - 1) << 2 | (uint64_t)r[0].v << 4;
+    for (int i = 1; i < n; i++) {
+        if (r[i].v > RM_PACK_VMAX) return 0;
+        e |= ((uint64_t)r[i].start | (uint64_t)r[i].v << 9) << (12 + 17 * (i - 1));
+    }
+    *out = e;
+    return 1;
+}
 
 static void rm_init(rmap_t *m, int64_t npages, int linear, uint32_t initial)
 {
     m->npages = npages;
     m->nchunks = (npages + RM_CHUNK - 1) / RM_CHUNK;
     m->linear = linear;
+    m->any = initial;
     m->ent = xcalloc((size_t)(m->nchunks ? m->nchunks : 1), sizeof(uint64_t));
     if (initial)
         for (int64_t c = 0; c < m->nchunks; c++)
-            m->ent[c] = (uint64_t)(linear ? initial + (uint32_t)(c * RM_CHUNK) : initial) << 1;
+            m->ent[c] = rm_one(linear ? initial + (uint32_t)(c * RM_CHUNK) : initial);
 }
 
 static void rm_destroy(rmap_t *m)
@@ -358,14 +400,29 @@ static int64_t rm_seg(const rmap_t *m, int64_t p, int64_t lim, uint32_t *val)
     int64_t c = p / RM_CHUNK, base = c * RM_CHUNK, off = p - base, end = base + RM_CHUNK;
     uint64_t e = m->ent[c];
     uint32_t v;
-    if (!(e & 1)) {
-        v = rm_at(m, (uint32_t)(e >> 1), base, p);
+    if (rm_is_one(e)) {
+        v = rm_at(m, (uint32_t)(e >> 2), base, p);
         /* uniform chunks after it with the same run */
         while (end < lim && end < m->npages) {
             uint64_t n = m->ent[end / RM_CHUNK];
-            if (n & 1 || (uint32_t)(n >> 1) != rm_at(m, v, p, end)) break;
+            if (!rm_is_one(n) || (uint32_t)(n >> 2) != rm_at(m, v, p, end)) break;
             end += RM_CHUNK;
         }
+    } else if (rm_is_packed(e)) {
+        int n = (int)((e >> 2) & 3) + 1;
+        int64_t start = 0;
+        uint64_t f = e >> 12;
+        v = (uint32_t)((e >> 4) & 0xff);
+        for (int i = 1; i < n; i++, f >>= 17) {
+            int64_t st = (int64_t)(f & 0x1ff);
+            if (st > off) {
+                end = base + st;
+                break;
+            }
+            start = st;
+            v = (uint32_t)((f >> 9) & 0xff);
+        }
+        v = rm_at(m, v, base + start, p);
     } else {
         const rlist_t *l = (const rlist_t *)(uintptr_t)(e & ~1ull);
         if (l->n < 0) {
@@ -407,11 +464,14 @@ static inline int rm_continues(const rmap_t *m, const run_t *a, const run_t *b)
     return b->v == a->v + (uint32_t)(b->start - a->start);
 }
 
+static void rm_chunk_store(rmap_t *m, int64_t c, rlist_t *l, run_t *tmp, int k);
+
 /* chunk c: pages [s, e) (chunk offsets, s < e <= RM_CHUNK) get v (the value at s) */
 static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
 {
     uint64_t ent = m->ent[c];
-    run_t one = {0, 0, (uint32_t)(ent >> 1)};
+    m->any |= v;
+    run_t word[RM_PACK];
     rlist_t *l = ent & 1 ? (rlist_t *)(uintptr_t)(ent & ~1ull) : NULL;
     if (l && l->n < 0) {
         uint32_t *d = ((rdense_t *)l)->v;
@@ -421,9 +481,12 @@ static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
             for (int i = s; i < e; i++) d[i] = v;
         return;
     }
-    const run_t *old = l ? l->r : &one;
-    int n = l ? l->n : 1;
-    run_t tmp[RM_CHUNK + 3];
+    const run_t *old = l ? l->r : word;
+    int n = 1;
+    if (l) n = l->n;
+    else if (rm_is_packed(ent)) n = rm_unpack(ent, word);
+    else word[0] = (run_t){0, 0, (uint32_t)(ent >> 2)};
+    run_t tmp[RM_DENSE + 3];     /* a list holds at most RM_DENSE runs; a set adds two */
     int k = 0, i = 0;
     for (; i < n && old[i].start < s; i++) tmp[k++] = old[i];
     /* the run holding page e - 1 continues at e */
@@ -436,16 +499,31 @@ static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
         if (!(q < n && old[q].start == e)) tmp[k++] = tail;
         for (; q < n; q++) tmp[k++] = old[q];
     }
-    /* merge runs that continue each other */
+    rm_chunk_store(m, c, l, tmp, k);
+}
+
+/* chunk c := runs tmp[0..k) (tmp[0] starts at 0, sorted; runs that continue each other are
+ * merged here), in the smallest form that holds them; l is the chunk's list, if it has one */
+static void rm_chunk_store(rmap_t *m, int64_t c, rlist_t *l, run_t *tmp, int k)
+{
     int w = 0;
-    for (int q = 1; q < k; q++) {
-        if (rm_continues(m, &tmp[w], &tmp[q])) continue;
-        tmp[++w] = tmp[q];
+    if (m->linear) {
+        for (int q = 1; q < k; q++)
+            if (!rm_continues(m, &tmp[w], &tmp[q])) tmp[++w] = tmp[q];
+    } else {
+        for (int q = 1; q < k; q++)
+            if (tmp[q].v != tmp[w].v) tmp[++w] = tmp[q];
     }
     k = w + 1;
     if (k == 1) {
-        free(l);
-        m->ent[c] = (uint64_t)tmp[0].v << 1;
+        if (l) free(l);
+        m->ent[c] = rm_one(tmp[0].v);
+        return;
+    }
+    uint64_t packed;
+    if (rm_pack(tmp, k, &packed)) {
+        if (l) free(l);
+        m->ent[c] = packed;
         return;
     }
     if (k > RM_DENSE) {
@@ -476,12 +554,13 @@ static void rm_chunk_set(rmap_t *m, int64_t c, int s, int e, uint32_t v)
 /* pages [a, b) get v (linear maps: v at a, v + (p - a) at p, when v != 0) */
 static void rm_set(rmap_t *m, int64_t a, int64_t b, uint32_t v)
 {
+    m->any |= v;
     for (int64_t c = a / RM_CHUNK; a < b; c++) {
         int64_t base = c * RM_CHUNK, e = b < base + RM_CHUNK ? b : base + RM_CHUNK;
         int64_t cend = base + RM_CHUNK < m->npages ? base + RM_CHUNK : m->npages;
         if (a == base && e >= cend) {
             if (m->ent[c] & 1) free((void *)(uintptr_t)(m->ent[c] & ~1ull));
-            m->ent[c] = (uint64_t)v << 1;
+            m->ent[c] = rm_one(v);
         } else {
             rm_chunk_set(m, c, (int)(a - base), (int)(e - base), v);
         }
@@ -529,40 +608,79 @@ static void rm_copy(rmap_t *dst, const rmap_t *src, int64_t a, int64_t b)
     }
 }
 
+/* pages of [a, b) (a plain map) get (x & ~clear) | set; returns the bits that changed, summed
+ * over the pages (for a single bit: the pages that changed).  One pass per chunk: the chunk's
+ * runs are rewritten once, not once per run that changes */
+static int64_t rm_update_bits(rmap_t *m, int64_t a, int64_t b, uint32_t clear, uint32_t set)
+{
+    /* no page has a bit to clear and none is set: nothing to look at (the common case of
+     * clearing a kind of mapping a run never made) */
+    if (!set && !(m->any & clear)) return 0;
+    m->any |= set;
+    int64_t n = 0;
+    for (int64_t c = a / RM_CHUNK; a < b; c++) {
+        int64_t base = c * RM_CHUNK, e = b < base + RM_CHUNK ? b : base + RM_CHUNK;
+        int s = (int)(a - base), t = (int)(e - base);
+        uint64_t ent = m->ent[c];
+        a = e;
+        if (rm_is_one(ent)) {
+            uint32_t x = (uint32_t)(ent >> 2), y = (x & ~clear) | set;
+            if (y == x) continue;
+            n += (int64_t)(t - s) * __builtin_popcount(x ^ y);
+            int64_t cend = base + RM_CHUNK < m->npages ? base + RM_CHUNK : m->npages;
+            if (s == 0 && base + t >= cend) m->ent[c] = rm_one(y);
+            else rm_chunk_set(m, c, s, t, y);
+            continue;
+        }
+        rlist_t *l = ent & 1 ? (rlist_t *)(uintptr_t)(ent & ~1ull) : NULL;
+        if (l && l->n < 0) {
+            uint32_t *d = ((rdense_t *)l)->v;
+            for (int i = s; i < t; i++) {
+                uint32_t y = (d[i] & ~clear) | set;
+                n += __builtin_popcount(d[i] ^ y);
+                d[i] = y;
+            }
+            continue;
+        }
+        run_t word[RM_PACK], tmp[RM_DENSE + 3];    /* each run kept or cut in up to 3 */
+        const run_t *old = l ? l->r : word;
+        int k = 0, cnt = l ? l->n : rm_unpack(ent, word);
+        int64_t changed = 0;
+        for (int i = 0; i < cnt; i++) {
+            int rs = old[i].start, re = i + 1 < cnt ? old[i + 1].start : RM_CHUNK;
+            uint32_t x = old[i].v, y = (x & ~clear) | set;
+            int lo = rs > s ? rs : s, hi = re < t ? re : t;
+            if (lo >= hi || y == x) {               /* outside [s, t) or unchanged */
+                tmp[k++] = old[i];
+                continue;
+            }
+            changed += (int64_t)(hi - lo) * __builtin_popcount(x ^ y);
+            if (rs < lo) tmp[k++] = (run_t){(uint16_t)rs, 0, x};
+            tmp[k++] = (run_t){(uint16_t)lo, 0, y};
+            if (hi < re) tmp[k++] = (run_t){(uint16_t)hi, 0, x};
+        }
+        if (!changed) continue;
+        n += changed;
+        rm_chunk_store(m, c, l, tmp, k);
+    }
+    return n;
+}
+
 /* pages of [a, b) whose value has `bit`: clear it; returns how many */
 static int64_t rm_clear_bit(rmap_t *m, int64_t a, int64_t b, uint32_t bit)
 {
-    int64_t n = 0;
-    while (a < b) {
-        uint32_t x;
-        int64_t e = rm_seg(m, a, b, &x);
-        if (x & bit) {
-            n += e - a;
-            rm_set(m, a, e, x & ~bit);
-        }
-        a = e;
-    }
-    return n;
+    return rm_update_bits(m, a, b, bit, 0);
 }
 
 /* pages of [a, b) whose value lacks `bit`: set it; returns how many */
 static int64_t rm_set_bit(rmap_t *m, int64_t a, int64_t b, uint32_t bit)
 {
-    int64_t n = 0;
-    while (a < b) {
-        uint32_t x;
-        int64_t e = rm_seg(m, a, b, &x);
-        if (!(x & bit)) {
-            n += e - a;
-            rm_set(m, a, e, x | bit);
-        }
-        a = e;
-    }
-    return n;
+    return rm_update_bits(m, a, b, 0, bit);
 }
 
 static int rm_any_bit(const rmap_t *m, int64_t a, int64_t b, uint32_t bits)
 {
+    if (!(m->any & bits)) return 0;
     while (a < b) {
         uint32_t x;
         int64_t e = rm_seg(m, a, b, &x);
@@ -1318,10 +1436,7 @@ static int64_t collect_missing(core_t *c, const rmap_t *map, int64_t a, int64_t 
         uint32_t v;
         int64_t e = rm_seg(map, a, b, &v);
         if (!v) {
-            grow_keep64(&c->miss, &c->cap_miss, 2 * k + 2);
-            c->miss[2 * k] = a;
-            c->miss[2 * k + 1] = e;
-            k++;
+            push_run(&c->miss, &c->cap_miss, &k, a, e);     /* (start, end) */
             *n += e - a;
         }
         a = e;
@@ -1395,16 +1510,23 @@ static int64_t gmem_present_seg(const gmem_t *g, int64_t p, int64_t lim, int *pr
     return p;
 }
 
-static int64_t gmem_count_present(const gmem_t *g, int64_t p0, int64_t p1)
+/* pages of [p0, p1) that hold a page: the part of an intact huge unit (state[u] == INTACT,
+ * units of 1 << order pages) in full, the others by their pfn map; order 0: no huge units */
+static int64_t count_present(const rmap_t *page_pfn, const uint8_t *state, int order,
+                             int64_t p0, int64_t p1)
 {
-    if (!g->order) return rm_count_nz(&g->page_pfn, p0, p1);
-    int o = g->order;
-    int64_t fp = g->fpages, n = 0;
-    for (int64_t f = p0 >> o; f <= (p1 - 1) >> o; f++) {
-        int64_t a = p0 > f * fp ? p0 : f * fp, b = p1 < (f + 1) * fp ? p1 : (f + 1) * fp;
-        n += g->fstate[f] == INTACT ? b - a : rm_count_nz(&g->page_pfn, a, b);
+    if (!order) return rm_count_nz(page_pfn, p0, p1);
+    int64_t up = (int64_t)1 << order, n = 0;
+    for (int64_t u = p0 >> order; u <= (p1 - 1) >> order; u++) {
+        int64_t a = p0 > u * up ? p0 : u * up, b = p1 < (u + 1) * up ? p1 : (u + 1) * up;
+        n += state[u] == INTACT ? b - a : rm_count_nz(page_pfn, a, b);
     }
     return n;
+}
+
+static int64_t gmem_count_present(const gmem_t *g, int64_t p0, int64_t p1)
+{
+    return count_present(&g->page_pfn, g->fstate, g->order, p0, p1);
 }
 
 static void gmem_split_folio(core_t *c, gmem_t *g, int64_t f)        /* _split_folio */
@@ -1456,8 +1578,8 @@ static void gmem_demote(core_t *c, gmem_t *g, int64_t f)            /* _demote *
 /* zap_host: every process's PTEs and PMDs (unmap_mapping_range) */
 static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int charge)
 {
-    int64_t n = 0;
-    for (int q = 0; q < MAX_PROCS; q++) n += rm_clear_bit(&g->pflags, p0, p1, pf_host(q));
+    /* pages each host process maps, summed over the processes */
+    int64_t n = rm_update_bits(&g->pflags, p0, p1, PF_HOST_ALL, 0);
     /* inside the ioctl: the measured MADV_DONTNEED figure less its syscall entry */
     if (n && charge) led_op_beyond(c, K_HOST_ZAP_PTE, K_IOCTL_ENTRY, n);
     if (g->order) {
@@ -1469,11 +1591,11 @@ static int64_t gmem_zap_host(core_t *c, gmem_t *g, int64_t p0, int64_t p1, int c
             int k = __builtin_popcount(pm);
             int64_t a = f * fp, b = (f + 1) * fp;
             if (a < p0 || b > p1) {
-                for (int q = 0; q < MAX_PROCS; q++) {
-                    if (!(pm & fb_pmd(q))) continue;
-                    if (a < p0) rm_set_bit(&g->pflags, a, p0, pf_host(q));
-                    if (b > p1) rm_set_bit(&g->pflags, p1, b, pf_host(q));
-                }
+                uint32_t bits = 0;      /* the PMD mappers map the rest of the folio by PTEs */
+                for (int q = 0; q < MAX_PROCS; q++)
+                    if (pm & fb_pmd(q)) bits |= pf_host(q);
+                if (a < p0) rm_update_bits(&g->pflags, a, p0, 0, bits);
+                if (b > p1) rm_update_bits(&g->pflags, p1, b, 0, bits);
                 gmem_demote(c, g, f);
                 c->mapping_demotions += k;
             }
@@ -1717,18 +1839,28 @@ static int gmem_set_attrs2(core_t *c, slot_t *s, uint64_t offset, uint64_t size,
     return 0;
 }
 
-static int64_t free_4k(core_t *c, rmap_t *page_pfn, int64_t a, int64_t b)   /* _free_4k */
+/* the pages [a, b) hold as (pfn, n) runs in c->fruns, leaving out those that hold their own
+ * page of a THP at own_pfn (the pfn of page own_at; own_at < 0: none); *k runs, returns pages */
+static int64_t collect_pages(core_t *c, const rmap_t *page_pfn, int64_t a, int64_t b,
+                             int64_t own_at, int64_t own_pfn, int64_t *k)
 {
-    int64_t n = 0, k = 0;
+    int64_t n = 0;
+    *k = 0;
     for (int64_t p = a; p < b;) {
         uint32_t v;
         int64_t e = rm_seg(page_pfn, p, b, &v);
-        if (v) {
-            push_run(&c->fruns, &c->cap_fruns, &k, (int64_t)v - 1, e - p);
+        if (v && (own_at < 0 || v != (uint32_t)(own_pfn + 1 + p - own_at))) {
+            push_run(&c->fruns, &c->cap_fruns, k, (int64_t)v - 1, e - p);
             n += e - p;
         }
         p = e;
     }
+    return n;
+}
+
+static int64_t free_4k(core_t *c, rmap_t *page_pfn, int64_t a, int64_t b)   /* _free_4k */
+{
+    int64_t k, n = collect_pages(c, page_pfn, a, b, -1, 0, &k);
     if (n) rm_set(page_pfn, a, b, 0);
     host_free_runs(c, c->fruns, k);
     return n;
@@ -1736,7 +1868,7 @@ static int64_t free_4k(core_t *c, rmap_t *page_pfn, int64_t a, int64_t b)   /* _
 
 static int any_pfn(const rmap_t *page_pfn, int64_t a, int64_t b)
 {
-    return rm_count_nz(page_pfn, a, b) > 0;
+    return !rm_is_uniform(page_pfn, a, b, 0);
 }
 
 static int gmem_punch(core_t *c, gmem_t *g, uint64_t offset, uint64_t size)  /* fallocate_punch_hole */
@@ -1977,13 +2109,7 @@ static int64_t shared_populate(core_t *c, shared_t *s, int64_t p0, int64_t p1)
 
 static int64_t shared_count_present(const shared_t *s, int64_t p0, int64_t p1)
 {
-    if (!s->huge) return rm_count_nz(&s->page_pfn, p0, p1);
-    int64_t n = 0;
-    for (int64_t ch = p0 >> 9; ch <= (p1 - 1) >> 9; ch++) {
-        int64_t a = p0 > (ch << 9) ? p0 : (ch << 9), b = p1 < ((ch + 1) << 9) ? p1 : ((ch + 1) << 9);
-        n += s->chunk[ch] == INTACT ? b - a : rm_count_nz(&s->page_pfn, a, b);
-    }
-    return n;
+    return count_present(&s->page_pfn, s->chunk, s->huge ? 9 : 0, p0, p1);
 }
 
 /* access by host process proc: status; *mism */
@@ -2053,16 +2179,7 @@ static int shared_discard(core_t *c, shared_t *s, int64_t p0, int64_t p1)   /* d
                 led_op_beyond(c, K_THP_SPLIT_SHMEM, K_PUNCH_SHMEM_UNMAPPED, 1);
             }
             if (s->chunk[ch] == DEFERRED) {
-                int64_t base = s->chunk_pfn[ch], n = 0, k = 0;
-                for (int64_t p = lo; p < hi;) {
-                    uint32_t v;
-                    int64_t e = rm_seg(&s->page_pfn, p, hi, &v);
-                    if (v && v != (uint32_t)(base + 1 + p - a)) {     /* not the THP's own */
-                        push_run(&c->fruns, &c->cap_fruns, &k, (int64_t)v - 1, e - p);
-                        n += e - p;
-                    }
-                    p = e;
-                }
+                int64_t k, n = collect_pages(c, &s->page_pfn, lo, hi, a, s->chunk_pfn[ch], &k);
                 rm_set(&s->page_pfn, lo, hi, 0);
                 if (n) {
                     host_free_runs(c, c->fruns, k);
@@ -2244,8 +2361,12 @@ int core_accept(core_t *c)
             fail(c, "host memory too small to accept the guest's memory");
             return -1;
         }
-        gmem_access(c, s, 0, s->g.npages, 1, 0, 1, 0, &mism);
+        int st = gmem_access(c, s, 0, s->g.npages, 1, 0, 1, 0, &mism);
         c->in_step = 0;
+        if (st) {           /* SimTarget._start_up asserts the accept succeeded */
+            fail(c, "the guest's accept of memslot %d failed (status %d)", (int)i, st);
+            return -1;
+        }
     }
     return 0;
 }
@@ -2580,6 +2701,17 @@ static void allocatable_huge(const core_t *c, int64_t *out2m, int64_t *out1g)
 
 /* SimTarget.snapshot from the counters kept as the model changes: O(slots) but for
  * allocatable_huge, which scans host memory */
+/* what core_huge_stats and core_huge_recount both report the same way: the cumulative
+ * counters and a scan of host memory for allocatable huge ranges */
+static void huge_stats_common(core_t *c, int64_t *out)
+{
+    out[CORE_H_DEMOTIONS] = c->mapping_demotions;
+    out[CORE_H_SPLITS] = c->folio_splits;
+    out[CORE_H_MERGES] = c->folio_merges;
+    out[CORE_H_PRIVATE_TOUCHES] = c->private_host_touch_pages;
+    allocatable_huge(c, &out[CORE_H_ALLOC_2M], &out[CORE_H_ALLOC_1G]);
+}
+
 void core_huge_stats(core_t *c, int64_t *out)
 {
     memset(out, 0, CORE_H_COUNT * sizeof(int64_t));
@@ -2595,11 +2727,7 @@ void core_huge_stats(core_t *c, int64_t *out)
         if (g->order) out[CORE_H_POSSIBLE] += g->nfolios;
         if (s && s->huge) out[CORE_H_POSSIBLE] += s->nchunks;
     }
-    out[CORE_H_DEMOTIONS] = c->mapping_demotions;
-    out[CORE_H_SPLITS] = c->folio_splits;
-    out[CORE_H_MERGES] = c->folio_merges;
-    out[CORE_H_PRIVATE_TOUCHES] = c->private_host_touch_pages;
-    allocatable_huge(c, &out[CORE_H_ALLOC_2M], &out[CORE_H_ALLOC_1G]);
+    huge_stats_common(c, out);
 }
 
 /* the same as core_huge_stats by a full scan of every page and folio (tests: the counters
@@ -2632,11 +2760,7 @@ void core_huge_recount(core_t *c, int64_t *out)
             out[CORE_H_STALE] += shared_present_where(s, &c->slots[i].attrs, 0,
                                                       c->slots[i].attrs.npages, 1) * (int64_t)PAGE_SIZE;
     }
-    out[CORE_H_DEMOTIONS] = c->mapping_demotions;
-    out[CORE_H_SPLITS] = c->folio_splits;
-    out[CORE_H_MERGES] = c->folio_merges;
-    out[CORE_H_PRIVATE_TOUCHES] = c->private_host_touch_pages;
-    allocatable_huge(c, &out[CORE_H_ALLOC_2M], &out[CORE_H_ALLOC_1G]);
+    huge_stats_common(c, out);
 }
 
 void core_ledger(core_t *c, int64_t *count, double *ns, int64_t *first)

@@ -15,7 +15,7 @@ from bench.costs import load_profile
 from bench.errors import InputError
 from bench.fragmentation import indices
 from bench.ops import PAGE_SIZE, RESULT_DTYPE, STEP_DTYPE, Step
-from bench.sim.backend import huge_mode, model_parameters
+from bench.sim.backend import huge_mode, model_parameters, startup_record
 from bench.sim.model import PLATFORM_VM_TYPE
 
 ENGINES = ("c", "python")
@@ -123,22 +123,25 @@ class CoreTarget:
         if layout.accepted and lib.core_accept(self._c):
             raise InputError(self._error())
         total = self._ledger_total()
-        self.startup = {"ns": int(round(total)), "breakdown": self.breakdown(),
-                        "vmm_ns": int(round(vmm_ns)), "accept_ns": int(round(total - vmm_ns)),
-                        "accepted_bytes": layout.guest_size if layout.accepted else 0}
+        self.startup = startup_record(total, vmm_ns, self.breakdown(), layout)
         lib.core_ledger_reset(self._c)
         self.wall_s = 0.0
 
-    def _ledger_total(self) -> float:
+    def _ledger(self) -> list[tuple[int, int, float]]:
+        """The charged keys as (key index, count, ns), in the order of their first charge
+        (the Python ledger's dict order)."""
         n = len(self.key_names)
         ffi = self._ffi
         count, ns, first = np.zeros(n, np.int64), np.zeros(n, np.float64), np.zeros(n, np.int64)
         self._lib.core_ledger(self._c, ffi.cast("int64_t *", ffi.from_buffer(count)),
                               ffi.cast("double *", ffi.from_buffer(ns)),
                               ffi.cast("int64_t *", ffi.from_buffer(first)))
+        used = sorted((int(first[k]), k) for k in range(n) if first[k] >= 0)
+        return [(k, int(count[k]), float(ns[k])) for _, k in used]
+
+    def _ledger_total(self) -> float:
         # summed in first-charge order, as the Python ledger's dict
-        return sum(float(ns[k]) for _, k in sorted((int(first[k]), k) for k in range(n)
-                                                    if first[k] >= 0))
+        return sum(t for _, _, t in self._ledger())
 
     def _prefragment(self, rng, fraction: float, total_pages: int) -> None:
         draws = prefragment_draws(rng, fraction, total_pages)
@@ -229,15 +232,8 @@ class CoreTarget:
         return {s.name: "simulated" for s in Step}
 
     def breakdown(self) -> dict[str, dict]:
-        n = len(self.key_names)
-        ffi = self._ffi
-        count, ns, first = np.zeros(n, np.int64), np.zeros(n, np.float64), np.zeros(n, np.int64)
-        self._lib.core_ledger(self._c, ffi.cast("int64_t *", ffi.from_buffer(count)),
-                              ffi.cast("double *", ffi.from_buffer(ns)),
-                              ffi.cast("int64_t *", ffi.from_buffer(first)))
         # the Python ledger's dict order (first charge) sorted by total, as SimTarget does
-        used = sorted((int(first[k]), k) for k in range(n) if first[k] >= 0)
-        items = [(self.key_names[k], int(count[k]), float(ns[k])) for _, k in used]
+        items = [(self.key_names[k], c, t) for k, c, t in self._ledger()]
         items.sort(key=lambda kv: -kv[2])
         return {name: {"count": c, "ns": int(round(t))} for name, c, t in items}
 

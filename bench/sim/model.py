@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.ops import KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE, NO_CHECK, PAGE_SIZE
 from bench.sim.buddy import BuddyAllocator, OutOfMemory
-from bench.sim.ranges import AttrRanges, PfnMap, Runs
+from bench.sim.ranges import AttrRanges, PfnMap, Runs, complement
 
 SHARED = 0
 GUEST_MEMFD_FLAG_MMAP = 1 << 0
@@ -307,7 +307,7 @@ class GuestMemfd:
     def _huge_bytes_key(self) -> str:
         return "2m" if self.order == 9 else "1g"
 
-    def _set_s2_4k(self, a: int, b: int) -> None:
+    def set_s2_4k(self, a: int, b: int) -> None:
         """Map [a, b) at 4K in stage 2."""
         self.host.st_s2_4k_pages += sum(e - s for s, e in self.s2_map.or_bits(a, b, 1))
 
@@ -376,14 +376,7 @@ class GuestMemfd:
         return sum(e - s for s, e in self.present_runs(p0, p1))
 
     def absent_runs(self, p0: int, p1: int) -> list[tuple[int, int]]:
-        out, p = [], p0
-        for s, e in self.present_runs(p0, p1):
-            if s > p:
-                out.append((p, s))
-            p = max(p, e)
-        if p < p1:
-            out.append((p, p1))
-        return out
+        return complement(self.present_runs(p0, p1), p0, p1)
 
     def _split_folio(self, f: int) -> None:
         """Split an intact huge folio into 4K folios of the same hugetlb page
@@ -476,8 +469,8 @@ class GuestMemfd:
                 f = f0 + int(k)
                 a, b = f * fp, (f + 1) * fp
                 if a < p0 or b > p1:       # split the huge leaf, keep the rest mapped at 4K
-                    self._set_s2_4k(a, p0)
-                    self._set_s2_4k(p1, b)
+                    self.set_s2_4k(a, p0)
+                    self.set_s2_4k(p1, b)
                     self._demote(f)
                     self.host.mapping_demotions += 1
                     if tdx:
@@ -980,11 +973,11 @@ class SharedBacking:
         self.host_map.or_bits(p0, p1, 1 << proc)
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
-    def guest_access(self, p0: int, p1: int, write: bool, token: int, s2_map: AttrRanges):
+    def guest_access(self, p0: int, p1: int, write: bool, token: int, gmem: "GuestMemfd"):
         """A guest access to shared GPAs under dual backing: KVM maps the shared backing's
-        page (through the memslot's userspace address) into stage 2 at 4K."""
+        page (through the memslot's userspace address) into the slot's stage 2 at 4K."""
         self.populate(p0, p1)
-        self.host.st_s2_4k_pages += sum(e - s for s, e in s2_map.or_bits(p0, p1, 1))
+        gmem.set_s2_4k(p0, p1)
         return 0, touch(self.data, self.ledger, p0, p1, write, token)
 
     def discard(self, p0: int, p1: int) -> int:
@@ -1090,14 +1083,9 @@ class SharedBacking:
             a = c << 9
             base = int(self.chunk_pfn[c])
             # subpages no longer mapped (discarded) go back; re-touched holes have new pages
-            holes, p = [], a
-            for s, e, pfn in self.page_pfn.runs(a, a + 512):
-                if pfn == base + (s - a):        # the THP's own subpages, still mapped
-                    if s > p:
-                        holes.append((base + p - a, s - p))
-                    p = e
-            if p < a + 512:
-                holes.append((base + p - a, a + 512 - p))
+            own = [(s, e) for s, e, pfn in self.page_pfn.runs(a, a + 512)
+                   if pfn == base + (s - a)]      # the THP's own subpages, still mapped
+            holes = [(base + s - a, e - s) for s, e in complement(own, a, a + 512)]
             self.host.free_runs(holes)
             n = sum(k for _, k in holes)
             freed += n

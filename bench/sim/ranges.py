@@ -207,6 +207,19 @@ class AttrRanges:
             self.set(s, e, v)
 
 
+def complement(runs, a: int, b: int) -> list[tuple[int, int]]:
+    """The pages of [a, b) outside `runs` ((start, end) pairs inside [a, b), ascending; they
+    may touch or overlap), as (start, end) runs, ascending."""
+    out, p = [], a
+    for s, e in runs:
+        if s > p:
+            out.append((p, s))
+        p = max(p, e)
+    if p < b:
+        out.append((p, b))
+    return out
+
+
 def Runs(npages: int) -> AttrRanges:
     """A content token (uint32) per page, kept as runs; 0 = never written / zeroed."""
     return AttrRanges(npages, 0, dtype=np.int64)
@@ -282,14 +295,7 @@ class PfnMap:
 
     def holes(self, a: int, b: int) -> list[tuple[int, int]]:
         """Pages of [a, b) that hold no page, as (start, end) runs, ascending."""
-        out, p = [], a
-        for s, e, _ in self.runs(a, b):
-            if s > p:
-                out.append((p, s))
-            p = e
-        if p < b:
-            out.append((p, b))
-        return out
+        return complement(((s, e) for s, e, _ in self.runs(a, b)), a, b)
 
     def count(self, a: int = 0, b: int | None = None) -> int:
         b = self.npages if b is None else b
