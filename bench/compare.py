@@ -148,6 +148,8 @@ OUTLIER_FLOOR = 0.005
 OUTLIER_RULE = (f"per side, values more than {OUTLIER_MADS:g} scaled MADs (1.4826 x MAD, "
                 f"at least {100 * OUTLIER_FLOOR:g}% of the median) from that side's median "
                 f"are set aside, farthest first, at most a quarter of the side")
+# what a host run must share with the run it is compared with (results.json "host")
+HOST_FIELDS = ("hostname", "kernel", "cpu", "thp", "hugetlb")
 # the gate-testing delay: a delayed run is compared with its baseline on purpose
 _GATE_TEST_PARAMS = ("slowdown", "slowdown_direction")
 
@@ -566,7 +568,7 @@ def check_comparable(base: dict, cur: dict, allow_missing: bool = False) -> list
         if rb.get("backend") == "host" and not host_checked:
             host_checked = True
             hb, hc = base.get("host") or {}, cur.get("host") or {}
-            for f in ("hostname", "kernel", "cpu", "thp", "hugetlb"):
+            for f in HOST_FIELDS:
                 if hb.get(f) != hc.get(f):
                     reasons.append(f"host {f} differs ({_short(hb.get(f))} vs "
                                    f"{_short(hc.get(f))})")
@@ -669,10 +671,17 @@ def format_table(rows: list[Row]) -> str:
                       _pct(r.mde), p, n,
                       r.verdict.upper() if r.verdict in (REGRESSION, INCONCLUSIVE, UNDECIDED)
                       else r.verdict))
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    return align_columns(lines, right=range(2, len(head) - 1))
+
+
+def align_columns(lines: list, right=()) -> str:
+    """A text table: the first line is the header, underlined; columns padded to their
+    widest cell, left-aligned except the column indices in `right`."""
+    right = set(right)
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
     out = []
     for j, line in enumerate(lines):
-        out.append("  ".join(str(c).ljust(w) if i < 2 or i == len(head) - 1 else str(c).rjust(w)
+        out.append("  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
                              for i, (c, w) in enumerate(zip(line, widths))).rstrip())
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
@@ -707,6 +716,17 @@ def _percent_value(text: str, what: str) -> float:
         raise InputError(f"{what}: expected a percentage > 0 and <= {100 * MAX_THRESHOLD:g}, "
                          f"got {text!r}")
     return v
+
+
+def parse_alpha(text: str) -> float:
+    """--alpha: a significance level in (0, 0.5)."""
+    try:
+        alpha = float(text)
+    except ValueError:
+        alpha = math.nan
+    if not 0 < alpha < 0.5:
+        raise InputError(f"--alpha: expected a number in (0, 0.5), got {text!r}")
+    return alpha
 
 
 def _parse_metrics(text: str) -> tuple:
@@ -767,12 +787,7 @@ def _options(args) -> tuple[dict, float, tuple, int]:
             raise InputError(f"--metric-threshold: expected METRIC=PERCENT with METRIC one of "
                              f"{', '.join(METRICS)}; got {item!r}")
         thresholds[name] = _percent_value(pct, f"--metric-threshold {name}")
-    try:
-        alpha = float(args.alpha)
-    except ValueError:
-        alpha = math.nan
-    if not 0 < alpha < 0.5:
-        raise InputError(f"--alpha: expected a number in (0, 0.5), got {args.alpha!r}")
+    alpha = parse_alpha(args.alpha)
     metrics = _parse_metrics(args.metrics)
     try:
         budget = int(args.rerun_budget)

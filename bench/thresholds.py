@@ -52,7 +52,6 @@ from bench.results import atomic_write_json
 FORMAT = "gmembench-thresholds/1"
 MIN_RUNS = 3
 DEFAULT_ALPHA = 0.05
-_HOST_FIELDS = ("hostname", "kernel", "cpu", "thp", "hugetlb")
 
 
 def run_value(run: dict, samples: dict, metric: str) -> float | None:
@@ -86,7 +85,7 @@ def fingerprint(doc: dict) -> dict:
             f["cost_profile"] = cmp._costs(r)
         runs.append(f)
     host = doc.get("host") or {}
-    return {"host": {k: host.get(k) for k in _HOST_FIELDS}, "runs": runs}
+    return {"host": {k: host.get(k) for k in cmp.HOST_FIELDS}, "runs": runs}
 
 
 def learn(paths: list[str], metrics, alpha: float = DEFAULT_ALPHA) -> dict:
@@ -107,16 +106,13 @@ def learn(paths: list[str], metrics, alpha: float = DEFAULT_ALPHA) -> dict:
             cmp.check_comparable(first, doc)
         except cmp.Incomparable as e:
             raise InputError(f"not comparable with {paths[0]}: {e}", p)
+    by_key = [({r["key"]: r for r in doc["runs"]}, smp) for doc, smp in sides]
     rows = {}
     for run in first["runs"]:
         key = run["key"]
         for metric in metrics:
-            vals = []
-            for doc, smp in sides:
-                r = next(x for x in doc["runs"] if x["key"] == key)
-                v = run_value(r, smp, metric)
-                if v is not None:
-                    vals.append(v)
+            vals = [v for runs, smp in by_key
+                    if (v := run_value(runs[key], smp, metric)) is not None]
             if vals:
                 rows.setdefault(key, {})[metric] = vals
     varying = sum(1 for k in rows for m, v in rows[k].items()
@@ -177,9 +173,8 @@ def load(path: str) -> dict:
 
 def check_applies(doc: dict, results: dict, side: str) -> None:
     """Raise Incomparable unless `results` was measured like the calibration runs."""
-    ref = dict(doc["fingerprint"])
     try:
-        cmp.check_comparable(ref, results, allow_missing=True)
+        cmp.check_comparable(doc["fingerprint"], results, allow_missing=True)
     except cmp.Incomparable as e:
         raise cmp.Incomparable(f"thresholds file {doc['_path']} was learned from runs that "
                                f"differ from {side}: {e}")
@@ -225,22 +220,11 @@ def format_table(doc: dict) -> str:
             lines.append((key, metric, str(r["runs"]), spread,
                            f"{100 * r['drift_sd_log']:.1f}%", f"{100 * default:g}%",
                            f"{100 * max(learned, default):.1f}%{note}"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    out = []
-    for j, line in enumerate(lines):
-        out.append("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
-        if j == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return cmp.align_columns(lines)
 
 
 def cli_thresholds(args) -> int:
-    try:
-        alpha = float(args.alpha)
-    except ValueError:
-        alpha = math.nan
-    if not 0 < alpha < 0.5:
-        raise InputError(f"--alpha: expected a number in (0, 0.5), got {args.alpha!r}")
+    alpha = cmp.parse_alpha(args.alpha)
     metrics = cmp._parse_metrics(args.metrics)
     cmp._check_json_path(args.out, "--out")
     doc = learn(args.runs, metrics, alpha)
