@@ -76,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gmembench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # whoever read our output stopped reading (`| head`): stop quietly, as shell tools
+        # do; stdout goes to /dev/null so that the interpreter's final flush cannot fail too
+        import os
+        import signal
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except SystemExit as e:
         if isinstance(e.code, int) and e.code > 128:
             print(f"gmembench: stopped by signal {e.code - 128}", file=sys.stderr)
