@@ -16,8 +16,10 @@ for one row (false alarms, or rows that are never decided) or too loose for the 
 Method
 ------
 1. The RUNs are K >= 3 results dirs of the same code on the same host (the baseline build,
-   run K times, ideally spread over the time a CI baseline would be reused).  They must be
-   comparable to each other by compare's rules, and none may carry the gate-testing delay.
+   run K times, ideally spread over the time a CI baseline would be reused; 8 or more: the
+   drift estimated from K runs enters through t(K-1), whose quantile below is 3.5 for K = 6
+   and 3.1 for K = 8 with 6 varying rows).  They must be comparable to each other by
+   compare's rules, and none may carry the gate-testing delay.
 2. Per row (workload/strategy x metric), each run contributes one value: the median of its
    per-repetition values after compare's outlier rule, i.e. exactly what compare compares.
 3. The row's drift is s = sample standard deviation of log(value) over the K runs.  If runs
@@ -192,7 +194,7 @@ def add_thresholds_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("exit status: 0 written; 2 error (fewer than 3 runs, runs that are not "
                      "comparable or carry the gate-testing delay, unwritable --out).")
     parser.add_argument("runs", metavar="RUN", nargs="+",
-                        help="results dirs of identical code on this host (>= 3; 6 or more "
+                        help="results dirs of identical code on this host (>= 3; 8 or more "
                              "recommended)")
     parser.add_argument("--out", "-o", required=True, metavar="FILE",
                         help="thresholds file to write (JSON, atomically)")

@@ -1,11 +1,12 @@
 """How good is `gmembench compare` on this machine, met the way a CI system meets it?
 
-    python benchmarks/gate_quality.py [--calibration K] [--baselines K] [--delayed K]
-                                      [--repetitions R] [--out DIR] [--reuse] [--judge-only]
-                                      [--metrics ...]
+    python benchmarks/gate_quality.py [--workload NAME] [--calibration K] [--baselines K]
+                                      [--delayed K] [--repetitions R] [--param KEY=VALUE]
+                                      [--out DIR] [--reuse] [--judge-only] [--metrics ...]
 
 1. Measures through the command line a CI job uses (`gmembench run --backend host --quick
-   -w dma-churn -r R --no-progress`, each run its own process): K calibration runs (C) and
+   -w ci-dma-churn -r R --no-progress`, each run its own process, each repetition its own
+   process): K calibration runs (C) and
    K baseline runs (A) of identical code, K runs with a real uniform delay (B: `--param
    slowdown=1.1`, the host executor busy-waits inside every timed conversion step for 10%
    of that step's measured time) and K runs with the delay confined to one conversion
@@ -81,9 +82,7 @@ def measure(args, out: Path, frozen: Path) -> list[dict]:
             argv = [sys.executable, "-m", "bench", "run", "--backend", "host", "--quick",
                     "-w", str(frozen), "-r", str(args.repetitions), "--no-progress",
                     "--no-report", "--out", str(d),
-                    # dma-churn asks for 2M guest_memfd folios, which this kernel lacks: the
-                    # gate is judged on what the host can run (4K folios, labelled)
-                    "--param", "folio_fallback=yes", *extra]
+                    *(a for kv in args.param for a in ("--param", kv)), *extra]
             load0, t0 = os.getloadavg(), time.time()
             p = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             rec = {"name": name, "kind": kind, "dir": str(d), "exit": p.returncode,
@@ -123,14 +122,19 @@ def gate(base: Path, cur: Path, metrics, thresholds: list[str], tmp: Path,
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workload", default="dma-churn")
+    ap.add_argument("--workload", default="ci-dma-churn",
+                    help="workload name or file (default ci-dma-churn, the README's CI "
+                         "configuration)")
     ap.add_argument("--baselines", type=int, default=6, help="A runs (default 6)")
     ap.add_argument("--delayed", type=int, default=6, help="B and P runs each (default 6)")
-    ap.add_argument("--calibration", type=int, default=6,
+    ap.add_argument("--calibration", type=int, default=8,
                     help="C runs (baseline code) from which `gmembench thresholds` learns the "
                          "per-row thresholds compare then uses; 0: the configured thresholds "
-                         "only (default 6)")
-    ap.add_argument("--repetitions", type=int, default=8, help="per run (default 8)")
+                         "only (default 8)")
+    ap.add_argument("--repetitions", type=int, default=24, help="per run (default 24)")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="passed to every run (e.g. folio_fallback=yes for dma-churn, which "
+                         "asks for 2M guest_memfd folios this kernel lacks)")
     ap.add_argument("--metrics", default=",".join(CI_METRICS), metavar="M1,M2,...",
                     help=f"what compare decides on (default: the README's CI configuration "
                          f"{','.join(CI_METRICS)})")
