@@ -745,7 +745,11 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                      "regression shown, but a change beyond a threshold was not significant "
                      "or a row could not have seen one (the output says how many "
                      "repetitions would decide it). CI must treat 3 as not passed.")
-    parser.add_argument("base", metavar="BASE", help="baseline results dir (results/<run-id>/)")
+    parser.add_argument("base", metavar="BASE", nargs="+",
+                        help="baseline results dir (results/<run-id>/); several runs of the "
+                             "baseline build (e.g. the calibration runs) are pooled: their "
+                             "repetitions form one side, and learned thresholds shrink to "
+                             "what a comparison with their mean needs")
     parser.add_argument("cur", metavar="CUR", help="current results dir")
     parser.add_argument("--threshold", default=None, metavar="PCT",
                         help="minimum change that counts, in %%, for every metric; > 0 and "
@@ -868,17 +872,26 @@ def _cli_compare(args) -> int:
     thresholds, alpha, metrics, budget = _options(args)
     if args.json:
         _check_json_path(args.json)
-    base, sb = load_side(args.base)
+    bases = [load_side(b) for b in args.base]
     cur, sc = load_side(args.cur)
+    base, sb = bases[0]
     learned_doc = learned = None
     if args.thresholds:
         from bench import thresholds as thr
         learned_doc = thr.load(args.thresholds)
-        learned = thr.row_thresholds(learned_doc)
+        learned = thr.row_thresholds(learned_doc, base_runs=len(bases))
     reruns = bool(args.rerun or args.rerun_base)
     looks = budget + 1 if reruns else 1
     alpha_look = alpha / looks
     try:
+        # several BASE runs: one side of all their repetitions (each checked comparable
+        # with the first, as a re-measurement is)
+        for path, (extra, extra_s) in zip(args.base[1:], bases[1:]):
+            try:
+                check_comparable(base, extra)
+            except Incomparable as e:
+                raise Incomparable(f"BASE {path} differs from BASE {args.base[0]}: {e}")
+            _merge(base, sb, extra, extra_s)
         if learned_doc is not None:
             thr.check_applies(learned_doc, base, "BASE")
             thr.check_applies(learned_doc, cur, "CUR")
@@ -900,8 +913,10 @@ def _cli_compare(args) -> int:
         print(f"gmembench compare: not comparable: {e}", file=sys.stderr)
         return EXIT_ERROR
     status = exit_status(rows)
-    print(f"BASE {args.base} ({base.get('run_id')})\nCUR  {args.cur} ({cur.get('run_id')})")
-    for side, doc in (("BASE", base), ("CUR", cur)):
+    for path, (doc, _) in zip(args.base, bases):
+        print(f"BASE {path} ({doc.get('run_id')})")
+    print(f"CUR  {args.cur} ({cur.get('run_id')})")
+    for side, doc in [("BASE", d) for d, _ in bases] + [("CUR", cur)]:
         delayed = injected_delay(doc)
         if delayed:
             print(f"note: {side} carries an injected gate-testing delay: {', '.join(delayed)}")
@@ -910,7 +925,8 @@ def _cli_compare(args) -> int:
         raised = [r for r in rows if r.threshold_from == "learned"]
         print(f"thresholds: max(configured, learned per row) - learned {learned_doc.get('created')} "
               f"from {len(learned_doc.get('learned_from') or [])} identical runs "
-              f"({args.thresholds}); raised on {len(raised)} of {len(rows)} rows (L)")
+              f"({args.thresholds}), for a BASE of {len(bases)} run(s); raised on "
+              f"{len(raised)} of {len(rows)} rows (L)")
         for r in raised:
             if r.threshold >= MAX_THRESHOLD:
                 print(f"  {r.key} {r.metric}: drifts so much between identical runs that it "
@@ -930,7 +946,8 @@ def _cli_compare(args) -> int:
     print(", ".join(f"{n} {v}" for v, n in count.items())
           + f" -> exit {status} ({ {0: 'pass', 1: 'REGRESSION', 3: 'INCONCLUSIVE'}[status] })")
     if args.json:
-        doc = {"base": args.base, "cur": args.cur, "alpha": alpha, "alpha_per_look": alpha_look,
+        doc = {"base": args.base[0], "base_runs": list(args.base), "cur": args.cur,
+               "alpha": alpha, "alpha_per_look": alpha_look,
                "thresholds_file": args.thresholds,
                "metrics": list(metrics), "outlier_rule": OUTLIER_RULE,
                "power_for_mde": POWER, "reruns": spent if reruns else 0,

@@ -182,9 +182,33 @@ def check_applies(doc: dict, results: dict, side: str) -> None:
                                f"differ from {side}: {e}")
 
 
-def row_thresholds(doc: dict) -> dict:
-    """{(key, metric): learned threshold}."""
-    return {(k, m): r["threshold"] for k, per in doc["rows"].items() for m, r in per.items()}
+def row_thresholds(doc: dict, base_runs: int = 1) -> dict:
+    """{(key, metric): learned threshold} for a BASE of `base_runs` pooled runs.
+
+    The file's threshold is for one BASE run against one CUR run (spread s*sqrt(2)).  A
+    BASE pooled from J runs stands for their mean, so CUR - BASE spreads by s*sqrt(1 + 1/J)
+    (the prediction interval of one new run); J = K, the calibration runs themselves as
+    BASE, is the textbook case, exact under the t quantile the file was learned with."""
+    out = {}
+    for k, per in doc["rows"].items():
+        for m, r in per.items():
+            th = r["threshold"]
+            if base_runs > 1 and (th > 0 or r.get("capped")):
+                th = _threshold_for(r, doc, base_runs)
+            out[(k, m)] = th
+    return out
+
+
+def _threshold_for(row: dict, doc: dict, base_runs: int) -> float:
+    from scipy.stats import t as student_t
+    s, k = row.get("drift_sd_log"), row.get("runs")
+    alpha_row = doc.get("alpha_per_row")
+    if not (cmp._is_num(s) and s > 0 and isinstance(k, int) and k >= 2
+            and cmp._is_num(alpha_row) and 0 < alpha_row < 1):
+        raise InputError("a row lacks drift_sd_log, runs or alpha_per_row needed for a "
+                         "pooled BASE", doc.get("_path"))
+    q = float(student_t.ppf(1 - alpha_row, k - 1))
+    return min(math.expm1(q * s * math.sqrt(1 + 1 / base_runs)), cmp.MAX_THRESHOLD)
 
 
 # --- command line ----------------------------------------------------------------------

@@ -101,14 +101,14 @@ def measure(args, out: Path, frozen: Path) -> list[dict]:
     return done
 
 
-def gate(base: Path, cur: Path, metrics, thresholds: list[str], tmp: Path,
+def gate(base: list[Path], cur: Path, metrics, thresholds: list[str], tmp: Path,
          learned: Path | None) -> tuple[int, dict]:
-    """`gmembench compare BASE CUR ...` in this process; (exit status, its JSON)."""
+    """`gmembench compare BASE... CUR ...` in this process; (exit status, its JSON)."""
     from bench.cli import main
     j = tmp / "gate.json"
     if j.exists():
         j.unlink()
-    argv = ["compare", str(base), str(cur), "--metrics", ",".join(metrics), "--json", str(j)]
+    argv = ["compare", *map(str, base), str(cur), "--metrics", ",".join(metrics), "--json", str(j)]
     for t in thresholds:
         argv += ["--metric-threshold", t]
     if learned is not None:
@@ -116,7 +116,8 @@ def gate(base: Path, cur: Path, metrics, thresholds: list[str], tmp: Path,
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
         status = main(argv)
     if status == 2:
-        raise SystemExit(f"compare refused {base} vs {cur}: {err.getvalue().strip()}")
+        raise SystemExit(f"compare refused {' '.join(map(str, base))} vs {cur}: "
+                         f"{err.getvalue().strip()}")
     return status, json.loads(j.read_text())
 
 
@@ -139,6 +140,10 @@ def main(argv=None) -> int:
                     help=f"what compare decides on (default: the README's CI configuration "
                          f"{','.join(CI_METRICS)})")
     ap.add_argument("--metric-threshold", action="append", default=[], metavar="METRIC=PCT")
+    ap.add_argument("--base-runs", type=int, default=1, metavar="J",
+                    help="runs pooled into one BASE (compare BASE... CUR): baseline i is A runs "
+                         "iJ..iJ+J-1, judged against every other A run and every B and P run "
+                         "(default 1: one run per baseline)")
     ap.add_argument("--out", default="results/gate-quality", help="working and output dir")
     ap.add_argument("--reuse", action="store_true", help="keep runs already measured in --out")
     ap.add_argument("--judge-only", action="store_true", help="no new runs (implies --reuse)")
@@ -189,23 +194,32 @@ def main(argv=None) -> int:
         # learns them from the baseline build before it judges changes
         from bench import thresholds as thr
         doc = thr.learn([ok[n]["dir"] for n in by_kind["C"]], metrics)
-        learned_path = out / "thresholds.json"
+        # one file per report: re-judging with other options must not overwrite the
+        # thresholds an earlier report was judged with
+        learned_path = out / ("thresholds.json" if args.report == "gate_quality.json"
+                              else f"{Path(args.report).stem}.thresholds.json")
         atomic_write_json(learned_path, doc)
         learned_lines = [f"thresholds learned from the {len(by_kind['C'])} C runs "
                          f"(`gmembench thresholds`, alpha {doc['alpha']:g}); compare uses "
                          f"max(configured, learned):", thr.format_table(doc), ""]
 
+    # baselines: one A run each, or --base-runs J consecutive A runs pooled into one BASE
+    j = args.base_runs
+    if j < 1 or len(by_kind["A"]) < j:
+        ap.error(f"--base-runs {j}: need 1 <= J <= {len(by_kind['A'])} (the A runs)")
+    groups = [by_kind["A"][i:i + j] for i in range(0, len(by_kind["A"]) - j + 1, j)]
+    baselines = {"+".join(g): g for g in groups}
     pairs, drift = [], {}
     for kind in KINDS:
         if kind == "C":
             continue
         curs = by_kind[kind]
-        for a in by_kind["A"]:
+        for a, members in baselines.items():
             for c in curs:
-                if c == a:
+                if c in members:
                     continue
-                status, doc = gate(Path(ok[a]["dir"]), Path(ok[c]["dir"]), metrics,
-                                   args.metric_threshold, tmp, learned_path)
+                status, doc = gate([Path(ok[m]["dir"]) for m in members], Path(ok[c]["dir"]),
+                                   metrics, args.metric_threshold, tmp, learned_path)
                 beyond = [f"{r['key']} {r['metric']} {100 * float(r['change']):+.1f}%"
                           for r in doc["rows"] if float(r["change"]) >= r["threshold"]]
                 if kind == "A":     # what identical runs differ by, per metric
@@ -218,12 +232,14 @@ def main(argv=None) -> int:
                                                for r in doc["rows"]),
                               "undecided_rows": [f"{r['key']} {r['metric']}" for r in doc["rows"]
                                                  if r["verdict"] in ("inconclusive", "undecided")],
-                              "load": [ok[a]["load_before"][0], ok[c]["load_before"][0]]})
+                              "load": [ok[members[0]]["load_before"][0],
+                                       ok[c]["load_before"][0]]})
     shutil.rmtree(tmp, ignore_errors=True)
 
     lines = [f"gate quality: {args.workload} --quick, host backend, {args.repetitions} "
              f"repetitions per run, each its own process; runs: "
-             + ", ".join(f"{len(by_kind[k])} {k} ({KIND_NAMES[k]})" for k in KINDS),
+             + ", ".join(f"{len(by_kind[k])} {k} ({KIND_NAMES[k]})" for k in KINDS)
+             + (f"; each baseline pools {j} A runs (compare BASE... CUR)" if j > 1 else ""),
              "compare --metrics " + ",".join(metrics) + " (thresholds "
              + ", ".join(f"{m} {100 * th[m]:g}%" for m in metrics) + ")",
              "load average (1 min) at run start: " + ", ".join(
@@ -237,14 +253,15 @@ def main(argv=None) -> int:
             continue
         word = "false alarms (exit 1)" if kind == "A" else "detected (exit 1)"
         lines.append(f"{'A/A' if kind == 'A' else 'A/' + kind} - CUR: {KIND_NAMES[kind]}")
-        lines.append(f"  {'baseline':<9} {'pairs':>5} {'exit 1':>6} {'exit 3':>6} {'exit 0':>6}"
+        wid = max(9, *(len(a) for a in baselines))
+        lines.append(f"  {'baseline':<{wid}} {'pairs':>5} {'exit 1':>6} {'exit 3':>6} {'exit 0':>6}"
                      f"  {word} per baseline, 95% CI")
-        for a in by_kind["A"]:
+        for a in baselines:
             ps = [p for p in sel if p["base"] == a]
             n1, n3, n0 = (sum(p["exit"] == e for p in ps) for e in (1, 3, 0))
-            lines.append(f"  {a:<9} {len(ps):>5} {n1:>6} {n3:>6} {n0:>6}  {wilson(n1, len(ps))}")
+            lines.append(f"  {a:<{wid}} {len(ps):>5} {n1:>6} {n3:>6} {n0:>6}  {wilson(n1, len(ps))}")
         n1, n3, n0 = (sum(p["exit"] == e for p in sel) for e in (1, 3, 0))
-        lines.append(f"  {'all':<9} {len(sel):>5} {n1:>6} {n3:>6} {n0:>6}  {wilson(n1, len(sel))}")
+        lines.append(f"  {'all':<{wid}} {len(sel):>5} {n1:>6} {n3:>6} {n0:>6}  {wilson(n1, len(sel))}")
         lines.append(f"  inconclusive (exit 3): {wilson(n3, len(sel))}")
         if kind != "A":
             silent = [p for p in sel if p["exit"] == 0 and p["beyond_threshold"]]
@@ -261,7 +278,7 @@ def main(argv=None) -> int:
     report = "\n".join(lines)
     print(report)
     atomic_write_json(out / args.report,
-                      {"workload": args.workload, "repetitions": args.repetitions,
+                      {"workload": args.workload, "repetitions": args.repetitions, "base_runs": j,
                        "metrics": list(metrics), "thresholds": {m: th[m] for m in metrics},
                        "learned_thresholds": str(learned_path) if learned_path else None,
                        "runs": runs, "summary": table, "pairs": pairs, "report": report})

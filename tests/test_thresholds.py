@@ -125,3 +125,44 @@ def test_a_file_learned_on_another_host_or_malformed_is_refused(tmp_path, capsys
     err = capsys.readouterr().err
     assert "bad.json" in err and "threshold" in err
     assert main(["compare", str(a), str(b), "--thresholds", str(tmp_path / "none.json")]) == 2
+
+
+def test_a_pooled_base_uses_the_prediction_interval_of_its_runs(tmp_path, capsys):
+    """BASE given as several runs: their repetitions form one side, and each learned
+    threshold is recomputed from the file's drift for a comparison with the mean of J runs
+    (s * sqrt(1 + 1/J) instead of s * sqrt(2)); one run gives the file's threshold."""
+    runs = calibration_runs(tmp_path)
+    assert learn(tmp_path, runs)[0] == 0
+    th = tmp_path / "th.json"
+    doc = json.loads(th.read_text())
+    row = doc["rows"][NOISY]["to_shared.latency_min"]
+    q = student_t.ppf(1 - doc["alpha_per_row"], row["runs"] - 1)
+    cur = make_results_dir(tmp_path / "cur", seed=60, latency_factor={NOISY: 1.0}, **KW)
+    js = tmp_path / "gate.json"
+
+    def gate(bases):
+        status = main(["compare", *map(str, bases), str(cur), "--metrics", M,
+                       "--thresholds", str(th), "--json", str(js)])
+        out = json.loads(js.read_text())
+        rows = {(r["key"], r["metric"]): r for r in out["rows"]}
+        return status, out, rows[(NOISY, "to_shared.latency_min")]
+
+    _, out1, one = gate(runs[:1])
+    assert one["threshold"] == pytest.approx(row["threshold"])
+    assert out1["base_runs"] == [str(runs[0])]
+    status, out6, pooled = gate(runs)
+    s = row["drift_sd_log"]
+    assert pooled["threshold"] == pytest.approx(math.expm1(q * s * math.sqrt(1 + 1 / 6)))
+    assert pooled["threshold"] < one["threshold"]
+    assert pooled["n_base"] + pooled["set_aside_base"] == 6 * KW["reps"]
+    assert out6["base_runs"] == [str(r) for r in runs]
+    text = capsys.readouterr().out
+    assert text.count("BASE ") >= 6 and "for a BASE of 6 run(s)" in text
+
+
+def test_a_pooled_base_refuses_runs_that_differ(tmp_path, capsys):
+    runs = calibration_runs(tmp_path, drift=(1.0, 1.1, 0.9))
+    other = make_results_dir(tmp_path / "other", seed=9, quick=True, **KW)
+    assert main(["compare", str(runs[0]), str(other), str(runs[1]), "--metrics", M]) == 2
+    err = capsys.readouterr().err
+    assert "differs from BASE" in err and "other" in err
