@@ -1,4 +1,4 @@
-"""`gmembench compare BASE CUR`: a regression gate for CI that says when it cannot see.
+"""`gmembench compare BASE [BASE...] CUR`: a regression gate for CI that says when it cannot see.
 
 Exit status
 -----------
@@ -81,6 +81,13 @@ Method
    FILE` makes each row's threshold max(configured, learned) - marked "L" in the table.
    benchmarks/gate_quality.py measures the resulting false-alarm, detection and
    inconclusive rates.
+   One baseline run carries its own share of that drift into every comparison made against
+   it.  BASE may therefore be several runs of the baseline build (`compare B1 B2 ... CUR`,
+   e.g. the calibration runs themselves): their repetitions are pooled into one side (each
+   run checked comparable with the first), and each learned threshold is recomputed from
+   the file's drift s for a comparison with the mean of J runs, exp(t * s * sqrt(1 + 1/J))
+   - 1 instead of sqrt(2) - the prediction interval of one new run (exact for J = K, the
+   calibration runs as BASE).
 
 6. Re-measuring (`--rerun CMD`, `--rerun-base CMD`, `--rerun-budget N`): while the verdict is
    inconclusive, run CMD (a `gmembench run` command line; "{out}" in it is replaced by a

@@ -30,7 +30,9 @@ Method
    with m the number of rows that vary (one-sided: only a regression alarms; alpha/m:
    Bonferroni over the rows, so identical code alarms on some row with probability <= alpha
    from drift alone).
-4. compare uses max(configured threshold, learned threshold): a learned threshold only ever
+4. With BASE pooled from J runs (`compare B1 ... BJ CUR`), compare recomputes the row's
+   threshold from s for a comparison with their mean: exp(t * s * sqrt(1 + 1/J)) - 1.
+5. compare uses max(configured threshold, learned threshold): a learned threshold only ever
    raises the one you chose (default or --threshold/--metric-threshold), never lowers it.
    A row whose learned threshold reaches 100% cannot gate anything short of a doubling on
    this host; it is capped at 100% and named.  Rows that do not vary (footprint, bytes

@@ -2,7 +2,8 @@
 
     python benchmarks/gate_quality.py [--workload NAME] [--calibration K] [--baselines K]
                                       [--delayed K] [--repetitions R] [--param KEY=VALUE]
-                                      [--out DIR] [--reuse] [--judge-only] [--metrics ...]
+                                      [--base-runs J] [--out DIR] [--reuse] [--judge-only]
+                                      [--metrics ...]
 
 1. Measures through the command line a CI job uses (`gmembench run --backend host --quick
    -w ci-dma-churn -r R --no-progress`, each run its own process, each repetition its own
@@ -19,7 +20,9 @@
    them; `--calibration 0` judges with the configured thresholds alone.
 3. Judges every pair through `gmembench compare --thresholds` (bench.cli.main, its exit
    status is the verdict): A/A every ordered pair (A_i as BASE, A_j as CUR, i != j), A/B
-   and A/P every (A_i, B_j) / (A_i, P_j).  Exit 1 on A/A is a false alarm; on A/B and A/P
+   and A/P every (A_i, B_j) / (A_i, P_j).  With --base-runs J each baseline is J
+   consecutive A runs pooled into one BASE (`compare A_i ... A_i+J-1 CUR`; the README's CI
+   configuration is J = 2), judged against every A run outside it and every B and P run.  Exit 1 on A/A is a false alarm; on A/B and A/P
    exit 1 is a detection, exit 3 (inconclusive) and exit 0 are not.  Rates are given per
    baseline and overall with Wilson 95% intervals; pairs share runs, so the overall
    intervals are optimistic (each run takes part in several pairs).
