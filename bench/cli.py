@@ -16,7 +16,7 @@ COMMANDS = {
     "calibrate": ("bench.host.calibrate", "measure the cost model's primitives on this host"),
     "validate": ("bench.validate", "run workloads on both backends and print the disagreement"),
     "report": ("bench.report.report", "write report.md, plots and pyperf files for a results dir"),
-    "compare": ("bench.compare", "regression gate: compare two results dirs (exit 1 regression, 3 inconclusive)"),
+    "compare": ("bench.compare", "regression gate: compare results dirs, BASE... CUR (exit 1 regression, 3 inconclusive)"),
     "thresholds": ("bench.thresholds", "learn the gate's per-row thresholds from identical runs on this host"),
     "qualify": ("bench.qualify", "hardware qualification: run a spec, pass/fail per check"),
     "restore": ("bench.host.state", "restore host settings a run that did not finish left changed"),

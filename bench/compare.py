@@ -86,8 +86,13 @@ Method
    e.g. the calibration runs themselves): their repetitions are pooled into one side (each
    run checked comparable with the first), and each learned threshold is recomputed from
    the file's drift s for a comparison with the mean of J runs, exp(t * s * sqrt(1 + 1/J))
-   - 1 instead of sqrt(2) - the prediction interval of one new run (exact for J = K, the
-   calibration runs as BASE).
+   - 1 instead of sqrt(2) - the prediction interval of one new run.  Approximate: the
+   pooled median of the repetitions stands for the mean of the runs' values (J counts
+   runs as equal ones, (sum n)^2 / sum n^2 for repetition counts n); when runs drift much
+   more than repetitions spread, the pooled median varies somewhat more than that mean
+   (the threshold is then a few % of itself too narrow).  The BASE dirs must hold the same
+   runs (--allow-missing does not apply between them), and a dir may appear only once.
+   With a pooled BASE the table's base spread and the MDE include the runs' drift.
 
 6. Re-measuring (`--rerun CMD`, `--rerun-base CMD`, `--rerun-budget N`): while the verdict is
    inconclusive, run CMD (a `gmembench run` command line; "{out}" in it is replaced by a
@@ -853,6 +858,14 @@ def _merge(doc: dict, samples: dict, extra: dict, extra_samples: dict) -> None:
         r["repetitions"] = len(r["per_rep"])
 
 
+def effective_runs(docs) -> float:
+    """How many equal runs a pooled BASE is worth: (sum n)^2 / sum n^2 over the runs'
+    repetition counts (the pooled median weights each run by its repetitions, so 24 + 8
+    repetitions average like 1.6 runs, not 2)."""
+    n = [max((len(r.get("per_rep") or []) for r in d["runs"]), default=0) for d in docs]
+    return sum(n) ** 2 / sum(x * x for x in n) if any(n) else 1.0
+
+
 def _json_row(r: Row) -> dict:
     d = asdict(r)
     for k in ("change", "mde"):
@@ -879,14 +892,24 @@ def _cli_compare(args) -> int:
     thresholds, alpha, metrics, budget = _options(args)
     if args.json:
         _check_json_path(args.json)
+    # a dir twice in a pooled BASE (or CUR inside one) would count as evidence twice;
+    # `compare A A` alone stays allowed (a sanity check that must pass)
+    seen = {}
+    for i, b in enumerate([*args.base, args.cur] if len(args.base) > 1 else args.base):
+        side, r = ("CUR" if i == len(args.base) else "BASE"), Path(b).resolve()
+        if r in seen:
+            raise InputError(f"given twice (as {seen[r]} and {side}): a run pooled or compared "
+                             f"with itself adds no evidence", b)
+        seen[r] = side
     bases = [load_side(b) for b in args.base]
     cur, sc = load_side(args.cur)
     base, sb = bases[0]
+    pooled_j = effective_runs(d for d, _ in bases)
     learned_doc = learned = None
     if args.thresholds:
         from bench import thresholds as thr
         learned_doc = thr.load(args.thresholds)
-        learned = thr.row_thresholds(learned_doc, base_runs=len(bases))
+        learned = thr.row_thresholds(learned_doc, base_runs=pooled_j)
     reruns = bool(args.rerun or args.rerun_base)
     looks = budget + 1 if reruns else 1
     alpha_look = alpha / looks
@@ -897,7 +920,8 @@ def _cli_compare(args) -> int:
             try:
                 check_comparable(base, extra)
             except Incomparable as e:
-                raise Incomparable(f"BASE {path} differs from BASE {args.base[0]}: {e}")
+                raise Incomparable(f"BASE {path} cannot be pooled with BASE {args.base[0]} "
+                                   f"(below, CUR means {path}): {e}")
             _merge(base, sb, extra, extra_s)
         if learned_doc is not None:
             thr.check_applies(learned_doc, base, "BASE")
@@ -923,7 +947,7 @@ def _cli_compare(args) -> int:
     for path, (doc, _) in zip(args.base, bases):
         print(f"BASE {path} ({doc.get('run_id')})")
     print(f"CUR  {args.cur} ({cur.get('run_id')})")
-    for side, doc in [("BASE", d) for d, _ in bases] + [("CUR", cur)]:
+    for side, doc in [(f"BASE {p}", d) for p, (d, _) in zip(args.base, bases)] + [("CUR", cur)]:
         delayed = injected_delay(doc)
         if delayed:
             print(f"note: {side} carries an injected gate-testing delay: {', '.join(delayed)}")
@@ -932,7 +956,9 @@ def _cli_compare(args) -> int:
         raised = [r for r in rows if r.threshold_from == "learned"]
         print(f"thresholds: max(configured, learned per row) - learned {learned_doc.get('created')} "
               f"from {len(learned_doc.get('learned_from') or [])} identical runs "
-              f"({args.thresholds}), for a BASE of {len(bases)} run(s); raised on "
+              f"({args.thresholds}), for a BASE of {len(bases)} run(s)"
+              + (f" (as {pooled_j:.2f} equal runs: repetition counts differ)"
+                 if abs(pooled_j - len(bases)) > 1e-9 else "") + "; raised on "
               f"{len(raised)} of {len(rows)} rows (L)")
         for r in raised:
             if r.threshold >= MAX_THRESHOLD:
@@ -953,7 +979,8 @@ def _cli_compare(args) -> int:
     print(", ".join(f"{n} {v}" for v, n in count.items())
           + f" -> exit {status} ({ {0: 'pass', 1: 'REGRESSION', 3: 'INCONCLUSIVE'}[status] })")
     if args.json:
-        doc = {"base": args.base[0], "base_runs": list(args.base), "cur": args.cur,
+        doc = {"base": args.base[0], "base_dirs": list(args.base),
+               "base_runs_effective": pooled_j, "cur": args.cur,
                "alpha": alpha, "alpha_per_look": alpha_look,
                "thresholds_file": args.thresholds,
                "metrics": list(metrics), "outlier_rule": OUTLIER_RULE,

@@ -189,8 +189,7 @@ def row_thresholds(doc: dict, base_runs: int = 1) -> dict:
 
     The file's threshold is for one BASE run against one CUR run (spread s*sqrt(2)).  A
     BASE pooled from J runs stands for their mean, so CUR - BASE spreads by s*sqrt(1 + 1/J)
-    (the prediction interval of one new run); J = K, the calibration runs themselves as
-    BASE, is the textbook case, exact under the t quantile the file was learned with."""
+    (the prediction interval of one new run; approximate, see compare's docstring)."""
     out = {}
     for k, per in doc["rows"].items():
         for m, r in per.items():

@@ -156,6 +156,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.judge_only:
         args.reuse = True
+    if not 1 <= args.base_runs < max(2, args.baselines):
+        ap.error(f"--base-runs {args.base_runs}: need 1 <= J < --baselines ({args.baselines}), "
+                 f"so that A runs outside each pooled baseline remain for the A/A pairs")
     metrics = tuple(m.strip() for m in args.metrics.split(","))
     if any(m not in METRICS for m in metrics):
         ap.error(f"--metrics: choose from {', '.join(METRICS)}")
@@ -208,8 +211,9 @@ def main(argv=None) -> int:
 
     # baselines: one A run each, or --base-runs J consecutive A runs pooled into one BASE
     j = args.base_runs
-    if j < 1 or len(by_kind["A"]) < j:
-        ap.error(f"--base-runs {j}: need 1 <= J <= {len(by_kind['A'])} (the A runs)")
+    if len(by_kind["A"]) <= j:
+        ap.error(f"--base-runs {j}: only {len(by_kind['A'])} A runs succeeded; need more than "
+                 f"J for pooled baselines and A/A pairs")
     groups = [by_kind["A"][i:i + j] for i in range(0, len(by_kind["A"]) - j + 1, j)]
     baselines = {"+".join(g): g for g in groups}
     pairs, drift = [], {}

@@ -149,13 +149,13 @@ def test_a_pooled_base_uses_the_prediction_interval_of_its_runs(tmp_path, capsys
 
     _, out1, one = gate(runs[:1])
     assert one["threshold"] == pytest.approx(row["threshold"])
-    assert out1["base_runs"] == [str(runs[0])]
+    assert out1["base_dirs"] == [str(runs[0])] and out1["base_runs_effective"] == 1
     status, out6, pooled = gate(runs)
     s = row["drift_sd_log"]
     assert pooled["threshold"] == pytest.approx(math.expm1(q * s * math.sqrt(1 + 1 / 6)))
     assert pooled["threshold"] < one["threshold"]
     assert pooled["n_base"] + pooled["set_aside_base"] == 6 * KW["reps"]
-    assert out6["base_runs"] == [str(r) for r in runs]
+    assert out6["base_dirs"] == [str(r) for r in runs]
     text = capsys.readouterr().out
     assert text.count("BASE ") >= 6 and "for a BASE of 6 run(s)" in text
 
@@ -165,4 +165,29 @@ def test_a_pooled_base_refuses_runs_that_differ(tmp_path, capsys):
     other = make_results_dir(tmp_path / "other", seed=9, quick=True, **KW)
     assert main(["compare", str(runs[0]), str(other), str(runs[1]), "--metrics", M]) == 2
     err = capsys.readouterr().err
-    assert "differs from BASE" in err and "other" in err
+    assert "cannot be pooled with BASE" in err and "other" in err
+    # a dir given twice (pooled with itself, or as CUR too) is refused, not counted twice
+    assert main(["compare", str(runs[0]), str(runs[0]), str(runs[1]), "--metrics", M]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert main(["compare", str(runs[0]), str(runs[1]), str(runs[1]), "--metrics", M]) == 2
+    assert "as BASE and CUR" in capsys.readouterr().err
+
+
+def test_a_pooled_base_of_unequal_runs_counts_as_fewer_runs(tmp_path, capsys):
+    runs = calibration_runs(tmp_path)
+    assert learn(tmp_path, runs)[0] == 0
+    doc = json.loads((tmp_path / "th.json").read_text())
+    row = doc["rows"][NOISY]["to_shared.latency_min"]
+    q = student_t.ppf(1 - doc["alpha_per_row"], row["runs"] - 1)
+    short = make_results_dir(tmp_path / "short", seed=70, **dict(KW, reps=4))
+    cur = make_results_dir(tmp_path / "cur", seed=71, **KW)
+    js = tmp_path / "g.json"
+    main(["compare", str(runs[0]), str(short), str(cur), "--metrics", M,
+          "--thresholds", str(tmp_path / "th.json"), "--json", str(js)])
+    out = json.loads(js.read_text())
+    j = (8 + 4) ** 2 / (8 * 8 + 4 * 4)                 # 1.8 equal runs, not 2
+    assert out["base_runs_effective"] == pytest.approx(j)
+    r = next(r for r in out["rows"] if r["key"] == NOISY and r["metric"] == "to_shared.latency_min")
+    s = row["drift_sd_log"]
+    assert r["threshold"] == pytest.approx(math.expm1(q * s * math.sqrt(1 + 1 / j)))
+    assert "as 1.80 equal runs" in capsys.readouterr().out
