@@ -86,7 +86,6 @@ def execute_repetition(target, ops, steps, bar=None, points: int = SERIES_POINTS
     """Execute in chunks, snapshotting between chunks for the time series (`points`
     snapshots per repetition: on the host each one reads /proc, so short workloads may
     want fewer)."""
-    interrupts.check()
     n_ops = len(ops)
     chunk = max(1, -(-n_ops // max(1, points)))
     bounds = np.searchsorted(steps["op"], np.arange(0, n_ops + chunk, chunk))

@@ -67,15 +67,22 @@ def run_value(run: dict, samples: dict, metric: str) -> float | None:
     return float(np.median(kept))
 
 
-def learned_threshold(values: list[float], alpha_row: float) -> tuple[float, float]:
-    """(drift s = sd of log values, threshold) for one row; (0, 0) when it does not vary."""
+def threshold_from_drift(s: float, runs: int, alpha_row: float, base_runs: float = 1) -> float:
+    """The change identical code exceeds from drift alone with probability alpha_row, for
+    drift s estimated from `runs` runs and a BASE of `base_runs` runs (uncapped)."""
     from scipy.stats import t as student_t
+    q = float(student_t.ppf(1 - alpha_row, runs - 1))
+    return math.expm1(q * s * math.sqrt(1 + 1 / base_runs))
+
+
+def learned_threshold(values: list[float], alpha_row: float) -> tuple[float, float]:
+    """(drift s = sd of log values, threshold for a one-run BASE) for one row; (0, 0) when
+    it does not vary."""
     v = np.asarray(values, dtype=float)
     if len(v) < 2 or np.all(v == v[0]) or np.any(v <= 0):
         return 0.0, 0.0
     s = float(np.std(np.log(v), ddof=1))
-    q = float(student_t.ppf(1 - alpha_row, len(v) - 1))
-    return s, math.expm1(q * s * math.sqrt(2))
+    return s, threshold_from_drift(s, len(v), alpha_row)
 
 
 def fingerprint(doc: dict) -> dict:
@@ -184,7 +191,7 @@ def check_applies(doc: dict, results: dict, side: str) -> None:
                                f"differ from {side}: {e}")
 
 
-def row_thresholds(doc: dict, base_runs: int = 1) -> dict:
+def row_thresholds(doc: dict, base_runs: float = 1) -> dict:
     """{(key, metric): learned threshold} for a BASE of `base_runs` pooled runs.
 
     The file's threshold is for one BASE run against one CUR run (spread s*sqrt(2)).  A
@@ -200,16 +207,14 @@ def row_thresholds(doc: dict, base_runs: int = 1) -> dict:
     return out
 
 
-def _threshold_for(row: dict, doc: dict, base_runs: int) -> float:
-    from scipy.stats import t as student_t
+def _threshold_for(row: dict, doc: dict, base_runs: float) -> float:
     s, k = row.get("drift_sd_log"), row.get("runs")
     alpha_row = doc.get("alpha_per_row")
     if not (cmp._is_num(s) and s > 0 and isinstance(k, int) and k >= 2
             and cmp._is_num(alpha_row) and 0 < alpha_row < 1):
         raise InputError("a row lacks drift_sd_log, runs or alpha_per_row needed for a "
                          "pooled BASE", doc.get("_path"))
-    q = float(student_t.ppf(1 - alpha_row, k - 1))
-    return min(math.expm1(q * s * math.sqrt(1 + 1 / base_runs)), cmp.MAX_THRESHOLD)
+    return min(threshold_from_drift(s, k, alpha_row, base_runs), cmp.MAX_THRESHOLD)
 
 
 # --- command line ----------------------------------------------------------------------

@@ -7,11 +7,10 @@
 
 1. Measures through the command line a CI job uses (`gmembench run --backend host --quick
    -w ci-dma-churn -r R --no-progress`, each run its own process, each repetition its own
-   process): K calibration runs (C) and
-   K baseline runs (A) of identical code, K runs with a real uniform delay (B: `--param
-   slowdown=1.1`, the host executor busy-waits inside every timed conversion step for 10%
-   of that step's measured time) and K runs with the delay confined to one conversion
-   direction (P: also `--param slowdown_direction=to_private`).  Runs interleave C_k A_k
+   process): K calibration runs (C) and K baseline runs (A) of identical code, K runs
+   with a real uniform delay (B: `--param slowdown=1.1`, the host executor busy-waits
+   inside every timed conversion step for 10% of that step's measured time) and K runs
+   with the delay confined to one conversion direction (P: also `--param slowdown_direction=to_private`).  Runs interleave C_k A_k
    B_k P_k, so drifts of the machine hit all kinds alike, and each records the load average
    (os.getloadavg) before and after it.  Each finished run is recorded in runs.json in
    --out, so an interrupted measurement resumes with --reuse.
@@ -22,17 +21,18 @@
    status is the verdict): A/A every ordered pair (A_i as BASE, A_j as CUR, i != j), A/B
    and A/P every (A_i, B_j) / (A_i, P_j).  With --base-runs J each baseline is J
    consecutive A runs pooled into one BASE (`compare A_i ... A_i+J-1 CUR`; the README's CI
-   configuration is J = 2), judged against every A run outside it and every B and P run.  Exit 1 on A/A is a false alarm; on A/B and A/P
-   exit 1 is a detection, exit 3 (inconclusive) and exit 0 are not.  Rates are given per
-   baseline and overall with Wilson 95% intervals; pairs share runs, so the overall
-   intervals are optimistic (each run takes part in several pairs).
+   configuration is J = 2), judged against every A run outside it and every B and P run.
+   Exit 1 on A/A is a false alarm; on A/B and A/P exit 1 is a detection, exit 3
+   (inconclusive) and exit 0 are not.  Rates are given per baseline and overall with
+   Wilson 95% intervals; pairs share runs, so the overall intervals are optimistic (each
+   run takes part in several pairs).
 4. Checks the gate's own honesty: no delayed pair may exit 0 while a row's estimated change
    is at or beyond its (effective) threshold (a silent pass of a change it saw).
 
 The measured figures and their history are in the README's CI section.
 
 Writes gate_quality.json (or --report; every pair: exit status, rows beyond threshold,
-load) and thresholds.json (the learned thresholds) in --out.
+load) and the learned thresholds (thresholds.json, or REPORT.thresholds.json) in --out.
 """
 import argparse
 import contextlib
