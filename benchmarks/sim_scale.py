@@ -17,6 +17,8 @@ benchmark stops with exit 2 instead of falling back to the (~40x slower) Python 
     python benchmarks/sim_scale.py                       # 128 GiB, 1M conversions, 3 runs
     python benchmarks/sim_scale.py --conversions 2000000 --runs 1 --rss-guests ''  # goal 3
     python benchmarks/sim_scale.py --rss-guests 8G,128G,1T,4T
+    python benchmarks/sim_scale.py --guest 1T --conversions 2000000 --warmup 2000000 --rss-guests 1T
+                                                          # control: blocks after a warm-up
     python benchmarks/sim_scale.py --dual-copy            # dual copies contents (copy=auto)
     python benchmarks/sim_scale.py --engine python --conversions 50000 --guest 16G
 """
@@ -33,6 +35,7 @@ import numpy as np
 GiB = 1 << 30
 MiB = 1 << 20
 BLOCK = 100_000          # conversions per block of the per-block cost figures
+SUBBLOCKS = 10           # timed parts per block: the burst-robust block figure is their median
 
 # What each figure includes (printed under the table).
 PHASES = [
@@ -104,40 +107,54 @@ class Clock:
 
 
 def one(strategy: str, guest: int, conversions: int, seed: int, engine: str,
-        dual_copy: bool = False) -> dict:
+        dual_copy: bool = False, warmup: int = 0) -> dict:
     from bench.layout import Layout, Memslot
     from bench.metrics import RepetitionRecord
     from bench.ops import RESULT_DTYPE
     from bench.strategies import make_strategy
     clock = Clock()
-    ops = clock("build", build_ops, guest, conversions, seed)
+    # the warm-up conversions are the first `warmup` of the same stream (one draw of
+    # warmup + conversions), executed but not timed per block
+    ops = clock("build", build_ops, guest, warmup + conversions, seed)
     layout = Layout((Memslot(0, guest),), gmem_page_size=2 << 20, shared_backing="anon",
                     shared_page="thp", platform="preserve")
     # dual copies the contents on conversion only on request (QEMU never copies)
     strat = make_strategy(strategy, {"copy": "auto"} if dual_copy and strategy == "dual" else {})
     steps = clock("compile", strat.compile, ops, layout)
     target = clock("setup", make_target, engine, layout, strat, {"seed": seed})
-    # block boundaries in steps: the boot writes, then every BLOCK conversions
-    boot = guest // GiB
-    op_cuts = [0, boot] + list(range(boot + BLOCK, len(ops), BLOCK)) + [len(ops)]
-    op_cuts = sorted(set(op_cuts))
+    # block boundaries in ops: the boot writes (+ the warm-up), then every BLOCK
+    # conversions, each timed in SUBBLOCKS parts
+    boot = guest // GiB + warmup
+    sub = BLOCK // SUBBLOCKS
+    op_cuts = sorted(set([0, boot] + list(range(boot + sub, len(ops), sub)) + [len(ops)]))
     step_cuts = np.searchsorted(steps["op"], op_cuts)
     res = np.empty(len(steps), RESULT_DTYPE)
     blocks = []
     for i in range(len(step_cuts) - 1):
         a, b = int(step_cuts[i]), int(step_cuts[i + 1])
-        before = dict(clock.wall), dict(clock.cpu)
+        w0, c0 = clock.wall.get("execute", 0.0), clock.cpu.get("execute", 0.0)
         res[a:b] = clock("execute", target.execute, steps[a:b])
-        blocks.append({"ops": op_cuts[i + 1] - op_cuts[i], "boot": i == 0,
-                       "wall_s": clock.wall["execute"] - before[0].get("execute", 0.0),
-                       "cpu_s": clock.cpu["execute"] - before[1].get("execute", 0.0)})
+        part = {"ops": op_cuts[i + 1] - op_cuts[i], "wall_s": clock.wall["execute"] - w0,
+                "cpu_s": clock.cpu["execute"] - c0}
+        if i == 0:
+            blocks.append(dict(part, boot=True))
+            continue
+        if (i - 1) % SUBBLOCKS == 0:
+            blocks.append({"ops": 0, "boot": False, "wall_s": 0.0, "cpu_s": 0.0,
+                           "sub_cpu_us": [], "sub_wall_us": []})
+        bl = blocks[-1]
+        for k in ("ops", "wall_s", "cpu_s"):
+            bl[k] += part[k]
+        bl["sub_cpu_us"].append(part["cpu_s"] * 1e6 / part["ops"])
+        bl["sub_wall_us"].append(part["wall_s"] * 1e6 / part["ops"])
     rec = clock("measure", RepetitionRecord, ops, steps, res)
     snap = clock("measure", target.snapshot)
     clock.wall["total"] = sum(clock.wall.values())
     clock.cpu["total"] = sum(clock.cpu.values())
     return {
         "strategy": strategy, "engine": engine, "target": type(target).__name__,
-        "conversions": rec.conversions, "failed": rec.failed_conversions,
+        "conversions": rec.conversions - warmup, "failed": rec.failed_conversions,
+        "warmup": warmup,
         "wall_s": clock.wall, "cpu_s": clock.cpu, "blocks": blocks,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "footprint_gib": snap["footprint_bytes"] / GiB,
@@ -146,10 +163,11 @@ def one(strategy: str, guest: int, conversions: int, seed: int, engine: str,
     }
 
 
-def worker(strategy, guest_arg, conversions, seed, engine, dual_copy=False):
-    """Run one() in a fresh process; returns (result dict, process wall s, process CPU s)."""
+def worker(strategy, guest_arg, conversions, seed, engine, dual_copy=False, warmup=0):
+    """Run one() in a fresh process; returns (exit code, stdout, stderr, process wall s)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--one", strategy, "--guest", guest_arg,
-           "--conversions", str(conversions), "--seed", str(seed), "--engine", engine]
+           "--conversions", str(conversions), "--seed", str(seed), "--engine", engine,
+           "--warmup", str(warmup)]
     if dual_copy:
         cmd.append("--dual-copy")
     t0 = time.perf_counter()
@@ -159,9 +177,9 @@ def worker(strategy, guest_arg, conversions, seed, engine, dual_copy=False):
     return proc.returncode, out, err, wall
 
 
-def run_worker(strategy, guest_arg, conversions, seed, engine, dual_copy=False):
+def run_worker(strategy, guest_arg, conversions, seed, engine, dual_copy=False, warmup=0):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    rc, out, err, wall = worker(strategy, guest_arg, conversions, seed, engine, dual_copy)
+    rc, out, err, wall = worker(strategy, guest_arg, conversions, seed, engine, dual_copy, warmup)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if rc == 2:
         sys.stderr.write(err)
@@ -193,6 +211,75 @@ def mem_available() -> int | None:
     return None
 
 
+def stream_work(guest: int, warmup: int, conversions: int, seed: int) -> list[dict]:
+    """Per block of the measured conversions: how many change the memory attribute of at
+    least one page, and how many pages change.  Computed from the op stream alone (a replay
+    of one shared/private bit per page, independent of the engine and of the strategy: in this
+    stream no conversion fails, so both strategies change the same attributes), so that the
+    per-block costs can be read against the work the stream asks for."""
+    from bench.ops import OpKind
+    ops = build_ops(guest, warmup + conversions, seed)[guest // GiB:]
+    shared = np.zeros(guest // 4096, bool)     # the boot wrote all memory private
+    p0 = (ops["offset"] // 4096).astype(np.int64)
+    p1 = (p0 + (ops["size"] // 4096).astype(np.int64)).tolist()
+    p0 = p0.tolist()
+    to_shared = (ops["kind"] == OpKind.TO_SHARED).tolist()
+    changed = np.zeros(len(ops), np.int64)
+    for i in range(len(ops)):
+        seg = shared[p0[i]:p1[i]]
+        k = int(np.count_nonzero(seg))
+        changed[i] = len(seg) - k if to_shared[i] else k
+        seg[:] = to_shared[i]
+    out = []
+    for b in range(warmup, len(ops), BLOCK):
+        ch = changed[b:b + BLOCK]
+        out.append({"changing": int(np.count_nonzero(ch)), "pages": int(ch.sum()), "ops": len(ch)})
+    return out
+
+
+def print_blocks(results: dict, strategies: list, guest: int, a) -> None:
+    """The per-block table (goal 3) and the last / first block ratios."""
+    work = stream_work(guest, a.warmup, a.conversions, a.seed)
+    print(f"\ncost per block of {BLOCK:,} conversions (execute only, CPU us per conversion, median "
+          f"of {a.runs} process(es)).  'block' = the block's CPU time / its conversions; 'robust' "
+          f"= the median of its {SUBBLOCKS} parts' CPU per conversion (a burst of other work on "
+          "the machine moves one part, not the median).  'changing' = conversions of the block "
+          "that change the attribute of at least one page, 'pages' = pages whose attribute "
+          "changes, per conversion (from the op stream, the same for both strategies)."
+          + (f"  The first {a.warmup:,} conversions of the stream ran before block 1, untimed "
+             "(--warmup)." if a.warmup else "  Block 1 starts from the freshly written guest "
+             "(all memory private)."))
+    print(f"  {'block':<6} {'changing':>9} {'pages':>6} "
+          + " ".join(f"{s + ' block':>15} {s + ' robust':>16}" for s in strategies))
+    boot = results[strategies[0]][0]["blocks"][0]
+    print(f"  {'boot':<6} {'':>9} {'':>6} " + " ".join(
+        f"{np.median([r['blocks'][0]['cpu_s'] for r in results[s]]):>13.2f} s {'':>16}"
+        for s in strategies) + f"   ({boot['ops']:,} writes of 1 GiB"
+        + (f" + {a.warmup:,} warm-up conversions)" if a.warmup else ")"))
+    nblocks = len(results[strategies[0]][0]["blocks"]) - 1
+    for i in range(1, nblocks + 1):
+        w = work[i - 1]
+        cells = []
+        for s in strategies:
+            bl = [r["blocks"][i] for r in results[s]]
+            cells.append(f"{np.median([b['cpu_s'] * 1e6 / b['ops'] for b in bl]):>15.3f} "
+                         f"{np.median([np.median(b['sub_cpu_us']) for b in bl]):>16.3f}")
+        print(f"  {i:<6} {w['changing']:>9,} {w['pages'] / w['ops']:>6.0f} " + " ".join(cells))
+    if nblocks < 2:
+        return
+    wr = work[-1]["changing"] / work[0]["changing"] if work[0]["changing"] else float("nan")
+    print(f"  the stream: changing conversions, last / first block {wr:.2f} "
+          f"({work[0]['changing']:,} -> {work[-1]['changing']:,})")
+    for s in strategies:
+        for name, fig in (("block", lambda b: b["cpu_s"] / b["ops"]),
+                          ("robust", lambda b: float(np.median(b["sub_cpu_us"]))),
+                          ("wall", lambda b: b["wall_s"] / b["ops"])):
+            ratios = [fig(r["blocks"][-1]) / fig(r["blocks"][1]) for r in results[s]
+                      if fig(r["blocks"][1]) > 0]
+            print(f"  {s}: last / first block, {name}: {med(ratios)} "
+                  f"(goal 3: <= 1.2 over 2M conversions)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--guest", default="128G", help="guest size of the timed runs")
@@ -208,16 +295,22 @@ def main() -> int:
     ap.add_argument("--dual-copy", action="store_true",
                     help="dual copies the contents at each conversion (strategy option "
                          "copy=auto; the default dual, like QEMU, discards without copying)")
+    ap.add_argument("--warmup", type=int, default=0, metavar="N",
+                    help="run the stream's first N conversions before the measured ones, untimed "
+                         "(a control: the per-block figures then start from the state the "
+                         "stream has reached, not from a freshly written guest)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     from bench.sim.backend import parse_size
     guest = parse_size(a.guest, "--guest")
-    if a.runs < 1 or a.conversions < 1:
-        print("--runs and --conversions: expected a positive integer", file=sys.stderr)
+    if a.runs < 1 or a.conversions < 1 or a.warmup < 0:
+        print("--runs and --conversions: expected a positive integer; --warmup: expected an "
+              "integer >= 0", file=sys.stderr)
         return 2
     if a.one:
         try:
-            print(json.dumps(one(a.one, guest, a.conversions, a.seed, a.engine, a.dual_copy)))
+            print(json.dumps(one(a.one, guest, a.conversions, a.seed, a.engine, a.dual_copy,
+                                  a.warmup)))
         except EngineMissing as e:
             print(f"sim_scale: the C engine (bench.sim._core) cannot be loaded ({e}); "
                   "install the package with a C compiler and cffi (pip install .), or pass "
@@ -229,12 +322,15 @@ def main() -> int:
     load0 = os.getloadavg()
     print(f"simulator scale: guest {a.guest} ({guest / GiB:.0f} GiB), 2M folios, anon THP shared "
           f"backing, {a.conversions:,} conversions of 4K-2M at random offsets after the guest "
-          f"wrote all memory; seed {a.seed}; dual "
+          f"wrote all memory"
+          f"{f' and {a.warmup:,} untimed warm-up conversions of the same stream' if a.warmup else ''}"
+          f"; seed {a.seed}; dual "
           f"{'copies contents (copy=auto)' if a.dual_copy else 'discards without copying (default)'}")
     print(f"engine: {a.engine} ({'C core, bench/sim/core.c' if a.engine == 'c' else 'Python reference, bench/sim/model.py'})"
           f"; {a.runs} process(es) per strategy; load average {load0[0]:.2f} {load0[1]:.2f}"
           f" {load0[2]:.2f}; {os.cpu_count()} CPUs")
-    results = {s: [run_worker(s, a.guest, a.conversions, a.seed, a.engine, a.dual_copy)
+    results = {s: [run_worker(s, a.guest, a.conversions, a.seed, a.engine, a.dual_copy,
+                              a.warmup)
                    for _ in range(a.runs)]
                for s in strategies}
     for s in strategies:
@@ -255,31 +351,7 @@ def main() -> int:
     print("  peak RSS  ru_maxrss of the worker process: Python, numpy, op and step arrays, "
           "the model's state")
 
-    print(f"\ncost per block of {BLOCK:,} conversions (execute only, us per conversion, "
-          f"wall / CPU, median of {a.runs} run(s)); the first row is the boot writes:")
-    nblocks = len(results[strategies[0]][0]["blocks"])
-    print(f"  {'block':<7} {'ops':>8} " + " ".join(f"{s + ' wall':>14} {s + ' CPU':>14}"
-                                                  for s in strategies))
-    for i in range(nblocks):
-        ops_i = results[strategies[0]][0]["blocks"][i]["ops"]
-        boot = results[strategies[0]][0]["blocks"][i]["boot"]
-        cells = []
-        for s in strategies:
-            bl = [r["blocks"][i] for r in results[s]]
-            scale = 1.0 if boot else 1e6 / ops_i
-            unit = " s" if boot else ""
-            cells.append(f"{np.median([b['wall_s'] for b in bl]) * scale:>12.2f}{unit:2}"
-                         f" {np.median([b['cpu_s'] for b in bl]) * scale:>12.2f}{unit:2}")
-        print(f"  {'boot' if boot else i:<7} {ops_i:>8} " + " ".join(cells))
-    for s in strategies:
-        bl = [b for b in results[s][0]["blocks"] if not b["boot"]]
-        if len(bl) >= 2:
-            for kind in ("wall_s", "cpu_s"):
-                per = [[b[kind] / b["ops"] for b in r["blocks"] if not b["boot"]]
-                       for r in results[s]]
-                last_first = [x[-1] / x[0] for x in per if x[-1] and x[0]]
-                print(f"  {s}: last / first block, {kind[:-2]}: {med(last_first)}"
-                      " (goal 3: <= 1.2 over 2M conversions)")
+    print_blocks(results, strategies, guest, a)
 
     guests = [g for g in a.rss_guests.split(",") if g.strip()]
     if guests:
@@ -305,7 +377,7 @@ def main() -> int:
                         cells.append(f"{'skipped: needs ~' + str(int(need / MiB)) + ' MiB':>31}")
                         continue
                     rc, out, err, wall = worker(s, g.strip(), a.conversions, a.seed, a.engine,
-                                                a.dual_copy)
+                                                a.dual_copy, a.warmup)
                     if rc:
                         msg = (err.strip().splitlines() or ["?"])[-1]
                         cells.append(f"does not fit: {msg[-60:]}")
