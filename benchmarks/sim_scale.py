@@ -239,7 +239,15 @@ def stream_work(guest: int, warmup: int, conversions: int, seed: int) -> list[di
 
 def print_blocks(results: dict, strategies: list, guest: int, a) -> None:
     """The per-block table (goal 3) and the last / first block ratios."""
-    work = stream_work(guest, a.warmup, a.conversions, a.seed)
+    # in a child process: the replay's page map (1 byte per 4K page) must not raise the
+    # peak RSS this process passes on to the workers it forks later
+    cmd = [sys.executable, os.path.abspath(__file__), "--stream-work", "--guest", a.guest,
+           "--conversions", str(a.conversions), "--seed", str(a.seed), "--warmup", str(a.warmup)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"sim_scale: the stream replay failed with exit {proc.returncode}")
+    work = json.loads(proc.stdout)
     print(f"\ncost per block of {BLOCK:,} conversions (execute only, CPU us per conversion, median "
           f"of {a.runs} process(es)).  'block' = the block's CPU time / its conversions; 'robust' "
           f"= the median of its {SUBBLOCKS} parts' CPU per conversion (a burst of other work on "
@@ -305,6 +313,7 @@ def main() -> int:
                          "(a control: the per-block figures then start from the state the "
                          "stream has reached, not from a freshly written guest)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--stream-work", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     from bench.sim.backend import parse_size
     guest = parse_size(a.guest, "--guest")
@@ -312,6 +321,9 @@ def main() -> int:
         print("--runs and --conversions: expected a positive integer; --warmup: expected an "
               "integer >= 0", file=sys.stderr)
         return 2
+    if a.stream_work:
+        print(json.dumps(stream_work(guest, a.warmup, a.conversions, a.seed)))
+        return 0
     if a.one:
         try:
             print(json.dumps(one(a.one, guest, a.conversions, a.seed, a.engine, a.dual_copy,
