@@ -197,6 +197,8 @@ def run_worker(strategy, guest_arg, conversions, seed, engine, dual_copy=False, 
 
 def med(xs):
     xs = sorted(xs)
+    if not xs:
+        return "n/a"
     return f"{np.median(xs):.2f} [{xs[0]:.2f}-{xs[-1]:.2f}]" if len(xs) > 1 else f"{xs[0]:.2f}"
 
 
@@ -219,7 +221,7 @@ def stream_work(guest: int, warmup: int, conversions: int, seed: int) -> list[di
     per-block costs can be read against the work the stream asks for."""
     from bench.ops import OpKind
     ops = build_ops(guest, warmup + conversions, seed)[guest // GiB:]
-    shared = np.zeros(guest // 4096, bool)     # the boot wrote all memory private
+    shared = np.zeros(guest // 4096, bool)     # all memory starts private (the boot writes fill it)
     p0 = (ops["offset"] // 4096).astype(np.int64)
     p1 = (p0 + (ops["size"] // 4096).astype(np.int64)).tolist()
     p0 = p0.tolist()
@@ -243,17 +245,31 @@ def print_blocks(results: dict, strategies: list, guest: int, a) -> None:
     # peak RSS this process passes on to the workers it forks later
     cmd = [sys.executable, os.path.abspath(__file__), "--stream-work", "--guest", a.guest,
            "--conversions", str(a.conversions), "--seed", str(a.seed), "--warmup", str(a.warmup)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        sys.stderr.write(proc.stderr)
-        raise SystemExit(f"sim_scale: the stream replay failed with exit {proc.returncode}")
-    work = json.loads(proc.stdout)
+    avail = mem_available()
+    failed = sum(r["failed"] for s in strategies for r in results[s])
+    if failed:
+        work = None
+        print(f"\n(the stream's work per block is not computed: {failed:,} conversions failed, "
+              "so the replay, which assumes every conversion succeeds, would not match the runs)")
+    elif avail is not None and guest // 4096 + (a.warmup + a.conversions) * 100 > avail // 2:
+        work = None
+        print(f"\n(the stream's work per block is not computed: its replay needs "
+              f"{guest // 4096 // MiB + (a.warmup + a.conversions) * 100 // MiB:,} MiB, more "
+              f"than half of the {avail // MiB:,} MiB available)")
+    else:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            sys.stderr.write(proc.stderr)
+            raise SystemExit(f"sim_scale: the stream replay failed with exit {proc.returncode}")
+        work = json.loads(proc.stdout)
     print(f"\ncost per block of {BLOCK:,} conversions (execute only, CPU us per conversion, median "
           f"of {a.runs} process(es)).  'block' = the block's CPU time / its conversions; 'robust' "
           f"= the median of its {SUBBLOCKS} parts' CPU per conversion (a burst of other work on "
           "the machine moves one part, not the median).  'changing' = conversions of the block "
-          "that change the attribute of at least one page, 'pages' = pages whose attribute "
-          "changes, per conversion (from the op stream, the same for both strategies)."
+          "that change the attribute of at least one page (share of the block), 'pages' = pages "
+          "whose attribute changes, per conversion (from the op stream, the same for both "
+          "strategies; the attribute work only: dual also punches or discards on every "
+          "conversion, changing or not)."
           + (f"  The first {a.warmup:,} conversions of the stream ran before block 1, untimed "
              "(--warmup)." if a.warmup else "  Block 1 starts from the freshly written guest "
              "(all memory private)."))
@@ -266,19 +282,22 @@ def print_blocks(results: dict, strategies: list, guest: int, a) -> None:
         + (f" + {a.warmup:,} warm-up conversions)" if a.warmup else ")"))
     nblocks = len(results[strategies[0]][0]["blocks"]) - 1
     for i in range(1, nblocks + 1):
-        w = work[i - 1]
         cells = []
         for s in strategies:
             bl = [r["blocks"][i] for r in results[s]]
             cells.append(f"{np.median([b['cpu_s'] * 1e6 / b['ops'] for b in bl]):>15.3f} "
                          f"{np.median([np.median(b['sub_cpu_us']) for b in bl]):>16.3f}")
-        print(f"  {i:<6} {w['changing']:>9,} {w['pages'] / w['ops']:>6.0f} " + " ".join(cells))
+        w = (f"{100 * work[i - 1]['changing'] / work[i - 1]['ops']:>8.1f}% "
+             f"{work[i - 1]['pages'] / work[i - 1]['ops']:>6.0f}" if work else f"{'-':>9} {'-':>6}")
+        print(f"  {i:<6} {w} " + " ".join(cells))
     if nblocks < 2:
         return
-    wr = work[-1]["changing"] / work[0]["changing"] if work[0]["changing"] else float("nan")
-    print(f"  the stream: changing conversions, last / first block {wr:.2f} "
-          f"({work[0]['changing']:,} -> {work[-1]['changing']:,}); above 1: the last block "
-          "asks for more work than the first")
+    frac = [w["changing"] / w["ops"] for w in work] if work else []
+    wr = frac[-1] / frac[0] if frac and frac[0] else float("nan")
+    if work:
+        print(f"  the stream: share of changing conversions, last / first block {wr:.2f} "
+              f"({100 * frac[0]:.1f}% -> {100 * frac[-1]:.1f}%); above 1: the last block asks "
+              "for more attribute changes than the first")
     for s in strategies:
         for name, fig in (("block", lambda b: b["cpu_s"] / b["ops"]),
                           ("robust", lambda b: float(np.median(b["sub_cpu_us"]))),
@@ -287,8 +306,11 @@ def print_blocks(results: dict, strategies: list, guest: int, a) -> None:
                       if fig(r["blocks"][1]) > 0]
             print(f"  {s}: last / first block, {name}: {med(ratios)} "
                   f"(goal 3: <= 1.2 over 2M conversions)")
+        if not work:
+            continue
         robust = [float(np.median(r["blocks"][-1]["sub_cpu_us"]))
-                  / float(np.median(r["blocks"][1]["sub_cpu_us"])) / wr for r in results[s]]
+                  / float(np.median(r["blocks"][1]["sub_cpu_us"])) / wr for r in results[s]
+                  if np.median(r["blocks"][1]["sub_cpu_us"]) > 0]
         print(f"  {s}: last / first block, robust, per changing conversion (robust / the "
               f"stream's ratio): {med(robust)}")
 
@@ -309,14 +331,19 @@ def main() -> int:
                     help="dual copies the contents at each conversion (strategy option "
                          "copy=auto; the default dual, like QEMU, discards without copying)")
     ap.add_argument("--warmup", type=int, default=0, metavar="N",
-                    help="run the stream's first N conversions before the measured ones, untimed "
-                         "(a control: the per-block figures then start from the state the "
-                         "stream has reached, not from a freshly written guest)")
+                    help="run N conversions before the measured ones, untimed (a control: the "
+                         "per-block figures then start from the state the stream has reached, "
+                         "not from a freshly written guest; warm-up and measured conversions are "
+                         "drawn as one stream of N + --conversions)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--stream-work", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     from bench.sim.backend import parse_size
     guest = parse_size(a.guest, "--guest")
+    if guest < GiB or guest % GiB:
+        print(f"--guest {a.guest}: expected a whole number of GiB (the boot writes the guest "
+              "in 1 GiB ops)", file=sys.stderr)
+        return 2
     if a.runs < 1 or a.conversions < 1 or a.warmup < 0:
         print("--runs and --conversions: expected a positive integer; --warmup: expected an "
               "integer >= 0", file=sys.stderr)

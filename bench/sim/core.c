@@ -2038,8 +2038,9 @@ static int64_t shared_count_present(const shared_t *s, int64_t p0, int64_t p1);
 static int64_t shared_present_where(const shared_t *s, const attrs_t *a, int64_t p0,
                                     int64_t p1, int private)
 {
-    /* no shared page in the range (the common case: memory the guest never touched shared):
-     * nothing to count, and no walk over the attribute runs */
+    /* no shared page at all, or none in the range (memory the guest never touched shared):
+     * nothing to count and no walk over the attribute runs; when the range holds pages, the
+     * pre-count is one extra walk of the shared backing's map */
     if (!s->present || !shared_count_present(s, p0, p1)) return 0;
     int64_t n = 0;
     for (int64_t p = p0, e; p < p1; p = e) {
