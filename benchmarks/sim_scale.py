@@ -315,6 +315,121 @@ def print_blocks(results: dict, strategies: list, guest: int, a) -> None:
               f"stream's ratio): {med(robust)}")
 
 
+# Counted per block under callgrind (--callgrind): the events of one dump and the weights of
+# the cycle estimate (cachegrind manual: an L1 miss costs ~10 cycles, a last-level miss up
+# to ~200, a mispredicted branch 10-30; 100 and 15 are mid-range picks, an estimate only)
+CG_WEIGHTS = {"Ir": 1, "L1m": 10, "LLm": 100, "Bm": 15}
+
+
+def host_llc() -> str | None:
+    """--LL=size,assoc,line of this host's last-level cache, from sysfs (None: unknown, and
+    callgrind guesses)."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        best = None
+        for idx in sorted(os.listdir(base)):
+            d = os.path.join(base, idx)
+            rd = lambda f: open(os.path.join(d, f)).read().strip()
+            if not idx.startswith("index") or rd("type") == "Instruction":
+                continue
+            level = int(rd("level"))
+            size = rd("size")
+            size = int(size[:-1]) * 1024 if size.endswith("K") else int(size)
+            if best is None or level > best[0]:
+                best = (level, size, int(rd("ways_of_associativity")), int(rd("coherency_line_size")))
+        return f"{best[1]},{best[2]},{best[3]}" if best else None
+    except (OSError, ValueError):
+        return None
+
+
+def callgrind_blocks(strategy: str, a) -> list[dict]:
+    """One worker process under callgrind, counting only inside core_execute and dumping after
+    every call, so each dump holds one timed part (the boot, then 10k conversions each);
+    returns per block the summed events (simulated CPU: deterministic, no machine noise)."""
+    import shutil
+    import tempfile
+    if not shutil.which("valgrind"):
+        print("sim_scale: --callgrind needs valgrind on PATH", file=sys.stderr)
+        raise SystemExit(2)
+    llc = host_llc()
+    with tempfile.TemporaryDirectory(prefix="sim_scale_cg_") as tmp:
+        out = os.path.join(tmp, "cg.out")
+        cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no",
+               "--toggle-collect=core_execute", "--dump-after=core_execute", "--cache-sim=yes",
+               "--branch-sim=yes", f"--callgrind-out-file={out}"] + ([f"--LL={llc}"] if llc else [])
+        cmd += [sys.executable, os.path.abspath(__file__), "--one", strategy, "--guest", a.guest,
+                "--conversions", str(a.conversions), "--seed", str(a.seed), "--engine", a.engine,
+                "--warmup", str(a.warmup)] + (["--dual-copy"] if a.dual_copy else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            sys.stderr.write(proc.stderr[-3000:])
+            raise SystemExit(f"sim_scale: the callgrind worker for {strategy} failed with exit "
+                             f"{proc.returncode}")
+        parts = []
+        n = 1
+        while os.path.exists(f"{out}.{n}"):
+            events = totals = None
+            with open(f"{out}.{n}") as f:
+                for line in f:
+                    if line.startswith("events:"):
+                        events = line.split()[1:]
+                    elif line.startswith("summary:") or line.startswith("totals:"):
+                        totals = [int(x) for x in line.split()[1:]]
+            if events is None or totals is None:
+                raise SystemExit(f"sim_scale: callgrind dump {out}.{n} has no events/summary line")
+            parts.append(dict(zip(events, totals)))
+            n += 1
+    r = json.loads(proc.stdout)
+    sizes = [b["ops"] for b in r["blocks"][1:]]           # conversions per block
+    nparts = [len(b["sub_cpu_us"]) for b in r["blocks"][1:]]
+    if len(parts) != 1 + sum(nparts):
+        raise SystemExit(f"sim_scale: expected {1 + sum(nparts)} callgrind dumps (one per "
+                         f"execute call), found {len(parts)}")
+    blocks, i = [], 1
+    for ops, k in zip(sizes, nparts):
+        ev = {}
+        for p in parts[i:i + k]:
+            for key, v in p.items():
+                ev[key] = ev.get(key, 0) + v
+        i += k
+        g = lambda *names: sum(ev.get(x, 0) for x in names)
+        c = {"ops": ops, "Ir": g("Ir"), "L1m": g("I1mr", "D1mr", "D1mw"),
+             "LLm": g("ILmr", "DLmr", "DLmw"), "Bm": g("Bcm", "Bim")}
+        c["est"] = sum(CG_WEIGHTS[k] * c[k] for k in CG_WEIGHTS)
+        blocks.append(c)
+    return blocks, llc
+
+
+def print_callgrind(strategies: list, a) -> None:
+    print(f"\ncounted by callgrind (one process per strategy; simulated CPU: instructions, an "
+          f"L1 and a last-level cache, a branch predictor; deterministic, so no machine noise): "
+          f"per conversion, inside core_execute only (the simulated kernel work)")
+    res = {}
+    for s in strategies:
+        res[s], llc = callgrind_blocks(s, a)
+    print(f"  last-level cache simulated: {llc or 'callgrind default (host LLC unknown)'} "
+          "(size, ways, line; this host's, from sysfs)")
+    print(f"  est = Ir + {CG_WEIGHTS['L1m']} x L1 misses + {CG_WEIGHTS['LLm']} x LL misses + "
+          f"{CG_WEIGHTS['Bm']} x mispredicted branches (an estimate of cycles; weights from "
+          "the cachegrind manual's ranges)")
+    print(f"  {'block':<6} " + " ".join(f"{s + ' Ir':>12} {'LLm':>6} {'Bm':>6} {'est':>7}"
+                                        for s in strategies))
+    for i in range(len(res[strategies[0]])):
+        cells = []
+        for s in strategies:
+            c = res[s][i]
+            cells.append(f"{c['Ir'] / c['ops']:>12.0f} {c['LLm'] / c['ops']:>6.2f} "
+                         f"{c['Bm'] / c['ops']:>6.2f} {c['est'] / c['ops']:>7.0f}")
+        print(f"  {i + 1:<6} " + " ".join(cells))
+    if len(res[strategies[0]]) >= 2:
+        for s in strategies:
+            f, l = res[s][0], res[s][-1]
+            ratio = lambda k: (l[k] / l["ops"]) / (f[k] / f["ops"]) if f[k] else float("nan")
+            print(f"  {s}: last / first block: Ir {ratio('Ir'):.2f}, L1 misses {ratio('L1m'):.2f}, "
+                  f"LL misses {ratio('LLm'):.2f}, mispredicted branches {ratio('Bm'):.2f}, "
+                  f"est {ratio('est'):.2f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--guest", default="128G", help="guest size of the timed runs")
@@ -335,6 +450,11 @@ def main() -> int:
                          "per-block figures then start from the state the stream has reached, "
                          "not from a freshly written guest; warm-up and measured conversions are "
                          "drawn as one stream of N + --conversions)")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="count instead of timing: one process per strategy under valgrind's "
+                         "callgrind (cache and branch simulation, this host's last-level cache); "
+                         "prints instructions, cache misses and mispredicted branches per "
+                         "conversion per block (deterministic; ~20-50x slower than a timed run)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--stream-work", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -371,8 +491,11 @@ def main() -> int:
           f"; seed {a.seed}; dual "
           f"{'copies contents (copy=auto)' if a.dual_copy else 'discards without copying (default)'}")
     print(f"engine: {a.engine} ({'C core, bench/sim/core.c' if a.engine == 'c' else 'Python reference, bench/sim/model.py'})"
-          f"; {a.runs} process(es) per strategy; load average {load0[0]:.2f} {load0[1]:.2f}"
+          f"; {'1 process per strategy under callgrind' if a.callgrind else f'{a.runs} process(es) per strategy'}; load average {load0[0]:.2f} {load0[1]:.2f}"
           f" {load0[2]:.2f}; {os.cpu_count()} CPUs")
+    if a.callgrind:
+        print_callgrind(strategies, a)
+        return 0
     results = {s: [run_worker(s, a.guest, a.conversions, a.seed, a.engine, a.dual_copy,
                               a.warmup)
                    for _ in range(a.runs)]
