@@ -141,12 +141,11 @@ def one(strategy: str, guest: int, conversions: int, seed: int, engine: str,
             continue
         if (i - 1) % SUBBLOCKS == 0:
             blocks.append({"ops": 0, "boot": False, "wall_s": 0.0, "cpu_s": 0.0,
-                           "sub_cpu_us": [], "sub_wall_us": []})
+                           "sub_cpu_us": []})
         bl = blocks[-1]
         for k in ("ops", "wall_s", "cpu_s"):
             bl[k] += part[k]
         bl["sub_cpu_us"].append(part["cpu_s"] * 1e6 / part["ops"])
-        bl["sub_wall_us"].append(part["wall_s"] * 1e6 / part["ops"])
     rec = clock("measure", RepetitionRecord, ops, steps, res)
     snap = clock("measure", target.snapshot)
     clock.wall["total"] = sum(clock.wall.values())
@@ -163,13 +162,16 @@ def one(strategy: str, guest: int, conversions: int, seed: int, engine: str,
     }
 
 
+def one_cmd(strategy, guest_arg, conversions, seed, engine, dual_copy=False, warmup=0):
+    """The command line that runs one() in a process of its own (this script, --one)."""
+    return ([sys.executable, os.path.abspath(__file__), "--one", strategy, "--guest", guest_arg,
+             "--conversions", str(conversions), "--seed", str(seed), "--engine", engine,
+             "--warmup", str(warmup)] + (["--dual-copy"] if dual_copy else []))
+
+
 def worker(strategy, guest_arg, conversions, seed, engine, dual_copy=False, warmup=0):
     """Run one() in a fresh process; returns (exit code, stdout, stderr, process wall s)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--one", strategy, "--guest", guest_arg,
-           "--conversions", str(conversions), "--seed", str(seed), "--engine", engine,
-           "--warmup", str(warmup)]
-    if dual_copy:
-        cmd.append("--dual-copy")
+    cmd = one_cmd(strategy, guest_arg, conversions, seed, engine, dual_copy, warmup)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate()
@@ -239,6 +241,11 @@ def stream_work(guest: int, warmup: int, conversions: int, seed: int) -> list[di
     return out
 
 
+def robust_us(block: dict) -> float:
+    """A block's burst-robust cost: the median of its timed parts' CPU us per conversion."""
+    return float(np.median(block["sub_cpu_us"]))
+
+
 def print_blocks(results: dict, strategies: list, guest: int, a) -> None:
     """The per-block table (goal 3) and the last / first block ratios."""
     # in a child process: the replay's page map (1 byte per 4K page) must not raise the
@@ -246,16 +253,17 @@ def print_blocks(results: dict, strategies: list, guest: int, a) -> None:
     cmd = [sys.executable, os.path.abspath(__file__), "--stream-work", "--guest", a.guest,
            "--conversions", str(a.conversions), "--seed", str(a.seed), "--warmup", str(a.warmup)]
     avail = mem_available()
+    # a byte per 4K page, and ~100 bytes per op for the replay's Python lists
+    replay_need = guest // 4096 + (a.warmup + a.conversions) * 100
     failed = sum(r["failed"] for s in strategies for r in results[s])
     if failed:
         work = None
         print(f"\n(the stream's work per block is not computed: {failed:,} conversions failed, "
               "so the replay, which assumes every conversion succeeds, would not match the runs)")
-    elif avail is not None and guest // 4096 + (a.warmup + a.conversions) * 100 > avail // 2:
+    elif avail is not None and replay_need > avail // 2:
         work = None
         print(f"\n(the stream's work per block is not computed: its replay needs "
-              f"{guest // 4096 // MiB + (a.warmup + a.conversions) * 100 // MiB:,} MiB, more "
-              f"than half of the {avail // MiB:,} MiB available)")
+              f"{replay_need // MiB:,} MiB, more than half of the {avail // MiB:,} MiB available)")
     else:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
@@ -286,7 +294,7 @@ def print_blocks(results: dict, strategies: list, guest: int, a) -> None:
         for s in strategies:
             bl = [r["blocks"][i] for r in results[s]]
             cells.append(f"{np.median([b['cpu_s'] * 1e6 / b['ops'] for b in bl]):>15.3f} "
-                         f"{np.median([np.median(b['sub_cpu_us']) for b in bl]):>16.3f}")
+                         f"{np.median([robust_us(b) for b in bl]):>16.3f}")
         w = (f"{100 * work[i - 1]['changing'] / work[i - 1]['ops']:>8.1f}% "
              f"{work[i - 1]['pages'] / work[i - 1]['ops']:>6.0f}" if work else f"{'-':>9} {'-':>6}")
         print(f"  {i:<6} {w} " + " ".join(cells))
@@ -299,18 +307,19 @@ def print_blocks(results: dict, strategies: list, guest: int, a) -> None:
               f"({100 * frac[0]:.1f}% -> {100 * frac[-1]:.1f}%); above 1: the last block asks "
               "for more attribute changes than the first")
     for s in strategies:
+        robust = []
         for name, fig in (("block", lambda b: b["cpu_s"] / b["ops"]),
-                          ("robust", lambda b: float(np.median(b["sub_cpu_us"]))),
+                          ("robust", robust_us),
                           ("wall", lambda b: b["wall_s"] / b["ops"])):
             ratios = [fig(r["blocks"][-1]) / fig(r["blocks"][1]) for r in results[s]
                       if fig(r["blocks"][1]) > 0]
             print(f"  {s}: last / first block, {name}: {med(ratios)} "
                   f"(goal 3: <= 1.2 over 2M conversions)")
+            if name == "robust":
+                robust = ratios
         if not work:
             continue
-        robust = [float(np.median(r["blocks"][-1]["sub_cpu_us"]))
-                  / float(np.median(r["blocks"][1]["sub_cpu_us"])) / wr for r in results[s]
-                  if np.median(r["blocks"][1]["sub_cpu_us"]) > 0]
+        robust = [x / wr for x in robust]
         print(f"  {s}: last / first block, robust, per changing conversion (robust / the "
               f"stream's ratio): {med(robust)}")
 
@@ -357,9 +366,7 @@ def callgrind_blocks(strategy: str, a) -> list[dict]:
         cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no",
                "--toggle-collect=core_execute", "--dump-after=core_execute", "--cache-sim=yes",
                "--branch-sim=yes", f"--callgrind-out-file={out}"] + ([f"--LL={llc}"] if llc else [])
-        cmd += [sys.executable, os.path.abspath(__file__), "--one", strategy, "--guest", a.guest,
-                "--conversions", str(a.conversions), "--seed", str(a.seed), "--engine", a.engine,
-                "--warmup", str(a.warmup)] + (["--dual-copy"] if a.dual_copy else [])
+        cmd += one_cmd(strategy, a.guest, a.conversions, a.seed, a.engine, a.dual_copy, a.warmup)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             sys.stderr.write(proc.stderr[-3000:])
